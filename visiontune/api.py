@@ -1,0 +1,215 @@
+"""Workflows composed from the layers: ``fit``, ``load``, ``evaluate``, ``predict``.
+
+>>> import visiontune
+>>> result = visiontune.fit("photos/", strategy="head", epochs=20)    # doctest: +SKIP
+>>> model = visiontune.load(result.run_dir)                            # doctest: +SKIP
+>>> model.predict(["new.jpg"], top_k=2)                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import _runtime
+from ._console import console, stage_table
+from .backbones import Classifier, Head, create_backbone
+from .config import TrainConfig
+from .data.folder import DatasetSplits, scan_folder
+from .data.loader import ImageDataset, SkipLog, default_workers, make_loader
+from .data.transforms import decode_size, eval_transform, train_transform
+from .engine.loop import LoopConfig, evaluate_epoch, fit as fit_loop
+from .engine.optim import build_optimizer
+from .evaluate.metrics import classification_metrics
+from .export.bundle import atomic_write_text, save_bundle
+from .features.extract import FeatureDataset, extract_features
+from .predict.predictor import TrainedModel
+from .strategies import make_strategy
+
+__all__ = ["FitResult", "fit", "load", "evaluate", "predict"]
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    model: TrainedModel
+    history: list[dict]
+    metrics: dict  # "val", "test" (if DATA has a test split), "skipped", "timing"
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _new_run_dir(config: TrainConfig) -> Path:
+    if config.out:
+        return Path(config.out).expanduser()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{config.backbone}-{config.strategy}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
+
+
+def _history_csv(history: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def _metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, names) -> dict:
+    probs = torch.softmax(logits, 1).numpy() if len(labels) else None
+    preds = logits.argmax(1).numpy() if len(labels) else []
+    return classification_metrics(labels.numpy(), preds, names, probs)
+
+
+def _train_head_on_features(model, splits, config, cfg, skips, workers, groups) -> tuple[list, dict]:
+    """Extract features once (the backbone is frozen), then train the head on them."""
+    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+    features = {
+        name: extract_features(model.backbone, samples, cfg=cfg, batch_size=max(config.batch_size, 64),
+                               workers=workers, skips=skips, desc=f"features ({name})")
+        for name, samples in parts.items() if samples
+    }
+    head = model.head
+    head_groups = [g for g in groups if g["name"].startswith("head")]
+    optimizer = build_optimizer(head_groups, weight_decay=config.weight_decay)
+    loaders = {name: make_loader(FeatureDataset(fs), batch_size=config.batch_size, shuffle=name == "train",
+                                 workers=0, seed=config.seed) for name, fs in features.items()}
+    head_cfg = LoopConfig(**{**cfg.__dict__, "channels_last": False, "desc": "train head"})
+    history = fit_loop(head, loaders["train"], loaders["val"], optimizer, cfg=head_cfg,
+                       set_train_mode=lambda m: m.train())
+    test = None
+    if "test" in loaders:
+        out = evaluate_epoch(head, loaders["test"], cfg=head_cfg, desc="test")
+        test = _metrics_from_logits(out.logits, out.labels, splits.labels.names)
+    return history, test
+
+
+def _train_end_to_end(model, strategy, splits, config, cfg, skips, workers, groups) -> tuple[list, dict]:
+    spec = model.backbone.preprocess
+    size = decode_size(spec)
+    train_ds = ImageDataset(splits.train, train_transform(spec), decode_size=size)
+    val_ds = ImageDataset(splits.val, eval_transform(spec), decode_size=size)
+    pin = cfg.device.type == "cuda"
+    train_loader = make_loader(train_ds, batch_size=config.batch_size, shuffle=True, workers=workers,
+                               seed=config.seed, drop_last=len(train_ds) > config.batch_size, pin_memory=pin)
+    val_loader = make_loader(val_ds, batch_size=config.batch_size * 2, shuffle=False, workers=workers,
+                             pin_memory=pin)
+
+    optimizer = build_optimizer(groups, weight_decay=config.weight_decay)
+    model.to(cfg.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    history = fit_loop(model, _Recorded(train_loader, train_ds, skips), _Recorded(val_loader, val_ds, skips),
+                       optimizer, cfg=cfg, set_train_mode=strategy.set_train_mode)
+    test = None
+    if splits.test:
+        test_ds = ImageDataset(splits.test, eval_transform(spec), decode_size=size)
+        test_loader = make_loader(test_ds, batch_size=config.batch_size * 2, shuffle=False, workers=workers)
+        out = evaluate_epoch(model, _Recorded(test_loader, test_ds, skips), cfg=cfg, desc="test")
+        test = _metrics_from_logits(out.logits, out.labels, splits.labels.names)
+    return history, test
+
+
+class _Recorded:
+    """A loader whose batches report their skipped files to a ``SkipLog`` as they pass."""
+
+    def __init__(self, loader, dataset: ImageDataset, skips: SkipLog):
+        self.loader, self.dataset, self.skips = loader, dataset, skips
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.skips.record(batch, self.dataset.samples)
+            yield batch
+
+
+def _print_plan(splits: DatasetSplits, model: Classifier, strategy, config: TrainConfig, device) -> None:
+    s = splits.summary()
+    console.print(
+        f"[bold]data[/] {s['root']} ({s['layout']} layout): {len(splits.labels)} classes, "
+        f"train {s['train']}, val {s['val']} ({s['val_source']}), test {s['test']}"
+    )
+    console.print(f"[bold]backbone[/] {model.backbone.name} from {model.backbone.source}; "
+                  f"[bold]strategy[/] {strategy.name}; [bold]device[/] {device}")
+    rows = strategy.describe(model, lr=config.resolved("lr"), backbone_lr_mult=config.backbone_lr_mult)
+    console.print(stage_table(rows, title="parameter groups"))
+
+
+def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> FitResult:
+    """Fine-tune a pretrained backbone on ``data`` (a folder of class folders, optionally inside
+    train/val/test split folders) and save the run. Options are ``TrainConfig``'s fields."""
+    config = config or TrainConfig(data=str(data), **options)
+    started = time.perf_counter()
+    _runtime.tune_allocator()
+    _runtime.configure_threads()
+    _seed_everything(config.seed)
+    device = _runtime.resolve_device(config.device)
+    # Everything that can fail on the user's input happens before anything is written.
+    splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    backbone = create_backbone(config.backbone, weights=config.weights or "default")
+    model = Classifier(backbone, Head(backbone.num_features, len(splits.labels), dropout=config.dropout))
+    strategy = make_strategy(config.strategy, unfreeze=config.unfreeze)
+    groups = strategy.setup(model, lr=config.resolved("lr"), backbone_lr_mult=config.backbone_lr_mult,
+                            weight_decay=config.weight_decay)
+    if config.progress:
+        _print_plan(splits, model, strategy, config, device)
+    run_dir = _new_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = LoopConfig(epochs=config.resolved("epochs"), warmup_epochs=config.warmup_epochs,
+                     label_smoothing=config.label_smoothing, patience=config.resolved("patience"),
+                     device=device, channels_last=device.type == "cpu", progress=config.progress)
+    workers = default_workers() if config.workers is None else config.workers
+    skips = SkipLog()
+    if strategy.uses_frozen_backbone:
+        history, test = _train_head_on_features(model, splits, config, cfg, skips, workers, groups)
+    else:
+        history, test = _train_end_to_end(model, strategy, splits, config, cfg, skips, workers, groups)
+    model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    best = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))
+    metrics = {"val": {"accuracy": best["val_acc"], "loss": best["val_loss"], "best_epoch": best["epoch"]},
+               "test": test, **skips.to_dict(),
+               "timing": {"total_s": time.perf_counter() - started, "device": str(device)}}
+    save_bundle(run_dir, model, labels=splits.labels, extra={
+        "strategy": strategy.state_dict(), "training": config.to_dict(), "data": splits.summary()})
+    atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2) + "\n")
+    atomic_write_text(run_dir / "history.csv", _history_csv(history))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    trained = TrainedModel(model, splits.labels, config=None, run_dir=run_dir)
+    return FitResult(run_dir, trained, history, metrics)
+
+
+def load(run: str | Path, *, device: str = "cpu") -> TrainedModel:
+    """Load a saved run folder (``model.safetensors`` + ``config.json``) for prediction."""
+    _runtime.tune_allocator()
+    return TrainedModel.from_run(run, device=device)
+
+
+def evaluate(run: str | Path, folder: str | Path, *, batch_size: int = 32, workers: int | None = None,
+             progress: bool = False) -> dict:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on ``folder/<class>/...``."""
+    return load(run).evaluate(folder, batch_size=batch_size, workers=workers, progress=progress)
+
+
+def predict(run: str | Path, paths, *, top_k: int = 1, batch_size: int = 32, workers: int | None = None,
+            progress: bool = False) -> list[dict]:
+    """Top-k classes with probabilities for each image file (folders are expanded)."""
+    return load(run).predict(paths, top_k=top_k, batch_size=batch_size, workers=workers, progress=progress)

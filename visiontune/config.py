@@ -1,0 +1,82 @@
+"""``TrainConfig``: every option of ``visiontune train`` as one frozen, validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .errors import VisiontuneError
+from .strategies import STRATEGIES
+
+__all__ = ["TrainConfig", "STRATEGY_DEFAULTS"]
+
+# Per-strategy defaults, chosen so each finishes in minutes on a 2-core CPU. A frozen backbone's
+# head trains on cached features, where an epoch costs milliseconds, so it gets many.
+STRATEGY_DEFAULTS = {
+    "head": {"epochs": 60, "lr": 1e-3, "patience": 15},
+    "partial": {"epochs": 6, "lr": 1e-3, "patience": None},
+    "full": {"epochs": 6, "lr": 1e-3, "patience": None},
+}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None  # None: embedded package or hub; "none": random; else a path
+    strategy: str = "full"
+    epochs: int | None = None  # None: the strategy's default
+    batch_size: int = 32
+    lr: float | None = None  # head LR; None: the strategy's default
+    backbone_lr_mult: float = 0.1
+    unfreeze: int | None = None
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    dropout: float = 0.2
+    warmup_epochs: float = 0.5
+    patience: int | None = None
+    val_fraction: float = 0.15
+    seed: int = 0
+    workers: int | None = None  # None: one per spare core
+    device: str = "auto"
+    out: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(message: str) -> None:
+            raise VisiontuneError(message)
+
+        if self.strategy not in STRATEGIES:
+            bad(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.epochs is not None and self.epochs < 1:
+            bad(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            bad(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            bad(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.backbone_lr_mult <= 1:
+            bad(f"--backbone-lr-mult must be in [0, 1], got {self.backbone_lr_mult}")
+        if self.unfreeze is not None and self.unfreeze < 0:
+            bad(f"--unfreeze must be 0 or more, got {self.unfreeze}")
+        if not 0 <= self.val_fraction < 1:
+            bad(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.label_smoothing < 1:
+            bad(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.dropout < 1:
+            bad(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.workers is not None and self.workers < 0:
+            bad(f"--workers must be 0 or more, got {self.workers}")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            bad(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    def resolved(self, name: str):
+        """The option's value, or the strategy's default where left unset."""
+        value = getattr(self, name)
+        return STRATEGY_DEFAULTS[self.strategy].get(name) if value is None else value
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

@@ -1,0 +1,1 @@
+"""Reading image folders: layout and splits, decoding, transforms, loaders."""

@@ -1,0 +1,195 @@
+"""Scan a folder of class sub-folders (optionally inside train/val/test split folders).
+
+Two layouts are recognised::
+
+    DATA/<class>/<image>                    -> validation held out of it, no test split
+    DATA/<split>/<class>/<image>            -> split names train, val|valid|validation, test
+                                               in any letter case (e.g. TRAIN, TEST)
+
+Class names are matched across splits without regard to case.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from ..specs import LabelMap
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Sample",
+    "DatasetSplits",
+    "scan_folder",
+    "scan_class_folder",
+    "list_images",
+    "stratified_split",
+]
+
+# Decoding goes by content; the extension only decides which files are meant to be images.
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .ico".split()
+)
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass
+class DatasetSplits:
+    """Everything ``train`` needs to know about DATA after scanning it."""
+
+    root: Path
+    layout: str  # "classes" or "splits"
+    labels: LabelMap
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample] = field(default_factory=list)
+    val_source: str = "held-out"  # "held-out" fraction of train, or "folder"
+
+    def summary(self) -> dict:
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "classes": list(self.labels.names),
+            "train": len(self.train),
+            "val": len(self.val),
+            "test": len(self.test),
+            "val_source": self.val_source,
+        }
+
+
+def _is_visible_dir(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted, hidden files and folders skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / name)
+    return found
+
+
+def _class_dirs(folder: Path) -> dict[str, Path]:
+    dirs = sorted((p for p in folder.iterdir() if _is_visible_dir(p)), key=lambda p: p.name)
+    by_key: dict[str, Path] = {}
+    for d in dirs:
+        key = d.name.lower()
+        if key in by_key:
+            raise DataError(
+                f"class folders {by_key[key].name!r} and {d.name!r} in {folder} differ only in case"
+            )
+        by_key[key] = d
+    return by_key
+
+
+def scan_class_folder(folder: Path, labels: LabelMap | None = None) -> tuple[LabelMap, list[Sample]]:
+    """Read ``folder/<class>/<images>``. With ``labels`` given, class names must be among them."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"no such folder: {folder}")
+    if not folder.is_dir():
+        raise DataError(f"not a folder: {folder}")
+    class_dirs = _class_dirs(folder)
+    if not class_dirs:
+        raise DataError(f"{folder} has no class sub-folders (expected {folder}/<class>/<image>)")
+    images = {key: list_images(d) for key, d in class_dirs.items()}
+    empty = [class_dirs[k].name for k, files in images.items() if not files]
+    if empty and labels is None:
+        raise DataError(f"class folder(s) with no images in {folder}: {', '.join(empty)}")
+    if labels is None:
+        labels = LabelMap(tuple(class_dirs[k].name for k in sorted(class_dirs)))
+        if len(labels) < 2:
+            raise DataError(
+                f"{folder} has a single class ({labels.names[0]!r}); a classifier needs at least two"
+            )
+    known = {n.lower(): i for i, n in enumerate(labels.names)}
+    unknown = [class_dirs[k].name for k in images if k not in known and images[k]]
+    if unknown:
+        raise DataError(
+            f"class folder(s) in {folder} that the model does not know: {', '.join(unknown)} "
+            f"(known: {', '.join(labels.names)})"
+        )
+    samples = [Sample(p, known[k]) for k in sorted(images) for p in images[k]]
+    if not samples:
+        raise DataError(f"no images found under {folder}")
+    return labels, samples
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    splits: dict[str, Path] = {}
+    for d in root.iterdir():
+        alias = SPLIT_ALIASES.get(d.name.lower())
+        if alias and _is_visible_dir(d):
+            if alias in splits:
+                raise DataError(f"{root} has two {alias} folders: {splits[alias].name}, {d.name}")
+            splits[alias] = d
+    return splits
+
+
+def stratified_split(
+    samples: list[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Hold out ``fraction`` of each class (at least one image where a class has two or more)."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(s.label, []).append(s)
+    kept, held = [], []
+    for label in sorted(by_class):
+        group = list(by_class[label])
+        rng.shuffle(group)
+        n_held = int(round(len(group) * fraction)) if fraction > 0 else 0
+        if fraction > 0 and len(group) >= 2:
+            n_held = min(max(n_held, 1), len(group) - 1)
+        held += group[:n_held]
+        kept += group[n_held:]
+    key = lambda s: str(s.path)  # noqa: E731 - stable order, independent of the shuffle
+    return sorted(kept, key=key), sorted(held, key=key)
+
+
+def scan_folder(root: str | Path, *, val_fraction: float = 0.15, seed: int = 0) -> DatasetSplits:
+    """Detect the layout of ``root`` and return its splits, holding out validation if needed."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"no such folder: {root}")
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    splits = _split_dirs(root)
+    if not splits:
+        labels, samples = scan_class_folder(root)
+        train, val = stratified_split(samples, val_fraction, seed)
+        return DatasetSplits(root, "classes", labels, train, val)
+    if "train" not in splits:
+        raise DataError(
+            f"{root} has split folders ({', '.join(d.name for d in splits.values())}) but no train "
+            "folder"
+        )
+    labels, train = scan_class_folder(splits["train"])
+    test = scan_class_folder(splits["test"], labels)[1] if "test" in splits else []
+    if "val" in splits:
+        val = scan_class_folder(splits["val"], labels)[1]
+        return DatasetSplits(root, "splits", labels, train, val, test, val_source="folder")
+    train, val = stratified_split(train, val_fraction, seed)
+    return DatasetSplits(root, "splits", labels, train, val, test)

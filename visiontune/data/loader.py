@@ -1,0 +1,129 @@
+"""Datasets and DataLoaders that decode in worker processes and survive undecodable files.
+
+A file that fails to decode never stops an epoch: the dataset returns a failure marker, the
+collate function drops it from the batch and passes its index and reason up, and the caller
+records it (``SkipLog``) for the run's report.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .folder import Sample
+from .images import ImageDecodeError, decode_image
+
+__all__ = [
+    "ImageDataset",
+    "Batch",
+    "SkipLog",
+    "collate_skipping_failures",
+    "make_loader",
+    "default_workers",
+]
+
+
+class ImageDataset(Dataset):
+    """``(image tensor, label, index)`` per sample, or a failure marker for unreadable files."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable, *, decode_size: int | None):
+        self.samples = list(samples)
+        self.transform = transform
+        self.decode_size = decode_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        try:
+            decoded = decode_image(sample.path, min_short_side=self.decode_size)
+        except ImageDecodeError as exc:
+            return None, sample.label, index, str(exc)
+        return self.transform(decoded.image), sample.label, index, decoded.note
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (index, reason): skipped
+    notes: list[tuple[int, str]] = field(default_factory=list)  # (index, note): loaded, but odd
+
+
+def collate_skipping_failures(items) -> Batch:
+    good = [it for it in items if it[0] is not None]
+    failures = [(it[2], it[3]) for it in items if it[0] is None]
+    notes = [(it[2], it[3]) for it in good if it[3]]
+    if good:
+        images = torch.stack([it[0] for it in good])
+    else:
+        images = torch.empty(0)
+    labels = torch.tensor([it[1] for it in good], dtype=torch.long)
+    indices = torch.tensor([it[2] for it in good], dtype=torch.long)
+    return Batch(images, labels, indices, failures, notes)
+
+
+class SkipLog:
+    """Files skipped (undecodable) or loaded with a caveat, keyed by path, for the run's report."""
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
+
+    def record(self, batch: Batch, samples: Sequence[Sample]) -> None:
+        for index, reason in batch.failures:
+            self.skipped[str(samples[index].path)] = reason
+        for index, note in batch.notes:
+            self.notes[str(samples[index].path)] = note
+
+    def to_dict(self) -> dict:
+        return {"skipped": dict(sorted(self.skipped.items())), "notes": dict(sorted(self.notes.items()))}
+
+
+def default_workers() -> int:
+    """Loader processes: one per spare core, at least one, at most four."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cores or 1) - 1))
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; numpy and random follow it so any
+    # augmentation library gives the same draws for the same --seed.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    seed: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate_skipping_failures,
+        worker_init_fn=_seed_worker if workers > 0 else None,
+        generator=generator,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+    )

@@ -1,0 +1,62 @@
+"""Transforms derived from a backbone's ``PreprocessSpec`` (never hard-coded at call sites)."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+from ..specs import PreprocessSpec
+
+__all__ = ["eval_transform", "train_transform", "interpolation_mode", "decode_size"]
+
+_MODES = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+def interpolation_mode(spec: PreprocessSpec) -> InterpolationMode:
+    return _MODES[spec.interpolation]
+
+
+def decode_size(spec: PreprocessSpec) -> int:
+    """Smallest short side worth decoding: the eval resize size."""
+    return spec.resize_size
+
+
+def _to_normalized_tensor(spec: PreprocessSpec) -> list:
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
+    ]
+
+
+def eval_transform(spec: PreprocessSpec) -> v2.Compose:
+    """Resize the short side to ``size / crop_pct``, centre-crop ``size``, normalise."""
+    return v2.Compose(
+        [
+            v2.Resize(spec.resize_size, interpolation=interpolation_mode(spec), antialias=True),
+            v2.CenterCrop(spec.size),
+            *_to_normalized_tensor(spec),
+        ]
+    )
+
+
+def train_transform(spec: PreprocessSpec, *, augment: str = "standard") -> v2.Compose:
+    """Training views: random-resized crop and mirroring (``standard``), or eval views (``none``)."""
+    if augment == "none":
+        return eval_transform(spec)
+    if augment != "standard":
+        raise ValueError(f"augment must be 'none' or 'standard', got {augment!r}")
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                spec.size, scale=(0.35, 1.0), interpolation=interpolation_mode(spec), antialias=True
+            ),
+            v2.RandomHorizontalFlip(),
+            *_to_normalized_tensor(spec),
+        ]
+    )

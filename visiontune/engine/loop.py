@@ -1,0 +1,203 @@
+"""``train_one_epoch``, ``evaluate_epoch`` and ``fit``: a loop you can read in one sitting.
+
+The same loop trains a whole ``Classifier`` on image batches and a lone head on cached feature
+batches: it only needs a module, batches of ``(inputs, labels)`` and a strategy that sets modes.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .optim import apply_lr, lr_multiplier
+
+__all__ = ["LoopConfig", "EvalOutput", "train_one_epoch", "run_inference", "evaluate_epoch", "fit",
+           "StopTraining"]
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end ``fit`` after the current epoch."""
+
+
+@dataclass
+class LoopConfig:
+    epochs: int
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.1
+    patience: int | None = None  # epochs without val improvement before stopping; None: never
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    channels_last: bool = True
+    progress: bool = True
+    desc: str = "train"
+
+
+@dataclass
+class EvalOutput:
+    logits: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    loss: float
+
+    @property
+    def accuracy(self) -> float:
+        if len(self.labels) == 0:
+            return float("nan")
+        return float((self.logits.argmax(1) == self.labels).float().mean())
+
+
+def _bar_disabled(cfg: LoopConfig, num_batches: int) -> bool | None:
+    """Batch bars only for passes long enough to watch; None lets tqdm hide them off a terminal."""
+    return True if not cfg.progress or num_batches < 8 else None
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return nullcontext()
+
+
+def _to_device(x: torch.Tensor, cfg: LoopConfig) -> torch.Tensor:
+    x = x.to(cfg.device, non_blocking=True)
+    if cfg.channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    cfg: LoopConfig,
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    set_train_mode: Callable[[nn.Module], None],
+    on_batch: Callable | None = None,
+    epoch: int = 0,
+) -> tuple[dict, int]:
+    """One pass over ``loader``; returns mean loss/accuracy and the next global step."""
+    set_train_mode(model)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=_bar_disabled(cfg, len(loader)), unit="batch", dynamic_ncols=True)
+    for batch in bar:
+        if on_batch:
+            on_batch(batch)
+        if len(batch.labels) == 0:
+            continue
+        apply_lr(optimizer, lr_multiplier(step, total_steps=total_steps, warmup_steps=warmup_steps))
+        inputs, labels = _to_device(batch.images, cfg), batch.labels.to(cfg.device)
+        with _autocast(cfg.device):
+            logits = model(inputs)
+            loss = loss_fn(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        total_loss += loss.item() * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}, step
+
+
+@torch.inference_mode()
+def run_inference(model: nn.Module, loader, *, cfg: LoopConfig, on_batch: Callable | None = None,
+                  desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(outputs, labels, indices)`` for every decodable sample in ``loader``, in loader order."""
+    model.eval()
+    outputs, labels, indices = [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=_bar_disabled(cfg, len(loader)),
+                      unit="batch", dynamic_ncols=True):
+        if on_batch:
+            on_batch(batch)
+        if len(batch.labels) == 0:
+            continue
+        with _autocast(cfg.device):
+            out = model(_to_device(batch.images, cfg))
+        outputs.append(out.float().cpu())
+        labels.append(batch.labels)
+        indices.append(batch.indices)
+    if not outputs:
+        empty = torch.empty(0, dtype=torch.long)
+        return torch.empty(0, 0), empty, empty
+    return torch.cat(outputs), torch.cat(labels), torch.cat(indices)
+
+
+def evaluate_epoch(model: nn.Module, loader, *, cfg: LoopConfig, on_batch: Callable | None = None,
+                   desc: str = "eval") -> EvalOutput:
+    """Logits, labels and mean cross-entropy over ``loader``."""
+    logits, labels, indices = run_inference(model, loader, cfg=cfg, on_batch=on_batch, desc=desc)
+    loss = float(nn.functional.cross_entropy(logits, labels)) if len(labels) else float("nan")
+    return EvalOutput(logits, labels, indices, loss)
+
+
+def _better(current: dict, best: dict | None) -> bool:
+    if best is None:
+        return True
+    if current["val_acc"] != best["val_acc"]:
+        return current["val_acc"] > best["val_acc"]
+    return current["val_loss"] < best["val_loss"]
+
+
+def fit(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    cfg: LoopConfig,
+    set_train_mode: Callable[[nn.Module], None],
+    on_batch: Callable | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train for ``cfg.epochs`` with early stopping; leaves the best epoch's weights in ``model``.
+
+    "Best" is the highest validation accuracy, ties broken by lower validation loss. Returns the
+    per-epoch history. ``on_epoch_end`` may raise ``StopTraining``.
+    """
+    steps_per_epoch = max(1, len(train_loader))
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    history, best, best_state, step, stale = [], None, None, 0, 0
+    epochs_bar = tqdm(range(cfg.epochs), desc=cfg.desc, unit="epoch", dynamic_ncols=True,
+                      disable=None if cfg.progress else True)
+    for epoch in epochs_bar:
+        start = time.perf_counter()
+        train_stats, step = train_one_epoch(
+            model, train_loader, optimizer, cfg=cfg, step=step, total_steps=total_steps,
+            warmup_steps=warmup_steps, set_train_mode=set_train_mode, on_batch=on_batch, epoch=epoch,
+        )
+        val = evaluate_epoch(model, val_loader, cfg=cfg, on_batch=on_batch, desc="validate")
+        row = {"epoch": epoch + 1, **train_stats, "val_loss": val.loss, "val_acc": val.accuracy,
+               "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - start}
+        history.append(row)
+        if _better(row, best):
+            best, stale = row, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        row["best"] = row is best
+        epochs_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.3f}",
+                               best=f"{best['val_acc']:.3f}")
+        try:
+            if on_epoch_end:
+                on_epoch_end(row)
+        except StopTraining:
+            break
+        if cfg.patience is not None and stale >= cfg.patience:
+            break
+    epochs_bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history

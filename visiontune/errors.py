@@ -1,0 +1,19 @@
+"""Errors a user can fix; the CLI turns them into one line on stderr and exit code 2."""
+
+__all__ = ["VisiontuneError", "DataError", "WeightsNotFoundError", "BundleError"]
+
+
+class VisiontuneError(Exception):
+    """Base for problems with the user's input, as opposed to bugs."""
+
+
+class DataError(VisiontuneError):
+    """The image folder is missing, empty or laid out in a way we cannot read."""
+
+
+class WeightsNotFoundError(VisiontuneError):
+    """No source could provide the requested backbone weights."""
+
+
+class BundleError(VisiontuneError):
+    """A saved model folder is missing, damaged or from an unsupported format version."""

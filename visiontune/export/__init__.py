@@ -1,0 +1,1 @@
+"""Saved models: the bundle format (safetensors + JSON), and exports."""

@@ -1,0 +1,1 @@
+"""Features of a frozen backbone: computed once, then the head trains on them."""

@@ -1,0 +1,1 @@
+"""Using a trained model: predictions and evaluation on new images."""
