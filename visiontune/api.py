@@ -31,7 +31,8 @@ from .engine.loop import LoopConfig, evaluate_epoch, fit as fit_loop
 from .engine.optim import build_optimizer
 from .evaluate.metrics import classification_metrics
 from .export.bundle import atomic_write_text, save_bundle
-from .features.extract import FeatureDataset, extract_features
+from .features.extract import FeatureDataset, FeatureSet, extract_features
+from .features.probe import fit_linear_probe
 from .predict.predictor import TrainedModel
 from .strategies import make_strategy
 
@@ -86,19 +87,35 @@ def _train_head_on_features(model, splits, config, cfg, skips, workers, groups) 
                                workers=workers, skips=skips, desc=f"features ({name})")
         for name, samples in parts.items() if samples
     }
-    head = model.head
-    head_groups = [g for g in groups if g["name"].startswith("head")]
-    optimizer = build_optimizer(head_groups, weight_decay=config.weight_decay)
-    loaders = {name: make_loader(FeatureDataset(fs), batch_size=config.batch_size, shuffle=name == "train",
-                                 workers=0, seed=config.seed) for name, fs in features.items()}
-    head_cfg = LoopConfig(**{**cfg.__dict__, "channels_last": False, "desc": "train head"})
-    history = fit_loop(head, loaders["train"], loaders["val"], optimizer, cfg=head_cfg,
-                       set_train_mode=lambda m: m.train())
+    if config.head_solver == "lbfgs":
+        history = fit_linear_probe(model.head, features["train"], features.get("val", _empty(features))).history
+    else:
+        history = _fit_head_minibatch(model.head, features, config, cfg, groups)
+    head_cfg = LoopConfig(**{**cfg.__dict__, "channels_last": False, "desc": "head"})
+    loaders = {name: make_loader(FeatureDataset(fs), batch_size=256, shuffle=False, workers=0)
+               for name, fs in features.items()}
     test = None
     if "test" in loaders:
-        out = evaluate_epoch(head, loaders["test"], cfg=head_cfg, desc="test")
+        out = evaluate_epoch(model.head, loaders["test"], cfg=head_cfg, desc="test")
         test = _metrics_from_logits(out.logits, out.labels, splits.labels.names)
     return history, test
+
+
+def _empty(features: dict) -> FeatureSet:
+    dim = features["train"].features.shape[1]
+    return FeatureSet(torch.empty(0, dim), torch.empty(0, dtype=torch.long), [])
+
+
+def _fit_head_minibatch(head, features, config, cfg, groups) -> list[dict]:
+    """AdamW on mini-batches of cached features, with the same loop and early stopping as images."""
+    head_groups = [g for g in groups if g["name"].startswith("head")]
+    optimizer = build_optimizer(head_groups, weight_decay=config.weight_decay)
+    train = make_loader(FeatureDataset(features["train"]), batch_size=config.batch_size, shuffle=True,
+                        workers=0, seed=config.seed)
+    val = make_loader(FeatureDataset(features.get("val", _empty(features))), batch_size=256,
+                      shuffle=False, workers=0)
+    head_cfg = LoopConfig(**{**cfg.__dict__, "channels_last": False, "desc": "train head"})
+    return fit_loop(head, train, val, optimizer, cfg=head_cfg, set_train_mode=lambda m: m.train())
 
 
 def _train_end_to_end(model, strategy, splits, config, cfg, skips, workers, groups) -> tuple[list, dict]:
@@ -111,7 +128,7 @@ def _train_end_to_end(model, strategy, splits, config, cfg, skips, workers, grou
                                seed=config.seed, drop_last=len(train_ds) > config.batch_size, pin_memory=pin)
     val_loader = make_loader(val_ds, batch_size=config.batch_size * 2, shuffle=False, workers=workers,
                              pin_memory=pin)
-
+    warm_start = _warm_start_head(model, splits, config, cfg, skips, workers) if config.warm_start_head else None
     optimizer = build_optimizer(groups, weight_decay=config.weight_decay)
     model.to(cfg.device)
     if cfg.channels_last:
@@ -124,7 +141,22 @@ def _train_end_to_end(model, strategy, splits, config, cfg, skips, workers, grou
         test_loader = make_loader(test_ds, batch_size=config.batch_size * 2, shuffle=False, workers=workers)
         out = evaluate_epoch(model, _Recorded(test_loader, test_ds, skips), cfg=cfg, desc="test")
         test = _metrics_from_logits(out.logits, out.labels, splits.labels.names)
-    return history, test
+    return history, test, warm_start
+
+
+def _warm_start_head(model, splits, config, cfg, skips, workers) -> dict:
+    """Fit the new head as a linear probe on the pretrained features before fine-tuning.
+
+    Linear-probe-then-fine-tune (Kumar et al., ICLR 2022): starting from a random head, the first
+    steps send large, meaningless gradients into the pretrained layers; starting from a fitted one
+    they refine features instead of distorting them. Costs one pass over train and val.
+    """
+    features = {name: extract_features(model.backbone, samples, cfg=cfg, batch_size=64, workers=workers,
+                                       skips=skips, desc=f"features ({name})")
+                for name, samples in (("train", splits.train), ("val", splits.val)) if samples}
+    probe = fit_linear_probe(model.head, features["train"], features.get("val", _empty(features)))
+    best = next(r for r in probe.history if r["best"])
+    return {"C": probe.C, "val_acc": best["val_acc"], "val_loss": best["val_loss"]}
 
 
 class _Recorded:
@@ -181,12 +213,15 @@ def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> Fi
     skips = SkipLog()
     if strategy.uses_frozen_backbone:
         history, test = _train_head_on_features(model, splits, config, cfg, skips, workers, groups)
+        warm_start = None
     else:
-        history, test = _train_end_to_end(model, strategy, splits, config, cfg, skips, workers, groups)
+        history, test, warm_start = _train_end_to_end(model, strategy, splits, config, cfg, skips, workers,
+                                                      groups)
     model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    best = max(history, key=lambda r: (r["val_acc"], -r["val_loss"]))
-    metrics = {"val": {"accuracy": best["val_acc"], "loss": best["val_loss"], "best_epoch": best["epoch"]},
-               "test": test, **skips.to_dict(),
+    best = next((r for r in history if r.get("best")), history[-1])
+    chosen = {"C": best["C"]} if "C" in best else {"best_epoch": best["epoch"]}
+    metrics = {"val": {"accuracy": best["val_acc"], "loss": best["val_loss"], **chosen},
+               "test": test, "head_warm_start": warm_start, **skips.to_dict(),
                "timing": {"total_s": time.perf_counter() - started, "device": str(device)}}
     save_bundle(run_dir, model, labels=splits.labels, extra={
         "strategy": strategy.state_dict(), "training": config.to_dict(), "data": splits.summary()})

@@ -55,9 +55,9 @@ def _add_train(sub) -> None:
                         "Default: the embedded package, else the model hub.")
     p.add_argument("--strategy", default="full", choices=["head", "partial", "full"], help=STRATEGY_HELP)
     p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs (default: head 60 with early stopping, partial/full 6)")
+                   help="training epochs (default: 6; 60 for --head-solver adamw)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate of the new head (default: 1e-3)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of the new head (default: 5e-3 for partial/full,\n1e-3 for --head-solver adamw)")
     p.add_argument("--backbone-lr-mult", type=float, default=0.1,
                    help="pretrained layers train at lr x this, so their knowledge is not erased\n(default: %(default)s)")
     p.add_argument("--unfreeze", type=int, default=None, metavar="N",
@@ -68,7 +68,14 @@ def _add_train(sub) -> None:
     p.add_argument("--warmup-epochs", type=float, default=0.5,
                    help="linear LR warm-up before the cosine decay (default: %(default)s)")
     p.add_argument("--patience", type=int, default=None,
-                   help="stop after N epochs without validation improvement (default: head 15, else off)")
+                   help="stop after N epochs without validation improvement (default: off)")
+    p.add_argument("--warm-start-head", action="store_true",
+                   help="partial/full: before fine-tuning, fit the new head as a linear probe on the\n"
+                        "pretrained features (linear-probe-then-fine-tune) instead of random init")
+    p.add_argument("--head-solver", default="lbfgs", choices=["lbfgs", "adamw"],
+                   help="with --strategy head: 'lbfgs' fits the head as a logistic regression on\n"
+                        "the cached features, its L2 strength chosen on validation (default);\n"
+                        "'adamw' trains it in mini-batches for --epochs")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="share of train held out (stratified, seeded) when DATA has no val split\n(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, init, shuffling (default: %(default)s)")
@@ -93,7 +100,8 @@ def _run_train(args) -> int:
 
 def _print_summary(result) -> None:
     val = result.metrics["val"]
-    print(f"validation accuracy {val['accuracy']:.4f} (best epoch {val['best_epoch']})")
+    chosen = f"L2 strength C={val['C']:g}" if "C" in val else f"best epoch {val['best_epoch']}"
+    print(f"validation accuracy {val['accuracy']:.4f} ({chosen})")
     test = result.metrics.get("test")
     if test and test.get("accuracy") is not None:
         print(f"test accuracy {test['accuracy']:.4f} on {test['num_images']} images")

@@ -12,11 +12,12 @@ __all__ = ["TrainConfig", "STRATEGY_DEFAULTS"]
 # Per-strategy defaults, chosen so each finishes in minutes on a 2-core CPU. A frozen backbone's
 # head trains on cached features, where an epoch costs milliseconds, so it gets many.
 STRATEGY_DEFAULTS = {
-    "head": {"epochs": 60, "lr": 1e-3, "patience": 15},
-    "partial": {"epochs": 6, "lr": 1e-3, "patience": None},
-    "full": {"epochs": 6, "lr": 1e-3, "patience": None},
+    "head": {"epochs": 60, "lr": 1e-3, "patience": None},
+    "partial": {"epochs": 6, "lr": 5e-3, "patience": None},
+    "full": {"epochs": 6, "lr": 5e-3, "patience": None},
 }
 DEVICES = ("auto", "cpu", "cuda")
+HEAD_SOLVERS = ("lbfgs", "adamw")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class TrainConfig:
     dropout: float = 0.2
     warmup_epochs: float = 0.5
     patience: int | None = None
+    warm_start_head: bool = False  # partial/full: fit the head as a linear probe first (LP-FT)
+    head_solver: str = "lbfgs"  # head strategy: full-batch linear probe, or "adamw" mini-batches
     val_fraction: float = 0.15
     seed: int = 0
     workers: int | None = None  # None: one per spare core
@@ -64,6 +67,8 @@ class TrainConfig:
             bad(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.dropout < 1:
             bad(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.head_solver not in HEAD_SOLVERS:
+            bad(f"--head-solver must be one of {', '.join(HEAD_SOLVERS)}, got {self.head_solver!r}")
         if self.workers is not None and self.workers < 0:
             bad(f"--workers must be 0 or more, got {self.workers}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):

@@ -7,6 +7,7 @@ batches: it only needs a module, batches of ``(inputs, labels)`` and a strategy 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -143,10 +144,10 @@ def evaluate_epoch(model: nn.Module, loader, *, cfg: LoopConfig, on_batch: Calla
 
 
 def _better(current: dict, best: dict | None) -> bool:
-    if best is None:
+    # Validation loss, not accuracy: on a few hundred validation images accuracy moves in steps
+    # of one image and ties often, and picking its maximum mostly picks noise.
+    if best is None or math.isnan(current["val_loss"]):  # no validation data: the latest is best
         return True
-    if current["val_acc"] != best["val_acc"]:
-        return current["val_acc"] > best["val_acc"]
     return current["val_loss"] < best["val_loss"]
 
 
@@ -163,7 +164,7 @@ def fit(
 ) -> list[dict]:
     """Train for ``cfg.epochs`` with early stopping; leaves the best epoch's weights in ``model``.
 
-    "Best" is the highest validation accuracy, ties broken by lower validation loss. Returns the
+    "Best" is the lowest validation loss. Returns the
     per-epoch history. ``on_epoch_end`` may raise ``StopTraining``.
     """
     steps_per_epoch = max(1, len(train_loader))
@@ -187,7 +188,6 @@ def fit(
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        row["best"] = row is best
         epochs_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.3f}",
                                best=f"{best['val_acc']:.3f}")
         try:
@@ -198,6 +198,8 @@ def fit(
         if cfg.patience is not None and stale >= cfg.patience:
             break
     epochs_bar.close()
+    for row in history:
+        row["best"] = row is best
     if best_state is not None:
         model.load_state_dict(best_state)
     return history
