@@ -112,7 +112,6 @@ def train_one_epoch(
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}, step
 
 
-@torch.inference_mode()
 def run_inference(model: nn.Module, loader, *, cfg: LoopConfig, on_batch: Callable | None = None,
                   desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(outputs, labels, indices)`` for every decodable sample in ``loader``, in loader order."""
@@ -124,11 +123,12 @@ def run_inference(model: nn.Module, loader, *, cfg: LoopConfig, on_batch: Callab
             on_batch(batch)
         if len(batch.labels) == 0:
             continue
-        with _autocast(cfg.device):
+        with torch.inference_mode(), _autocast(cfg.device):
             out = model(_to_device(batch.images, cfg))
         outputs.append(out.float().cpu())
         labels.append(batch.labels)
         indices.append(batch.indices)
+    # Concatenated outside inference mode, so callers may train on the result (cached features).
     if not outputs:
         empty = torch.empty(0, dtype=torch.long)
         return torch.empty(0, 0), empty, empty
