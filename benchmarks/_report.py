@@ -55,7 +55,7 @@ def write_section(name: str, body: str, *, command: str) -> None:
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else (
         "# Benchmarks\n\nMeasured numbers only, each with the command that produced it. Ratios compare "
         "against a baseline measured in the same run.\n")
-    pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.S)
+    pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.DOTALL)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     BENCHMARKS_MD.write_text(text)
 

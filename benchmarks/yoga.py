@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import YOGA, leaked_test_files, write_section  # noqa: E402
+from _report import YOGA, leaked_test_files, write_section
 
 CHILD = r"""
 import json, resource, sys, time

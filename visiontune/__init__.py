@@ -5,7 +5,7 @@ The public surface; importing it does no heavy work (torch loads on first use).
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "fit", "load", "evaluate", "predict", "list_backbones", "TrainConfig"]
+__all__ = ["TrainConfig", "__version__", "evaluate", "fit", "list_backbones", "load", "predict"]
 
 
 def __getattr__(name):

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-__all__ = ["tune_allocator", "resolve_device", "configure_threads"]
+__all__ = ["configure_threads", "resolve_device", "tune_allocator"]
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2

@@ -22,21 +22,25 @@ import torch
 
 from . import _runtime
 from ._console import console, stage_table
-from .backbones import Classifier, Head, create_backbone
+from .backbones import Backbone, Classifier, Head, create_backbone
 from .config import TrainConfig
-from .data.folder import DatasetSplits, scan_folder
+from .data.folder import DatasetSplits, Sample, scan_folder
 from .data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from .data.transforms import decode_size, eval_transform, train_transform
-from .engine.loop import LoopConfig, evaluate_epoch, fit as fit_loop
+from .engine.loop import LoopConfig, evaluate_epoch
+from .engine.loop import fit as fit_loop
 from .engine.optim import build_optimizer
+from .errors import VisiontuneError
 from .evaluate.metrics import classification_metrics
-from .export.bundle import atomic_write_text, save_bundle
+from .export.bundle import _atomic_replace, atomic_write_text, save_bundle
+from .features.cache import FeatureCache, view_descriptor
 from .features.extract import FeatureDataset, FeatureSet, extract_features
 from .features.probe import fit_linear_probe
-from .predict.predictor import TrainedModel
+from .features.similar import top_k_similar
+from .predict.predictor import TrainedModel, expand_image_paths
 from .strategies import make_strategy
 
-__all__ = ["FitResult", "fit", "load", "evaluate", "predict"]
+__all__ = ["FitResult", "evaluate", "extract", "fit", "load", "predict", "similar"]
 
 
 @dataclass
@@ -79,26 +83,56 @@ def _metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, names) -> d
     return classification_metrics(labels.numpy(), preds, names, probs)
 
 
-def _train_head_on_features(model, splits, config, cfg, skips, workers, groups) -> tuple[list, dict]:
+def _features(backbone, parts: dict, config, cfg, skips, workers) -> dict:
+    """Eval-view features of each named split, read from the on-disk cache where present."""
+    cache = FeatureCache.for_backbone(config.cache_dir, backbone) if config.cache else None
+    return {name: extract_features(backbone, samples, cfg=cfg, batch_size=64, workers=workers,
+                                   skips=skips, desc=f"features ({name})", cache=cache)
+            for name, samples in parts.items() if samples}
+
+
+def _augmented_views(backbone, samples, config, cfg, skips, workers) -> list[FeatureSet]:
+    """``--cache-views K``: K augmented views per training image, each cached under its seed."""
+    views = []
+    for seed in range(config.cache_views):
+        cache = (FeatureCache.for_backbone(config.cache_dir, backbone, view=view_descriptor("standard", seed))
+                 if config.cache else None)
+        views.append(extract_features(backbone, samples, cfg=cfg, batch_size=64, workers=workers, skips=skips,
+                                      desc=f"augmented view {seed + 1}/{config.cache_views}", cache=cache,
+                                      view_seed=seed, augment="standard"))
+    return views
+
+
+def _concat(sets: list[FeatureSet]) -> FeatureSet:
+    return FeatureSet(torch.cat([s.features for s in sets]), torch.cat([s.labels for s in sets]),
+                      [x for s in sets for x in s.samples])
+
+
+def _train_head_on_features(model, splits, config, cfg, skips, workers, groups) -> tuple[list, dict, dict]:
     """Extract features once (the backbone is frozen), then train the head on them."""
-    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
-    features = {
-        name: extract_features(model.backbone, samples, cfg=cfg, batch_size=max(config.batch_size, 64),
-                               workers=workers, skips=skips, desc=f"features ({name})")
-        for name, samples in parts.items() if samples
-    }
+    features = _features(model.backbone, {"train": splits.train, "val": splits.val, "test": splits.test},
+                         config, cfg, skips, workers)
+    extraction = {name: {"computed": fs.computed, "from_cache": fs.from_cache} for name, fs in features.items()}
+    if config.cache_views:
+        views = _augmented_views(model.backbone, splits.train, config, cfg, skips, workers)
+        extraction["train_views"] = {"computed": sum(v.computed for v in views),
+                                     "from_cache": sum(v.from_cache for v in views)}
+        features["train"] = _concat([features["train"], *views])
     if config.head_solver == "lbfgs":
         history = fit_linear_probe(model.head, features["train"], features.get("val", _empty(features))).history
     else:
         history = _fit_head_minibatch(model.head, features, config, cfg, groups)
-    head_cfg = LoopConfig(**{**cfg.__dict__, "channels_last": False, "desc": "head"})
-    loaders = {name: make_loader(FeatureDataset(fs), batch_size=256, shuffle=False, workers=0)
-               for name, fs in features.items()}
     test = None
-    if "test" in loaders:
-        out = evaluate_epoch(model.head, loaders["test"], cfg=head_cfg, desc="test")
-        test = _metrics_from_logits(out.logits, out.labels, splits.labels.names)
-    return history, test
+    if "test" in features:
+        logits = _head_logits(model.head, features["test"])
+        test = _metrics_from_logits(logits, features["test"].labels, splits.labels.names)
+    return history, test, extraction
+
+
+def _head_logits(head, features: FeatureSet) -> torch.Tensor:
+    head.eval()
+    with torch.no_grad():
+        return head(features.features)
 
 
 def _empty(features: dict) -> FeatureSet:
@@ -151,9 +185,7 @@ def _warm_start_head(model, splits, config, cfg, skips, workers) -> dict:
     steps send large, meaningless gradients into the pretrained layers; starting from a fitted one
     they refine features instead of distorting them. Costs one pass over train and val.
     """
-    features = {name: extract_features(model.backbone, samples, cfg=cfg, batch_size=64, workers=workers,
-                                       skips=skips, desc=f"features ({name})")
-                for name, samples in (("train", splits.train), ("val", splits.val)) if samples}
+    features = _features(model.backbone, {"train": splits.train, "val": splits.val}, config, cfg, skips, workers)
     probe = fit_linear_probe(model.head, features["train"], features.get("val", _empty(features)))
     best = next(r for r in probe.history if r["best"])
     return {"C": probe.C, "val_acc": best["val_acc"], "val_loss": best["val_loss"]}
@@ -212,16 +244,18 @@ def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> Fi
     workers = default_workers() if config.workers is None else config.workers
     skips = SkipLog()
     if strategy.uses_frozen_backbone:
-        history, test = _train_head_on_features(model, splits, config, cfg, skips, workers, groups)
+        history, test, extraction = _train_head_on_features(model, splits, config, cfg, skips, workers, groups)
         warm_start = None
     else:
         history, test, warm_start = _train_end_to_end(model, strategy, splits, config, cfg, skips, workers,
                                                       groups)
+        extraction = None
     model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     best = next((r for r in history if r.get("best")), history[-1])
     chosen = {"C": best["C"]} if "C" in best else {"best_epoch": best["epoch"]}
     metrics = {"val": {"accuracy": best["val_acc"], "loss": best["val_loss"], **chosen},
-               "test": test, "head_warm_start": warm_start, **skips.to_dict(),
+               "test": test, "head_warm_start": warm_start, "feature_extraction": extraction,
+               **skips.to_dict(),
                "timing": {"total_s": time.perf_counter() - started, "device": str(device)}}
     save_bundle(run_dir, model, labels=splits.labels, extra={
         "strategy": strategy.state_dict(), "training": config.to_dict(), "data": splits.summary()})
@@ -248,3 +282,88 @@ def predict(run: str | Path, paths, *, top_k: int = 1, batch_size: int = 32, wor
             progress: bool = False) -> list[dict]:
     """Top-k classes with probabilities for each image file (folders are expanded)."""
     return load(run).predict(paths, top_k=top_k, batch_size=batch_size, workers=workers, progress=progress)
+
+
+def _backbone_from(run_or_backbone: str | Path, weights: str | None) -> Backbone:
+    """A run folder's backbone (its fine-tuned weights) or a backbone by name."""
+    if (Path(run_or_backbone) / "config.json").is_file():
+        backbone = load(run_or_backbone).model.backbone
+        # Fine-tuned: the pretrained file's hash no longer describes these weights, so the feature
+        # cache keys on a hash of the tensors themselves.
+        backbone.weights_sha256 = None
+        return backbone
+    return create_backbone(str(run_or_backbone), weights=weights or "default")
+
+
+def extract(data: str | Path, out: str | Path, *, backbone: str = "efficientnet_lite0",
+            weights: str | None = None, cache: bool = True, cache_dir: str | None = None,
+            batch_size: int = 64, workers: int | None = None, progress: bool = False) -> dict:
+    """Write every image's pooled features to ``out`` (``.npz``, or ``.parquet`` with pyarrow).
+
+    Columns: ``path``, ``label`` (class index), ``class_name``, ``split``, ``embedding``. Uses and
+    fills the feature cache. Returns a summary (rows, dimension, computed vs cached, skipped).
+    """
+    _runtime.tune_allocator()
+    out = Path(out)
+    if out.suffix not in (".npz", ".parquet"):
+        raise VisiontuneError(f"--out must end in .npz or .parquet, got {out.name}")
+    splits = scan_folder(data, val_fraction=0.0)
+    model = _backbone_from(backbone, weights)
+    config = TrainConfig(data=str(data), cache=cache, cache_dir=cache_dir)
+    cfg = LoopConfig(epochs=1, progress=progress)
+    skips = SkipLog()
+    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+    features = _features(model, parts, config, cfg, skips, default_workers() if workers is None else workers)
+    rows = [(name, fs) for name, fs in features.items()]
+    table = {
+        "path": np.array([str(s.path) for _, fs in rows for s in fs.samples]),
+        "label": np.concatenate([fs.labels.numpy() for _, fs in rows]),
+        "split": np.array([name for name, fs in rows for _ in fs.samples]),
+        "embedding": np.concatenate([fs.features.numpy() for _, fs in rows]).astype(np.float32),
+    }
+    table["class_name"] = np.array([splits.labels.names[i] for i in table["label"]])
+    _write_table(out, table, splits.labels.names)
+    return {"out": str(out), "rows": len(table["path"]), "dim": int(table["embedding"].shape[1]),
+            "computed": sum(fs.computed for _, fs in rows), "from_cache": sum(fs.from_cache for _, fs in rows),
+            "skipped": skips.to_dict()["skipped"]}
+
+
+def _write_table(out: Path, table: dict, class_names) -> None:
+    if out.suffix == ".npz":
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.savez(fh, class_names=np.array(class_names), **table)
+        _atomic_replace(out, write)
+        return
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise VisiontuneError("writing .parquet needs pyarrow (pip install pyarrow); or use .npz") from exc
+    columns = {k: v for k, v in table.items() if k != "embedding"}
+    columns["embedding"] = list(table["embedding"])
+    _atomic_replace(out, lambda tmp: pq.write_table(pa.table(columns), tmp))
+
+
+def similar(run_or_backbone: str | Path, query: str | Path, folder: str | Path, *, k: int = 5,
+            weights: str | None = None, cache: bool = True, cache_dir: str | None = None,
+            workers: int | None = None, progress: bool = False) -> list[dict]:
+    """The ``k`` images under ``folder`` most similar to ``query`` (cosine on pooled features)."""
+    _runtime.tune_allocator()
+    if k < 1:
+        raise VisiontuneError(f"--k must be at least 1, got {k}")
+    query = Path(query)
+    if not query.is_file():
+        raise VisiontuneError(f"no such query image: {query}")
+    gallery = [Sample(p, 0) for p in expand_image_paths([folder])]
+    model = _backbone_from(run_or_backbone, weights)
+    config = TrainConfig(data=str(folder), cache=cache, cache_dir=cache_dir)
+    cfg = LoopConfig(epochs=1, progress=progress)
+    skips = SkipLog()
+    feats = _features(model, {"gallery": gallery, "query": [Sample(query, 0)]}, config, cfg, skips,
+                      default_workers() if workers is None else workers)
+    if "query" not in feats or not len(feats["query"]):
+        raise VisiontuneError(f"cannot decode the query image {query}: {skips.skipped.get(str(query), '')}")
+    scores, indices = top_k_similar(feats["query"].features[0], feats["gallery"].features, k)
+    return [{"path": str(feats["gallery"].samples[i].path), "score": float(s)}
+            for s, i in zip(scores[0].tolist(), indices[0].tolist(), strict=False)]

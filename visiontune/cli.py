@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__
 from .errors import VisiontuneError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 DESCRIPTION = """\
 Transfer learning for image classification: take an ImageNet-pretrained backbone, replace its
@@ -31,6 +31,9 @@ examples:
   visiontune train photos/ --strategy full --epochs 6 --out runs/poses
   visiontune evaluate runs/poses photos/test --json
   visiontune predict runs/poses new_photos/ --top-k 3
+  visiontune extract photos/ --out embeddings.npz   # backbone embeddings of every image
+  visiontune similar efficientnet_lite0 query.jpg photos/ --k 5
+  visiontune cache info                             # the on-disk feature cache
   visiontune backbones                              # which backbones can load weights right now
 """
 
@@ -76,6 +79,10 @@ def _add_train(sub) -> None:
                    help="with --strategy head: 'lbfgs' fits the head as a logistic regression on\n"
                         "the cached features, its L2 strength chosen on validation (default);\n"
                         "'adamw' trains it in mini-batches for --epochs")
+    _add_cache_options(p)
+    p.add_argument("--cache-views", type=int, default=0, metavar="K",
+                   help="with --strategy head: also cache K augmented views of each training image\n"
+                        "and train the head on them too (default: 0)")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="share of train held out (stratified, seeded) when DATA has no val split\n(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, init, shuffling (default: %(default)s)")
@@ -111,6 +118,102 @@ def _print_summary(result) -> None:
     print(f"run saved to {result.run_dir}")
 
 
+def _add_extract(sub) -> None:
+    p = sub.add_parser("extract", help="write every image's backbone embedding to a file",
+                       description="Run a frozen backbone over DATA (class folders or splits) and write "
+                       "path, label, class_name, split and embedding per image to FILE (.npz; .parquet "
+                       "with pyarrow). Reads and fills the feature cache.")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file, .npz or .parquet")
+    p.add_argument("--backbone", default="efficientnet_lite0",
+                   help="backbone name, or a run folder to use its fine-tuned backbone (default: %(default)s)")
+    p.add_argument("--weights", default=None, metavar="PATH", help="local weights file or folder")
+    _add_cache_options(p)
+    p.add_argument("--workers", type=int, default=None, help="loader processes (default: one per spare core)")
+    p.set_defaults(run=_run_extract)
+
+
+def _add_cache_options(p) -> None:
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="feature cache folder (default: $VISIONTUNE_CACHE or ~/.cache/visiontune)")
+    p.add_argument("--no-cache", dest="cache", action="store_false", help="bypass the feature cache")
+
+
+def _run_extract(args) -> int:
+    from .api import extract
+
+    summary = extract(args.data, args.out, backbone=args.backbone, weights=args.weights, cache=args.cache,
+                      cache_dir=args.cache_dir, workers=args.workers, progress=sys.stderr.isatty())
+    print(f"wrote {summary['rows']} embeddings of dimension {summary['dim']} to {summary['out']} "
+          f"({summary['computed']} computed, {summary['from_cache']} from the cache)")
+    for path, reason in summary["skipped"].items():
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 0
+
+
+def _add_similar(sub) -> None:
+    p = sub.add_parser("similar", help="find the images most similar to a query image",
+                       description="List the K images under DIR most similar to QUERY: cosine similarity "
+                       "of pooled backbone features (cached, so repeated searches over DIR are fast).")
+    p.add_argument("source", metavar="RUN_OR_BACKBONE", help="a run folder or a backbone name")
+    p.add_argument("query", metavar="QUERY", help="the query image")
+    p.add_argument("dir", metavar="DIR", help="folder of images to search (recursively)")
+    p.add_argument("--k", type=int, default=5, help="how many to list (default: %(default)s)")
+    p.add_argument("--weights", default=None, metavar="PATH", help="local weights for a backbone name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_cache_options(p)
+    p.set_defaults(run=_run_similar)
+
+
+def _run_similar(args) -> int:
+    from .api import similar
+
+    rows = similar(args.source, args.query, args.dir, k=args.k, weights=args.weights, cache=args.cache,
+                   cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['score']:.4f}\t{row['path']}")
+    return 0
+
+
+def _add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="show or clear the on-disk feature cache",
+                       description="The feature cache keeps each image's frozen-backbone features, keyed "
+                       "by backbone, weights, preprocessing and the file's identity, so later runs skip the "
+                       "backbone. `info` lists its stores; `clear` deletes them (or one, with --key).")
+    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help="(default: the per-user cache folder)")
+    p.add_argument("--key", default=None, help="with clear: only this store")
+    p.add_argument("--json", action="store_true", help="with info: print JSON")
+    p.set_defaults(run=_run_cache)
+
+
+def _run_cache(args) -> int:
+    from ._paths import default_cache_dir
+    from .features.cache import cache_info, clear_cache
+
+    root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if args.action == "clear":
+        freed = clear_cache(root, args.key)
+        print(f"freed {freed / 2**20:.1f} MiB in {root}")
+        return 0
+    rows = cache_info(root)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"feature cache: {root}")
+    if not rows:
+        print("  (empty)")
+    for row in rows:
+        described = row.get("description") or {}
+        view = described.get("view") or "eval view"
+        print(f"  {row['key']}  {described.get('backbone', '?'):<22} {view:<40} {row.get('entries', 0):>7} images "
+              f"{row.get('bytes', 0) / 2**20:>8.1f} MiB  {row.get('status', '')}")
+    return 0
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="accuracy and per-class metrics of a run on a labelled folder",
                        description="Evaluate a trained run on DIR (a folder of class sub-folders whose "
@@ -140,7 +243,7 @@ def _run_evaluate(args) -> int:
     names = metrics["class_names"]
     print("confusion matrix (rows: true, columns: predicted)")
     print(" " * 12 + "".join(f"{n[:8]:>9}" for n in names))
-    for name, row in zip(names, metrics["confusion_matrix"]):
+    for name, row in zip(names, metrics["confusion_matrix"], strict=False):
         print(f"{name[:12]:<12}" + "".join(f"{v:>9}" for v in row))
     for path, reason in metrics.get("skipped", {}).items():
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -241,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"visiontune {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_backbones, _add_demo):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_extract, _add_similar, _add_cache,
+                _add_backbones, _add_demo):
         add(sub)
     return parser
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from .errors import VisiontuneError
 from .strategies import STRATEGIES
 
-__all__ = ["TrainConfig", "STRATEGY_DEFAULTS"]
+__all__ = ["STRATEGY_DEFAULTS", "TrainConfig"]
 
 # Per-strategy defaults, chosen so each finishes in minutes on a 2-core CPU. A frozen backbone's
 # head trains on cached features, where an epoch costs milliseconds, so it gets many.
@@ -37,6 +37,9 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     patience: int | None = None
     warm_start_head: bool = False  # partial/full: fit the head as a linear probe first (LP-FT)
+    cache: bool = True  # frozen-backbone features go to / come from the on-disk feature cache
+    cache_dir: str | None = None  # None: the per-user cache folder
+    cache_views: int = 0  # head strategy: augmented views per training image, cached too
     head_solver: str = "lbfgs"  # head strategy: full-batch linear probe, or "adamw" mini-batches
     val_fraction: float = 0.15
     seed: int = 0
@@ -69,6 +72,8 @@ class TrainConfig:
             bad(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.head_solver not in HEAD_SOLVERS:
             bad(f"--head-solver must be one of {', '.join(HEAD_SOLVERS)}, got {self.head_solver!r}")
+        if self.cache_views < 0:
+            bad(f"--cache-views must be 0 or more, got {self.cache_views}")
         if self.workers is not None and self.workers < 0:
             bad(f"--workers must be 0 or more, got {self.workers}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):

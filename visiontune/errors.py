@@ -1,6 +1,6 @@
 """Errors a user can fix; the CLI turns them into one line on stderr and exit code 2."""
 
-__all__ = ["VisiontuneError", "DataError", "WeightsNotFoundError", "BundleError"]
+__all__ = ["BundleError", "DataError", "VisiontuneError", "WeightsNotFoundError"]
 
 
 class VisiontuneError(Exception):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-__all__ = ["PreprocessSpec", "LabelMap", "INTERPOLATIONS"]
+__all__ = ["INTERPOLATIONS", "LabelMap", "PreprocessSpec"]
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 

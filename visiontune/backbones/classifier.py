@@ -14,7 +14,7 @@ from torch import nn
 
 from ..specs import PreprocessSpec
 
-__all__ = ["Backbone", "Head", "Classifier"]
+__all__ = ["Backbone", "Classifier", "Head"]
 
 
 class Backbone(nn.Module):

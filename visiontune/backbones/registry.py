@@ -15,10 +15,10 @@ from .sources import embedded_weights_path, load_timm_model
 
 __all__ = [
     "BackboneInfo",
-    "register_backbone",
+    "create_backbone",
     "get_backbone_info",
     "list_backbones",
-    "create_backbone",
+    "register_backbone",
     "weights_available",
 ]
 
@@ -83,8 +83,8 @@ def weights_available(info: BackboneInfo) -> str | None:
     if info.embedded_module and embedded_weights_path(info.embedded_module):
         return f"embedded ({info.pip_name})"
     try:
-        from huggingface_hub import try_to_load_from_cache
         import timm
+        from huggingface_hub import try_to_load_from_cache
 
         cfg = timm.models.get_pretrained_cfg(info.timm_name)
         hf_id = getattr(cfg, "hf_hub_id", None) if cfg else None

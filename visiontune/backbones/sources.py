@@ -10,8 +10,8 @@ import contextlib
 import hashlib
 import importlib
 import json
-from dataclasses import dataclass
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,8 +20,14 @@ from torch import nn
 from ..errors import WeightsNotFoundError
 from ..specs import PreprocessSpec
 
-__all__ = ["LoadedWeights", "load_timm_model", "load_state_dict_file", "map_state_dict_in_order",
-           "embedded_weights_path", "file_sha256"]
+__all__ = [
+    "LoadedWeights",
+    "embedded_weights_path",
+    "file_sha256",
+    "load_state_dict_file",
+    "load_timm_model",
+    "map_state_dict_in_order",
+]
 
 WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -69,7 +75,7 @@ def map_state_dict_in_order(source: dict, target: dict) -> dict:
             f"checkpoint has {len(source)} tensors, the model expects {len(target)}"
         )
     mapped = {}
-    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=False):
         if tuple(tensor.shape) != tuple(expected.shape):
             raise WeightsNotFoundError(
                 f"tensor {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}"

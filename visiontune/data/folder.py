@@ -21,17 +21,17 @@ from ..specs import LabelMap
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "Sample",
     "DatasetSplits",
-    "scan_folder",
-    "scan_class_folder",
+    "Sample",
     "list_images",
+    "scan_class_folder",
+    "scan_folder",
     "stratified_split",
 ]
 
 # Decoding goes by content; the extension only decides which files are meant to be images.
 IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .ico".split()
+    [".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".ico"]
 )
 SPLIT_ALIASES = {
     "train": "train",
@@ -163,8 +163,12 @@ def stratified_split(
             n_held = min(max(n_held, 1), len(group) - 1)
         held += group[:n_held]
         kept += group[n_held:]
-    key = lambda s: str(s.path)  # noqa: E731 - stable order, independent of the shuffle
-    return sorted(kept, key=key), sorted(held, key=key)
+    # Path order, independent of the shuffle, so loaders see a stable order.
+    return sorted(kept, key=_path_key), sorted(held, key=_path_key)
+
+
+def _path_key(sample: Sample) -> str:
+    return str(sample.path)
 
 
 def scan_folder(root: str | Path, *, val_fraction: float = 0.15, seed: int = 0) -> DatasetSplits:

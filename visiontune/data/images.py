@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-__all__ = ["ImageDecodeError", "DecodedImage", "decode_image", "to_rgb"]
+__all__ = ["DecodedImage", "ImageDecodeError", "decode_image", "to_rgb"]
 
 
 class ImageDecodeError(Exception):

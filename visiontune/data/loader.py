@@ -20,12 +20,12 @@ from .folder import Sample
 from .images import ImageDecodeError, decode_image
 
 __all__ = [
-    "ImageDataset",
     "Batch",
+    "ImageDataset",
     "SkipLog",
     "collate_skipping_failures",
-    "make_loader",
     "default_workers",
+    "make_loader",
 ]
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from ..specs import PreprocessSpec
 
-__all__ = ["eval_transform", "train_transform", "interpolation_mode", "decode_size"]
+__all__ = ["decode_size", "eval_transform", "interpolation_mode", "train_transform"]
 
 _MODES = {
     "bilinear": InterpolationMode.BILINEAR,

@@ -19,8 +19,15 @@ from tqdm.auto import tqdm
 
 from .optim import apply_lr, lr_multiplier
 
-__all__ = ["LoopConfig", "EvalOutput", "train_one_epoch", "run_inference", "evaluate_epoch", "fit",
-           "StopTraining"]
+__all__ = [
+    "EvalOutput",
+    "LoopConfig",
+    "StopTraining",
+    "evaluate_epoch",
+    "fit",
+    "run_inference",
+    "train_one_epoch",
+]
 
 
 class StopTraining(Exception):

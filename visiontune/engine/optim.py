@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["build_optimizer", "lr_multiplier", "apply_lr"]
+__all__ = ["apply_lr", "build_optimizer", "lr_multiplier"]
 
 
 def build_optimizer(param_groups: list[dict], *, weight_decay: float) -> torch.optim.AdamW:

@@ -12,7 +12,7 @@ __all__ = ["classification_metrics"]
 
 def _top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
     top = np.argsort(-probs, axis=1)[:, :k]
-    return float(np.mean([t in row for t, row in zip(y_true, top)]))
+    return float(np.mean([t in row for t, row in zip(y_true, top, strict=False)]))
 
 
 def classification_metrics(
@@ -25,7 +25,7 @@ def classification_metrics(
     """
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     labels = list(range(len(class_names)))
-    result: dict = {"num_images": int(len(y_true))}
+    result: dict = {"num_images": len(y_true)}
     if len(y_true) == 0:
         return {**result, "accuracy": None, "per_class": {}, "confusion_matrix": []}
     result["accuracy"] = float(np.mean(y_true == y_pred))

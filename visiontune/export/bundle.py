@@ -19,8 +19,14 @@ from ..backbones import Classifier, Head, create_backbone
 from ..errors import BundleError
 from ..specs import LabelMap, PreprocessSpec
 
-__all__ = ["FORMAT_VERSION", "save_bundle", "load_bundle", "read_bundle_config", "atomic_write_text",
-           "atomic_write_bytes"]
+__all__ = [
+    "FORMAT_VERSION",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_bundle",
+    "read_bundle_config",
+    "save_bundle",
+]
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -116,6 +122,6 @@ def load_bundle(folder: str | Path) -> tuple[Classifier, LabelMap, dict]:
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
         model.load_state_dict(state)
-    except Exception as exc:  # noqa: BLE001 - truncated file, wrong shapes: one clear message
+    except Exception as exc:
         raise BundleError(f"cannot load {folder / WEIGHTS_FILE}: {str(exc).splitlines()[0]}") from exc
     return model.eval(), labels, config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,10 +13,14 @@ from torch.utils.data import Dataset
 from ..backbones import Backbone
 from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, make_loader
-from ..data.transforms import decode_size, eval_transform
+from ..data.transforms import decode_size, eval_transform, train_transform
 from ..engine.loop import LoopConfig, run_inference
+from .cache import FeatureCache, description_key, model_description, view_descriptor
 
-__all__ = ["FeatureSet", "FeatureDataset", "extract_features"]
+__all__ = ["STORE_EVERY", "FeatureDataset", "FeatureSet", "extract_features"]
+
+# Images per cache write: a killed extraction keeps what it finished, at one shard per chunk.
+STORE_EVERY = 8192
 
 
 @dataclass
@@ -24,6 +30,8 @@ class FeatureSet:
     features: torch.Tensor  # (N, D) float32
     labels: torch.Tensor  # (N,) long
     samples: list[Sample]
+    computed: int = 0  # rows this call ran through the backbone
+    from_cache: int = 0  # rows this call read from a FeatureCache
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -42,6 +50,34 @@ class FeatureDataset(Dataset):
         return self.features.features[index], int(self.features.labels[index]), index, None
 
 
+class _SeededViews(ImageDataset):
+    """Augmented views drawn from a seed per (view, image), not from the loader's RNG stream.
+
+    So an image recomputed alone gets the same view it would get among all the others, which is
+    what lets a cached view stand for "view ``seed`` of this image".
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform, *, decode_size: int | None, seed: int):
+        super().__init__(samples, transform, decode_size=decode_size)
+        self.seed = seed
+
+    def __getitem__(self, index: int):
+        path = os.path.abspath(self.samples[index].path)
+        digest = hashlib.sha256(f"{self.seed}\0{path}".encode()).digest()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+            return super().__getitem__(index)
+
+
+def _dataset(backbone: Backbone, samples: list[Sample], view_seed: int | None,
+             augment: str) -> ImageDataset:
+    spec = backbone.preprocess
+    if view_seed is None:
+        return ImageDataset(samples, eval_transform(spec), decode_size=decode_size(spec))
+    transform = train_transform(spec, augment=augment)
+    return _SeededViews(samples, transform, decode_size=decode_size(spec), seed=view_seed)
+
+
 def extract_features(
     backbone: Backbone,
     samples: Sequence[Sample],
@@ -51,16 +87,78 @@ def extract_features(
     workers: int = 0,
     skips: SkipLog | None = None,
     desc: str = "extract features",
+    cache: FeatureCache | None = None,
+    view_seed: int | None = None,
+    augment: str = "standard",
 ) -> FeatureSet:
-    """Features with the backbone's deterministic eval preprocessing; undecodable files skipped."""
+    """Features with the backbone's deterministic eval preprocessing; undecodable files skipped.
+
+    ``cache``: read features stored for these files and run the backbone only on the rest, which
+    are then stored. ``view_seed``: instead of the eval view, augmented view ``view_seed`` of each
+    image (``train_transform(augment=...)``, seeded per image); a cache for it must be made with
+    ``view=view_descriptor(augment, view_seed)``.
+    """
     samples = list(samples)
-    dataset = ImageDataset(samples, eval_transform(backbone.preprocess),
-                           decode_size=decode_size(backbone.preprocess))
+
+    def run(part: list[Sample], label: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _run_backbone(backbone, _dataset(backbone, part, view_seed, augment), part, cfg=cfg,
+                             batch_size=batch_size, workers=workers, skips=skips, desc=label)
+
+    if cache is None:
+        features, labels, indices = run(samples, desc)
+        kept = [samples[i] for i in indices.tolist()]
+        return FeatureSet(features, labels, kept, computed=len(kept))
+    view = view_descriptor(augment, view_seed) if view_seed is not None else None
+    _check_cache(cache, backbone, view)
+    return _extract_cached(backbone, samples, cache, run, desc)
+
+
+def _run_backbone(backbone: Backbone, dataset: ImageDataset, samples: list[Sample], *,
+                  cfg: LoopConfig, batch_size: int, workers: int, skips: SkipLog | None, desc: str):
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
     record = (lambda batch: skips.record(batch, samples)) if skips is not None else None
     backbone = backbone.to(cfg.device)
     if cfg.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
-    features, labels, indices = run_inference(backbone, loader, cfg=cfg, on_batch=record, desc=desc)
-    kept = [samples[i] for i in indices.tolist()]
-    return FeatureSet(features, labels, kept)
+    return run_inference(backbone, loader, cfg=cfg, on_batch=record, desc=desc)
+
+
+def _check_cache(cache: FeatureCache, backbone: Backbone, view: str | None) -> None:
+    """Refuse a cache made for another backbone, preprocessing or view: its rows would be wrong."""
+    if cache.description is None:  # built from a bare key: the caller vouches for it
+        return
+    expected = model_description(backbone, pooling=cache.description.get("pooling"), view=view)
+    if description_key(expected) != cache.key:
+        raise ValueError(f"{cache} was made for {cache.description}, not for {expected}")
+
+
+def _image_key(cache: FeatureCache, sample: Sample) -> str | None:
+    try:
+        return cache.image_key(sample.path)
+    except OSError:  # missing or unreadable: left to the loader, which records it as skipped
+        return None
+
+
+def _extract_cached(backbone: Backbone, samples: list[Sample], cache: FeatureCache, run,
+                    desc: str) -> FeatureSet:
+    """Look every sample up, run ``run`` on the misses chunk by chunk, store each chunk."""
+    keys = [_image_key(cache, s) for s in samples]
+    found, _ = cache.lookup(k for k in keys if k is not None)
+    rows = {i: found[k] for i, k in enumerate(keys) if k in found}
+    todo = [i for i, k in enumerate(keys) if k not in found]
+    chunks = range(0, len(todo), STORE_EVERY)
+    for n, start in enumerate(chunks):
+        chunk = todo[start:start + STORE_EVERY]
+        label = desc if len(chunks) == 1 else f"{desc} {n + 1}/{len(chunks)}"
+        features, _, indices = run([samples[i] for i in chunk], label)
+        done = [chunk[j] for j in indices.tolist()]
+        keyed = [j for j, i in enumerate(done) if keys[i] is not None]
+        cache.store([keys[done[j]] for j in keyed], features[keyed])
+        rows.update(zip(done, features, strict=False))
+    order = sorted(rows)
+    width = backbone.num_features
+    features = torch.stack([rows[i] for i in order]) if order else torch.empty(0, width)
+    labels = torch.tensor([samples[i].label for i in order], dtype=torch.long)
+    computed = len(order) - sum(1 for i in order if keys[i] in found)
+    return FeatureSet(features, labels, [samples[i] for i in order], computed=computed,
+                      from_cache=len(order) - computed)

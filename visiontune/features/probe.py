@@ -20,7 +20,7 @@ from sklearn.metrics import log_loss
 from ..backbones import Head
 from .extract import FeatureSet
 
-__all__ = ["ProbeResult", "fit_linear_probe", "DEFAULT_C_GRID"]
+__all__ = ["DEFAULT_C_GRID", "ProbeResult", "fit_linear_probe"]
 
 DEFAULT_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 

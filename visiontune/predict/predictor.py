@@ -91,7 +91,7 @@ class TrainedModel:
         probs, indices = self._probabilities(samples, batch_size=batch_size, workers=workers,
                                              progress=progress, skips=skips)
         k = max(1, min(top_k, len(self.labels)))
-        by_index = dict(zip(indices.tolist(), probs))
+        by_index = dict(zip(indices.tolist(), probs, strict=False))
         results = []
         for i, path in enumerate(files):
             if i not in by_index:

@@ -2,4 +2,4 @@
 
 from .base import STRATEGIES, FullStrategy, HeadStrategy, PartialStrategy, Strategy, make_strategy
 
-__all__ = ["STRATEGIES", "Strategy", "HeadStrategy", "PartialStrategy", "FullStrategy", "make_strategy"]
+__all__ = ["STRATEGIES", "FullStrategy", "HeadStrategy", "PartialStrategy", "Strategy", "make_strategy"]

@@ -16,8 +16,15 @@ from torch import nn
 
 from ..backbones import Classifier
 
-__all__ = ["Strategy", "HeadStrategy", "PartialStrategy", "FullStrategy", "STRATEGIES",
-           "make_strategy", "StageRow"]
+__all__ = [
+    "STRATEGIES",
+    "FullStrategy",
+    "HeadStrategy",
+    "PartialStrategy",
+    "StageRow",
+    "Strategy",
+    "make_strategy",
+]
 
 
 @dataclass(frozen=True)
