@@ -31,13 +31,13 @@ from .engine.loop import LoopConfig, evaluate_epoch
 from .engine.loop import fit as fit_loop
 from .engine.optim import build_optimizer
 from .errors import VisiontuneError
-from .evaluate.metrics import classification_metrics
+from .evaluation.metrics import classification_metrics
 from .export.bundle import _atomic_replace, atomic_write_text, save_bundle
 from .features.cache import FeatureCache, view_descriptor
 from .features.extract import FeatureDataset, FeatureSet, extract_features
 from .features.probe import fit_linear_probe
 from .features.similar import top_k_similar
-from .predict.predictor import TrainedModel, expand_image_paths
+from .prediction.predictor import TrainedModel, expand_image_paths
 from .strategies import make_strategy
 
 __all__ = ["FitResult", "evaluate", "extract", "fit", "load", "predict", "similar"]

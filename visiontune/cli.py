@@ -218,7 +218,7 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="accuracy and per-class metrics of a run on a labelled folder",
                        description="Evaluate a trained run on DIR (a folder of class sub-folders whose "
                        "names are among the model's classes).")
-    p.add_argument("run", metavar="RUN", help="run folder written by `visiontune train`")
+    p.add_argument("run_dir", metavar="RUN", help="run folder written by `visiontune train`")
     p.add_argument("dir", metavar="DIR", help="folder of class sub-folders")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
@@ -229,7 +229,7 @@ def _add_evaluate(sub) -> None:
 def _run_evaluate(args) -> int:
     from .api import evaluate
 
-    metrics = evaluate(args.run, args.dir, batch_size=args.batch_size, workers=args.workers,
+    metrics = evaluate(args.run_dir, args.dir, batch_size=args.batch_size, workers=args.workers,
                        progress=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -254,7 +254,7 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify image files or folders with a trained run",
                        description="Predict the class of each image in PATH... (files, or folders "
                        "searched recursively).")
-    p.add_argument("run", metavar="RUN", help="run folder written by `visiontune train`")
+    p.add_argument("run_dir", metavar="RUN", help="run folder written by `visiontune train`")
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
     p.add_argument("--top-k", type=int, default=1, help="classes to show per image (default: %(default)s)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table",
@@ -269,7 +269,7 @@ def _run_predict(args) -> int:
 
     if args.top_k < 1:
         raise VisiontuneError(f"--top-k must be at least 1, got {args.top_k}")
-    results = predict(args.run, args.paths, top_k=args.top_k, batch_size=args.batch_size,
+    results = predict(args.run_dir, args.paths, top_k=args.top_k, batch_size=args.batch_size,
                       workers=args.workers, progress=args.format == "table" and sys.stderr.isatty())
     if args.format == "json":
         print(json.dumps(results, indent=2))

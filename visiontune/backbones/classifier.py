@@ -33,7 +33,9 @@ class Backbone(nn.Module):
         self.preprocess = preprocess
         self.source = source
         self.weights_sha256 = weights_sha256
-        self.num_features = int(body.num_features)
+        # The pooled output's width: timm's ``head_hidden_size`` where a head conv stays after
+        # ``reset_classifier(0)`` (MobileNetV3: 960 -> 1280), else ``num_features``.
+        self.num_features = int(getattr(body, "head_hidden_size", None) or body.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

@@ -33,8 +33,11 @@ def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "F":
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
         arr = (arr - lo) / (hi - lo or 1.0) * 255.0
-    else:
-        arr = arr / 257.0 if arr.max() > 255 else arr
+    elif arr.size and arr.max() > 65535:  # 32-bit integers (mode I): stretch the range in use
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+    elif arr.size and arr.max() > 255:  # 16-bit
+        arr = arr / 257.0
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
 
 

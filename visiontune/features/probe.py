@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
 from ..backbones import Head
+from ..errors import DataError
 from .extract import FeatureSet
 
 __all__ = ["DEFAULT_C_GRID", "ProbeResult", "fit_linear_probe"]
@@ -45,7 +46,7 @@ def fit_linear_probe(head: Head, train: FeatureSet, val: FeatureSet, *,
     classes = np.arange(num_classes)
     missing = set(classes) - set(y.tolist())
     if missing:  # a class with no decodable training image cannot be learnt
-        raise ValueError(f"classes {sorted(missing)} have no training features")
+        raise DataError(f"class(es) {sorted(int(c) for c in missing)} have no decodable training image")
     history, best = [], None
     for C in c_grid:
         model = _fit_one(x, y, C, max_iter)

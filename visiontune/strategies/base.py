@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..backbones import Classifier
+from ..errors import VisiontuneError
 
 __all__ = [
     "STRATEGIES",
@@ -143,7 +144,8 @@ class PartialStrategy(Strategy):
     def trainable_stages(self, num_stages: int) -> set[int]:
         count = self.unfreeze if self.unfreeze is not None else math.ceil(num_stages / 3)
         if not 0 <= count <= num_stages:
-            raise ValueError(f"--unfreeze must be between 0 and {num_stages} for this backbone, got {count}")
+            raise VisiontuneError(
+                f"--unfreeze must be between 0 and {num_stages} for this backbone, got {count}")
         return set(range(num_stages - count, num_stages))
 
 

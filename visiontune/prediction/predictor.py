@@ -14,7 +14,7 @@ from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size, eval_transform
 from ..engine.loop import LoopConfig, run_inference
 from ..errors import DataError
-from ..evaluate.metrics import classification_metrics
+from ..evaluation.metrics import classification_metrics
 from ..export.bundle import load_bundle
 from ..specs import LabelMap
 

@@ -1,0 +1,209 @@
+"""Strategies: which stages train, frozen BatchNorm statistics stay put, backbone LR multiplier."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from visiontune.backbones import Classifier, Head, create_backbone
+from visiontune.engine.optim import build_optimizer
+from visiontune.errors import VisiontuneError
+from visiontune.strategies import (
+    STRATEGIES,
+    FullStrategy,
+    HeadStrategy,
+    PartialStrategy,
+    make_strategy,
+)
+
+LR, MULT, WD = 1e-2, 0.1, 0.05
+
+
+def _model(num_classes: int = 3) -> Classifier:
+    torch.manual_seed(0)
+    backbone = create_backbone("test_efficientnet", weights="none")
+    return Classifier(backbone, Head(backbone.num_features, num_classes, dropout=0.2))
+
+
+@pytest.fixture
+def model() -> Classifier:
+    return _model()
+
+
+def _setup(strategy, model):
+    return strategy.setup(model, lr=LR, backbone_lr_mult=MULT, weight_decay=WD)
+
+
+def _trainable_names(model) -> set[str]:
+    return {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+
+
+def _stage_params(model, indices) -> set[str]:
+    stages = model.backbone.stages()
+    return {n for i in indices for n in stages[i][1]}
+
+
+def _bn_modules(model, stage_indices) -> dict[str, nn.Module]:
+    names = _stage_params(model, stage_indices)
+    return {n: m for n, m in model.backbone.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{n}.weight" in names}
+
+
+def _bn_stats(modules: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in modules.items()}
+
+
+def _train_step(strategy, model, groups, steps: int = 2) -> None:
+    optimizer = build_optimizer(groups, weight_decay=WD)
+    strategy.set_train_mode(model)
+    torch.manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(4, 3, 64, 64) * 2 + 0.5, torch.tensor([0, 1, 2, 0])
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+# ---------------------------------------------------------------- trainable and frozen parts
+
+
+@pytest.mark.parametrize("name", ["head", "partial", "full"])
+def test_trainable_parameters_follow_the_stages(model, name):
+    strategy = make_strategy(name)
+    groups = _setup(strategy, model)
+    n = len(model.backbone.stages())
+    expected_stages = {"head": set(), "partial": set(range(n - math.ceil(n / 3), n)),
+                       "full": set(range(n))}[name]
+    assert strategy.trainable_stages(n) == expected_stages
+    assert _trainable_names(model) == _stage_params(model, expected_stages)
+    assert all(p.requires_grad for p in model.head.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    stage_sizes = [sum(model.backbone.get_parameter(p).numel() for p in params)
+                   for _, params in model.backbone.stages()]
+    head_size = sum(p.numel() for p in model.head.parameters())
+    assert trainable == head_size + sum(stage_sizes[i] for i in expected_stages)
+    assert frozen == sum(stage_sizes) - sum(stage_sizes[i] for i in expected_stages)
+    # The optimizer gets exactly the trainable parameters, each once.
+    in_groups = [p for g in groups for p in g["params"]]
+    assert len(in_groups) == len({id(p) for p in in_groups})
+    assert {id(p) for p in in_groups} == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("unfreeze", range(0, 7))
+def test_partial_trains_exactly_the_last_n_stages(model, unfreeze):
+    stages = model.backbone.stages()
+    n = len(stages)
+    if unfreeze > n:
+        pytest.skip("backbone has fewer stages")
+    strategy = PartialStrategy(unfreeze=unfreeze)
+    _setup(strategy, model)
+    assert _trainable_names(model) == _stage_params(model, range(n - unfreeze, n))
+    rows = strategy.describe(model, lr=LR, backbone_lr_mult=MULT)
+    assert [r.trainable for r in rows[:-1]] == [i >= n - unfreeze for i in range(n)]
+    assert rows[-1].stage == "head (new)" and rows[-1].trainable
+
+
+def test_partial_unfreeze_beyond_the_stage_count_is_refused(model):
+    n = len(model.backbone.stages())
+    with pytest.raises(VisiontuneError, match="--unfreeze"):  # a user error: exit code 2
+        _setup(PartialStrategy(unfreeze=n + 1), model)
+
+
+def test_setup_again_with_another_strategy_unfreezes(model):
+    _setup(HeadStrategy(), model)
+    assert not _trainable_names(model)
+    _setup(FullStrategy(), model)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_unknown_strategy():
+    with pytest.raises(ValueError, match="unknown strategy"):
+        make_strategy("everything")
+    assert set(STRATEGIES) == {"head", "partial", "full"}
+
+
+# ------------------------------------------------------------------------- learning rates
+
+
+@pytest.mark.parametrize("name", ["partial", "full"])
+def test_backbone_trains_at_lr_times_multiplier(model, name):
+    groups = _setup(make_strategy(name), model)
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"backbone", "backbone/no_decay", "head", "head/no_decay"}
+    for g in groups:
+        expected = LR * MULT if g["name"].startswith("backbone") else LR
+        assert g["lr"] == pytest.approx(expected) and g["base_lr"] == pytest.approx(expected)
+        assert g["weight_decay"] == (0.0 if g["name"].endswith("no_decay") else WD)
+    # biases and norm scales are not decayed; conv and linear weights are
+    assert all(p.ndim <= 1 for g in groups if g["name"].endswith("no_decay") for p in g["params"])
+    assert all(p.ndim > 1 for g in groups if not g["name"].endswith("no_decay") for p in g["params"])
+    optimizer = build_optimizer(groups, weight_decay=WD)
+    assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in groups]
+
+
+def test_head_strategy_has_only_head_groups(model):
+    groups = _setup(HeadStrategy(), model)
+    assert {g["name"] for g in groups} == {"head", "head/no_decay"}
+    assert all(g["lr"] == LR for g in groups)
+
+
+def test_describe_reports_lrs_and_batchnorm(model):
+    strategy = PartialStrategy(unfreeze=1)
+    _setup(strategy, model)
+    rows = strategy.describe(model, lr=LR, backbone_lr_mult=MULT)
+    assert rows[-2].trainable and rows[-2].lr == pytest.approx(LR * MULT) and rows[-2].batchnorm == "train"
+    assert not rows[0].trainable and rows[0].lr == 0 and rows[0].batchnorm == "frozen"
+    assert sum(r.num_params for r in rows) == sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------- BatchNorm policy
+
+
+@pytest.mark.parametrize("name, unfreeze", [("head", None), ("partial", 2), ("partial", 4), ("full", None)])
+def test_frozen_batchnorm_statistics_do_not_move(model, name, unfreeze):
+    strategy = make_strategy(name, unfreeze=unfreeze)
+    groups = _setup(strategy, model)
+    n = len(model.backbone.stages())
+    trainable = strategy.trainable_stages(n)
+    frozen_bn = _bn_modules(model, set(range(n)) - trainable)
+    trainable_bn = _bn_modules(model, trainable)
+    assert len(frozen_bn) + len(trainable_bn) == sum(
+        isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
+    frozen_params = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if not p.requires_grad}
+    before_frozen, before_trainable = _bn_stats(frozen_bn), _bn_stats(trainable_bn)
+    head_before = model.head.fc.weight.detach().clone()
+
+    _train_step(strategy, model, groups)
+
+    for bn_name, (mean, var) in _bn_stats(frozen_bn).items():
+        assert torch.equal(mean, before_frozen[bn_name][0]), bn_name
+        assert torch.equal(var, before_frozen[bn_name][1]), bn_name
+        assert not frozen_bn[bn_name].training
+    for pname, p in model.backbone.named_parameters():
+        if pname in frozen_params:
+            assert torch.equal(p, frozen_params[pname]), pname
+    for bn_name, (mean, var) in _bn_stats(trainable_bn).items():  # trainable stages: statistics update
+        assert not torch.equal(mean, before_trainable[bn_name][0]), bn_name
+        assert not torch.equal(var, before_trainable[bn_name][1]), bn_name
+        assert trainable_bn[bn_name].training
+    assert not torch.equal(model.head.fc.weight, head_before)  # the head always trains
+    if name == "full":
+        assert frozen_bn == {} and len(trainable_bn) > 0
+
+
+def test_head_strategy_keeps_backbone_in_eval_but_head_in_train(model):
+    strategy = HeadStrategy()
+    _setup(strategy, model)
+    strategy.set_train_mode(model)
+    assert not any(m.training for m in model.backbone.modules())
+    assert model.head.training and model.head.dropout.training
+
+
+def test_state_dict_names_the_strategy():
+    assert PartialStrategy(unfreeze=2).state_dict() == {"name": "partial", "unfreeze": 2}
+    assert "unfreeze=2" in repr(PartialStrategy(unfreeze=2))
