@@ -186,3 +186,16 @@ def test_full_fit_is_deterministic_under_a_seed(tmp_path):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert [r["train_loss"] for r in runs[0].history] == [r["train_loss"] for r in runs[1].history]
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+def test_non_image_files_are_reported_even_when_an_epoch_would_drop_them(tmp_path):
+    """Small batches with drop_last could leave a bad file undecoded; the header screen before
+    training reports every one."""
+    data = make_class_folder(tmp_path / "data", {"cat": 9, "dog": 9})
+    bad = [data / "cat" / "zero.png", data / "dog" / "noise.jpg"]
+    bad[0].write_bytes(b"")
+    bad[1].write_bytes(np.random.default_rng(0).bytes(500))
+    result = visiontune.fit(data, strategy="full", epochs=1, batch_size=4, out=str(tmp_path / "run"),
+                            progress=False, workers=0, **TINY)
+    skipped = json.loads((result.run_dir / "metrics.json").read_text())["skipped"]
+    assert sorted(skipped) == sorted(str(p) for p in bad)

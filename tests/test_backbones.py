@@ -200,8 +200,12 @@ def test_checkpoint_with_other_key_names_is_mapped_in_order(tmp_path, tiny_state
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, tiny_state):
-    save_file({"w": torch.zeros(3)}, str(tmp_path / "one.safetensors"))
+    torch.save({"w": torch.zeros(3)}, tmp_path / "one.pth")
     with pytest.raises(WeightsNotFoundError, match="1 tensors"):
+        create_backbone("test_efficientnet", weights=tmp_path / "one.pth")
+    # safetensors keeps no save order, so foreign names are refused rather than matched by position
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "one.safetensors"))
+    with pytest.raises(WeightsNotFoundError, match="must use timm's names"):
         create_backbone("test_efficientnet", weights=tmp_path / "one.safetensors")
     shapes_wrong = {k: torch.zeros(v.numel() + 1) for k, v in tiny_state.items()}
     renamed = {f"x.{i}": v for i, v in enumerate(shapes_wrong.values())}

@@ -237,3 +237,16 @@ def test_decode_error_message_is_one_line(tmp_path):
     with pytest.raises(ImageDecodeError) as info:
         decode_image(tmp_path / "bad.png")
     assert "\n" not in str(info.value)
+
+
+def test_dark_16_bit_image_is_scaled_as_16_bit(tmp_path):
+    """A 16-bit image whose values all sit below 256 is dark, not an 8-bit image."""
+    import numpy as np
+    from PIL import Image
+
+    from visiontune.data.images import decode_image
+
+    path = tmp_path / "dark16.png"
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint16)).save(path)
+    decoded = decode_image(path).image
+    assert np.asarray(decoded).max() <= 1

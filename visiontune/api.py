@@ -25,6 +25,7 @@ from ._console import console, stage_table
 from .backbones import Backbone, Classifier, Head, create_backbone
 from .config import TrainConfig
 from .data.folder import DatasetSplits, Sample, scan_folder
+from .data.images import header_problem
 from .data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from .data.transforms import decode_size, eval_transform, train_transform
 from .engine.loop import LoopConfig, evaluate_epoch
@@ -206,6 +207,20 @@ class _Recorded:
             yield batch
 
 
+def _exclude_non_images(splits: DatasetSplits, skips: SkipLog) -> None:
+    """Drop files whose header is not an image's (zero bytes, random bytes...) before training,
+    so every one is reported, not only those a shuffled epoch happens to reach."""
+    for part in ("train", "val", "test"):
+        kept = []
+        for sample in getattr(splits, part):
+            problem = header_problem(sample.path)
+            if problem:
+                skips.skipped[str(sample.path)] = problem
+            else:
+                kept.append(sample)
+        setattr(splits, part, kept)
+
+
 def _print_plan(splits: DatasetSplits, model: Classifier, strategy, config: TrainConfig, device) -> None:
     s = splits.summary()
     console.print(
@@ -243,6 +258,7 @@ def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> Fi
                      device=device, channels_last=device.type == "cpu", progress=config.progress)
     workers = default_workers() if config.workers is None else config.workers
     skips = SkipLog()
+    _exclude_non_images(splits, skips)
     if strategy.uses_frozen_backbone:
         history, test, extraction = _train_head_on_features(model, splits, config, cfg, skips, workers, groups)
         warm_start = None

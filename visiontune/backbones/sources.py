@@ -84,10 +84,18 @@ def map_state_dict_in_order(source: dict, target: dict) -> dict:
     return mapped
 
 
-def _load_into(model: nn.Module, state: dict) -> None:
+def _load_into(model: nn.Module, state: dict, path: Path) -> None:
     target = model.state_dict()
     if set(state) == set(target):
         model.load_state_dict(state)
+    elif path.suffix == ".safetensors":
+        # safetensors does not keep the order tensors were saved in, so foreign names cannot be
+        # matched by position as they can in a pickled state dict.
+        unknown = sorted(set(state) - set(target))[:3]
+        raise WeightsNotFoundError(
+            f"{path}: tensor names do not match the timm model (e.g. {', '.join(unknown)}); a "
+            ".safetensors file must use timm's names (a .pth state dict is also matched by order)"
+        )
     else:
         model.load_state_dict(map_state_dict_in_order(state, target))
 
@@ -114,7 +122,7 @@ def _preprocess_of(model: nn.Module) -> PreprocessSpec:
 
 def _from_file(timm_name: str, path: Path, source: str) -> LoadedWeights:
     model = _timm_model(timm_name)
-    _load_into(model, load_state_dict_file(path))
+    _load_into(model, load_state_dict_file(path), path)
     return LoadedWeights(model, _preprocess_of(model), source, file_sha256(path))
 
 

@@ -36,7 +36,7 @@ def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
     elif arr.size and arr.max() > 65535:  # 32-bit integers (mode I): stretch the range in use
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo or 1.0) * 255.0
-    elif arr.size and arr.max() > 255:  # 16-bit
+    elif img.mode.startswith("I;16") or (arr.size and arr.max() > 255):  # 16-bit, dark ones too
         arr = arr / 257.0
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
 
@@ -95,3 +95,20 @@ def decode_image(path: str | Path, *, min_short_side: int | None = None) -> Deco
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageDecodeError(f"{path}: {reason}") from exc
+
+
+def header_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not an image, judged from its header alone (no pixel decoding), or None.
+
+    Cheap enough to run over a whole dataset before training, so files that are not images at
+    all (zero bytes, random bytes, text) are excluded up front rather than discovered mid-epoch.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                img.size  # noqa: B018 - parsing the header is the check
+        return None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"{path}: {reason}"
