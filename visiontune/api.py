@@ -22,6 +22,7 @@ import torch
 
 from . import _runtime
 from ._console import console, stage_table
+from ._io import atomic_write, atomic_write_text
 from .backbones import Backbone, Classifier, Head, create_backbone
 from .config import TrainConfig
 from .data.folder import DatasetSplits, Sample, scan_folder
@@ -33,7 +34,7 @@ from .engine.loop import fit as fit_loop
 from .engine.optim import build_optimizer
 from .errors import VisiontuneError
 from .evaluation.metrics import classification_metrics
-from .export.bundle import _atomic_replace, atomic_write_text, save_bundle
+from .export.bundle import save_bundle
 from .features.cache import FeatureCache, view_descriptor
 from .features.extract import FeatureDataset, FeatureSet, extract_features
 from .features.probe import fit_linear_probe
@@ -349,7 +350,7 @@ def _write_table(out: Path, table: dict, class_names) -> None:
         def write(tmp):
             with open(tmp, "wb") as fh:
                 np.savez(fh, class_names=np.array(class_names), **table)
-        _atomic_replace(out, write)
+        atomic_write(out, write)
         return
     try:
         import pyarrow as pa
@@ -358,7 +359,7 @@ def _write_table(out: Path, table: dict, class_names) -> None:
         raise VisiontuneError("writing .parquet needs pyarrow (pip install pyarrow); or use .npz") from exc
     columns = {k: v for k, v in table.items() if k != "embedding"}
     columns["embedding"] = list(table["embedding"])
-    _atomic_replace(out, lambda tmp: pq.write_table(pa.table(columns), tmp))
+    atomic_write(out, lambda tmp: pq.write_table(pa.table(columns), tmp))
 
 
 def similar(run_or_backbone: str | Path, query: str | Path, folder: str | Path, *, k: int = 5,

@@ -8,52 +8,21 @@ written atomically (temporary file, then rename), so a kill leaves the old file 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .._io import atomic_write, atomic_write_text
 from ..backbones import Classifier, Head, create_backbone
 from ..errors import BundleError
 from ..specs import LabelMap, PreprocessSpec
 
-__all__ = [
-    "FORMAT_VERSION",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "load_bundle",
-    "read_bundle_config",
-    "save_bundle",
-]
+__all__ = ["FORMAT_VERSION", "load_bundle", "read_bundle_config", "save_bundle"]
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-
-def _atomic_replace(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_replace(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_replace(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _versions() -> dict:
@@ -81,7 +50,7 @@ def save_bundle(folder: str | Path, model: Classifier, *, labels: LabelMap, extr
         **(extra or {}),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_replace(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return folder
 

@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .._io import atomic_write, atomic_write_text
 from .._paths import default_cache_dir
 from ..backbones import Backbone
 from ..backbones.sources import file_sha256
-from ..export.bundle import _atomic_replace, atomic_write_text
 
 try:  # POSIX; elsewhere concurrent runs on one cache folder are not serialised
     import fcntl
@@ -288,7 +288,7 @@ class FeatureCache:
             save_file({"features": rows}, tmp)
             info.update(bytes=os.path.getsize(tmp), sha256=file_sha256(Path(tmp)))
 
-        _atomic_replace(self.folder / name, write)
+        atomic_write(self.folder / name, write)
         return info
 
     def _read_shard(self, name: str, info: dict, dim: int) -> torch.Tensor | str:
