@@ -13,7 +13,7 @@ import io
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -25,9 +25,17 @@ from ._console import console, stage_table
 from ._io import atomic_write, atomic_write_text
 from .backbones import Backbone, Classifier, Head, create_backbone
 from .config import TrainConfig
+from .data.augment import (
+    PCAStats,
+    build_batch_transform,
+    compute_pca_stats,
+    describe_view,
+    parse_augment,
+)
 from .data.folder import DatasetSplits, Sample, scan_folder
 from .data.images import header_problem
 from .data.loader import ImageDataset, SkipLog, default_workers, make_loader
+from .data.preview import render_preview
 from .data.transforms import decode_size, eval_transform, train_transform
 from .engine.loop import LoopConfig, evaluate_epoch
 from .engine.loop import fit as fit_loop
@@ -40,9 +48,10 @@ from .features.extract import FeatureDataset, FeatureSet, extract_features
 from .features.probe import fit_linear_probe
 from .features.similar import top_k_similar
 from .prediction.predictor import TrainedModel, expand_image_paths
+from .specs import PreprocessSpec
 from .strategies import make_strategy
 
-__all__ = ["FitResult", "evaluate", "extract", "fit", "load", "predict", "similar"]
+__all__ = ["FitResult", "augment_preview", "evaluate", "extract", "fit", "load", "predict", "similar"]
 
 
 @dataclass
@@ -93,15 +102,16 @@ def _features(backbone, parts: dict, config, cfg, skips, workers) -> dict:
             for name, samples in parts.items() if samples}
 
 
-def _augmented_views(backbone, samples, config, cfg, skips, workers) -> list[FeatureSet]:
+def _augmented_views(backbone, samples, config, cfg, skips, workers, pca=None) -> list[FeatureSet]:
     """``--cache-views K``: K augmented views per training image, each cached under its seed."""
     views = []
+    view = describe_view(config.augment, pca)
     for seed in range(config.cache_views):
-        cache = (FeatureCache.for_backbone(config.cache_dir, backbone, view=view_descriptor("standard", seed))
+        cache = (FeatureCache.for_backbone(config.cache_dir, backbone, view=view_descriptor(view, seed))
                  if config.cache else None)
         views.append(extract_features(backbone, samples, cfg=cfg, batch_size=64, workers=workers, skips=skips,
                                       desc=f"augmented view {seed + 1}/{config.cache_views}", cache=cache,
-                                      view_seed=seed, augment="standard"))
+                                      view_seed=seed, augment=config.augment, pca=pca))
     return views
 
 
@@ -110,13 +120,14 @@ def _concat(sets: list[FeatureSet]) -> FeatureSet:
                       [x for s in sets for x in s.samples])
 
 
-def _train_head_on_features(model, splits, config, cfg, skips, workers, groups) -> tuple[list, dict, dict]:
+def _train_head_on_features(model, splits, config, cfg, skips, workers, groups,
+                            pca=None) -> tuple[list, dict, dict]:
     """Extract features once (the backbone is frozen), then train the head on them."""
     features = _features(model.backbone, {"train": splits.train, "val": splits.val, "test": splits.test},
                          config, cfg, skips, workers)
     extraction = {name: {"computed": fs.computed, "from_cache": fs.from_cache} for name, fs in features.items()}
     if config.cache_views:
-        views = _augmented_views(model.backbone, splits.train, config, cfg, skips, workers)
+        views = _augmented_views(model.backbone, splits.train, config, cfg, skips, workers, pca)
         extraction["train_views"] = {"computed": sum(v.computed for v in views),
                                      "from_cache": sum(v.from_cache for v in views)}
         features["train"] = _concat([features["train"], *views])
@@ -154,10 +165,13 @@ def _fit_head_minibatch(head, features, config, cfg, groups) -> list[dict]:
     return fit_loop(head, train, val, optimizer, cfg=head_cfg, set_train_mode=lambda m: m.train())
 
 
-def _train_end_to_end(model, strategy, splits, config, cfg, skips, workers, groups) -> tuple[list, dict]:
+def _train_end_to_end(model, strategy, splits, config, cfg, skips, workers, groups,
+                      pca=None) -> tuple[list, dict]:
     spec = model.backbone.preprocess
     size = decode_size(spec)
-    train_ds = ImageDataset(splits.train, train_transform(spec), decode_size=size)
+    train_ds = ImageDataset(splits.train, train_transform(spec, augment=config.augment, pca=pca),
+                            decode_size=size)
+    cfg = replace(cfg, batch_transform=build_batch_transform(config.augment, num_classes=len(splits.labels)))
     val_ds = ImageDataset(splits.val, eval_transform(spec), decode_size=size)
     pin = cfg.device.type == "cuda"
     train_loader = make_loader(train_ds, batch_size=config.batch_size, shuffle=True, workers=workers,
@@ -260,12 +274,14 @@ def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> Fi
     workers = default_workers() if config.workers is None else config.workers
     skips = SkipLog()
     _exclude_non_images(splits, skips)
+    pca, augment_record = _augmentation(config, splits, strategy, model.backbone.preprocess)
     if strategy.uses_frozen_backbone:
-        history, test, extraction = _train_head_on_features(model, splits, config, cfg, skips, workers, groups)
+        history, test, extraction = _train_head_on_features(model, splits, config, cfg, skips, workers, groups,
+                                                            pca)
         warm_start = None
     else:
         history, test, warm_start = _train_end_to_end(model, strategy, splits, config, cfg, skips, workers,
-                                                      groups)
+                                                      groups, pca)
         extraction = None
     model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     best = next((r for r in history if r.get("best")), history[-1])
@@ -275,12 +291,60 @@ def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> Fi
                **skips.to_dict(),
                "timing": {"total_s": time.perf_counter() - started, "device": str(device)}}
     save_bundle(run_dir, model, labels=splits.labels, extra={
-        "strategy": strategy.state_dict(), "training": config.to_dict(), "data": splits.summary()})
+        "strategy": strategy.state_dict(), "training": config.to_dict(), "augment": augment_record,
+        "data": splits.summary()})
     atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2) + "\n")
     atomic_write_text(run_dir / "history.csv", _history_csv(history))
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     trained = TrainedModel(model, splits.labels, config=None, run_dir=run_dir)
     return FitResult(run_dir, trained, history, metrics)
+
+
+def _augmentation(config, splits, strategy, preprocess) -> tuple[PCAStats | None, dict]:
+    """``--augment`` for this run: the training pixels' principal components when ``pca-color`` is
+    used (computed once, before training), and the exact pipeline, recorded in config.json."""
+    augment = parse_augment(config.augment)
+    if not strategy.uses_frozen_backbone:
+        used_for = "training images"
+    elif config.cache_views:
+        used_for = f"{config.cache_views} cached view(s) of each training image"
+    else:
+        return None, {"text": str(augment), "ops": augment.text, "used_for": None, "pca": None}
+    pca = compute_pca_stats(splits.train, seed=config.seed) if augment.uses_pca else None
+    pipeline = train_transform(preprocess, augment=augment, pca=pca).transforms
+    mixer = build_batch_transform(augment, num_classes=len(splits.labels))
+    return pca, {"text": str(augment), "ops": augment.text, "used_for": used_for,
+                 "pipeline": [repr(t) for t in pipeline], "batch": repr(mixer) if mixer else None,
+                 "pca": pca.to_dict() if pca else None}
+
+
+def augment_preview(data: str | Path, out: str | Path, *, augment: str = "standard", rows: int = 4,
+                    cols: int = 6, seed: int = 0, size: int = 224, tile: int | None = None) -> dict:
+    """Write a PNG grid of what training sees: ``rows`` training images of ``data`` (classes in
+    turn), each as its eval view and then ``cols`` seeded augmented draws at ``size`` pixels."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise VisiontuneError(f"--out must end in .png, got {out.name}")
+    for name, value, low in (("--rows", rows, 1), ("--cols", cols, 1), ("--size", size, 8), ("--tile", tile, 8)):
+        if value is not None and value < low:
+            raise VisiontuneError(f"{name} must be at least {low}, got {value}")
+    try:
+        spec = parse_augment(augment)
+    except ValueError as exc:
+        raise VisiontuneError(f"--augment: {exc}") from None
+    splits = scan_folder(data, val_fraction=0.0)
+    pca = compute_pca_stats(splits.train, seed=seed) if spec.uses_pca else None
+    preprocess = PreprocessSpec(size=size)
+    try:
+        grid, shown = render_preview(splits.train, splits.labels.names, preprocess, spec, pca=pca, rows=rows,
+                                     cols=cols, seed=seed, tile=tile)
+    except ValueError as exc:
+        raise VisiontuneError(f"{data}: {exc}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: grid.save(tmp, format="PNG", optimize=True))
+    return {"out": str(out), "augment": str(spec), "ops": spec.text, "rows": len(shown), "cols": cols,
+            "size": list(grid.size), "images": [str(s.path) for s in shown],
+            "pca": pca.to_dict() if pca else None}
 
 
 def load(run: str | Path, *, device: str = "cpu") -> TrainedModel:

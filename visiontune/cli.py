@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .data.augment import augment_help
 from .errors import VisiontuneError
 
 __all__ = ["build_parser", "main"]
@@ -31,6 +32,8 @@ examples:
   visiontune train photos/ --strategy full --epochs 6 --out runs/poses
   visiontune evaluate runs/poses photos/test --json
   visiontune predict runs/poses new_photos/ --top-k 3
+  visiontune train photos/ --augment strong         # or ops: --augment flip,crop,rotate=15,pca-color=0.1
+  visiontune augment-preview photos/ --augment strong --out grid.png   # see what training sees
   visiontune extract photos/ --out embeddings.npz   # backbone embeddings of every image
   visiontune similar efficientnet_lite0 query.jpg photos/ --k 5
   visiontune cache info                             # the on-disk feature cache
@@ -68,6 +71,7 @@ def _add_train(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="(default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout before the new head (default: %(default)s)")
+    p.add_argument("--augment", default="standard", metavar="PRESET|OPS", help=augment_help())
     p.add_argument("--warmup-epochs", type=float, default=0.5,
                    help="linear LR warm-up before the cosine decay (default: %(default)s)")
     p.add_argument("--patience", type=int, default=None,
@@ -116,6 +120,35 @@ def _print_summary(result) -> None:
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s); listed in {result.run_dir / 'metrics.json'}")
     print(f"run saved to {result.run_dir}")
+
+
+def _add_augment_preview(sub) -> None:
+    p = sub.add_parser("augment-preview", help="draw a grid of augmented training images (PNG)",
+                       description="Write a PNG grid showing what training sees with --augment: rows are "
+                       "training images of DATA (each class in turn), the first column their eval view "
+                       "(what evaluation and prediction see), the other columns seeded augmented draws.",
+                       formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("data", metavar="DATA", help="folder of class sub-folders, or of train/val/test splits")
+    p.add_argument("--augment", default="standard", metavar="PRESET|OPS", help=augment_help())
+    p.add_argument("--out", required=True, metavar="PNG", help="the picture to write (.png)")
+    p.add_argument("--rows", type=int, default=4, help="sample images (default: %(default)s)")
+    p.add_argument("--cols", type=int, default=6, help="augmented draws per image (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="picks the images and the draws (default: %(default)s)")
+    p.add_argument("--size", type=int, default=224, help="model input size the ops run at (default: %(default)s)")
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="displayed pixels per image (default: --size)")
+    p.set_defaults(run=_run_augment_preview)
+
+
+def _run_augment_preview(args) -> int:
+    from .api import augment_preview
+
+    info = augment_preview(args.data, args.out, augment=args.augment, rows=args.rows, cols=args.cols,
+                           seed=args.seed, size=args.size, tile=args.tile)
+    ops = "" if info["augment"] == info["ops"] else f" ({info['ops']})"
+    print(f"wrote {info['out']}: {info['rows']} images x {info['cols']} draws of {info['augment']}{ops}, "
+          f"{info['size'][0]}x{info['size'][1]} px")
+    return 0
 
 
 def _add_extract(sub) -> None:
@@ -345,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"visiontune {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for add in (_add_train, _add_evaluate, _add_predict, _add_extract, _add_similar, _add_cache,
-                _add_backbones, _add_demo):
+                _add_backbones, _add_demo, _add_augment_preview):
         add(sub)
     return parser
 

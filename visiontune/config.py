@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from .data.augment import parse_augment
 from .errors import VisiontuneError
 from .strategies import STRATEGIES
 
@@ -34,6 +35,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     dropout: float = 0.2
+    augment: str = "standard"  # preset or op list (visiontune.data.augment); training only
     warmup_epochs: float = 0.5
     patience: int | None = None
     warm_start_head: bool = False  # partial/full: fit the head as a linear probe first (LP-FT)
@@ -70,6 +72,13 @@ class TrainConfig:
             bad(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.dropout < 1:
             bad(f"--dropout must be in [0, 1), got {self.dropout}")
+        try:
+            augment = parse_augment(self.augment)
+        except ValueError as exc:
+            bad(f"--augment: {exc}")
+        if augment.batch_ops and self.strategy == "head":
+            bad(f"--augment {', '.join(augment.batch_ops)} mixes whole images, so it needs --strategy "
+                "partial or full (a frozen backbone trains its head on cached features)")
         if self.head_solver not in HEAD_SOLVERS:
             bad(f"--head-solver must be one of {', '.join(HEAD_SOLVERS)}, got {self.head_solver!r}")
         if self.cache_views < 0:

@@ -6,6 +6,7 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from ..specs import PreprocessSpec
+from .augment import AugmentSpec, PCAStats, build_train_transform
 
 __all__ = ["decode_size", "eval_transform", "interpolation_mode", "train_transform"]
 
@@ -44,19 +45,9 @@ def eval_transform(spec: PreprocessSpec) -> v2.Compose:
     )
 
 
-def train_transform(spec: PreprocessSpec, *, augment: str = "standard") -> v2.Compose:
-    """Training views: random-resized crop and mirroring (``standard``), or eval views (``none``)."""
-    if augment == "none":
-        return eval_transform(spec)
-    if augment != "standard":
-        raise ValueError(f"augment must be 'none' or 'standard', got {augment!r}")
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.RandomResizedCrop(
-                spec.size, scale=(0.35, 1.0), interpolation=interpolation_mode(spec), antialias=True
-            ),
-            v2.RandomHorizontalFlip(),
-            *_normalize(spec),
-        ]
-    )
+def train_transform(spec: PreprocessSpec, *, augment: str | AugmentSpec = "standard",
+                    pca: PCAStats | None = None) -> v2.Compose:
+    """Training views: ``augment`` is a preset (``none``, ``light``, ``standard``, ``strong``) or
+    a list of ops; see ``visiontune.data.augment``. ``standard``: random-resized crop + mirroring;
+    ``none``: exactly the eval view. ``pca``: the training set's statistics, for ``pca-color``."""
+    return build_train_transform(spec, augment, pca=pca)

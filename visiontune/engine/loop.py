@@ -44,6 +44,9 @@ class LoopConfig:
     channels_last: bool = True
     progress: bool = True
     desc: str = "train"
+    # (images, labels) -> (images, soft labels), applied to each training batch before the
+    # forward pass: mixup / cutmix (``visiontune.data.augment.build_batch_transform``).
+    batch_transform: Callable | None = None
 
 
 @dataclass
@@ -104,10 +107,15 @@ def train_one_epoch(
         if len(batch.labels) == 0:
             continue
         apply_lr(optimizer, lr_multiplier(step, total_steps=total_steps, warmup_steps=warmup_steps))
-        inputs, labels = _to_device(batch.images, cfg), batch.labels.to(cfg.device)
+        inputs, targets = batch.images, batch.labels
+        if cfg.batch_transform is not None:
+            inputs, targets = cfg.batch_transform(inputs, targets)
+        inputs, targets = _to_device(inputs, cfg), targets.to(cfg.device)
+        # Soft (mixed) targets count as their largest share for accuracy.
+        labels = targets.argmax(1) if targets.ndim == 2 else targets
         with _autocast(cfg.device):
             logits = model(inputs)
-            loss = loss_fn(logits.float(), labels)
+            loss = loss_fn(logits.float(), targets)  # CrossEntropyLoss takes class probabilities too
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..backbones import Backbone
+from ..data.augment import PCAStats, describe_view
 from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, make_loader
 from ..data.transforms import decode_size, eval_transform, train_transform
@@ -70,11 +71,11 @@ class _SeededViews(ImageDataset):
 
 
 def _dataset(backbone: Backbone, samples: list[Sample], view_seed: int | None,
-             augment: str) -> ImageDataset:
+             augment: str, pca: PCAStats | None) -> ImageDataset:
     spec = backbone.preprocess
     if view_seed is None:
         return ImageDataset(samples, eval_transform(spec), decode_size=decode_size(spec))
-    transform = train_transform(spec, augment=augment)
+    transform = train_transform(spec, augment=augment, pca=pca)
     return _SeededViews(samples, transform, decode_size=decode_size(spec), seed=view_seed)
 
 
@@ -90,25 +91,26 @@ def extract_features(
     cache: FeatureCache | None = None,
     view_seed: int | None = None,
     augment: str = "standard",
+    pca: PCAStats | None = None,
 ) -> FeatureSet:
     """Features with the backbone's deterministic eval preprocessing; undecodable files skipped.
 
     ``cache``: read features stored for these files and run the backbone only on the rest, which
     are then stored. ``view_seed``: instead of the eval view, augmented view ``view_seed`` of each
-    image (``train_transform(augment=...)``, seeded per image); a cache for it must be made with
-    ``view=view_descriptor(augment, view_seed)``.
+    image (``train_transform(augment=..., pca=...)``, seeded per image); a cache for it must be
+    made with ``view=view_descriptor(describe_view(augment, pca), view_seed)``.
     """
     samples = list(samples)
 
     def run(part: list[Sample], label: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _run_backbone(backbone, _dataset(backbone, part, view_seed, augment), part, cfg=cfg,
+        return _run_backbone(backbone, _dataset(backbone, part, view_seed, augment, pca), part, cfg=cfg,
                              batch_size=batch_size, workers=workers, skips=skips, desc=label)
 
     if cache is None:
         features, labels, indices = run(samples, desc)
         kept = [samples[i] for i in indices.tolist()]
         return FeatureSet(features, labels, kept, computed=len(kept))
-    view = view_descriptor(augment, view_seed) if view_seed is not None else None
+    view = view_descriptor(describe_view(augment, pca), view_seed) if view_seed is not None else None
     _check_cache(cache, backbone, view)
     return _extract_cached(backbone, samples, cache, run, desc)
 
