@@ -114,6 +114,32 @@ def child_forward(optimized: bool) -> dict:
     return {"images_per_s": _forward_rate(model, x)}
 
 
+def child_forward_variants() -> dict:
+    """Faster runtimes tried for the default path, with their distance from the eager output."""
+    import copy
+
+    import torch
+
+    from visiontune import _runtime
+
+    _runtime.tune_allocator()
+    model = _lite0_timm().to(memory_format=torch.channels_last)
+    x = torch.randn(BATCH, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        reference = model(x)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(copy.deepcopy(model), x)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_out = model(x).float()
+        jit_out = frozen(x)
+    scale = reference.abs().max().item()
+    result = {"eager": _forward_rate(model, x), "jit_freeze": _forward_rate(frozen, x),
+              "jit_max_abs_diff": (jit_out - reference).abs().max().item(),
+              "bf16_max_abs_diff": (bf16_out - reference).abs().max().item(), "output_max": scale}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result["bf16_autocast"] = _forward_rate(model, x)
+    return result
+
+
 def child_train_step(optimized: bool, steps: int = 4) -> dict:
     import time
 
@@ -201,6 +227,7 @@ CHILDREN = {
     "extract_visiontune": (child_extract_visiontune, False),
     "forward_baseline": (lambda: child_forward(False), True),
     "forward_visiontune": (lambda: child_forward(True), False),
+    "forward_variants": (child_forward_variants, False),
     "train_baseline": (lambda: child_train_step(False), True),
     "train_visiontune": (lambda: child_train_step(True), False),
     "head_epoch": (child_head_epoch, False),
@@ -273,6 +300,14 @@ def main() -> None:
         f"{he['backbone_epoch_s']:.1f} s | {1000 * he['head_epoch_minibatch_s']:.2f} ms | "
         f"{he['backbone_epoch_s'] / he['head_epoch_minibatch_s']:,.0f}× | - | - |",
     ]
+    fvar = r["forward_variants"]
+    rows.append(
+        f"| other runtimes tried, forward batch {BATCH}: TorchScript freeze + optimize_for_inference "
+        f"(max abs diff {fvar['jit_max_abs_diff']:.1e}) / bf16 autocast (max abs diff "
+        f"{fvar['bf16_max_abs_diff']:.2f} on outputs up to {fvar['output_max']:.1f}) | eager "
+        f"{fvar['eager']:.1f} | {fvar['jit_freeze']:.1f} / {fvar['bf16_autocast']:.1f} | "
+        f"{fvar['jit_freeze'] / fvar['eager']:.2f}× / {fvar['bf16_autocast'] / fvar['eager']:.2f}× | - | "
+        "kept eager: TorchScript does not win; bf16 wins but is far outside an fp32 tolerance |")
     cw = head_cold_then_warm()
     rows.append(
         f"| `visiontune train yoga --strategy head`, cold feature cache then warm (wall, process start "

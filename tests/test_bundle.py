@@ -129,3 +129,17 @@ def test_save_and_load_a_fresh_classifier(tmp_path):
         assert torch.equal(loaded(x), model(x))
     save_bundle(tmp_path / "b", model, labels=LabelMap(("no", "yes")))  # overwrites in place
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_bundle_files_get_ordinary_permissions(tmp_path):
+    """Atomic writes go through a private temporary file; the result must not stay owner-only."""
+    import os
+    import stat
+
+    from visiontune._io import atomic_write_text
+
+    target = tmp_path / "x.json"
+    atomic_write_text(target, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
