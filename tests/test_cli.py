@@ -204,7 +204,7 @@ def test_train_help_explains_the_strategies(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    for strategy in ("head", "partial", "full"):
+    for strategy in ("head", "partial", "full", "gradual", "auto"):
         assert f"{strategy}    -" in out or f"{strategy} -" in out
 
 

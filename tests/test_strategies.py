@@ -14,6 +14,7 @@ from visiontune.errors import VisiontuneError
 from visiontune.strategies import (
     STRATEGIES,
     FullStrategy,
+    GradualStrategy,
     HeadStrategy,
     PartialStrategy,
     make_strategy,
@@ -71,13 +72,13 @@ def _train_step(strategy, model, groups, steps: int = 2) -> None:
 # ---------------------------------------------------------------- trainable and frozen parts
 
 
-@pytest.mark.parametrize("name", ["head", "partial", "full"])
+@pytest.mark.parametrize("name", ["head", "partial", "full", "gradual"])
 def test_trainable_parameters_follow_the_stages(model, name):
     strategy = make_strategy(name)
     groups = _setup(strategy, model)
     n = len(model.backbone.stages())
     expected_stages = {"head": set(), "partial": set(range(n - math.ceil(n / 3), n)),
-                       "full": set(range(n))}[name]
+                       "full": set(range(n)), "gradual": set()}[name]  # gradual: before epoch 1
     assert strategy.trainable_stages(n) == expected_stages
     assert _trainable_names(model) == _stage_params(model, expected_stages)
     assert all(p.requires_grad for p in model.head.parameters())
@@ -124,7 +125,7 @@ def test_setup_again_with_another_strategy_unfreezes(model):
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="unknown strategy"):
         make_strategy("everything")
-    assert set(STRATEGIES) == {"head", "partial", "full"}
+    assert set(STRATEGIES) == {"head", "partial", "full", "gradual"}
 
 
 # ------------------------------------------------------------------------- learning rates
@@ -207,3 +208,109 @@ def test_head_strategy_keeps_backbone_in_eval_but_head_in_train(model):
 def test_state_dict_names_the_strategy():
     assert PartialStrategy(unfreeze=2).state_dict() == {"name": "partial", "unfreeze": 2}
     assert "unfreeze=2" in repr(PartialStrategy(unfreeze=2))
+
+
+# ------------------------------------------------------------------------- gradual unfreezing
+
+
+def _trainable_count(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_gradual_unfreezes_one_stage_per_epoch_from_the_top(model):
+    strategy = GradualStrategy(unfreeze=3)
+    groups = _setup(strategy, model)
+    optimizer = build_optimizer(groups, weight_decay=WD)
+    stages = model.backbone.stages()
+    n = len(stages)
+    counts = [_trainable_count(model)]
+    for epoch in range(5):
+        strategy.on_epoch_start(epoch, model, optimizer)
+        expected = set(range(n - min(epoch + 1, 3), n))
+        assert strategy.trainable_stages(n) == expected
+        assert _trainable_names(model) == _stage_params(model, expected)
+        # the optimizer holds exactly the trainable parameters, each once
+        in_optimizer = [p for g in optimizer.param_groups for p in g["params"]]
+        assert len(in_optimizer) == len({id(p) for p in in_optimizer})
+        assert {id(p) for p in in_optimizer} == {id(p) for p in model.parameters() if p.requires_grad}
+        counts.append(_trainable_count(model))
+    assert counts[0] == sum(p.numel() for p in model.head.parameters())
+    assert counts[0] < counts[1] < counts[2] < counts[3] == counts[4] == counts[5]  # capped at 3 stages
+    assert strategy.state_dict() == {"name": "gradual", "unfreeze": 3, "lr_decay": 0.5, "unfrozen": 3}
+    _setup(strategy, model)  # set up again: back to the head alone
+    assert strategy.unfrozen == 0 and not _trainable_names(model)
+
+
+def test_gradual_learning_rates_decay_with_depth(model):
+    strategy = GradualStrategy(lr_decay=0.5)
+    optimizer = build_optimizer(_setup(strategy, model), weight_decay=WD)
+    n = len(model.backbone.stages())
+    for epoch in range(n):
+        strategy.on_epoch_start(epoch, model, optimizer)
+    stage_names = [name for name, _ in model.backbone.stages()]
+    by_name = {g["name"]: g for g in optimizer.param_groups}
+    for depth, stage in enumerate(reversed(stage_names)):
+        group = by_name[f"backbone.{stage}/no_decay"]
+        assert group["lr"] == group["base_lr"] == pytest.approx(LR * MULT * 0.5 ** depth), stage
+        assert group["weight_decay"] == 0.0
+    assert by_name["head"]["lr"] == pytest.approx(LR)
+    # describe shows the plan before training: when each stage starts, at which LR
+    rows = strategy.describe(model, lr=LR, backbone_lr_mult=MULT, epochs=2)
+    assert [r.trainable for r in rows[:-1]] == [i >= n - 2 for i in range(n)]  # 2 epochs reach 2 stages
+    assert [r.starts for r in rows[:-1]] == list(range(n - 1, -1, -1))
+    assert rows[-2].lr == pytest.approx(LR * MULT) and rows[-3].lr == pytest.approx(LR * MULT / 2)
+    assert rows[-1].stage == "head (new)" and rows[-1].starts is None
+
+
+def test_gradual_keeps_batchnorm_of_still_frozen_stages(model):
+    strategy = GradualStrategy()
+    groups = _setup(strategy, model)
+    optimizer = build_optimizer(groups, weight_decay=WD)
+    n = len(model.backbone.stages())
+    strategy.on_epoch_start(0, model, optimizer)  # only the top stage trains
+    frozen_bn, top_bn = _bn_modules(model, range(n - 1)), _bn_modules(model, [n - 1])
+    before_frozen, before_top = _bn_stats(frozen_bn), _bn_stats(top_bn)
+    strategy.set_train_mode(model)
+    torch.manual_seed(1)
+    for _ in range(2):
+        x, y = torch.randn(4, 3, 64, 64) * 2 + 0.5, torch.tensor([0, 1, 2, 0])
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for name, (mean, var) in _bn_stats(frozen_bn).items():
+        assert torch.equal(mean, before_frozen[name][0]) and torch.equal(var, before_frozen[name][1]), name
+        assert not frozen_bn[name].training
+    assert top_bn and all(m.training for m in top_bn.values())
+    assert all(not torch.equal(mean, before_top[k][0]) for k, (mean, _) in _bn_stats(top_bn).items())
+    strategy.on_epoch_start(1, model, optimizer)  # the next stage down now trains, BatchNorm too
+    strategy.set_train_mode(model)
+    assert all(m.training for m in _bn_modules(model, [n - 2]).values())
+    assert not any(m.training for m in _bn_modules(model, range(n - 2)).values())
+
+
+def test_gradual_refuses_bad_settings(model):
+    n = len(model.backbone.stages())
+    with pytest.raises(VisiontuneError, match="--unfreeze"):
+        _setup(GradualStrategy(unfreeze=n + 1), model)
+    with pytest.raises(VisiontuneError, match="lr_decay"):
+        GradualStrategy(lr_decay=0)
+    with pytest.raises(RuntimeError, match="setup"):
+        GradualStrategy().on_epoch_start(0, model, None)
+    assert repr(GradualStrategy(unfreeze=2)) == "GradualStrategy(unfreeze=2, lr_decay=0.5)"
+
+
+def test_gradual_end_to_end_warm_starts_the_head_then_unfreezes(tmp_path):
+    import json
+
+    from conftest import TINY, make_class_folder
+
+    import visiontune
+
+    data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6})
+    result = visiontune.fit(data, **TINY, strategy="gradual", unfreeze=2, epochs=3, batch_size=4, workers=0,
+                            out=str(tmp_path / "run"), progress=False)
+    assert result.metrics["head_warm_start"] is not None  # the head was fitted on cached features first
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert saved["strategy"] == {"name": "gradual", "unfreeze": 2, "lr_decay": 0.5, "unfrozen": 2}
+    assert len(result.history) == 3

@@ -5,12 +5,12 @@ The public surface; importing it does no heavy work (torch loads on first use).
 
 __version__ = "0.1.0"
 
-__all__ = ["TrainConfig", "__version__", "evaluate", "fit", "list_backbones", "load", "predict"]
+__all__ = ["TrainConfig", "__version__", "advise", "evaluate", "fit", "list_backbones", "load", "predict"]
 
 
 def __getattr__(name):
     # Lazy re-exports keep `visiontune --help` and `import visiontune` fast.
-    if name in ("fit", "load", "evaluate", "predict"):
+    if name in ("fit", "load", "evaluate", "predict", "advise"):
         from . import api
 
         return getattr(api, name)

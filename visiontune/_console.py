@@ -16,6 +16,8 @@ def stage_table(rows, *, title: str) -> Table:
                             ("lr", "right"), ("BatchNorm", "left")):
         table.add_column(column, justify=justify)
     for row in rows:
-        table.add_row(row.stage, "trainable" if row.trainable else "frozen", f"{row.num_params:,}",
+        starts = getattr(row, "starts", None)  # gradual unfreezing: trains from that epoch on
+        status = "frozen" if not row.trainable else "trainable" if starts is None else f"from epoch {starts + 1}"
+        table.add_row(row.stage, status, f"{row.num_params:,}",
                       f"{row.lr:.2e}" if row.trainable else "-", row.batchnorm)
     return table

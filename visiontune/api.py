@@ -47,11 +47,13 @@ from .features.cache import FeatureCache, view_descriptor
 from .features.extract import FeatureDataset, FeatureSet, extract_features
 from .features.probe import fit_linear_probe
 from .features.similar import top_k_similar
+from .features.similarity import measure
 from .prediction.predictor import TrainedModel, expand_image_paths
 from .specs import PreprocessSpec
-from .strategies import make_strategy
+from .strategies import Advice, decide, make_strategy
 
-__all__ = ["FitResult", "augment_preview", "evaluate", "extract", "fit", "load", "predict", "similar"]
+__all__ = ["FitResult", "advise", "augment_preview", "evaluate", "extract", "fit", "load", "predict",
+           "similar"]
 
 
 @dataclass
@@ -178,13 +180,15 @@ def _train_end_to_end(model, strategy, splits, config, cfg, skips, workers, grou
                                seed=config.seed, drop_last=len(train_ds) > config.batch_size, pin_memory=pin)
     val_loader = make_loader(val_ds, batch_size=config.batch_size * 2, shuffle=False, workers=workers,
                              pin_memory=pin)
-    warm_start = _warm_start_head(model, splits, config, cfg, skips, workers) if config.warm_start_head else None
+    warm_start = (_warm_start_head(model, splits, config, cfg, skips, workers)
+                  if config.warm_start_head or strategy.warm_starts_head else None)
     optimizer = build_optimizer(groups, weight_decay=config.weight_decay)
     model.to(cfg.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     history = fit_loop(model, _Recorded(train_loader, train_ds, skips), _Recorded(val_loader, val_ds, skips),
-                       optimizer, cfg=cfg, set_train_mode=strategy.set_train_mode)
+                       optimizer, cfg=cfg, set_train_mode=strategy.set_train_mode,
+                       on_epoch_start=strategy.on_epoch_start)
     test = None
     if splits.test:
         test_ds = ImageDataset(splits.test, eval_transform(spec), decode_size=size)
@@ -244,7 +248,8 @@ def _print_plan(splits: DatasetSplits, model: Classifier, strategy, config: Trai
     )
     console.print(f"[bold]backbone[/] {model.backbone.name} from {model.backbone.source}; "
                   f"[bold]strategy[/] {strategy.name}; [bold]device[/] {device}")
-    rows = strategy.describe(model, lr=config.resolved("lr"), backbone_lr_mult=config.backbone_lr_mult)
+    rows = strategy.describe(model, lr=config.resolved("lr"), backbone_lr_mult=config.backbone_lr_mult,
+                             epochs=config.resolved("epochs"))
     console.print(stage_table(rows, title="parameter groups"))
 
 
@@ -260,6 +265,10 @@ def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> Fi
     # Everything that can fail on the user's input happens before anything is written.
     splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
     backbone = create_backbone(config.backbone, weights=config.weights or "default")
+    advice = None
+    if config.strategy == "auto":  # measure the data, then train what the advisor chose
+        advice = _advise(splits, backbone, config, device)
+        config = _apply_advice(config, advice)
     model = Classifier(backbone, Head(backbone.num_features, len(splits.labels), dropout=config.dropout))
     strategy = make_strategy(config.strategy, unfreeze=config.unfreeze)
     groups = strategy.setup(model, lr=config.resolved("lr"), backbone_lr_mult=config.backbone_lr_mult,
@@ -288,16 +297,63 @@ def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> Fi
     chosen = {"C": best["C"]} if "C" in best else {"best_epoch": best["epoch"]}
     metrics = {"val": {"accuracy": best["val_acc"], "loss": best["val_loss"], **chosen},
                "test": test, "head_warm_start": warm_start, "feature_extraction": extraction,
-               **skips.to_dict(),
+               **({"advice": advice} if advice else {}), **skips.to_dict(),
                "timing": {"total_s": time.perf_counter() - started, "device": str(device)}}
     save_bundle(run_dir, model, labels=splits.labels, extra={
         "strategy": strategy.state_dict(), "training": config.to_dict(), "augment": augment_record,
-        "data": splits.summary()})
+        "data": splits.summary(), **({"advice": advice} if advice else {})})
     atomic_write_text(run_dir / "history.json", json.dumps(history, indent=2) + "\n")
     atomic_write_text(run_dir / "history.csv", _history_csv(history))
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     trained = TrainedModel(model, splits.labels, config=None, run_dir=run_dir)
     return FitResult(run_dir, trained, history, metrics)
+
+
+def _advise(splits: DatasetSplits, backbone: Backbone, config: TrainConfig, device) -> dict:
+    """``--strategy auto``: measure train + val, decide, print the advice; the record for the run."""
+    cfg = LoopConfig(epochs=1, device=device, channels_last=device.type == "cpu", progress=config.progress)
+    cache = FeatureCache.for_backbone(config.cache_dir, backbone) if config.cache else None
+    workers = default_workers() if config.workers is None else config.workers
+    advice = decide(measure(splits, backbone, cfg=cfg, cache=cache, workers=workers, seed=config.seed))
+    if config.progress:
+        console.print(f"[bold]advice[/] {advice.quadrant} -> strategy {advice.strategy}: {advice.reason}")
+    return advice.to_dict()
+
+
+def _apply_advice(config: TrainConfig, advice: dict) -> TrainConfig:
+    """The chosen strategy, with its settings where the option was left at its default.
+
+    An option given explicitly with its default value cannot be told apart and is replaced too.
+    """
+    defaults = TrainConfig(data=config.data)
+    applied = {k: v for k, v in advice["settings"].items()
+               if getattr(config, k) == getattr(defaults, k)}
+    advice["applied"] = applied
+    return replace(config, strategy=advice["strategy"], **applied)
+
+
+def advise(data: str | Path, *, backbone: str = "efficientnet_lite0", weights: str | None = None,
+           cache: bool = True, cache_dir: str | None = None, seed: int = 0, workers: int | None = None,
+           device: str = "auto", progress: bool = False) -> Advice:
+    """Measure ``data`` against ``backbone`` and choose a fine-tuning strategy (``--strategy auto``).
+
+    Looks at the train and val splits only (never test): their size and class balance, how well a
+    cross-validated linear probe separates the classes on frozen features (cached) and how far the
+    images' BatchNorm statistics sit from the pretraining data's. See ``visiontune.strategies.advisor``.
+
+    >>> advice = visiontune.api.advise("photos/")        # doctest: +SKIP
+    >>> advice.strategy, advice.quadrant                  # doctest: +SKIP
+    ('head', 'small+similar')
+    """
+    _runtime.tune_allocator()
+    _runtime.configure_threads()
+    splits = scan_folder(data, val_fraction=0.0, seed=seed)
+    model = create_backbone(backbone, weights=weights or "default")
+    dev = _runtime.resolve_device(device)
+    cfg = LoopConfig(epochs=1, device=dev, channels_last=dev.type == "cpu", progress=progress)
+    store = FeatureCache.for_backbone(cache_dir, model) if cache else None
+    return decide(measure(splits, model, cfg=cfg, cache=store, seed=seed,
+                          workers=default_workers() if workers is None else workers))
 
 
 def _augmentation(config, splits, strategy, preprocess) -> tuple[PCAStats | None, dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -29,6 +30,8 @@ EPILOG = """\
 examples:
   visiontune demo                                   # try it on a dataset that ships with a package
   visiontune train photos/ --strategy head          # frozen backbone: fast, for small similar data
+  visiontune advise photos/                         # which strategy suits this data, and why
+  visiontune train photos/ --strategy auto          # ... and train with it
   visiontune train photos/ --strategy full --epochs 6 --out runs/poses
   visiontune evaluate runs/poses photos/test --json
   visiontune predict runs/poses new_photos/ --top-k 3
@@ -44,7 +47,11 @@ STRATEGY_HELP = """fine-tuning strategy (default: full):
 head    - freeze the whole backbone (BatchNorm statistics too), train only the new classifier;
           features are computed once, so this is fast. Small data similar to ImageNet.
 partial - freeze the first stages, train the last --unfreeze stages and the classifier.
-full    - train everything, starting from the pretrained weights. Larger or different data."""
+full    - train everything, starting from the pretrained weights. Larger or different data.
+gradual - fit the classifier on cached features first, then unfreeze one more stage per epoch
+          from the top (up to --unfreeze, default all), each deeper stage at half the LR.
+auto    - measure the data (`visiontune advise`) and run the strategy and settings it chooses;
+          options you give explicitly are kept. The advice is saved in the run folder."""
 
 
 def _add_train(sub) -> None:
@@ -59,7 +66,8 @@ def _add_train(sub) -> None:
     p.add_argument("--weights", default=None, metavar="PATH|none",
                    help="local weights file (.safetensors/.pth) or folder; 'none' for random init.\n"
                         "Default: the embedded package, else the model hub.")
-    p.add_argument("--strategy", default="full", choices=["head", "partial", "full"], help=STRATEGY_HELP)
+    p.add_argument("--strategy", default="full", choices=["head", "partial", "full", "gradual", "auto"],
+                   help=STRATEGY_HELP)
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs (default: 6; 60 for --head-solver adamw)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
@@ -67,7 +75,8 @@ def _add_train(sub) -> None:
     p.add_argument("--backbone-lr-mult", type=float, default=0.1,
                    help="pretrained layers train at lr x this, so their knowledge is not erased\n(default: %(default)s)")
     p.add_argument("--unfreeze", type=int, default=None, metavar="N",
-                   help="with --strategy partial: how many of the last stages train (default: a third)")
+                   help="with --strategy partial: how many of the last stages train (default: a third);\n"
+                        "with gradual: how many are unfrozen in all (default: every stage)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="(default: %(default)s)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout before the new head (default: %(default)s)")
@@ -120,6 +129,53 @@ def _print_summary(result) -> None:
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s); listed in {result.run_dir / 'metrics.json'}")
     print(f"run saved to {result.run_dir}")
+
+
+def _add_advise(sub) -> None:
+    p = sub.add_parser("advise", help="measure a dataset and recommend a fine-tuning strategy",
+                       description="Measure DATA (its train and val splits; never test) against a backbone "
+                       "and say how much of the network to retrain. Size: images, images per class, class "
+                       "balance. Similarity to the pretraining data: how well a cross-validated linear probe "
+                       "on the frozen (cached) features separates the classes, and how far the images' "
+                       "activation statistics sit from the backbone's BatchNorm running statistics. Prints "
+                       "the quadrant (small/big x similar/different), the strategy with its settings and why; "
+                       "`train --strategy auto` runs exactly this.")
+    p.add_argument("data", metavar="DATA", help="folder of class sub-folders, or of train/val/test splits")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="backbone name (default: %(default)s)")
+    p.add_argument("--weights", default=None, metavar="PATH|none", help="local weights file or folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_cache_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the probe's folds and the image sample "
+                   "(default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None, help="loader processes (default: one per spare core)")
+    p.set_defaults(run=_run_advise)
+
+
+def _run_advise(args) -> int:
+    from .api import advise
+
+    advice = advise(args.data, backbone=args.backbone, weights=args.weights, cache=args.cache,
+                    cache_dir=args.cache_dir, seed=args.seed, workers=args.workers,
+                    progress=not args.json and sys.stderr.isatty()).to_dict()
+    if args.json:
+        print(json.dumps(advice, indent=2))
+        return 0
+    m = advice["measurements"]
+    probe = "n/a" if m["probe_accuracy"] is None else f"{m['probe_accuracy']:.3f} (chance {m['chance']:.3f})"
+    shift = "n/a (no pretrained BatchNorm statistics)" if m["bn_shift"] is None else \
+        f"{m['bn_shift']:.3f} on {m['bn_images']} images"
+    similarity = "n/a" if advice["similarity"] is None else f"{advice['similarity']:.2f}"
+    print(f"data        {m['num_images']} images, {m['num_classes']} classes, "
+          f"{m['images_per_class']:.0f} per class (smallest/largest {m['balance']:.2f})")
+    print(f"probe       cross-validated balanced accuracy {probe}")
+    print(f"BatchNorm   shift {shift}")
+    print(f"similarity  {similarity}")
+    print(f"quadrant    {advice['quadrant']}")
+    settings = ", ".join(f"{k}={v}" for k, v in advice["settings"].items())
+    print(f"strategy    {advice['strategy']} ({settings})")
+    print(f"reason      {advice['reason']}")
+    print(f"run it      visiontune train {shlex.quote(args.data)} --strategy auto")
+    return 0
 
 
 def _add_augment_preview(sub) -> None:
@@ -377,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"visiontune {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_extract, _add_similar, _add_cache,
+    for add in (_add_train, _add_advise, _add_evaluate, _add_predict, _add_extract, _add_similar, _add_cache,
                 _add_backbones, _add_demo, _add_augment_preview):
         add(sub)
     return parser

@@ -8,7 +8,7 @@ from .data.augment import parse_augment
 from .errors import VisiontuneError
 from .strategies import STRATEGIES
 
-__all__ = ["STRATEGY_DEFAULTS", "TrainConfig"]
+__all__ = ["STRATEGY_CHOICES", "STRATEGY_DEFAULTS", "TrainConfig"]
 
 # Per-strategy defaults, chosen so each finishes in minutes on a 2-core CPU. A frozen backbone's
 # head trains on cached features, where an epoch costs milliseconds, so it gets many.
@@ -16,7 +16,12 @@ STRATEGY_DEFAULTS = {
     "head": {"epochs": 60, "lr": 1e-3, "patience": None},
     "partial": {"epochs": 6, "lr": 5e-3, "patience": None},
     "full": {"epochs": 6, "lr": 5e-3, "patience": None},
+    # Head fitted on cached features first, then one more stage per epoch: 6 epochs reach 6 stages.
+    "gradual": {"epochs": 6, "lr": 5e-3, "patience": None},
+    # Replaced, before training, by the strategy and settings ``visiontune advise`` chooses.
+    "auto": {"epochs": None, "lr": None, "patience": None},
 }
+STRATEGY_CHOICES = (*STRATEGIES, "auto")
 DEVICES = ("auto", "cpu", "cuda")
 HEAD_SOLVERS = ("lbfgs", "adamw")
 
@@ -54,8 +59,8 @@ class TrainConfig:
         def bad(message: str) -> None:
             raise VisiontuneError(message)
 
-        if self.strategy not in STRATEGIES:
-            bad(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.strategy not in STRATEGY_CHOICES:
+            bad(f"--strategy must be one of {', '.join(STRATEGY_CHOICES)}, got {self.strategy!r}")
         if self.epochs is not None and self.epochs < 1:
             bad(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:

@@ -176,11 +176,13 @@ def fit(
     set_train_mode: Callable[[nn.Module], None],
     on_batch: Callable | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
+    on_epoch_start: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
 ) -> list[dict]:
     """Train for ``cfg.epochs`` with early stopping; leaves the best epoch's weights in ``model``.
 
     "Best" is the lowest validation loss. Returns the
-    per-epoch history. ``on_epoch_end`` may raise ``StopTraining``.
+    per-epoch history. ``on_epoch_end`` may raise ``StopTraining``. ``on_epoch_start(epoch,
+    model, optimizer)`` runs before each epoch's training (a strategy's, e.g. to unfreeze).
     """
     steps_per_epoch = max(1, len(train_loader))
     total_steps = steps_per_epoch * cfg.epochs
@@ -190,13 +192,15 @@ def fit(
                       disable=None if cfg.progress else True)
     for epoch in epochs_bar:
         start = time.perf_counter()
+        if on_epoch_start:
+            on_epoch_start(epoch, model, optimizer)
         train_stats, step = train_one_epoch(
             model, train_loader, optimizer, cfg=cfg, step=step, total_steps=total_steps,
             warmup_steps=warmup_steps, set_train_mode=set_train_mode, on_batch=on_batch, epoch=epoch,
         )
         val = evaluate_epoch(model, val_loader, cfg=cfg, on_batch=on_batch, desc="validate")
         row = {"epoch": epoch + 1, **train_stats, "val_loss": val.loss, "val_acc": val.accuracy,
-               "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - start}
+               "lr": max(g["lr"] for g in optimizer.param_groups), "seconds": time.perf_counter() - start}
         history.append(row)
         if _better(row, best):
             best, stale = row, 0

@@ -1,5 +1,7 @@
 """Strategies are small objects: ``setup(model)`` freezes what must not train and returns the
-optimizer's parameter groups; ``set_train_mode(model)`` applies the BatchNorm policy.
+optimizer's parameter groups; ``set_train_mode(model)`` applies the BatchNorm policy;
+``on_epoch_start(epoch, model, optimizer)`` lets a plan change between epochs (``gradual``);
+``describe`` is the table printed before training; ``state_dict`` goes into the run's config.
 
 BatchNorm policy, the same in every phase: a frozen stage is kept in eval mode, so its running
 statistics never move (a frozen layer whose statistics drift is not frozen); a trainable stage's
@@ -20,6 +22,7 @@ from ..errors import VisiontuneError
 __all__ = [
     "STRATEGIES",
     "FullStrategy",
+    "GradualStrategy",
     "HeadStrategy",
     "PartialStrategy",
     "StageRow",
@@ -37,6 +40,7 @@ class StageRow:
     num_params: int
     lr: float
     batchnorm: str  # "train" (statistics update), "frozen" (eval mode) or "-" (none)
+    starts: int | None = None  # trains from this epoch on (0-based; gradual unfreezing), else always
 
 
 def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
@@ -44,11 +48,21 @@ def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.endswith(".bias")
 
 
+def _param_groups(label: str, params: list[tuple[str, nn.Parameter]], lr: float,
+                  weight_decay: float) -> list[dict]:
+    """AdamW groups for ``params``: decayed weights, then undecayed biases and norm scales."""
+    decay = [p for n, p in params if not _no_weight_decay(n, p)]
+    no_decay = [p for n, p in params if _no_weight_decay(n, p)]
+    return [{"name": label + suffix, "params": plist, "lr": lr, "base_lr": lr, "weight_decay": wd}
+            for suffix, plist, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0)) if plist]
+
+
 class Strategy:
     """Base class: subclasses say which backbone stages train (the head always does)."""
 
     name = "base"
     uses_frozen_backbone = False
+    warm_starts_head = False  # fits the head as a linear probe on cached features before training
 
     def __init__(self, *, unfreeze: int | None = None):
         self.unfreeze = unfreeze
@@ -80,18 +94,8 @@ class Strategy:
                 self._frozen_module_names += sorted({n.rsplit(".", 1)[0] for n in param_names})
         for param in model.head.parameters():
             param.requires_grad_(True)
-        groups = []
-        for label, params, group_lr in (
-            ("backbone", backbone_params, lr * backbone_lr_mult),
-            ("head", list(model.head.named_parameters()), lr),
-        ):
-            decay = [p for n, p in params if not _no_weight_decay(n, p)]
-            no_decay = [p for n, p in params if _no_weight_decay(n, p)]
-            for suffix, plist, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0)):
-                if plist:
-                    groups.append({"name": label + suffix, "params": plist, "lr": group_lr,
-                                   "base_lr": group_lr, "weight_decay": wd})
-        return groups
+        return (_param_groups("backbone", backbone_params, lr * backbone_lr_mult, weight_decay)
+                + _param_groups("head", list(model.head.named_parameters()), lr, weight_decay))
 
     def set_train_mode(self, model: Classifier) -> None:
         """``model.train()``, then frozen stages back to eval so their BatchNorm stays fixed."""
@@ -103,9 +107,22 @@ class Strategy:
         if self.uses_frozen_backbone:
             model.backbone.eval()
 
-    def describe(self, model: Classifier, *, lr: float, backbone_lr_mult: float) -> list[StageRow]:
+    def on_epoch_start(self, epoch: int, model: Classifier, optimizer) -> None:
+        """Called before each training epoch (0-based); a fixed plan does nothing here."""
+
+    def _planned(self, index: int, num_stages: int, *, lr: float, backbone_lr_mult: float,
+                 epochs: int | None) -> tuple[bool, float, int | None]:
+        """For ``describe``: (trains at some point, its LR, first epoch if not from the start)."""
+        return index in self.trainable_stages(num_stages), lr * backbone_lr_mult, None
+
+    def describe(self, model: Classifier, *, lr: float, backbone_lr_mult: float,
+                 epochs: int | None = None) -> list[StageRow]:
+        """One row per stage and one for the head: the plan printed before training."""
         rows = []
-        for stage, param_names, trainable in self._stage_plan(model):
+        stages = model.backbone.stages()
+        for index, (stage, param_names) in enumerate(stages):
+            trainable, stage_lr, starts = self._planned(index, len(stages), lr=lr,
+                                                        backbone_lr_mult=backbone_lr_mult, epochs=epochs)
             prefixes = {n.rsplit(".", 1)[0] for n in param_names}
             has_bn = any(
                 isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -113,8 +130,8 @@ class Strategy:
                 if n in prefixes
             )
             count = sum(model.backbone.get_parameter(n).numel() for n in param_names)
-            rows.append(StageRow(stage, trainable, count, lr * backbone_lr_mult if trainable else 0.0,
-                                 ("train" if trainable else "frozen") if has_bn else "-"))
+            rows.append(StageRow(stage, trainable, count, stage_lr if trainable else 0.0,
+                                 ("train" if trainable else "frozen") if has_bn else "-", starts))
         head_count = sum(p.numel() for p in model.head.parameters())
         rows.append(StageRow("head (new)", True, head_count, lr, "-"))
         return rows
@@ -158,10 +175,91 @@ class FullStrategy(Strategy):
         return set(range(num_stages))
 
 
-STRATEGIES = {cls.name: cls for cls in (HeadStrategy, PartialStrategy, FullStrategy)}
+class GradualStrategy(Strategy):
+    """Head first, then one more stage per epoch from the top, deeper stages at smaller LRs.
+
+    Gradual unfreezing with discriminative learning rates (ULMFiT, Howard & Ruder 2018) after a
+    linear probe (linear-probe-then-fine-tune, Kumar et al. 2022): the head is fitted on cached
+    frozen features before the first epoch (``warm_starts_head``), so epoch ``e`` (0-based)
+    already trains the top ``min(e + 1, unfreeze)`` stages (default ``unfreeze``: all of them).
+    The stage ``d`` places below the top trains at ``lr * backbone_lr_mult * lr_decay**d``: the
+    lower, more generic layers move least. A stage not yet unfrozen is frozen in every sense,
+    its BatchNorm statistics included; unfreezing adds its parameters to the optimizer.
+    """
+
+    name = "gradual"
+    warm_starts_head = True
+
+    def __init__(self, *, unfreeze: int | None = None, lr_decay: float = 0.5):
+        super().__init__(unfreeze=unfreeze)
+        if not 0 < lr_decay <= 1:
+            raise VisiontuneError(f"lr_decay must be in (0, 1], got {lr_decay}")
+        self.lr_decay = lr_decay
+        self.unfrozen = 0  # stages trainable now, counted from the top
+        self._hparams = None
+
+    def __repr__(self) -> str:
+        return f"GradualStrategy(unfreeze={self.unfreeze!r}, lr_decay={self.lr_decay!r})"
+
+    def limit(self, num_stages: int) -> int:
+        """How many stages will be unfrozen in all."""
+        count = num_stages if self.unfreeze is None else self.unfreeze
+        if not 0 <= count <= num_stages:
+            raise VisiontuneError(
+                f"--unfreeze must be between 0 and {num_stages} for this backbone, got {count}")
+        return count
+
+    def trainable_stages(self, num_stages: int) -> set[int]:
+        self.limit(num_stages)
+        return set(range(num_stages - self.unfrozen, num_stages))
+
+    def stage_lr(self, depth: int, *, lr: float, backbone_lr_mult: float) -> float:
+        """LR of the stage ``depth`` places below the top (0 = the one under the head)."""
+        return lr * backbone_lr_mult * self.lr_decay ** depth
+
+    def setup(self, model: Classifier, *, lr: float, backbone_lr_mult: float,
+              weight_decay: float) -> list[dict]:
+        self.unfrozen = 0
+        self._hparams = {"lr": lr, "backbone_lr_mult": backbone_lr_mult, "weight_decay": weight_decay}
+        return super().setup(model, lr=lr, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay)
+
+    def on_epoch_start(self, epoch: int, model: Classifier, optimizer) -> None:
+        """Unfreeze stages from the top until ``epoch + 1`` (capped at ``limit``) train."""
+        if self._hparams is None:
+            raise RuntimeError("call setup(model, ...) before on_epoch_start")
+        stages = model.backbone.stages()
+        target = min(epoch + 1, self.limit(len(stages)))
+        named = dict(model.backbone.named_parameters())
+        while self.unfrozen < target:
+            depth = self.unfrozen
+            stage, param_names = stages[len(stages) - 1 - depth]
+            params = [(n, named[n]) for n in param_names]
+            for _, param in params:
+                param.requires_grad_(True)
+            modules = {n.rsplit(".", 1)[0] for n in param_names}
+            self._frozen_module_names = [n for n in self._frozen_module_names if n not in modules]
+            group_lr = self.stage_lr(depth, lr=self._hparams["lr"],
+                                     backbone_lr_mult=self._hparams["backbone_lr_mult"])
+            for group in _param_groups(f"backbone.{stage}", params, group_lr, self._hparams["weight_decay"]):
+                optimizer.add_param_group(group)
+            self.unfrozen += 1
+
+    def _planned(self, index: int, num_stages: int, *, lr: float, backbone_lr_mult: float,
+                 epochs: int | None) -> tuple[bool, float, int | None]:
+        depth = num_stages - 1 - index
+        trains = depth < self.limit(num_stages) and (epochs is None or depth < epochs)
+        return trains, self.stage_lr(depth, lr=lr, backbone_lr_mult=backbone_lr_mult), depth
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "unfreeze": self.unfreeze, "lr_decay": self.lr_decay,
+                "unfrozen": self.unfrozen}
+
+
+STRATEGIES = {cls.name: cls for cls in (HeadStrategy, PartialStrategy, FullStrategy, GradualStrategy)}
 
 
 def make_strategy(name: str, *, unfreeze: int | None = None) -> Strategy:
+    """A strategy by name (``STRATEGIES``); ``auto`` is resolved before this, by the advisor."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
     return STRATEGIES[name](unfreeze=unfreeze)
