@@ -307,7 +307,9 @@ def main() -> None:
         f"{fvar['bf16_max_abs_diff']:.2f} on outputs up to {fvar['output_max']:.1f}) | eager "
         f"{fvar['eager']:.1f} | {fvar['jit_freeze']:.1f} / {fvar['bf16_autocast']:.1f} | "
         f"{fvar['jit_freeze'] / fvar['eager']:.2f}× / {fvar['bf16_autocast'] / fvar['eager']:.2f}× | - | "
-        "kept eager: TorchScript does not win; bf16 wins but is far outside an fp32 tolerance |")
+        + ("TorchScript wins by > 10%: consider it" if fvar["jit_freeze"] > 1.1 * fvar["eager"] else
+           "kept eager: TorchScript is within 10% of it")
+        + "; bf16 is outside an fp32 tolerance (max abs diff above) |")
     cw = head_cold_then_warm()
     rows.append(
         f"| `visiontune train yoga --strategy head`, cold feature cache then warm (wall, process start "
