@@ -4,18 +4,20 @@ The standard protocol for evaluating and using frozen features (as in the CLIP a
 papers): L-BFGS multinomial logistic regression, the regularisation strength ``C`` swept on a
 log grid and chosen by validation log-loss (smoother than accuracy on a small validation set).
 It needs no learning rate, epochs or early stopping, and converges to the same answer every time.
+
+The objective is scikit-learn's ``LogisticRegression(C=C)`` divided by ``C * n``: mean
+cross-entropy + ``||W||^2 / (2 C n)``, bias unpenalised. It is solved with torch's L-BFGS
+(strong-Wolfe line search), each C starting from the previous solution (the grid ascends, so the
+optimum moves a little at a time): the same choices as scikit-learn's solver on the yoga
+features, several times faster, which matters when the features come from the cache.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
+from torch.nn import functional as F
 
 from ..backbones import Head
 from ..errors import DataError
@@ -32,44 +34,53 @@ class ProbeResult:
     history: list[dict]  # one row per C tried
 
 
-def _fit_one(model: LogisticRegression, x: np.ndarray, y: np.ndarray, C: float) -> LogisticRegression:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return model.set_params(C=C).fit(x, y)
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, C: float, init: tuple[torch.Tensor, torch.Tensor],
+                  max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    weight, bias = (t.detach().clone().requires_grad_(True) for t in init)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-5,
+                                  tolerance_change=1e-10, history_size=10, line_search_fn="strong_wolfe")
+    penalty = 1.0 / (2.0 * C * len(x))
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, y) + penalty * (weight * weight).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def _scores(weight, bias, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    logits = x @ weight.T + bias
+    return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
 
 
 def fit_linear_probe(head: Head, train: FeatureSet, val: FeatureSet, *,
-                     c_grid=DEFAULT_C_GRID, max_iter: int = 1000) -> ProbeResult:
+                     c_grid=DEFAULT_C_GRID, max_iter: int = 500) -> ProbeResult:
     """Fit ``head.fc`` as a logistic regression on ``train``; choose C on ``val``."""
-    # float32 halves L-BFGS's work; each C starts from the previous solution (the grid ascends,
-    # so the optimum moves a little at a time): measured 5x faster than cold float64 fits.
-    x, y = train.features.numpy().astype(np.float32), train.labels.numpy()
+    x, y = train.features.float(), train.labels.long()
     num_classes = head.num_classes
-    classes = np.arange(num_classes)
-    missing = set(classes) - set(y.tolist())
+    missing = set(range(num_classes)) - set(y.tolist())
     if missing:  # a class with no decodable training image cannot be learnt
         raise DataError(f"class(es) {sorted(int(c) for c in missing)} have no decodable training image")
+    params = (torch.zeros(num_classes, x.shape[1]), torch.zeros(num_classes))
     history, best = [], None
-    model = LogisticRegression(max_iter=max_iter, warm_start=True)
     for C in sorted(c_grid):
-        _fit_one(model, x, y, C)
-        row = {"C": C, "train_acc": float(model.score(x, y))}
+        params = _fit_logistic(x, y, C, params, max_iter)
+        row = {"C": C, "train_acc": _scores(*params, x, y)[0]}
         if len(val):
-            probs = model.predict_proba(val.features.numpy())
-            row["val_acc"] = float(np.mean(probs.argmax(1) == val.labels.numpy()))
-            row["val_loss"] = float(log_loss(val.labels.numpy(), probs, labels=classes))
+            row["val_acc"], row["val_loss"] = _scores(*params, val.features.float(), val.labels.long())
         else:
             row["val_acc"], row["val_loss"] = float("nan"), -row["train_acc"]
         history.append(row)
         if best is None or row["val_loss"] < best[0]["val_loss"]:
-            best = (row, model.coef_.copy(), model.intercept_.copy())
-    row, coef, intercept = best
-    if num_classes == 2:  # sklearn keeps one row for binary problems: logits (0, w.x + b)
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.concatenate([[0.0], intercept])
+            best = (row, params)
+    row, (weight, bias) = best
     with torch.no_grad():
-        head.fc.weight.copy_(torch.as_tensor(coef, dtype=torch.float32))
-        head.fc.bias.copy_(torch.as_tensor(intercept, dtype=torch.float32))
+        head.fc.weight.copy_(weight)
+        head.fc.bias.copy_(bias)
     for r in history:
         r["best"] = r is row
     return ProbeResult(C=row["C"], history=history)
