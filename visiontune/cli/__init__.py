@@ -1,0 +1,70 @@
+"""The ``visiontune`` command. One module per subcommand, each with ``register(sub)``; each subcommand: parse -> config -> one api call -> print/exit code.
+
+Exit codes: 0 success, 2 a problem with the input (bad path, empty class, unknown backbone...),
+printed as one line on stderr; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import VisiontuneError
+
+__all__ = ["build_parser", "main"]
+
+DESCRIPTION = """\
+Transfer learning for image classification: take an ImageNet-pretrained backbone, replace its
+classifier with one for your classes, fine-tune, evaluate and predict - offline, on a CPU.
+
+DATA is a folder with one sub-folder per class, or a folder holding train/ val/ test/ split
+folders (any letter case) that each hold class sub-folders."""
+
+EPILOG = """\
+examples:
+  visiontune demo                                   # try it on a dataset that ships with a package
+  visiontune train photos/ --strategy head          # frozen backbone: fast, for small similar data
+  visiontune advise photos/                         # which strategy suits this data, and why
+  visiontune train photos/ --strategy auto          # ... and train with it
+  visiontune train photos/ --strategy full --epochs 6 --out runs/poses
+  visiontune evaluate runs/poses photos/test --json
+  visiontune predict runs/poses new_photos/ --top-k 3
+  visiontune train photos/ --augment strong         # or ops: --augment flip,crop,rotate=15,pca-color=0.1
+  visiontune augment-preview photos/ --augment strong --out grid.png   # see what training sees
+  visiontune extract photos/ --out embeddings.npz   # backbone embeddings of every image
+  visiontune similar efficientnet_lite0 query.jpg photos/ --k 5
+  visiontune cache info                             # the on-disk feature cache
+  visiontune backbones                              # which backbones can load weights right now
+"""
+
+from . import advise, augment, backbones, demo, evaluate, features, predict, train  # noqa: E402
+
+# the order `--help` lists them in
+COMMANDS = [train, advise, evaluate, predict, features, backbones, demo, augment]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visiontune", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"visiontune {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except VisiontuneError as exc:
+        print(f"visiontune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("visiontune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
