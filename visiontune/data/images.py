@@ -77,6 +77,8 @@ def decode_image(path: str | Path, *, min_short_side: int | None = None) -> Deco
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF / palette warnings are noise here
+            # ...but an image over Pillow's pixel limit would take gigabytes: refuse, not decode.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
                 img = _open_and_load(path, min_short_side)
             except OSError as exc:
@@ -92,7 +94,9 @@ def decode_image(path: str | Path, *, min_short_side: int | None = None) -> Deco
                 note = "truncated file: loaded partially"
             img = ImageOps.exif_transpose(img)
             return DecodedImage(to_rgb(img), note)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    # Any exception: a format plugin fed hostile bytes may raise almost anything (struct.error,
+    # IndexError, MemoryError...), and one bad file must never end a training run.
+    except Exception as exc:  # noqa: BLE001
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageDecodeError(f"{path}: {reason}") from exc
 
@@ -106,9 +110,10 @@ def header_problem(path: str | Path) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.size  # noqa: B018 - parsing the header is the check
         return None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # noqa: BLE001 - as in decode_image
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"{path}: {reason}"
