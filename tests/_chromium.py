@@ -1,0 +1,192 @@
+"""Headless Chromium for tests: open a page and report what a person would see go wrong.
+
+Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: file
+descriptors 3 and 4, NUL-terminated JSON), so no websocket library, port or driver is needed.
+Debian's ``chromium`` package is installed with apt-get when missing (CI runs as root on a
+clean machine); ``find_chromium`` says why not when that cannot be done.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Every <img> on the page: whether it loaded and decoded (naturalWidth > 0), by its src attribute.
+_IMAGES_JS = """JSON.stringify(Array.from(document.images).map(img => ({
+    src: img.getAttribute('src'), loaded: img.complete && img.naturalWidth > 0,
+    width: img.naturalWidth})))"""
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:])
+
+
+def find_chromium() -> tuple[str | None, str]:
+    """``(path, "")`` to a chromium binary, installing Debian's package if needed, or
+    ``(None, reason)`` when it is missing and cannot be installed here."""
+    path = shutil.which("chromium")
+    if path:
+        return path, ""
+    if not shutil.which("apt-get"):
+        return None, "chromium is not installed and there is no apt-get to install it"
+    if os.geteuid() != 0:
+        return None, "chromium is not installed (apt-get install chromium needs root)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=600"]  # another install may hold the lock for a while
+    for command in (["apt-get", "update", "-qq", *lock],
+                    ["apt-get", "install", "-y", "-qq", *lock, "chromium"]):
+        try:
+            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return None, f"{' '.join(command)} took over 30 minutes"
+        if proc.returncode:
+            return None, f"{' '.join(command)} failed: {_tail(proc.stderr or proc.stdout)}"
+    path = shutil.which("chromium")
+    return (path, "") if path else (None, "apt-get installed chromium but it is not on PATH")
+
+
+@dataclass
+class PageCheck:
+    """What loading a page showed: console errors and uncaught exceptions, and its images."""
+
+    errors: list[str] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)
+
+    @property
+    def broken_images(self) -> list[str]:
+        return [img["src"] for img in self.images if not img["loaded"]]
+
+
+class _DevToolsPipe:
+    """One headless Chromium and its DevTools protocol on fds 3 (commands) and 4 (replies)."""
+
+    def __init__(self, chromium: str, *, timeout: float):
+        self.timeout = timeout
+        self._profile = tempfile.TemporaryDirectory(prefix="chromium-profile-")
+        self._stderr = tempfile.TemporaryFile()
+        to_child_r, self._to_child = os.pipe()
+        self._from_child, from_child_w = os.pipe()
+
+        def wire_fds():  # runs in the child before exec: its fd 3 reads, fd 4 writes
+            high_r = fcntl.fcntl(to_child_r, fcntl.F_DUPFD_CLOEXEC, 10)
+            high_w = fcntl.fcntl(from_child_w, fcntl.F_DUPFD_CLOEXEC, 10)
+            os.dup2(high_r, 3)  # dup2 clears close-on-exec: these two survive exec
+            os.dup2(high_w, 4)
+
+        # --no-sandbox: Chromium's sandbox refuses to run as root, which CI is
+        args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+                f"--user-data-dir={self._profile.name}", "about:blank"]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self._stderr, preexec_fn=wire_fds, close_fds=False)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._buffer = b""
+        self._next_id = 0
+        self.events: list[dict] = []
+
+    def _read_message(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self._from_child], [], [], max(0.0, left))
+            if not ready:
+                raise TimeoutError(f"chromium did not answer within {self.timeout:.0f} s; "
+                                   f"stderr: {self.stderr_tail()}")
+            chunk = os.read(self._from_child, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"chromium closed the DevTools pipe; stderr: {self.stderr_tail()}")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, params: dict | None = None, *, session: str | None = None) -> dict:
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_child, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") != self._next_id:
+                self.events.append(reply)
+                continue
+            if "error" in reply:
+                raise RuntimeError(f"{method}: {reply['error']}")
+            return reply.get("result", {})
+
+    def wait_for(self, method: str) -> dict:
+        """The first event named ``method`` (already received, or the next to come)."""
+        for event in self.events:
+            if event.get("method") == method:
+                return event
+        deadline = time.monotonic() + self.timeout
+        while True:
+            event = self._read_message(deadline)
+            self.events.append(event)
+            if event.get("method") == method:
+                return event
+
+    def stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        return _tail(self._stderr.read().decode(errors="replace"))
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.send("Browser.close")
+                self.proc.wait(timeout=10)
+        except (OSError, RuntimeError, TimeoutError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            os.close(self._to_child)
+            os.close(self._from_child)
+            self._stderr.close()
+            self._profile.cleanup()
+
+
+def _error_text(event: dict) -> str | None:
+    """A console error, failed load or uncaught exception as one line; None for anything else."""
+    method, params = event.get("method"), event.get("params", {})
+    if method == "Runtime.exceptionThrown":
+        details = params["exceptionDetails"]
+        return "exception: " + details.get("exception", {}).get("description", details.get("text", ""))
+    if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+        return "console.error: " + " ".join(str(a.get("value", a.get("description", "")))
+                                            for a in params.get("args", []))
+    if method == "Log.entryAdded" and params["entry"].get("level") == "error":
+        entry = params["entry"]
+        return f"{entry.get('source')}: {entry.get('text')} {entry.get('url', '')}".strip()
+    return None
+
+
+def check_page(chromium: str, page: Path, *, timeout: float = 60.0) -> PageCheck:
+    """Open ``page`` (a local HTML file) in headless Chromium; wait for its load event (all its
+    images fetched), then collect console errors, exceptions and each image's state."""
+    browser = _DevToolsPipe(chromium, timeout=timeout)
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            browser.send(f"{domain}.enable", session=session)
+        navigation = browser.send("Page.navigate", {"url": Path(page).resolve().as_uri()}, session=session)
+        if navigation.get("errorText"):
+            raise RuntimeError(f"chromium could not open {page}: {navigation['errorText']}")
+        browser.wait_for("Page.loadEventFired")
+        result = browser.send("Runtime.evaluate", {"expression": _IMAGES_JS, "returnByValue": True},
+                              session=session)["result"]
+        check = PageCheck(images=json.loads(result["value"]))
+        check.errors = [text for text in map(_error_text, browser.events) if text]
+        return check
+    finally:
+        browser.close()
