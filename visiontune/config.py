@@ -8,7 +8,7 @@ from .data.augment import parse_augment
 from .errors import VisiontuneError
 from .strategies import STRATEGIES
 
-__all__ = ["STRATEGY_CHOICES", "STRATEGY_DEFAULTS", "TrainConfig"]
+__all__ = ["BALANCE_CHOICES", "STRATEGY_CHOICES", "STRATEGY_DEFAULTS", "TrainConfig"]
 
 # Per-strategy defaults, chosen so each finishes in minutes on a 2-core CPU. A frozen backbone's
 # head trains on cached features, where an epoch costs milliseconds, so it gets many.
@@ -24,6 +24,7 @@ STRATEGY_DEFAULTS = {
 STRATEGY_CHOICES = (*STRATEGIES, "auto")
 DEVICES = ("auto", "cpu", "cuda")
 HEAD_SOLVERS = ("lbfgs", "adamw")
+BALANCE_CHOICES = ("none", "weights", "sampler")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class TrainConfig:
     cache_dir: str | None = None  # None: the per-user cache folder
     cache_views: int = 0  # head strategy: augmented views per training image, cached too
     head_solver: str = "lbfgs"  # head strategy: full-batch linear probe, or "adamw" mini-batches
+    balance: str = "none"  # class imbalance: "weights" (weighted loss) or "sampler" (balanced draws)
+    exclude_duplicates: bool = False  # val/test images with a byte-identical copy in train left out
     val_fraction: float = 0.15
     seed: int = 0
     workers: int | None = None  # None: one per spare core
@@ -86,6 +89,8 @@ class TrainConfig:
                 "partial or full (a frozen backbone trains its head on cached features)")
         if self.head_solver not in HEAD_SOLVERS:
             bad(f"--head-solver must be one of {', '.join(HEAD_SOLVERS)}, got {self.head_solver!r}")
+        if self.balance not in BALANCE_CHOICES:
+            bad(f"--balance must be one of {', '.join(BALANCE_CHOICES)}, got {self.balance!r}")
         if self.cache_views < 0:
             bad(f"--cache-views must be 0 or more, got {self.cache_views}")
         if self.workers is not None and self.workers < 0:

@@ -1,5 +1,5 @@
-"""Workflows composed from the layers: ``fit``, ``load``, ``evaluate``, ``predict``, ``advise``,
-``extract``, ``similar``, ``augment_preview``. One private module per workflow.
+"""Workflows composed from the layers: ``fit``, ``fit_ensemble``, ``load``, ``evaluate``, ``predict``,
+``advise``, ``check``, ``extract``, ``similar``, ``augment_preview``. One private module per workflow.
 
 >>> import visiontune
 >>> result = visiontune.fit("photos/", strategy="head", epochs=20)    # doctest: +SKIP
@@ -7,11 +7,34 @@
 >>> model.predict(["new.jpg"], top_k=2)                                # doctest: +SKIP
 """
 
-from ._advice import advise
-from ._augment import augment_preview
-from ._embeddings import extract, similar
-from ._inference import evaluate, load, predict
-from ._training import FitResult, fit
+import importlib
 
-__all__ = ["FitResult", "advise", "augment_preview", "evaluate", "extract", "fit", "load", "predict",
-           "similar"]
+# Public name -> the private module that defines it. Imported on first use, so that a workflow
+# which needs neither torch nor timm (``visiontune check``) does not pay for importing them.
+_EXPORTS = {
+    "advise": "_advice",
+    "augment_preview": "_augment",
+    "check": "_check",
+    "extract": "_embeddings",
+    "similar": "_embeddings",
+    "EnsembleFitResult": "_ensemble",
+    "fit_ensemble": "_ensemble",
+    "evaluate": "_inference",
+    "load": "_inference",
+    "predict": "_inference",
+    "resume": "_resume",
+    "FitResult": "_training",
+    "fit": "_training",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -24,6 +24,7 @@ folders (any letter case) that each hold class sub-folders."""
 EPILOG = """\
 examples:
   visiontune demo                                   # try it on a dataset that ships with a package
+  visiontune check photos/                          # unreadable, duplicated, leaked images...
   visiontune train photos/ --strategy head          # frozen backbone: fast, for small similar data
   visiontune advise photos/                         # which strategy suits this data, and why
   visiontune train photos/ --strategy auto          # ... and train with it
@@ -38,10 +39,10 @@ examples:
   visiontune backbones                              # which backbones can load weights right now
 """
 
-from . import advise, augment, backbones, demo, evaluate, features, predict, train  # noqa: E402
+from . import advise, augment, backbones, check, demo, evaluate, features, predict, train  # noqa: E402
 
 # the order `--help` lists them in
-COMMANDS = [train, advise, evaluate, predict, features, backbones, demo, augment]
+COMMANDS = [check, train, advise, evaluate, predict, features, backbones, demo, augment]
 
 
 def build_parser() -> argparse.ArgumentParser:

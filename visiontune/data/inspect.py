@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .images import ImageDecodeError, decode_image
 
@@ -109,6 +109,20 @@ def phash(image: Image.Image, hash_size: int = PHASH_SIZE) -> bytes:
     return np.packbits(coefficients > np.median(coefficients)).tobytes()
 
 
+def _ends_early(fmt: str, data: bytes) -> bool:
+    """Whether the file stops before its format's end marker: truncated, told without decoding.
+    (Decoding says so for sure; this is for the checks that do not decode.)"""
+    if fmt in ("JPEG", "MPO"):  # an end-of-image marker after the last scan's start (neither can
+        return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")  # occur inside coded data)
+    if fmt == "PNG":
+        return b"IEND" not in data[-64:]
+    if fmt == "GIF":  # trailer byte
+        return b";" not in data[-16:]
+    if fmt == "WEBP":  # the RIFF header gives the file's length
+        return int.from_bytes(data[4:8], "little") + 8 > len(data)
+    return False
+
+
 def _problem(path: Path, kind: str, reason: str, **known) -> FileInfo:
     return FileInfo(str(path), problem=f"{path}: {reason}", problem_kind=kind, **known)
 
@@ -129,14 +143,17 @@ def inspect_file(path: str | Path) -> FileInfo:
     try:
         fmt, mode, size = _header(data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return _problem(path, "decompression-bomb", f"{_one_line(exc)}; not decoded", **known)
+        return _problem(path, "decompression-bomb", f"{_one_line(exc).rstrip('.')}; not decoded", **known)
+    except UnidentifiedImageError:
+        return _problem(path, "unreadable", "not an image format Pillow can identify", **known)
     except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes means "not an image"
         return _problem(path, "unreadable", _one_line(exc), **known)
     known.update(format=fmt, mode=mode, size=size)
     if min(size) < MIN_USABLE_SIDE:
         return _problem(path, "too-small", f"{size[0]}x{size[1]} px, under {MIN_USABLE_SIDE} px a side",
                         **known)
-    return FileInfo(str(path), **known)
+    note = "truncated: the file ends before its end marker" if _ends_early(fmt, data) else None
+    return FileInfo(str(path), **known, note=note)
 
 
 def decode_file(info: FileInfo, hash_size: int = PHASH_SIZE) -> FileInfo:
