@@ -1,6 +1,6 @@
 """Errors a user can fix; the CLI turns them into one line on stderr and exit code 2."""
 
-__all__ = ["BundleError", "DataError", "VisiontuneError", "WeightsNotFoundError"]
+__all__ = ["BundleError", "DataError", "ExportError", "VisiontuneError", "WeightsNotFoundError"]
 
 
 class VisiontuneError(Exception):
@@ -17,3 +17,7 @@ class WeightsNotFoundError(VisiontuneError):
 
 class BundleError(VisiontuneError):
     """A saved model folder is missing, damaged or from an unsupported format version."""
+
+
+class ExportError(VisiontuneError):
+    """An exported model disagrees with the eager one, or could not be written."""

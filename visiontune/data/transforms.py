@@ -8,7 +8,7 @@ from torchvision.transforms import InterpolationMode, v2
 from ..specs import PreprocessSpec
 from .augment import AugmentSpec, PCAStats, build_train_transform
 
-__all__ = ["decode_size", "eval_transform", "interpolation_mode", "train_transform"]
+__all__ = ["decode_size", "eval_geometry", "eval_transform", "interpolation_mode", "train_transform"]
 
 _MODES = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -33,16 +33,21 @@ def _normalize(spec: PreprocessSpec) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(spec.mean), std=list(spec.std))]
 
 
-def eval_transform(spec: PreprocessSpec) -> v2.Compose:
-    """Resize the short side to ``size / crop_pct``, centre-crop ``size``, normalise."""
+def eval_geometry(spec: PreprocessSpec) -> v2.Compose:
+    """Resize the short side to ``size / crop_pct`` and centre-crop ``size``: a uint8
+    ``(3, size, size)`` tensor, the input of exported models (they normalise inside)."""
     return v2.Compose(
         [
             v2.ToImage(),
             v2.Resize(spec.resize_size, interpolation=interpolation_mode(spec), antialias=True),
             v2.CenterCrop(spec.size),
-            *_normalize(spec),
         ]
     )
+
+
+def eval_transform(spec: PreprocessSpec) -> v2.Compose:
+    """Resize the short side to ``size / crop_pct``, centre-crop ``size``, normalise."""
+    return v2.Compose([*eval_geometry(spec).transforms, *_normalize(spec)])
 
 
 def train_transform(spec: PreprocessSpec, *, augment: str | AugmentSpec = "standard",

@@ -1,0 +1,81 @@
+"""``export_model``: a classifier to a self-describing ONNX or TorchScript file, parity-checked.
+
+Order of work: parity inputs and eager probabilities first (cheap, and they fail on bad input
+before anything is written), then the export to a temporary file, the check against that file
+through the same reader users get, and only then the rename onto ``out``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..errors import VisiontuneError
+from ..specs import LabelMap
+from .metadata import ExportMetadata
+from .parity import (
+    MAX_IMAGES,
+    TOLERANCE,
+    ExportReport,
+    check_parity,
+    eager_probabilities,
+    parity_inputs,
+)
+from .wrapper import ProbabilityModel
+
+__all__ = ["EXPORT_FORMATS", "default_export_name", "export_model"]
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+_DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+
+
+def default_export_name(format: str) -> str:
+    return _DEFAULT_NAMES[check_format(format)]
+
+
+def check_format(format: str) -> str:
+    if format not in EXPORT_FORMATS:
+        raise VisiontuneError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    return format
+
+
+def export_model(model: torch.nn.Module, labels: LabelMap, *, format: str, out: str | Path,
+                 data: str | Path | None = None, tolerance: float = TOLERANCE,
+                 max_images: int = MAX_IMAGES) -> ExportReport:
+    """Export a ``Classifier`` (``model.backbone`` carries name and preprocessing) to ``out``.
+
+    ``data``: a folder whose images feed the parity check (the run's data); generated images,
+    with a ``ParityWarning``, when it is missing.
+    """
+    check_format(format)
+    if not tolerance > 0:
+        raise VisiontuneError(f"tolerance must be positive, got {tolerance}")
+    if max_images < 1:
+        raise VisiontuneError(f"max_images must be at least 1, got {max_images}")
+    out = Path(out)
+    model = model.eval().to("cpu")
+    spec = model.backbone.preprocess
+    meta = ExportMetadata(classes=tuple(labels.names), preprocess=spec, backbone=model.backbone.name,
+                          visiontune_version=__version__)
+    inputs = parity_inputs(data, spec, max_images=max_images)
+    eager = eager_probabilities(model, inputs)
+    measured: dict = {}
+
+    def check(run_exported) -> None:
+        measured["diff"], measured["agreement"] = check_parity(
+            eager, run_exported, inputs, tolerance=tolerance, what=f"the {format} export")
+
+    wrapper = ProbabilityModel(model, spec)
+    if format == "onnx":
+        from .onnx import export_onnx
+
+        export_onnx(wrapper, meta, out, check=check)
+    else:
+        from .torchscript import export_torchscript
+
+        export_torchscript(wrapper, meta, out, check=check)
+    return ExportReport(path=out, format=format, max_abs_diff=measured["diff"], tolerance=tolerance,
+                        images=len(inputs.images), inputs=inputs.source,
+                        top1_agreement=measured["agreement"], size_bytes=out.stat().st_size)

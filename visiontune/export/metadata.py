@@ -1,0 +1,109 @@
+"""What an exported model carries about itself: classes, preprocessing, versions, a weights hash.
+
+The same fields go into both formats: ONNX ``metadata_props`` (string key -> string value, JSON for
+the structured ones) and a ``visiontune.json`` extra file in a TorchScript archive. This module
+needs neither torch nor the model code, so a deployment that only runs ONNX can read it.
+
+Format version 1, the contract of an exported file:
+
+- input ``images``: ``uint8`` RGB, ``(batch, 3, size, size)``, the image resized (short side to
+  ``size / crop_pct``, ``interpolation``, antialiased) and centre-cropped to ``size``; the batch
+  axis is dynamic. Scaling to [0, 1] and normalising with ``mean``/``std`` happen inside.
+- output ``probabilities``: ``float32 (batch, classes)``, softmax over ``classes`` in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..errors import BundleError
+from ..specs import LabelMap, PreprocessSpec
+
+__all__ = ["EXPORT_FORMAT_VERSION", "INPUT_NAME", "OUTPUT_NAME", "ExportMetadata", "weights_digest"]
+
+EXPORT_FORMAT_VERSION = 1
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+INPUT_DESCRIPTION = ("uint8 RGB (batch, 3, size, size): resized to size/crop_pct on the short side "
+                     "and centre-cropped to size; normalised inside the model")
+OUTPUT_DESCRIPTION = "float32 (batch, classes): softmax probabilities in the order of 'classes'"
+
+_JSON_FIELDS = ("format_version", "classes", "preprocess")  # the rest are plain strings
+_REQUIRED = ("format_version", "classes", "preprocess", "weights_sha256")
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """The self-description embedded in an exported model file."""
+
+    classes: tuple[str, ...]
+    preprocess: PreprocessSpec
+    backbone: str
+    visiontune_version: str
+    weights_sha256: str = ""  # filled in once the exported weights exist; see ``weights_digest``
+    format_version: int = EXPORT_FORMAT_VERSION
+    input: str = field(default=INPUT_DESCRIPTION)
+    output: str = field(default=OUTPUT_DESCRIPTION)
+
+    @property
+    def labels(self) -> LabelMap:
+        return LabelMap(self.classes)
+
+    def to_dict(self) -> dict:
+        return {"format_version": self.format_version, "visiontune_version": self.visiontune_version,
+                "backbone": self.backbone, "classes": list(self.classes),
+                "preprocess": self.preprocess.to_dict(), "input": self.input, "output": self.output,
+                "weights_sha256": self.weights_sha256}
+
+    def to_strings(self) -> dict[str, str]:
+        """String values for ONNX ``metadata_props``: JSON where the value is structured."""
+        return {k: json.dumps(v) if k in _JSON_FIELDS else str(v) for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str) -> ExportMetadata:
+        """Validate ``data`` read from ``source``; a missing field or a newer format is an error."""
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise BundleError(f"{source} is not a visiontune export: no {', '.join(missing)} in its metadata")
+        version = data["format_version"]
+        if not isinstance(version, int):
+            raise BundleError(f"{source}: export format_version {version!r} is not an integer")
+        if version > EXPORT_FORMAT_VERSION:
+            raise BundleError(f"{source} was exported in format {version}; this visiontune reads up to "
+                              f"{EXPORT_FORMAT_VERSION}. Upgrade visiontune to load it.")
+        try:
+            return cls(classes=tuple(data["classes"]), preprocess=PreprocessSpec.from_dict(data["preprocess"]),
+                       backbone=str(data.get("backbone", "")),
+                       visiontune_version=str(data.get("visiontune_version", "")),
+                       weights_sha256=str(data["weights_sha256"]), format_version=version)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{source}: invalid export metadata: {exc}") from exc
+
+    @classmethod
+    def from_strings(cls, props: dict[str, str], *, source: str) -> ExportMetadata:
+        """Parse ONNX ``metadata_props`` written by ``to_strings``."""
+        data: dict = dict(props)
+        for key in _JSON_FIELDS:
+            if key in data:
+                try:
+                    data[key] = json.loads(data[key])
+                except json.JSONDecodeError as exc:
+                    raise BundleError(f"{source}: metadata field {key!r} is not valid JSON") from exc
+        return cls.from_dict(data, source=source)
+
+
+def weights_digest(tensors: Iterable[tuple[str, str, tuple[int, ...], bytes]]) -> str:
+    """SHA-256 over ``(name, dtype, shape, raw bytes)`` of every weight, in name order.
+
+    Checked at load time, so a file whose weights changed after export (a flipped byte that still
+    parses) is refused instead of silently predicting something else. Hashing values rather
+    than the file keeps it independent of how protobuf or zip lay the bytes out.
+    """
+    digest = hashlib.sha256()
+    for name, dtype, shape, data in sorted(tensors, key=lambda t: t[0]):
+        digest.update(f"{name}|{dtype}|{','.join(map(str, shape))}|{len(data)}\n".encode())
+        digest.update(data)
+    return digest.hexdigest()

@@ -1,0 +1,149 @@
+"""``OnnxModel``: an exported ``.onnx`` file that predicts and evaluates like ``TrainedModel``.
+
+It reads classes and preprocessing from the file's metadata, decodes and crops images with
+visiontune's data code (the same decoder and eval geometry as the run folder) and runs the
+graph in onnxruntime. It imports no model code (no backbones, no timm), so a deployment needs
+the exported file and the data transforms only.
+
+>>> model = visiontune.load("runs/poses/model.onnx")                  # doctest: +SKIP
+>>> model.predict(["photo.jpg"], top_k=2)[0]["top"]                    # doctest: +SKIP
+[{'class': 'tree', 'probability': 0.97}, {'class': 'warrior2', 'probability': 0.02}]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..data.folder import IMAGE_EXTENSIONS, Sample, list_images, scan_class_folder
+from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
+from ..data.transforms import decode_size, eval_geometry
+from ..errors import DataError, VisiontuneError
+from ..evaluation.metrics import classification_metrics
+from ..export.metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata
+from ..export.onnx import onnx_session
+
+__all__ = ["OnnxModel", "is_onnx_file"]
+
+
+def is_onnx_file(path: str | Path) -> bool:
+    """A file (not a run folder) named ``*.onnx``: what ``visiontune.load`` hands to ``OnnxModel``."""
+    path = Path(path)
+    return path.suffix.lower() == ".onnx" and not path.is_dir()
+
+
+def _expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
+    # The same rule as ``predictor.expand_image_paths``, which cannot be imported from here
+    # without importing the model code.
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found += list_images(path)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f"no such file or folder: {path}")
+    if not found:
+        raise DataError("no image files found in: " + ", ".join(str(p) for p in paths)
+                        + f" (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return found
+
+
+class OnnxModel:
+    """An ONNX export run by onnxruntime on the CPU. Build with ``visiontune.load("x.onnx")``."""
+
+    def __init__(self, session, metadata: ExportMetadata, *, path: Path | None = None):
+        self.session = session
+        self.metadata = metadata
+        self.labels = metadata.labels
+        self.preprocess = metadata.preprocess
+        self.path = path
+        self.run_dir = None  # no run folder behind it; ``path`` is the file
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, threads: int | None = None) -> OnnxModel:
+        session, metadata = onnx_session(path, threads=threads)
+        return cls(session, metadata, path=Path(path))
+
+    @property
+    def config(self) -> dict:
+        return self.metadata.to_dict()
+
+    def __repr__(self) -> str:
+        return (f"OnnxModel(backbone={self.metadata.backbone!r}, classes={list(self.labels.names)}, "
+                f"path={str(self.path) if self.path else None!r})")
+
+    def passes_per_image(self, tta: str = "none") -> int:
+        if tta != "none":
+            raise VisiontuneError(f"tta={tta!r} is not available for an ONNX export; use the run "
+                                  "folder for test-time augmentation")
+        return 1
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities for a uint8 ``(N, 3, size, size)`` batch of eval crops."""
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
+
+    def _probabilities(self, samples: list[Sample], *, batch_size: int, workers: int | None,
+                       progress: bool, skips: SkipLog, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+        self.passes_per_image(tta)
+        dataset = ImageDataset(samples, eval_geometry(self.preprocess), decode_size=decode_size(self.preprocess))
+        workers = default_workers() if workers is None else workers
+        workers = min(workers, max(0, len(samples) // batch_size))  # tiny jobs: no process start-up
+        loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
+        if progress:
+            from tqdm import tqdm
+
+            loader = tqdm(loader, desc="predict", unit="batch", leave=False)
+        probs, indices = [], []
+        for batch in loader:
+            skips.record(batch, samples)
+            if len(batch.indices):
+                probs.append(self.run(batch.images.numpy()))
+                indices.append(batch.indices.numpy())
+        if not probs:
+            return np.zeros((0, len(self.labels)), dtype=np.float32), np.zeros(0, dtype=np.int64)
+        return np.concatenate(probs), np.concatenate(indices)
+
+    def predict(self, paths: Sequence[str | Path], *, top_k: int = 1, batch_size: int = 32,
+                workers: int | None = None, progress: bool = False, tta: str = "none") -> list[dict]:
+        """One dict per input image: ``path``, ``top`` (k best classes with probabilities), or
+        ``error`` for a file that could not be decoded; the format of ``TrainedModel.predict``."""
+        self.passes_per_image(tta)
+        files = _expand_image_paths(paths)
+        skips = SkipLog()
+        probs, indices = self._probabilities([Sample(p, -1) for p in files], batch_size=batch_size,
+                                             workers=workers, progress=progress, skips=skips)
+        k = max(1, min(top_k, len(self.labels)))
+        by_index = dict(zip(indices.tolist(), probs, strict=True))
+        results = []
+        for i, path in enumerate(files):
+            if i not in by_index:
+                results.append({"path": str(path), "error": skips.skipped.get(str(path), "unreadable")})
+                continue
+            order = np.argsort(-by_index[i])[:k]
+            results.append({"path": str(path), "top": [
+                {"class": self.labels.names[j], "probability": float(by_index[i][j])} for j in order]})
+        return results
+
+    def evaluate(self, folder: str | Path, *, batch_size: int = 32, workers: int | None = None,
+                 progress: bool = False, tta: str = "none") -> dict:
+        """Metrics on ``folder/<class>/<images>``; class folders must be among the model's classes."""
+        _, samples = scan_class_folder(Path(folder), self.labels)
+        return self.evaluate_samples(samples, batch_size=batch_size, workers=workers, progress=progress,
+                                     tta=tta)
+
+    def evaluate_samples(self, samples: list[Sample], *, batch_size: int = 32,
+                         workers: int | None = None, progress: bool = False, tta: str = "none") -> dict:
+        passes = self.passes_per_image(tta)
+        skips = SkipLog()
+        probs, indices = self._probabilities(samples, batch_size=batch_size, workers=workers,
+                                             progress=progress, skips=skips)
+        y_true = [samples[i].label for i in indices]
+        metrics = classification_metrics(y_true, probs.argmax(1), self.labels.names, probs)
+        metrics["skipped"] = skips.to_dict()["skipped"]
+        metrics["tta"] = tta
+        metrics["forward_passes_per_image"] = passes
+        return metrics
