@@ -1,0 +1,226 @@
+"""Does `--strategy auto` choose well? Every strategy on datasets that span the four quadrants.
+
+    python benchmarks/strategies.py [--datasets yoga,yoga-small,...] [--strategies head,...]
+
+Datasets (TRAIN subsets are seeded and class-balanced; TEST never shrinks with them):
+
+* ``yoga`` / ``yoga-small``: the real Yoga Poses photos (../shared), all of TRAIN or 20 per class.
+* ``fashion`` / ``fashion-small``: Debian's ``dataset-fashion-mnist`` (28 px greyscale product
+  shots): 160 or 20 TRAIN images per class, 50 TEST per class from its test set.
+* ``digits``: scikit-learn's 8x8 handwritten digits, all but 50 per class as TRAIN.
+* ``lfw``: scikit-image's ``lfw_subset`` (25 px greyscale faces vs. non-faces), 75 %/25 %.
+
+Each (dataset, strategy) runs in its own process with a fresh feature cache, so its wall time is
+a first run's: ``auto``'s includes its measurements. Results (JSON lines) are kept in --work, so
+an interrupted benchmark continues where it stopped (--fresh starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import YOGA, write_section  # noqa: E402
+
+STRATEGIES = ("head", "partial", "full", "gradual", "auto")
+DATASETS = ("lfw", "yoga-small", "fashion-small", "digits", "fashion", "yoga")
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "boot")
+
+CHILD = r"""
+import json, sys, time
+import visiontune
+data, strategy, out, cache = sys.argv[1:5]
+start = time.perf_counter()
+result = visiontune.fit(data, strategy=strategy, out=out, cache_dir=cache, progress=False)
+wall = time.perf_counter() - start
+m = result.metrics
+print(json.dumps({"wall_s": wall, "test_acc": m["test"]["accuracy"], "test_n": m["test"]["num_images"],
+                  "val_acc": m["val"]["accuracy"], "advice": m.get("advice")}))
+"""
+
+
+def _save(images: np.ndarray, labels: np.ndarray, names, root: Path, prefix: str) -> None:
+    for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+        folder = root / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{prefix}{i:05d}.png")
+
+
+def _per_class(labels: np.ndarray, n: int, rng) -> np.ndarray:
+    """Indices of ``n`` seeded images per class (all of a class when it has fewer)."""
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:n]
+                                   for c in np.unique(labels)]))
+
+
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        raw = fh.read()
+    dims = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def build_fashion(root: Path, per_class: int) -> None:
+    rng = np.random.default_rng(0)
+    train_x, train_y = _idx(FASHION / "train-images-idx3-ubyte.gz"), _idx(FASHION / "train-labels-idx1-ubyte.gz")
+    test_x, test_y = _idx(FASHION / "t10k-images-idx3-ubyte.gz"), _idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    keep = _per_class(train_y, per_class, rng)
+    _save(train_x[keep], train_y[keep], FASHION_CLASSES, root / "train", "tr")
+    keep = _per_class(test_y, 50, np.random.default_rng(1))
+    _save(test_x[keep], test_y[keep], FASHION_CLASSES, root / "test", "te")
+
+
+def build_digits(root: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255 / 16)).round().astype(np.uint8)
+    test = _per_class(digits.target, 50, np.random.default_rng(0))
+    train = np.setdiff1d(np.arange(len(images)), test)
+    names = [str(d) for d in range(10)]
+    _save(images[train], digits.target[train], names, root / "train", "tr")
+    _save(images[test], digits.target[test], names, root / "test", "te")
+
+
+def build_lfw(root: Path) -> None:
+    from skimage.data import lfw_subset
+
+    images = (lfw_subset() * 255).round().astype(np.uint8)
+    labels = np.array([0] * 100 + [1] * 100)
+    test = _per_class(labels, 25, np.random.default_rng(0))
+    train = np.setdiff1d(np.arange(len(images)), test)
+    names = ["face", "not_face"]
+    _save(images[train], labels[train], names, root / "train", "tr")
+    _save(images[test], labels[test], names, root / "test", "te")
+
+
+def build_yoga_small(root: Path, per_class: int) -> None:
+    rng = np.random.default_rng(0)
+    for folder in sorted(p for p in (YOGA / "TRAIN").iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        for i in rng.permutation(len(files))[:per_class]:
+            target = root / "train" / folder.name / files[i].name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(files[i], target)
+    shutil.copytree(YOGA / "TEST", root / "test")
+
+
+def dataset_path(name: str, work: Path) -> Path:
+    """The dataset's folder (train/ and test/ splits), built on first use."""
+    if name == "yoga":
+        return YOGA
+    root = work / "data" / name
+    if (root / ".complete").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    builders = {"yoga-small": lambda r: build_yoga_small(r, 20), "fashion-small": lambda r: build_fashion(r, 20),
+                "fashion": lambda r: build_fashion(r, 160), "digits": build_digits, "lfw": build_lfw}
+    builders[name](root)
+    (root / ".complete").touch()
+    return root
+
+
+def run_one(data: Path, strategy: str, work: Path) -> dict:
+    out = work / "runs" / f"{data.name}-{strategy}-{time.time_ns()}"
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(data), strategy, str(out), str(out) + "-cache"],
+                          capture_output=True, text=True)
+    shutil.rmtree(str(out) + "-cache", ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _table(results: dict, datasets, strategies) -> str:
+    head = "| dataset | train imgs | advise: per class, probe (chance), BN shift, similarity | quadrant | " \
+           + " | ".join(f"`{s}`" for s in strategies) + " | auto vs best |"
+    rows = [head, "|" + "---|" * (len(strategies) + 5)]
+    for name in datasets:
+        res = results.get(name, {})
+        advice = (res.get("auto") or {}).get("advice") or {}
+        m = advice.get("measurements") or {}
+        cells = []
+        for s in strategies:
+            r = res.get(s)
+            cells.append("-" if not r or "error" in r else f"{_pct(r['test_acc'])}, {r['wall_s']:.0f} s")
+        measured = "-" if not m else (f"{m['images_per_class']:.0f}, {_pct(m['probe_accuracy'])} "
+                                      f"({_pct(m['chance'])}), {m['bn_shift'] or 0:.2f}, {advice['similarity']:.2f}")
+        rows.append(f"| {name} | {m.get('num_images', '-')} | {measured} | {advice.get('quadrant', '-')} "
+                    f"→ `{advice.get('strategy', '-')}` | " + " | ".join(cells) + f" | {_verdict(res)} |")
+    return "\n".join(rows)
+
+
+def _verdict(res: dict) -> str:
+    done = {s: r for s, r in res.items() if r and "error" not in r}
+    if "auto" not in done or len(done) < 2:
+        return "-"
+    others = {s: r for s, r in done.items() if s != "auto"}
+    best = max(others, key=lambda s: (others[s]["test_acc"], -others[s]["wall_s"]))
+    gap = 100 * (done["auto"]["test_acc"] - others[best]["test_acc"])
+    ratio = done["auto"]["wall_s"] / others[best]["wall_s"]
+    ok = "within 1 pt" if gap >= -1.0 else "**misses**"
+    return f"{gap:+.1f} pt vs `{best}` ({ok}), {ratio:.2f}× its time"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--work", default=str(Path.home() / ".cache" / "visiontune-bench" / "strategies"))
+    parser.add_argument("--fresh", action="store_true", help="forget earlier results in --work")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "results.jsonl"
+    if args.fresh:
+        log.unlink(missing_ok=True)
+    results: dict = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            results.setdefault(row["dataset"], {})[row["strategy"]] = row["result"]
+    datasets, strategies = args.datasets.split(","), args.strategies.split(",")
+    for name in datasets:
+        data = dataset_path(name, work)
+        for strategy in strategies:
+            if strategy in results.get(name, {}):
+                continue
+            result = run_one(data, strategy, work)
+            results.setdefault(name, {})[strategy] = result
+            with log.open("a") as fh:
+                fh.write(json.dumps({"dataset": name, "strategy": strategy, "result": result}) + "\n")
+            print(name, strategy, json.dumps({k: v for k, v in result.items() if k != "advice"}), flush=True)
+    body = (
+        "## Strategies across datasets: does `--strategy auto` choose well?\n\n"
+        "`visiontune.fit(data, strategy=...)` with every other option at its default (EfficientNet-Lite0, "
+        "seed 0, 15 % of TRAIN held out for validation), then TEST; each run in its own process with a cold "
+        "feature cache, so `auto`'s wall time includes its measurements. Cells: TEST accuracy, wall time. "
+        "The advise columns are what `auto` measured on TRAIN (never TEST): images per class, cross-validated "
+        "linear-probe balanced accuracy (chance), BatchNorm shift, and the similarity score they give.\n\n"
+        "Datasets: yoga = the real Yoga Poses photos (all of TRAIN; yoga-small: 20 per class); fashion = "
+        "Debian's `dataset-fashion-mnist` (160 or 20 per class; TEST 50 per class); digits = scikit-learn's "
+        "8x8 digits (TEST 50 per class); lfw = scikit-image's `lfw_subset` (faces vs. not, TEST 25 per class). "
+        "Target: `auto` within 1.0 point of the best strategy on every dataset.\n\n"
+        + _table(results, datasets, strategies) + "\n"
+    )
+    write_section("strategies", body, command="python benchmarks/strategies.py")
+
+
+if __name__ == "__main__":
+    main()
