@@ -66,6 +66,13 @@ class PageCheck:
         return [img["src"] for img in self.images if not img["loaded"]]
 
 
+def _above_ten(fd: int) -> int:
+    """``fd`` moved to a descriptor number of at least 10."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
 class _DevToolsPipe:
     """One headless Chromium and its DevTools protocol on fds 3 (commands) and 4 (replies)."""
 
@@ -75,21 +82,20 @@ class _DevToolsPipe:
         self._stderr = tempfile.TemporaryFile()
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-
-        def wire_fds():  # runs in the child before exec: its fd 3 reads, fd 4 writes
-            high_r = fcntl.fcntl(to_child_r, fcntl.F_DUPFD_CLOEXEC, 10)
-            high_w = fcntl.fcntl(from_child_w, fcntl.F_DUPFD_CLOEXEC, 10)
-            os.dup2(high_r, 3)  # dup2 clears close-on-exec: these two survive exec
-            os.dup2(high_w, 4)
-
+        # Chromium reads commands on fd 3 and writes replies on fd 4. bash puts the pipe ends
+        # there (no preexec_fn: unsafe with torch's threads); moved to fds >= 10 first so that
+        # neither end already sits on 3 or 4.
+        child_r, child_w = (_above_ten(fd) for fd in (to_child_r, from_child_w))
+        wire = 'exec 3<&"$1" 4>&"$2"; eval "exec $1<&- $2>&-"; shift 2; exec "$@"'
         # --no-sandbox: Chromium's sandbox refuses to run as root, which CI is
         args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
                 "--no-first-run", "--no-default-browser-check", "--disable-extensions",
                 f"--user-data-dir={self._profile.name}", "about:blank"]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._stderr, preexec_fn=wire_fds, close_fds=False)
-        os.close(to_child_r)
-        os.close(from_child_w)
+        self.proc = subprocess.Popen(["bash", "-c", wire, "chromium", str(child_r), str(child_w), *args],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self._stderr, pass_fds=(child_r, child_w))
+        os.close(child_r)
+        os.close(child_w)
         self._buffer = b""
         self._next_id = 0
         self.events: list[dict] = []
