@@ -16,8 +16,9 @@ if TYPE_CHECKING:  # the loader imports torch, which `visiontune check` does not
     from ..data.loader import SkipLog
 
 
-def check(data: str | Path, *, near_duplicates: bool = True, near_distance: int = DEFAULT_NEAR_DISTANCE,
-          min_side: int = 32, max_pixels: int = 50_000_000, imbalance_ratio: float = 3.0,
+def check(data: str | Path, *, near_duplicates: bool = True,
+          near_distance: int = DEFAULT_NEAR_DISTANCE, min_side: int = 32,
+          max_pixels: int = 50_000_000, imbalance_ratio: float = 3.0,
           workers: int | None = None) -> CheckReport:
     """Every finding about the images under ``data`` (any layout ``train`` accepts).
 
@@ -31,12 +32,14 @@ def check(data: str | Path, *, near_duplicates: bool = True, near_distance: int 
     {'duplicates': 3, 'leakage': 1, ...}
     """
     for name, value, low in (("--near-distance", near_distance, 0), ("--min-side", min_side, 1),
-                             ("--max-pixels", max_pixels, 1), ("--imbalance-ratio", imbalance_ratio, 1),
+                             ("--max-pixels", max_pixels, 1),
+                             ("--imbalance-ratio", imbalance_ratio, 1),
                              ("--workers", 0 if workers is None else workers, 0)):
         if value < low:
             raise VisiontuneError(f"{name} must be at least {low}, got {value}")
-    return check_folder(data, near_distance=near_distance if near_duplicates else None, min_side=min_side,
-                        max_pixels=max_pixels, imbalance_ratio=imbalance_ratio, workers=workers)
+    return check_folder(data, near_distance=near_distance if near_duplicates else None,
+                        min_side=min_side, max_pixels=max_pixels,
+                        imbalance_ratio=imbalance_ratio, workers=workers)
 
 
 def _drop(splits: DatasetSplits, paths: set[str]) -> dict[str, int]:
@@ -63,7 +66,8 @@ def _screen_data(splits: DatasetSplits, skips: SkipLog, *, exclude_duplicates: b
     report = check_splits(splits, decode=False, near_distance=None, workers=0)
     unusable = report.skipped()
     for finding in report.of_type("not-a-file"):
-        unusable[finding.files[0]] = f"{finding.files[0]}: a folder named like an image file, not an image"
+        folder = finding.files[0]
+        unusable[folder] = f"{folder}: a folder named like an image file, not an image"
     skips.skipped.update(unusable)
     # Known up front, so reported even where an epoch never reaches the file (drop_last).
     skips.notes.update({info.path: info.note for info in report.files if info.usable and info.note})
@@ -82,12 +86,15 @@ def _screen_data(splits: DatasetSplits, skips: SkipLog, *, exclude_duplicates: b
 
 def _warn(report: CheckReport, leaked: dict, conflicts: list, excluded: bool) -> None:
     if leaked:
-        splits = sorted({f.details["split"] for f in report.of_type("leakage")})
+        per_split = Counter(f.details["split"] for f in report.of_type("leakage"))
+        splits = [part for part in ("test", "val") if per_split[part]]
         action = ("left out of the evaluation (--exclude-duplicates)" if excluded else
-                  f"{' and '.join(splits)} accuracy is inflated; --exclude-duplicates leaves them out")
-        console.print(f"[bold red]warning:[/] {len(leaked)} {'/'.join(splits)} image(s) have a "
-                      f"byte-identical copy in train: {action}. Listed in metrics.json (data_checks).")
+                  f"{' and '.join(splits)} accuracy is inflated; --exclude-duplicates leaves "
+                  "them out")
+        counts = " and ".join(f"{per_split[part]} {part}" for part in splits)
+        console.print(f"[bold red]warning:[/] {counts} image(s) have a byte-identical copy in "
+                      f"train: {action}. Listed in metrics.json (data_checks).")
     if conflicts:
         example = " = ".join(Path(p).name for p in conflicts[0])
-        console.print(f"[bold red]warning:[/] {len(conflicts)} image(s) are filed under two or more "
-                      f"classes (e.g. {example}); listed in metrics.json (data_checks).")
+        console.print(f"[bold red]warning:[/] {len(conflicts)} image(s) are filed under two or "
+                      f"more classes (e.g. {example}); listed in metrics.json (data_checks).")

@@ -23,7 +23,8 @@ def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
 
 
 def sample_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
-    """``1 / count of its class`` per sample: drawn with these, every class comes up equally often."""
+    """``1 / count of its class`` per sample: drawn with these, every class comes up equally
+    often."""
     labels = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=num_classes)
     return torch.tensor(1.0 / counts[labels], dtype=torch.float64)
@@ -31,7 +32,8 @@ def sample_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
 
 def balancing(mode: str, labels: Sequence[int], num_classes: int
               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``(loss class weights, sampler sample weights)`` for ``--balance mode``; None where unused."""
+    """``(loss class weights, sampler sample weights)`` for ``--balance mode``; None where
+    unused."""
     if mode == "weights":
         return class_weights(labels, num_classes), None
     if mode == "sampler":

@@ -104,8 +104,9 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         return {"root": self.root, "layout": self.layout, "num_files": len(self.files),
-                "counts": self.counts, "seconds": round(self.seconds, 3), "has_errors": self.has_errors,
-                "summary": self.summary(), "findings": [f.to_dict() for f in self.findings]}
+                "counts": self.counts, "seconds": round(self.seconds, 3),
+                "has_errors": self.has_errors, "summary": self.summary(),
+                "findings": [f.to_dict() for f in self.findings]}
 
 
 def leaked_files(report: CheckReport) -> dict[str, list[str]]:
@@ -135,11 +136,13 @@ class _Where:
             return path
 
 
-def _file_findings(info: FileInfo, where: _Where, *, min_side: int, max_pixels: int) -> list[Finding]:
+def _file_findings(info: FileInfo, where: _Where, *, min_side: int,
+                   max_pixels: int) -> list[Finding]:
     name, found = where.rel(info.path), []
 
     def add(kind: str, message: str, severity: str | None = None, **details) -> None:
-        found.append(Finding(kind, severity or FINDING_TYPES[kind][0], message, [info.path], details))
+        severity = severity or FINDING_TYPES[kind][0]
+        found.append(Finding(kind, severity, message, [info.path], details))
 
     if info.problem_kind == "too-small":
         add("tiny-image", f"{name}: {info.size[0]}x{info.size[1]} px, under {MIN_USABLE_SIDE} px a "
@@ -158,7 +161,8 @@ def _file_findings(info: FileInfo, where: _Where, *, min_side: int, max_pixels: 
             add("tiny-image", f"{name}: {width}x{height} px, under {min_side} px a side",
                 size=list(info.size))
         if width * height > max_pixels:
-            add("huge-image", f"{name}: {width}x{height} px ({width * height / 1e6:.0f} megapixels)",
+            megapixels = width * height / 1e6
+            add("huge-image", f"{name}: {width}x{height} px ({megapixels:.0f} megapixels)",
                 size=list(info.size))
     return found
 
@@ -169,7 +173,8 @@ def _mode_findings(infos: list[FileInfo], where: _Where) -> list[Finding]:
         if info.mode and info.mode != "RGB" and info.usable:
             by_mode[info.mode].append(info.path)
     return [Finding("colour-mode", "info", f"{len(paths)} image(s) in mode {mode} "
-                    f"({MODE_NAMES.get(mode, mode)}), converted to RGB when loaded", paths, {"mode": mode})
+                    f"({MODE_NAMES.get(mode, mode)}), converted to RGB when loaded", paths,
+                    {"mode": mode})
             for mode, paths in sorted(by_mode.items())]
 
 
@@ -180,9 +185,9 @@ def _folders_named_like_images(root: Path) -> list[Finding]:
         for name in dirnames:
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 path = Path(dirpath) / name
-                found.append(Finding("not-a-file", "warning", f"{path.relative_to(root).as_posix()}/: a "
-                                     "folder named like an image file (not an image; images inside "
-                                     "it, if any, are read as usual)", [str(path)]))
+                message = (f"{path.relative_to(root).as_posix()}/: a folder named like an image "
+                           "file (not an image; images inside it, if any, are read as usual)")
+                found.append(Finding("not-a-file", "warning", message, [str(path)]))
     return found
 
 
@@ -200,19 +205,20 @@ def _class_counts(splits: DatasetSplits) -> dict[str, dict[str, int]]:
 
 
 def _balance_findings(counts: dict[str, dict[str, int]], ratio: float) -> list[Finding]:
-    found = [Finding("class-counts", "info", "; ".join(
-        f"{part}: " + ", ".join(f"{c} {n}" for c, n in per_class.items()) for part, per_class in counts.items()),
-        [], {"counts": counts})]
+    listing = "; ".join(f"{part}: " + ", ".join(f"{c} {n}" for c, n in per_class.items())
+                        for part, per_class in counts.items())
+    found = [Finding("class-counts", "info", listing, [], {"counts": counts})]
     for part, per_class in counts.items():
         largest = max(per_class, key=per_class.get)
         smallest = min(per_class, key=per_class.get)
         big, small = per_class[largest], per_class[smallest]
         if small == 0 or big / small >= ratio:
-            found.append(Finding("class-imbalance", "warning", (
-                f"{part}: {largest} has {big} images, {smallest} {small} "
-                f"({'no images' if small == 0 else f'{big / small:.1f}x'}); consider train --balance "
-                "weights or sampler"), [], {"split": part, "largest": largest, "smallest": smallest,
-                                            "ratio": None if small == 0 else big / small}))
+            times = "no images" if small == 0 else f"{big / small:.1f}x"
+            message = (f"{part}: {largest} has {big} images, {smallest} {small} ({times}); "
+                       "consider train --balance weights or sampler")
+            found.append(Finding("class-imbalance", "warning", message, [], {
+                "split": part, "largest": largest, "smallest": smallest,
+                "ratio": None if small == 0 else big / small}))
     return found
 
 
@@ -232,9 +238,11 @@ def _duplicate_findings(infos: list[FileInfo], where: _Where) -> list[Finding]:
         in_train = [p for p in paths if where.split[p] == "train"]
         for path in paths:
             if in_train and where.split[path] != "train":
-                found.append(Finding("leakage", "error", f"{where.rel(path)} ({where.split[path]}) is "
-                                     f"byte-identical to {', '.join(where.rel(p) for p in in_train)} (train)",
-                                     [path, *in_train], {"split": where.split[path]}))
+                copies = ", ".join(where.rel(p) for p in in_train)
+                message = (f"{where.rel(path)} ({where.split[path]}) is byte-identical to "
+                           f"{copies} (train)")
+                found.append(Finding("leakage", "error", message, [path, *in_train],
+                                     {"split": where.split[path]}))
         classes = sorted({where.label[p] for p in paths})
         if len(classes) > 1:
             found.append(Finding("label-conflict", "error", f"the same image is filed under "
@@ -255,9 +263,10 @@ def _near_findings(infos: list[FileInfo], where: _Where, max_distance: int) -> l
         if len(classes) > 1:
             notes.append(f"under {' and '.join(classes)}: conflicting labels?")
         distinct = len({info.sha256 for info in group})
-        found.append(Finding("near-duplicates", "warning", f"{distinct} different files look like the same "
-                             f"picture{' (' + '; '.join(notes) + ')' if notes else ''}: "
-                             f"{_listing(paths, where)}", paths,
+        aside = f" ({'; '.join(notes)})" if notes else ""
+        message = (f"{distinct} different files look like the same picture{aside}: "
+                   f"{_listing(paths, where)}")
+        found.append(Finding("near-duplicates", "warning", message, paths,
                              {"distinct": distinct, "splits": splits, "classes": classes}))
     return found
 
@@ -287,8 +296,9 @@ def _decode_each_content(pool, infos: list[FileInfo]) -> list[FileInfo]:
         done = decoded.get(info.sha256) if info.usable else None
         if done is None:
             return info
-        return replace(info, note=done.note, phash=done.phash, problem=done.problem and
-                       done.problem.replace(done.path, info.path, 1), problem_kind=done.problem_kind)
+        problem = done.problem and done.problem.replace(done.path, info.path, 1)
+        return replace(info, note=done.note, phash=done.phash, problem=problem,
+                       problem_kind=done.problem_kind)
 
     return [merged(info) for info in infos]
 
@@ -299,7 +309,8 @@ def default_check_workers() -> int:
 
 
 def check_splits(splits: DatasetSplits, *, decode: bool = True,
-                 near_distance: int | None = DEFAULT_NEAR_DISTANCE, min_side: int = 32, max_pixels: int = 50_000_000, imbalance_ratio: float = 3.0,
+                 near_distance: int | None = DEFAULT_NEAR_DISTANCE, min_side: int = 32,
+                 max_pixels: int = 50_000_000, imbalance_ratio: float = 3.0,
                  workers: int | None = None) -> CheckReport:
     """Every finding about the files of ``splits``.
 
@@ -324,7 +335,8 @@ def check_splits(splits: DatasetSplits, *, decode: bool = True,
     findings += _duplicate_findings(infos, where)
     if decode and near_distance is not None:
         findings += _near_findings(infos, where, near_distance)
-    return CheckReport(str(splits.root), splits.layout, counts, infos, findings, time.perf_counter() - started)
+    return CheckReport(str(splits.root), splits.layout, counts, infos, findings,
+                       time.perf_counter() - started)
 
 
 def check_folder(root: str | Path, *, decode: bool = True,
@@ -333,6 +345,6 @@ def check_folder(root: str | Path, *, decode: bool = True,
                  workers: int | None = None) -> CheckReport:
     """Scan ``root`` (any layout ``scan_folder`` accepts; nothing held out of train) and check
     it with ``check_splits``."""
-    return check_splits(scan_folder(root, val_fraction=0.0), decode=decode, near_distance=near_distance,
-                        min_side=min_side, max_pixels=max_pixels, imbalance_ratio=imbalance_ratio,
-                        workers=workers)
+    return check_splits(scan_folder(root, val_fraction=0.0), decode=decode,
+                        near_distance=near_distance, min_side=min_side, max_pixels=max_pixels,
+                        imbalance_ratio=imbalance_ratio, workers=workers)

@@ -38,7 +38,8 @@ PHASH_SIZE = 12
 
 # What Pillow reports for content each suffix is meant to hold (MPO is a JPEG with extra frames).
 EXPECTED_FORMATS = {
-    ".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".jpe": {"JPEG", "MPO"}, ".jfif": {"JPEG", "MPO"},
+    ".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".jpe": {"JPEG", "MPO"},
+    ".jfif": {"JPEG", "MPO"},
     ".png": {"PNG"}, ".bmp": {"BMP", "DIB"}, ".gif": {"GIF"}, ".webp": {"WEBP"},
     ".tif": {"TIFF"}, ".tiff": {"TIFF"}, ".ppm": {"PPM"}, ".pgm": {"PPM"}, ".pbm": {"PPM"},
     ".pnm": {"PPM"}, ".ico": {"ICO"},
@@ -103,7 +104,8 @@ def phash(image: Image.Image, hash_size: int = PHASH_SIZE) -> bytes:
     people collide, 143-bit ones keep their distance.
     """
     n = 4 * hash_size
-    pixels = np.asarray(image.convert("L").resize((n, n), Image.Resampling.LANCZOS), dtype=np.float64)
+    small = image.convert("L").resize((n, n), Image.Resampling.LANCZOS)
+    pixels = np.asarray(small, dtype=np.float64)
     dct = _dct_rows(n, hash_size)
     coefficients = (dct @ pixels @ dct.T).ravel()[1:]
     return np.packbits(coefficients > np.median(coefficients)).tobytes()
@@ -143,15 +145,16 @@ def inspect_file(path: str | Path) -> FileInfo:
     try:
         fmt, mode, size = _header(data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return _problem(path, "decompression-bomb", f"{_one_line(exc).rstrip('.')}; not decoded", **known)
+        reason = f"{_one_line(exc).rstrip('.')}; not decoded"
+        return _problem(path, "decompression-bomb", reason, **known)
     except UnidentifiedImageError:
         return _problem(path, "unreadable", "not an image format Pillow can identify", **known)
-    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes means "not an image"
+    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes: not an image
         return _problem(path, "unreadable", _one_line(exc), **known)
     known.update(format=fmt, mode=mode, size=size)
     if min(size) < MIN_USABLE_SIDE:
-        return _problem(path, "too-small", f"{size[0]}x{size[1]} px, under {MIN_USABLE_SIDE} px a side",
-                        **known)
+        reason = f"{size[0]}x{size[1]} px, under {MIN_USABLE_SIDE} px a side"
+        return _problem(path, "too-small", reason, **known)
     note = "truncated: the file ends before its end marker" if _ends_early(fmt, data) else None
     return FileInfo(str(path), **known, note=note)
 
