@@ -22,8 +22,8 @@ from ..config import TrainConfig
 from ..data.augment import (
     build_batch_transform,
 )
+from ..data.balance import balancing
 from ..data.folder import DatasetSplits, scan_folder
-from ..data.images import header_problem
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size, eval_transform, train_transform
 from ..engine.loop import LoopConfig, evaluate_epoch
@@ -34,6 +34,7 @@ from ..prediction.predictor import TrainedModel
 from ..strategies import make_strategy
 from ._advice import _advise, _apply_advice
 from ._augment import _augmentation
+from ._check import _screen_data
 from ._features import _metrics_from_logits
 from ._head import _train_head_on_features, _warm_start_head
 
@@ -78,11 +79,14 @@ def _train_end_to_end(model, strategy, splits, config, cfg, skips, workers, grou
     size = decode_size(spec)
     train_ds = ImageDataset(splits.train, train_transform(spec, augment=config.augment, pca=pca),
                             decode_size=size)
-    cfg = replace(cfg, batch_transform=build_batch_transform(config.augment, num_classes=len(splits.labels)))
+    loss_weights, draw_weights = balancing(config.balance, [s.label for s in splits.train], len(splits.labels))
+    cfg = replace(cfg, batch_transform=build_batch_transform(config.augment, num_classes=len(splits.labels)),
+                  class_weights=loss_weights)
     val_ds = ImageDataset(splits.val, eval_transform(spec), decode_size=size)
     pin = cfg.device.type == "cuda"
     train_loader = make_loader(train_ds, batch_size=config.batch_size, shuffle=True, workers=workers,
-                               seed=config.seed, drop_last=len(train_ds) > config.batch_size, pin_memory=pin)
+                               seed=config.seed, drop_last=len(train_ds) > config.batch_size, pin_memory=pin,
+                               sample_weights=draw_weights)
     val_loader = make_loader(val_ds, batch_size=config.batch_size * 2, shuffle=False, workers=workers,
                              pin_memory=pin)
     warm_start = (_warm_start_head(model, splits, config, cfg, skips, workers)
@@ -116,20 +120,6 @@ class _Recorded:
         for batch in self.loader:
             self.skips.record(batch, self.dataset.samples)
             yield batch
-
-
-def _exclude_non_images(splits: DatasetSplits, skips: SkipLog) -> None:
-    """Drop files whose header is not an image's (zero bytes, random bytes...) before training,
-    so every one is reported, not only those a shuffled epoch happens to reach."""
-    for part in ("train", "val", "test"):
-        kept = []
-        for sample in getattr(splits, part):
-            problem = header_problem(sample.path)
-            if problem:
-                skips.skipped[str(sample.path)] = problem
-            else:
-                kept.append(sample)
-        setattr(splits, part, kept)
 
 
 def _print_plan(splits: DatasetSplits, model: Classifier, strategy, config: TrainConfig, device) -> None:
@@ -174,7 +164,7 @@ def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> Fi
                      device=device, channels_last=device.type == "cpu", progress=config.progress)
     workers = default_workers() if config.workers is None else config.workers
     skips = SkipLog()
-    _exclude_non_images(splits, skips)
+    data_checks = _screen_data(splits, skips, exclude_duplicates=config.exclude_duplicates)
     pca, augment_record = _augmentation(config, splits, strategy, model.backbone.preprocess)
     if strategy.uses_frozen_backbone:
         history, test, extraction = _train_head_on_features(model, splits, config, cfg, skips, workers, groups,
@@ -189,6 +179,7 @@ def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> Fi
     chosen = {"C": best["C"]} if "C" in best else {"best_epoch": best["epoch"]}
     metrics = {"val": {"accuracy": best["val_acc"], "loss": best["val_loss"], **chosen},
                "test": test, "head_warm_start": warm_start, "feature_extraction": extraction,
+               "data_checks": data_checks,
                **({"advice": advice} if advice else {}), **skips.to_dict(),
                "timing": {"total_s": time.perf_counter() - started, "device": str(device)}}
     save_bundle(run_dir, model, labels=splits.labels, extra={

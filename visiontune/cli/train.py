@@ -60,6 +60,14 @@ def _add_train(sub) -> None:
     p.add_argument("--cache-views", type=int, default=0, metavar="K",
                    help="with --strategy head: also cache K augmented views of each training image\n"
                         "and train the head on them too (default: 0)")
+    p.add_argument("--balance", default="none", choices=["none", "weights", "sampler"],
+                   help="for imbalanced classes (default: none; `visiontune check` shows the counts):\n"
+                        "weights - the loss weighs each class by n_train / (classes x its count)\n"
+                        "sampler - training batches draw every class equally often (with\n"
+                        "          replacement); the L-BFGS head solver uses weights either way")
+    p.add_argument("--exclude-duplicates", action="store_true",
+                   help="leave val/test images that have a byte-identical copy in train out of the\n"
+                        "evaluation (they inflate its accuracy); metrics.json says how many")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="share of train held out (stratified, seeded) when DATA has no val split\n(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split, init, shuffling (default: %(default)s)")
@@ -89,6 +97,10 @@ def _print_summary(result) -> None:
     test = result.metrics.get("test")
     if test and test.get("accuracy") is not None:
         print(f"test accuracy {test['accuracy']:.4f} on {test['num_images']} images")
+    excluded = (result.metrics.get("data_checks") or {}).get("excluded_duplicates")
+    if excluded:
+        print(f"excluded {excluded['val']} val and {excluded['test']} test image(s) with a copy in train "
+              "(--exclude-duplicates)")
     skipped = result.metrics.get("skipped") or {}
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s); listed in {result.run_dir / 'metrics.json'}")

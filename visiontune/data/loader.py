@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from .folder import Sample
 from .images import ImageDecodeError, decode_image
@@ -111,13 +111,23 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    sample_weights: torch.Tensor | None = None,
 ) -> DataLoader:
+    """A loader that survives undecodable files (``collate_skipping_failures``).
+
+    ``sample_weights`` (one per sample, ``data.balance.sample_weights``): each epoch is
+    ``len(dataset)`` draws with replacement in proportion to them (``WeightedRandomSampler``).
+    """
     generator = torch.Generator()
     generator.manual_seed(seed)
+    sampler = None
+    if sample_weights is not None:
+        sampler, shuffle = WeightedRandomSampler(sample_weights, len(dataset), generator=generator), None
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate_skipping_failures,
         worker_init_fn=_seed_worker if workers > 0 else None,

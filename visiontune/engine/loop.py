@@ -47,6 +47,8 @@ class LoopConfig:
     # (images, labels) -> (images, soft labels), applied to each training batch before the
     # forward pass: mixup / cutmix (``visiontune.data.augment.build_batch_transform``).
     batch_transform: Callable | None = None
+    # --balance weights: per-class weights of the training loss (``data.balance.class_weights``).
+    class_weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -97,7 +99,8 @@ def train_one_epoch(
 ) -> tuple[dict, int]:
     """One pass over ``loader``; returns mean loss/accuracy and the next global step."""
     set_train_mode(model)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    weight = None if cfg.class_weights is None else cfg.class_weights.to(cfg.device)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}", leave=False,
                disable=_bar_disabled(cfg, len(loader)), unit="batch", dynamic_ncols=True)
