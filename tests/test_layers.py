@@ -9,11 +9,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "visiontune"
 
 LAYER = {
-    "specs": 0, "errors": 0, "_io": 0, "_paths": 0, "_runtime": 0, "_console": 0,
+    "specs": 0, "errors": 0, "_io": 0, "_paths": 0, "_runtime": 0, "_console": 0, "_seeding": 0,
     "data": 1, "backbones": 1,
     "strategies": 2,
     "engine": 3, "evaluation": 3,
-    "features": 4, "export": 4,
+    "features": 4, "exporting": 4,
     "prediction": 5,
     "config": 6, "demo": 6,
     "api": 7,

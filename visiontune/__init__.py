@@ -5,12 +5,13 @@ The public surface; importing it does no heavy work (torch loads on first use).
 
 __version__ = "0.1.0"
 
-__all__ = ["TrainConfig", "__version__", "advise", "evaluate", "fit", "list_backbones", "load", "predict"]
+__all__ = ["TrainConfig", "__version__", "advise", "evaluate", "export", "fit", "fit_ensemble",
+           "list_backbones", "load", "predict", "resume"]
 
 
 def __getattr__(name):
     # Lazy re-exports keep `visiontune --help` and `import visiontune` fast.
-    if name in ("fit", "load", "evaluate", "predict", "advise"):
+    if name in ("fit", "fit_ensemble", "load", "evaluate", "predict", "advise", "resume", "export"):
         from . import api
 
         return getattr(api, name)

@@ -19,6 +19,8 @@ _EXPORTS = {
     "similar": "_embeddings",
     "EnsembleFitResult": "_ensemble",
     "fit_ensemble": "_ensemble",
+    "ExportReport": "_export",
+    "export": "_export",
     "evaluate": "_inference",
     "load": "_inference",
     "predict": "_inference",

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import importlib
 import json
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,13 +56,31 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any pickle that would import or call something: nothing ran.
+        reason = _unpickling_reason(str(exc))
+        raise WeightsNotFoundError(
+            f"refusing to load {path}: it is not a plain state dict of tensors, and unpickling it "
+            f"would run code named inside the file ({reason}). Load only weights you trust; "
+            "convert trusted ones to .safetensors") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise WeightsNotFoundError(f"cannot read {path} as PyTorch weights: "
+                                   f"{str(exc).strip().splitlines()[0][:200]}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise WeightsNotFoundError(f"{path} does not hold a state dict")
     return state
+
+
+def _unpickling_reason(message: str) -> str:
+    """The line of torch's refusal that names what the file asked for (e.g. ``posix.system``)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or ["refused by torch.load(weights_only=True)"])[0][:200]
 
 
 def map_state_dict_in_order(source: dict, target: dict) -> dict:

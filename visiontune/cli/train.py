@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..data.augment import augment_help
+from ..errors import VisiontuneError
 from .features import _add_cache_options
 
 STRATEGY_HELP = """fine-tuning strategy (default: full):
@@ -24,9 +26,16 @@ def _add_train(sub) -> None:
         description="Fine-tune a pretrained backbone on DATA and save the run folder (model bundle, "
         "history, metrics). When DATA has a test split, training ends by evaluating on it.",
         formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("data", metavar="DATA", help="folder of class sub-folders, or of train/val/test splits")
+    p.add_argument("data", metavar="DATA", nargs="?",
+                   help="folder of class sub-folders, or of train/val/test splits (not with --resume)")
     p.add_argument("--backbone", default="efficientnet_lite0",
-                   help="registered name (see `visiontune backbones`) or any timm model name\n(default: %(default)s)")
+                   help="registered name (see `visiontune backbones`) or any timm model name\n"
+                        "(default: %(default)s); a comma-separated list a,b,c trains an ensemble\n"
+                        "with one member per backbone")
+    p.add_argument("--ensemble", type=int, default=None, metavar="N",
+                   help="train N members with seeds SEED..SEED+N-1 into one folder (OUT/members/0..N-1\n"
+                        "+ OUT/ensemble.json) that evaluate and predict use as one model, averaging\n"
+                        "the members' probabilities; each seed also draws its own validation hold-out")
     p.add_argument("--weights", default=None, metavar="PATH|none",
                    help="local weights file (.safetensors/.pth) or folder; 'none' for random init.\n"
                         "Default: the embedded package, else the model hub.")
@@ -76,6 +85,11 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda; a GPU uses mixed precision (default: auto)")
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: runs/<time>-<backbone>-<strategy>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or tables on stderr")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue the interrupted run in folder RUN from its last checkpoint (written\n"
+                        "after every epoch), with the options it was started with; the result equals\n"
+                        "an uninterrupted run's. Only --workers, --device and --no-progress may change:\n"
+                        "  visiontune train --resume runs/poses")
     p.set_defaults(run=_run_train)
 
 
@@ -83,14 +97,39 @@ def _run_train(args) -> int:
     from ..api import fit
     from ..config import TrainConfig
 
+    if args.resume:
+        return _run_resume(args)
+    if args.data is None:
+        raise VisiontuneError("train needs DATA (or --resume RUN to continue an interrupted run)")
     options = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
     options["progress"] = not args.no_progress
+    backbones = args.backbone.split(",") if "," in args.backbone else None
+    if args.ensemble is not None or backbones:
+        return _run_ensemble(args, TrainConfig(**{**options, "backbone": (backbones or [args.backbone])[0]}),
+                             backbones)
     result = fit(args.data, config=TrainConfig(**options))
     _print_summary(result)
     return 0
 
 
+def _run_resume(args) -> int:
+    from ..api import resume
+    from ..config import TrainConfig
+    from . import build_parser
+
+    # Options typed again are checked against the run's; those left at their default are not.
+    defaults = vars(build_parser().parse_args(["train"]))
+    given = {k: v for k, v in vars(args).items()
+             if k in TrainConfig.field_names() and v != defaults.get(k)}
+    given.pop("progress", None)
+    result = resume(args.resume, progress=not args.no_progress, **given)
+    _print_summary(result)
+    return 0
+
+
 def _print_summary(result) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+        return
     val = result.metrics["val"]
     chosen = f"L2 strength C={val['C']:g}" if "C" in val else f"best epoch {val['best_epoch']}"
     print(f"validation accuracy {val['accuracy']:.4f} ({chosen})")
@@ -105,6 +144,21 @@ def _print_summary(result) -> None:
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s); listed in {result.run_dir / 'metrics.json'}")
     print(f"run saved to {result.run_dir}")
+
+
+def _run_ensemble(args, config, backbones) -> int:
+    from ..api import fit_ensemble
+
+    result = fit_ensemble(args.data, members=args.ensemble, backbones=backbones, config=config)
+    for member, fitted in zip(result.metrics["members"], result.members, strict=True):
+        print(f"member {member['run']} ({member['backbone']}, seed {member['seed']}): ", end="")
+        _print_summary(fitted)
+    test = result.metrics.get("test")
+    if test and test.get("accuracy") is not None:
+        print(f"ensemble of {len(result.members)}: test accuracy {test['accuracy']:.4f} on "
+              f"{test['num_images']} images")
+    print(f"ensemble saved to {result.run_dir}")
+    return 0
 
 
 def register(sub) -> None:

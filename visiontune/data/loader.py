@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
+from .._seeding import derive_seed, isolated_rng, sample_seeds
 from .folder import Sample
 from .images import ImageDecodeError, decode_image
 
 __all__ = [
     "Batch",
+    "EpochSampler",
     "ImageDataset",
+    "SeededSamples",
     "SkipLog",
     "collate_skipping_failures",
     "default_workers",
@@ -102,6 +105,66 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class EpochSampler(Sampler):
+    """One epoch's indices, each paired with the seed its sample is drawn under: ``(index, seed)``.
+
+    The order is a permutation seeded by ``(seed, epoch)`` and is split across ``world_size``
+    ranks as ``DistributedSampler`` does (padded to a multiple, then every ``world_size``-th
+    index), so rank ``r``'s ``k``-th batch holds every ``world_size``-th image of the ``k``-th
+    batch one process would take with the whole batch size. ``set_epoch`` picks the epoch; each
+    pass also moves on to the next one, so plain re-iteration still draws a new epoch.
+    """
+
+    def __init__(self, size: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 weights: torch.Tensor | None = None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of {world_size}")
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.weights = weights  # given: the epoch is ``size`` weighted draws with replacement
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.size // self.world_size)
+
+    def __iter__(self):
+        # Eager, not a generator: the epoch is taken when the loader asks, not at first use.
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+        if self.weights is not None:
+            order = list(WeightedRandomSampler(self.weights, self.size, generator=generator))
+        elif self.shuffle:
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        while order and len(order) < len(self) * self.world_size:  # pad by repeating, like torch
+            order += order[: len(self) * self.world_size - len(order)]
+        seeds = sample_seeds(self.seed, epoch, self.size)
+        return iter([(i, int(seeds[i])) for i in order[self.rank :: self.world_size]])
+
+
+class SeededSamples(Dataset):
+    """``dataset[index]`` computed under the sample's own seed, for ``(index, seed)`` items.
+
+    Augmentation then depends on neither the worker that decodes the image nor what that
+    worker decoded before, so any ``--workers`` (persistent or not) gives the same batches.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with isolated_rng(seed):
+            return self.dataset[index]
+
+
 def make_loader(
     dataset: Dataset,
     *,
@@ -111,17 +174,27 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    seeded_epochs: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
     sample_weights: torch.Tensor | None = None,
 ) -> DataLoader:
     """A loader that survives undecodable files (``collate_skipping_failures``).
 
+    ``seeded_epochs``: order and augmentation are functions of ``(seed, epoch, index)`` through
+    ``EpochSampler`` and ``SeededSamples`` (call ``loader.sampler.set_epoch`` before each epoch);
+    needed to resume a run exactly and to shard it over ``world_size`` ranks.
     ``sample_weights`` (one per sample, ``data.balance.sample_weights``): each epoch is
     ``len(dataset)`` draws with replacement in proportion to them (``WeightedRandomSampler``).
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
     sampler = None
-    if sample_weights is not None:
+    if seeded_epochs or world_size > 1:
+        sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
+                               weights=sample_weights)
+        dataset, shuffle = SeededSamples(dataset), None
+    elif sample_weights is not None:
         sampler, shuffle = WeightedRandomSampler(sample_weights, len(dataset), generator=generator), None
     return DataLoader(
         dataset,

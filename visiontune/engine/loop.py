@@ -17,6 +17,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._seeding import derive_seed, seed_all
+from .checkpoint import TrainingState
+from .distributed import Distributed
 from .optim import apply_lr, lr_multiplier
 
 __all__ = [
@@ -49,6 +52,11 @@ class LoopConfig:
     batch_transform: Callable | None = None
     # --balance weights: per-class weights of the training loss (``data.balance.class_weights``).
     class_weights: torch.Tensor | None = None
+    # Set: each epoch reseeds every generator from (seed, epoch) and tells the train loader's
+    # sampler its epoch, so an epoch re-run after a resume draws exactly the same numbers.
+    seed: int | None = None
+    # Under torchrun: training steps run through DistributedDataParallel.
+    distributed: Distributed | None = None
 
 
 @dataclass
@@ -96,9 +104,15 @@ def train_one_epoch(
     set_train_mode: Callable[[nn.Module], None],
     on_batch: Callable | None = None,
     epoch: int = 0,
+    wrapped: nn.Module | None = None,
 ) -> tuple[dict, int]:
-    """One pass over ``loader``; returns mean loss/accuracy and the next global step."""
+    """One pass over ``loader``; returns mean loss/accuracy and the next global step.
+
+    ``wrapped`` (``DistributedDataParallel(model)``) runs the forward and backward passes when
+    given; ``model`` is the one whose modes ``set_train_mode`` sets.
+    """
     set_train_mode(model)
+    forward = wrapped if wrapped is not None else model
     weight = None if cfg.class_weights is None else cfg.class_weights.to(cfg.device)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     total_loss, correct, seen = 0.0, 0, 0
@@ -107,7 +121,10 @@ def train_one_epoch(
     for batch in bar:
         if on_batch:
             on_batch(batch)
-        if len(batch.labels) == 0:
+        empty = len(batch.labels) == 0
+        if cfg.distributed is not None:  # ranks step together or not at all, else DDP hangs
+            empty = cfg.distributed.any(empty)
+        if empty:
             continue
         apply_lr(optimizer, lr_multiplier(step, total_steps=total_steps, warmup_steps=warmup_steps))
         inputs, targets = batch.images, batch.labels
@@ -117,7 +134,7 @@ def train_one_epoch(
         # Soft (mixed) targets count as their largest share for accuracy.
         labels = targets.argmax(1) if targets.ndim == 2 else targets
         with _autocast(cfg.device):
-            logits = model(inputs)
+            logits = forward(inputs)
             loss = loss_fn(logits.float(), targets)  # CrossEntropyLoss takes class probabilities too
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,6 +144,8 @@ def train_one_epoch(
         correct += int((logits.argmax(1) == labels).sum())
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    if cfg.distributed is not None:  # every rank saw its share: report the whole epoch
+        total_loss, correct, seen = cfg.distributed.all_sum([total_loss, correct, seen])
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}, step
 
 
@@ -169,6 +188,16 @@ def _better(current: dict, best: dict | None) -> bool:
     return current["val_loss"] < best["val_loss"]
 
 
+def _start_epoch(loader, cfg: LoopConfig, epoch: int) -> None:
+    """Reseed from ``(seed, epoch)``: dropout, mixup and the loader's order and augmentation."""
+    if cfg.seed is None:
+        return
+    seed_all(derive_seed(cfg.seed, epoch))
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
 def fit(
     model: nn.Module,
     train_loader,
@@ -180,48 +209,63 @@ def fit(
     on_batch: Callable | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
     on_epoch_start: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
+    state: TrainingState | None = None,
+    on_checkpoint: Callable[[TrainingState], None] | None = None,
 ) -> list[dict]:
     """Train for ``cfg.epochs`` with early stopping; leaves the best epoch's weights in ``model``.
 
     "Best" is the lowest validation loss. Returns the
     per-epoch history. ``on_epoch_end`` may raise ``StopTraining``. ``on_epoch_start(epoch,
     model, optimizer)`` runs before each epoch's training (a strategy's, e.g. to unfreeze).
+    ``state`` continues a run from a checkpoint (model and optimizer already restored);
+    ``on_checkpoint(state)`` is called after every epoch, to save one.
     """
     steps_per_epoch = max(1, len(train_loader))
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
-    history, best, best_state, step, stale = [], None, None, 0, 0
-    epochs_bar = tqdm(range(cfg.epochs), desc=cfg.desc, unit="epoch", dynamic_ncols=True,
-                      disable=None if cfg.progress else True)
+    state = state or TrainingState()
+    history, step, stale = list(state.history), state.step, state.stale
+    best, best_state = state.best_epoch, state.best_weights
+    epochs_bar = tqdm(range(state.epoch, cfg.epochs if not state.done else state.epoch), desc=cfg.desc,
+                      unit="epoch", dynamic_ncols=True, disable=None if cfg.progress else True,
+                      initial=state.epoch, total=cfg.epochs)
     for epoch in epochs_bar:
         start = time.perf_counter()
+        _start_epoch(train_loader, cfg, epoch)
         if on_epoch_start:
             on_epoch_start(epoch, model, optimizer)
+        wrapped = cfg.distributed.wrap(model) if cfg.distributed else None
         train_stats, step = train_one_epoch(
             model, train_loader, optimizer, cfg=cfg, step=step, total_steps=total_steps,
             warmup_steps=warmup_steps, set_train_mode=set_train_mode, on_batch=on_batch, epoch=epoch,
+            wrapped=wrapped,
         )
+        if cfg.distributed:
+            cfg.distributed.sync_buffers(model)
         val = evaluate_epoch(model, val_loader, cfg=cfg, on_batch=on_batch, desc="validate")
         row = {"epoch": epoch + 1, **train_stats, "val_loss": val.loss, "val_acc": val.accuracy,
                "lr": max(g["lr"] for g in optimizer.param_groups), "seconds": time.perf_counter() - start}
         history.append(row)
-        if _better(row, best):
-            best, stale = row, 0
+        if _better(row, history[best] if best is not None else None):
+            best, stale = len(history) - 1, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
         epochs_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.3f}",
-                               best=f"{best['val_acc']:.3f}")
+                               best=f"{history[best]['val_acc']:.3f}")
         try:
             if on_epoch_end:
                 on_epoch_end(row)
+            done = epoch + 1 == cfg.epochs or (cfg.patience is not None and stale >= cfg.patience)
         except StopTraining:
-            break
-        if cfg.patience is not None and stale >= cfg.patience:
+            done = True
+        if on_checkpoint:
+            on_checkpoint(TrainingState(epoch=epoch + 1, step=step, history=history, best_epoch=best,
+                                        best_weights=best_state, stale=stale, done=done))
+        if done:
             break
     epochs_bar.close()
-    for row in history:
-        row["best"] = row is best
+    history = [{**row, "best": i == best} for i, row in enumerate(history)]
     if best_state is not None:
         model.load_state_dict(best_state)
     return history

@@ -1,0 +1,152 @@
+"""Resumable runs: a training process killed with SIGKILL mid-epoch and resumed ends exactly as an
+uninterrupted run; checkpoints refuse anything that is not theirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, make_class_folder
+from safetensors.torch import load_file
+
+import visiontune
+from visiontune.engine.checkpoint import CHECKPOINT_FILE, read_checkpoint_meta
+from visiontune.errors import BundleError, VisiontuneError
+
+EPOCHS = 3
+OPTIONS = ["--backbone", TINY["backbone"], "--weights", TINY["weights"], "--strategy", "full",
+           "--epochs", str(EPOCHS), "--batch-size", "4", "--seed", "7", "--no-progress"]
+
+
+def _train(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "visiontune", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen) -> None:
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+
+
+def _without_seconds(value):
+    if isinstance(value, dict):
+        return {k: _without_seconds(v) for k, v in value.items() if k != "seconds"}
+    return value
+
+
+def _outcome(run: Path) -> tuple[dict, list, dict]:
+    """metrics.json (without timing), history (without seconds) and the weights of a run."""
+    metrics = _without_seconds(json.loads((run / "metrics.json").read_text()))
+    metrics.pop("timing")
+    history = [{k: v for k, v in row.items() if k != "seconds"}
+               for row in json.loads((run / "history.json").read_text())]
+    return metrics, history, load_file(str(run / "model.safetensors"))
+
+
+def _assert_same(a: tuple, b: tuple) -> None:
+    assert a[0] == b[0]
+    assert a[1] == b[1]
+    assert a[2].keys() == b[2].keys()
+    assert all(torch.equal(a[2][k], b[2][k]) for k in a[2])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    # Enough images that an epoch lasts a while: the kill has to land inside one.
+    return make_class_folder(tmp_path_factory.mktemp("resume") / "data", {"cat": 10, "dog": 10})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory) -> tuple:
+    run = tmp_path_factory.mktemp("reference") / "run"
+    _finish(_train(str(data), *OPTIONS, "--workers", "0", "--out", str(run)))
+    assert not (run / CHECKPOINT_FILE).exists()  # served its purpose once the bundle is written
+    return _outcome(run)
+
+
+def _kill_mid_epoch(process: subprocess.Popen, checkpoint: Path, *, after_epochs: int) -> None:
+    """SIGKILL halfway through the epoch that follows checkpoint ``after_epochs``."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint.exists():
+            meta = read_checkpoint_meta(checkpoint)
+            if meta["epoch"] >= after_epochs:
+                break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.5 * meta["history"][-1]["seconds"])
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+
+
+def test_run_killed_mid_epoch_and_resumed_ends_exactly_as_an_uninterrupted_one(data, uninterrupted, tmp_path):
+    run = tmp_path / "run"
+    process = _train(str(data), *OPTIONS, "--workers", "0", "--out", str(run))
+    _kill_mid_epoch(process, run / CHECKPOINT_FILE, after_epochs=1)
+    meta = read_checkpoint_meta(run / CHECKPOINT_FILE)
+    assert meta["epoch"] == 1 and not meta["done"], "the kill should land inside epoch 2"
+    assert not (run / "metrics.json").exists()
+
+    _finish(_train("--resume", str(run), "--no-progress"))
+    _assert_same(_outcome(run), uninterrupted)
+    assert not (run / CHECKPOINT_FILE).exists()
+
+
+def test_loader_workers_change_nothing_and_a_resume_may_change_them(data, uninterrupted, tmp_path):
+    """Each image is augmented under its own (seed, epoch, index) seed, so worker processes
+    (and how many) do not change the batches: killed with 1 worker, resumed with none."""
+    run = tmp_path / "run"
+    process = _train(str(data), *OPTIONS, "--workers", "1", "--out", str(run))
+    _kill_mid_epoch(process, run / CHECKPOINT_FILE, after_epochs=2)
+    _finish(_train("--resume", str(run), "--no-progress", "--workers", "0"))
+    _assert_same(_outcome(run), uninterrupted)
+
+
+def _checkpointed_run(data: Path, tmp_path: Path) -> Path:
+    """A run folder left as a kill leaves it: a checkpoint, no bundle."""
+    run = tmp_path / "run"
+    process = _train(str(data), *OPTIONS, "--workers", "0", "--out", str(run))
+    deadline = time.monotonic() + 600
+    while not (run / CHECKPOINT_FILE).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert (run / CHECKPOINT_FILE).exists()
+    return run
+
+
+def test_resume_refuses_changed_options_and_a_fresh_run_refuses_to_overwrite(data, tmp_path):
+    run = _checkpointed_run(data, tmp_path)
+    before = (run / CHECKPOINT_FILE).read_bytes()
+    done = subprocess.run([sys.executable, "-m", "visiontune", "train", "--resume", str(run), "--lr", "0.5"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "--lr 0.5 (the run used the default)" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "visiontune", "train", str(data), *OPTIONS, "--out", str(run)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--resume" in done.stderr
+    assert (run / CHECKPOINT_FILE).read_bytes() == before
+
+
+def test_resume_refuses_a_finished_run_and_a_folder_without_checkpoint(tmp_path):
+    (tmp_path / "finished").mkdir()
+    (tmp_path / "finished" / "metrics.json").write_text("{}")
+    with pytest.raises(VisiontuneError, match="finished training"):
+        visiontune.resume(tmp_path / "finished")
+    with pytest.raises(VisiontuneError, match="no such run folder"):
+        visiontune.resume(tmp_path / "missing")
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    path.write_bytes(b"\x00" * 100)
+    with pytest.raises(BundleError, match="not a visiontune checkpoint"):
+        read_checkpoint_meta(path)
