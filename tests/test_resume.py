@@ -150,3 +150,72 @@ def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(b"\x00" * 100)
     with pytest.raises(BundleError, match="not a visiontune checkpoint"):
         read_checkpoint_meta(path)
+
+
+# ------------------------------------------------------------- the loop itself, in process
+
+
+def _loop_problem():
+    from visiontune.data.loader import Batch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 6, generator=g)
+    y = (x[:, 0] + 0.3 * x[:, 1] > 0).long()
+    train = [Batch(x[i:i + 8], y[i:i + 8], torch.arange(i, i + 8)) for i in range(0, 48, 8)]
+    return train, [Batch(x[:24], 1 - y[:24], torch.arange(24))]  # val gets worse: patience stops
+
+
+def _loop_model():
+    torch.manual_seed(0)  # dropout and batch norm: the epoch's RNG and buffers must come back too
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                               torch.nn.Dropout(0.3), torch.nn.Linear(16, 2))
+
+
+def _loop_fit(model, optimizer, *, state=None, on_checkpoint=None):
+    from visiontune.engine.loop import LoopConfig, fit
+
+    cfg = LoopConfig(epochs=8, warmup_epochs=1.0, label_smoothing=0.1, patience=3, channels_last=False,
+                     progress=False, seed=5)
+    train, val = _loop_problem()
+    return fit(model, train, val, optimizer, cfg=cfg, set_train_mode=lambda m: m.train(), state=state,
+               on_checkpoint=on_checkpoint)
+
+
+def _loop_optimizer(model):
+    from visiontune.engine.optim import build_optimizer
+
+    return build_optimizer([{"params": list(model.parameters()), "lr": 0.05, "base_lr": 0.05}],
+                           weight_decay=0.01)
+
+
+@pytest.mark.parametrize("stop_after", [1, 2, 4])
+def test_fit_resumed_from_any_saved_epoch_equals_the_straight_run(tmp_path, stop_after):
+    """Through a checkpoint file: model, BatchNorm buffers, AdamW moments, LR step, best weights,
+    patience counter and the done flag (patience stops this run before its 8 epochs)."""
+    from visiontune.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    model = _loop_model()
+    optimizer = _loop_optimizer(model)
+    saved = {}
+
+    def keep(state):
+        if state.epoch == stop_after:
+            save_checkpoint(tmp_path / CHECKPOINT_FILE, model=model, optimizer=optimizer, state=state)
+        saved[state.epoch] = state.done
+
+    straight = _loop_fit(model, optimizer, on_checkpoint=keep)
+    assert len(straight) < 8 and saved[len(straight)]  # stopped by patience, and said so
+
+    checkpoint = load_checkpoint(tmp_path / CHECKPOINT_FILE)
+    again = _loop_model()
+    again.load_state_dict(checkpoint.model_state)
+    optimizer = _loop_optimizer(again)
+    optimizer.load_state_dict(checkpoint.optimizer_state)
+    resumed = _loop_fit(again, optimizer, state=checkpoint.state)
+
+    def strip(history):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+    assert strip(resumed) == strip(straight)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(),
+                                                  strict=True))
