@@ -50,8 +50,9 @@ def _feature_dataset(labels) -> FeatureDataset:
 
 @pytest.mark.parametrize("seeded_epochs", [False, True])
 def test_sampler_draws_classes_about_equally(seeded_epochs):
+    seeded = {"seeded_epochs": True} if seeded_epochs else {}  # EpochSampler, or torch's own sampler
     loader = make_loader(_feature_dataset(LABELS), batch_size=50, shuffle=True, workers=0, seed=3,
-                         seeded_epochs=seeded_epochs, sample_weights=sample_weights(LABELS, 2))
+                         sample_weights=sample_weights(LABELS, 2), **seeded)
     drawn = torch.cat([batch.labels for _ in range(40) for batch in loader])
     assert len(drawn) == 40 * len(LABELS)  # an epoch is still len(dataset) draws
     assert drawn.float().mean().item() == pytest.approx(0.5, abs=0.04)  # 10 % of the data, half the draws
