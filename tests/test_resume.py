@@ -219,3 +219,29 @@ def test_fit_resumed_from_any_saved_epoch_equals_the_straight_run(tmp_path, stop
     assert strip(resumed) == strip(straight)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(),
                                                   strict=True))
+
+
+def test_gradual_run_resumes_with_its_unfrozen_stages_and_optimizer_groups(tmp_path, monkeypatch):
+    """Stopped after epoch 2 (two stages unfrozen, two more optimizer groups), resumed in process."""
+    from visiontune.api import _checkpoints
+
+    data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6})
+    options = dict(**TINY, strategy="gradual", unfreeze=3, epochs=3, batch_size=4, workers=0, seed=2,
+                   progress=False)
+    straight = visiontune.fit(data, out=str(tmp_path / "straight"), **options)
+
+    save = _checkpoints.RunCheckpoints.save
+
+    def save_then_die(self, model, optimizer, state, strategy):
+        save(self, model, optimizer, state, strategy)
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_checkpoints.RunCheckpoints, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        visiontune.fit(data, out=str(tmp_path / "run"), **options)
+    monkeypatch.undo()
+    assert read_checkpoint_meta(tmp_path / "run" / CHECKPOINT_FILE)["extra"]["strategy"]["unfrozen"] == 2
+
+    resumed = visiontune.resume(tmp_path / "run", progress=False)
+    _assert_same(_outcome(resumed.run_dir), _outcome(straight.run_dir))
