@@ -2,17 +2,52 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from pathlib import Path
+
+TTA_CHOICES = ("none", "flip", "5crop", "10crop")
+TTA_HELP = """test-time augmentation: views per image, their probabilities averaged
+(default: none). The image is resized as for evaluation (short side size/crop_pct):
+none   - the centre crop: 1 forward pass per image and model
+flip   - the centre crop and its mirror image: 2
+5crop  - centre + 4 corner crops of the central square: 5
+10crop - those 5 and their mirror images: 10"""
+RUNS_HELP = """run folder written by `visiontune train` (or `train --ensemble`); several
+folders, or a comma-separated list a,b,c, are used as one ensemble that averages
+their probabilities (they must have the same classes in the same order)"""
+
+
+def split_runs(values: list[str]) -> list[str]:
+    """Run folders from arguments that may be comma-separated lists (an existing path is kept whole)."""
+    runs = []
+    for value in values:
+        runs += [value] if Path(value).exists() else [v for v in value.split(",") if v]
+    return runs
 
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="accuracy and per-class metrics of a run on a labelled folder",
-                       description="Evaluate a trained run on DIR (a folder of class sub-folders whose "
-                       "names are among the model's classes).")
-    p.add_argument("run_dir", metavar="RUN", help="run folder written by `visiontune train`")
+                       description="Evaluate a trained run (or an ensemble of runs) on DIR, a folder of "
+                       "class sub-folders whose names are among the model's classes.",
+                       epilog="examples:\n"
+                       "  visiontune evaluate runs/poses photos/test\n"
+                       "  visiontune evaluate runs/poses photos/test --tta 10crop\n"
+                       "  visiontune evaluate runs/a runs/b runs/c photos/test    # ensemble of 3 runs\n"
+                       "  visiontune evaluate runs/a,runs/b,runs/c photos/test    # the same\n"
+                       "  visiontune evaluate runs/ens photos/test --json         # train --ensemble folder\n"
+                       "  visiontune evaluate runs/poses photos/test --report report/  # then open report/index.html",
+                       formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN", nargs="+", help=RUNS_HELP)
     p.add_argument("dir", metavar="DIR", help="folder of class sub-folders")
+    p.add_argument("--tta", choices=TTA_CHOICES, default="none", help=TTA_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--report", metavar="OUT_DIR", default=None,
+                   help="also write a report folder: index.html (open it in a browser: metrics, confusion\n"
+                   "matrix, training curves, misclassified images), metrics.json (adds top-k\n"
+                   "accuracy, calibration error, most-confused pairs), confusion_matrix.png,\n"
+                   "curves.png, thumbs/; relative links, so it can be moved or zipped")
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: one per spare core)")
     p.set_defaults(run=_run_evaluate)
@@ -21,12 +56,14 @@ def _add_evaluate(sub) -> None:
 def _run_evaluate(args) -> int:
     from ..api import evaluate
 
-    metrics = evaluate(args.run_dir, args.dir, batch_size=args.batch_size, workers=args.workers,
-                       progress=not args.json and sys.stderr.isatty())
+    metrics = evaluate(split_runs(args.run_dir), args.dir, batch_size=args.batch_size, workers=args.workers,
+                       progress=not args.json and sys.stderr.isatty(), tta=args.tta,
+                       report=args.report)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
-    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images")
+    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images "
+          f"(tta {metrics['tta']}: {metrics['forward_passes_per_image']} forward passes per image)")
     print(f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
     for name, row in metrics["per_class"].items():
         print(f"{name:<20} {row['precision']:>9.3f} {row['recall']:>9.3f} {row['f1']:>9.3f} {row['support']:>8}")
@@ -39,6 +76,8 @@ def _run_evaluate(args) -> int:
         print(f"{name[:12]:<12}" + "".join(f"{v:>9}" for v in row))
     for path, reason in metrics.get("skipped", {}).items():
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    if "report" in metrics:
+        print(f"report: {metrics['report']}")
     return 0
 
 

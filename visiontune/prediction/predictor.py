@@ -1,4 +1,8 @@
-"""``TrainedModel``: a loaded bundle that predicts on image files and evaluates on folders."""
+"""``TrainedModel``: a loaded bundle that predicts on image files and evaluates on folders.
+
+``Predictor`` is what it shares with ``Ensemble``: ``predict``, ``evaluate`` and
+``evaluate_samples`` built on one method, ``_probabilities``.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,16 @@ import torch
 from ..backbones import Classifier
 from ..data.folder import IMAGE_EXTENSIONS, Sample, list_images, scan_class_folder
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
-from ..data.transforms import decode_size, eval_transform
+from ..data.transforms import decode_size
 from ..engine.loop import LoopConfig, run_inference
 from ..errors import DataError
 from ..evaluation.metrics import classification_metrics
-from ..export.bundle import load_bundle
+from ..evaluation.predictions import LabelledPredictions
+from ..exporting.bundle import load_bundle
 from ..specs import LabelMap
+from .tta import TTAViews, ViewAverage, view_count
 
-__all__ = ["TrainedModel", "expand_image_paths"]
+__all__ = ["Predictor", "TrainedModel", "expand_image_paths"]
 
 
 def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
@@ -38,12 +44,87 @@ def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-class TrainedModel:
+class Predictor:
+    """Predictions and metrics from class probabilities; subclasses provide ``labels``,
+    ``passes_per_image`` and ``_probabilities``."""
+
+    labels: LabelMap
+
+    def passes_per_image(self, tta: str = "none") -> int:
+        """Forward passes through a network per image: views x members."""
+        raise NotImplementedError
+
+    def _probabilities(self, samples: list[Sample], *, batch_size: int, workers: int | None,
+                       progress: bool, skips: SkipLog, tta: str) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities for the decodable samples, and their indices into ``samples``."""
+        raise NotImplementedError
+
+    def predict(self, paths: Sequence[str | Path], *, top_k: int = 1, batch_size: int = 32,
+                workers: int | None = None, progress: bool = False, tta: str = "none") -> list[dict]:
+        """One dict per input image: ``path``, ``top`` (k best classes with probabilities), or
+        ``error`` for a file that could not be decoded. ``tta``: ``none``, ``flip``, ``5crop``
+        or ``10crop`` (``visiontune.prediction.tta``); ``batch_size`` counts views."""
+        files = expand_image_paths(paths)
+        samples = [Sample(p, -1) for p in files]
+        skips = SkipLog()
+        probs, indices = self._probabilities(samples, batch_size=batch_size, workers=workers,
+                                             progress=progress, skips=skips, tta=tta)
+        k = max(1, min(top_k, len(self.labels)))
+        by_index = dict(zip(indices.tolist(), probs, strict=False))
+        results = []
+        for i, path in enumerate(files):
+            if i not in by_index:
+                results.append({"path": str(path), "error": skips.skipped.get(str(path), "unreadable")})
+                continue
+            order = np.argsort(-by_index[i])[:k]
+            results.append({"path": str(path), "top": [
+                {"class": self.labels.names[j], "probability": float(by_index[i][j])} for j in order]})
+        return results
+
+    def evaluate(self, folder: str | Path, *, batch_size: int = 32, workers: int | None = None,
+                 progress: bool = False, tta: str = "none") -> dict:
+        """Metrics on ``folder/<class>/<images>``; class folders must be among the model's classes."""
+        _, samples = scan_class_folder(Path(folder), self.labels)
+        return self.evaluate_samples(samples, batch_size=batch_size, workers=workers, progress=progress,
+                                     tta=tta)
+
+    def evaluate_samples(self, samples: list[Sample], *, batch_size: int = 32,
+                         workers: int | None = None, progress: bool = False, tta: str = "none") -> dict:
+        passes = self.passes_per_image(tta)  # checks ``tta`` before any work
+        skips = SkipLog()
+        probs, indices = self._probabilities(samples, batch_size=batch_size, workers=workers,
+                                             progress=progress, skips=skips, tta=tta)
+        y_true = [samples[i].label for i in indices]
+        metrics = classification_metrics(y_true, probs.argmax(1), self.labels.names, probs)
+        metrics["skipped"] = skips.to_dict()["skipped"]
+        metrics["tta"] = tta
+        metrics["forward_passes_per_image"] = passes
+        return metrics
+
+    def labelled_predictions(self, folder: str | Path, *, batch_size: int = 32, workers: int | None = None,
+                             progress: bool = False, tta: str = "none") -> LabelledPredictions:
+        """Each image's class probabilities on ``folder/<class>/<images>`` beside its true label:
+        what ``evaluate(..., report=DIR)`` builds its report from."""
+        _, samples = scan_class_folder(Path(folder), self.labels)
+        passes = self.passes_per_image(tta)  # checks ``tta`` before any work
+        skips = SkipLog()
+        probs, indices = self._probabilities(samples, batch_size=batch_size, workers=workers,
+                                             progress=progress, skips=skips, tta=tta)
+        return LabelledPredictions(
+            paths=[str(samples[i].path) for i in indices],
+            y_true=np.array([samples[i].label for i in indices], dtype=int), probs=probs,
+            class_names=list(self.labels.names), forward_passes=passes,
+            skipped=skips.to_dict()["skipped"])
+
+
+class TrainedModel(Predictor):
     """A classifier with its labels and preprocessing. Build with ``visiontune.load(run)``.
 
     >>> model = visiontune.load("runs/my-run")                       # doctest: +SKIP
     >>> model.predict(["photo.jpg"], top_k=3)[0]["top"][0]            # doctest: +SKIP
     {'class': 'tree', 'probability': 0.97}
+    >>> model.evaluate("photos/test", tta="10crop")["accuracy"]       # doctest: +SKIP
+    0.985
     """
 
     def __init__(self, model: Classifier, labels: LabelMap, *, config: dict | None = None,
@@ -67,53 +148,19 @@ class TrainedModel:
         return (f"TrainedModel(backbone={self.model.backbone.name!r}, classes={list(self.labels.names)}, "
                 f"run_dir={str(self.run_dir) if self.run_dir else None!r})")
 
+    def passes_per_image(self, tta: str = "none") -> int:
+        return view_count(tta)
+
     def _probabilities(self, samples: list[Sample], *, batch_size: int, workers: int | None,
-                       progress: bool, skips: SkipLog) -> tuple[np.ndarray, np.ndarray]:
-        """Softmax probabilities for the decodable samples, and their indices into ``samples``."""
-        dataset = ImageDataset(samples, eval_transform(self.preprocess),
-                               decode_size=decode_size(self.preprocess))
+                       progress: bool, skips: SkipLog, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+        views = TTAViews(self.preprocess, tta)
+        dataset = ImageDataset(samples, views, decode_size=decode_size(self.preprocess))
+        per_batch = max(1, batch_size // view_count(tta))  # a forward pass sees ~batch_size views
         workers = default_workers() if workers is None else workers
-        workers = min(workers, max(0, len(samples) // batch_size))  # tiny jobs: no process start-up
-        loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
+        workers = min(workers, max(0, len(samples) // per_batch))  # tiny jobs: no process start-up
+        loader = make_loader(dataset, batch_size=per_batch, shuffle=False, workers=workers)
         cfg = LoopConfig(epochs=1, device=self.device, progress=progress)
-        logits, _, indices = run_inference(self.model, loader, cfg=cfg, desc="predict",
-                                           on_batch=lambda b: skips.record(b, samples))
-        probs = torch.softmax(logits, dim=1).numpy() if len(indices) else np.zeros((0, len(self.labels)))
+        probs, _, indices = run_inference(ViewAverage(self.model), loader, cfg=cfg, desc="predict",
+                                          on_batch=lambda b: skips.record(b, samples))
+        probs = probs.numpy() if len(indices) else np.zeros((0, len(self.labels)))
         return probs, indices.numpy()
-
-    def predict(self, paths: Sequence[str | Path], *, top_k: int = 1, batch_size: int = 32,
-                workers: int | None = None, progress: bool = False) -> list[dict]:
-        """One dict per input image: ``path``, ``top`` (k best classes with probabilities), or
-        ``error`` for a file that could not be decoded."""
-        files = expand_image_paths(paths)
-        samples = [Sample(p, -1) for p in files]
-        skips = SkipLog()
-        probs, indices = self._probabilities(samples, batch_size=batch_size, workers=workers,
-                                             progress=progress, skips=skips)
-        k = max(1, min(top_k, len(self.labels)))
-        by_index = dict(zip(indices.tolist(), probs, strict=False))
-        results = []
-        for i, path in enumerate(files):
-            if i not in by_index:
-                results.append({"path": str(path), "error": skips.skipped.get(str(path), "unreadable")})
-                continue
-            order = np.argsort(-by_index[i])[:k]
-            results.append({"path": str(path), "top": [
-                {"class": self.labels.names[j], "probability": float(by_index[i][j])} for j in order]})
-        return results
-
-    def evaluate(self, folder: str | Path, *, batch_size: int = 32, workers: int | None = None,
-                 progress: bool = False) -> dict:
-        """Metrics on ``folder/<class>/<images>``; class folders must be among the model's classes."""
-        _, samples = scan_class_folder(Path(folder), self.labels)
-        return self.evaluate_samples(samples, batch_size=batch_size, workers=workers, progress=progress)
-
-    def evaluate_samples(self, samples: list[Sample], *, batch_size: int = 32,
-                         workers: int | None = None, progress: bool = False) -> dict:
-        skips = SkipLog()
-        probs, indices = self._probabilities(samples, batch_size=batch_size, workers=workers,
-                                             progress=progress, skips=skips)
-        y_true = [samples[i].label for i in indices]
-        metrics = classification_metrics(y_true, probs.argmax(1), self.labels.names, probs)
-        metrics["skipped"] = skips.to_dict()["skipped"]
-        return metrics

@@ -1,0 +1,145 @@
+"""``Ensemble``: several trained models as one, their class probabilities averaged.
+
+Members must predict the same classes in the same order (an output index means the same class in
+each); anything else is refused, naming the difference. Each member keeps its own backbone and
+preprocessing, so a Lite0 (224 px) and a Lite2 (260 px) can be averaged: each sees the image as
+it was trained to.
+
+A folder with an ``ensemble.json`` (written by ``visiontune train --ensemble N``) loads as one
+model; ``load_predictor`` takes such folders, ordinary run folders, or a list of either.
+
+>>> model = load_predictor(["runs/a", "runs/b", "runs/c"])          # doctest: +SKIP
+>>> model.evaluate("photos/test", tta="10crop")["accuracy"]         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._io import atomic_write_text
+from ..data.folder import Sample
+from ..data.loader import SkipLog
+from ..errors import BundleError, VisiontuneError
+from ..specs import LabelMap
+from .predictor import Predictor, TrainedModel
+from .tta import view_count
+
+__all__ = ["ENSEMBLE_FILE", "Ensemble", "is_ensemble_folder", "load_predictor", "write_ensemble_file"]
+
+ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_FORMAT = 1
+
+
+def _name(member: TrainedModel, index: int) -> str:
+    return str(member.run_dir) if member.run_dir else f"member {index}"
+
+
+def _check_same_classes(members: Sequence[TrainedModel]) -> LabelMap:
+    first = members[0].labels.names
+    for i, member in enumerate(members[1:], 1):
+        names = member.labels.names
+        if names == first:
+            continue
+        a, b = _name(members[0], 0), _name(member, i)
+        only_a = [n for n in first if n not in names]
+        only_b = [n for n in names if n not in first]
+        if only_a or only_b:
+            detail = (f"only in {a}: {', '.join(only_a) or '-'}; "
+                      f"only in {b}: {', '.join(only_b) or '-'}")
+        else:
+            at = next(j for j, (x, y) in enumerate(zip(first, names, strict=True)) if x != y)
+            detail = (f"same classes in another order: output {at} is {first[at]!r} in {a} "
+                      f"but {names[at]!r} in {b}")
+        raise VisiontuneError(f"ensemble members must predict the same classes in the same order; {detail}")
+    return members[0].labels
+
+
+class Ensemble(Predictor):
+    """Averages the class probabilities of its members (each with its own preprocessing)."""
+
+    def __init__(self, members: Sequence[TrainedModel], *, run_dir: Path | None = None):
+        if not members:
+            raise VisiontuneError("an ensemble needs at least one member")
+        self.members = list(members)
+        self.labels = _check_same_classes(self.members)
+        self.run_dir = run_dir
+
+    def __repr__(self) -> str:
+        names = [m.model.backbone.name for m in self.members]
+        return f"Ensemble(members={len(self.members)}, backbones={names}, classes={list(self.labels.names)})"
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def passes_per_image(self, tta: str = "none") -> int:
+        return view_count(tta) * len(self.members)
+
+    def _probabilities(self, samples: list[Sample], *, batch_size: int, workers: int | None,
+                       progress: bool, skips: SkipLog, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+        per_member = []
+        for member in self.members:
+            probs, indices = member._probabilities(samples, batch_size=batch_size, workers=workers,
+                                                   progress=progress, skips=skips, tta=tta)
+            per_member.append(dict(zip(indices.tolist(), probs, strict=True)))
+        # A file one member could not decode (members may decode at different sizes) is left
+        # out for all, so every kept image is an average over every member.
+        kept = sorted(set.intersection(*(set(d) for d in per_member)))
+        if not kept:
+            return np.zeros((0, len(self.labels))), np.zeros(0, dtype=np.int64)
+        mean = np.mean([np.stack([d[i] for i in kept]) for d in per_member], axis=0)
+        return mean, np.asarray(kept, dtype=np.int64)
+
+
+def is_ensemble_folder(folder: str | Path) -> bool:
+    return (Path(folder) / ENSEMBLE_FILE).is_file()
+
+
+def write_ensemble_file(folder: str | Path, members: Sequence[str | Path], *, extra: dict | None = None) -> Path:
+    """Write ``folder/ensemble.json`` listing ``members`` (run folders inside ``folder``)."""
+    folder = Path(folder)
+    relative = [str(Path(m).resolve().relative_to(folder.resolve())) for m in members]
+    data = {"format_version": ENSEMBLE_FORMAT, "members": relative, **(extra or {})}
+    atomic_write_text(folder / ENSEMBLE_FILE, json.dumps(data, indent=2) + "\n")
+    return folder / ENSEMBLE_FILE
+
+
+def _member_folders(folder: Path) -> list[Path]:
+    path = folder / ENSEMBLE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"cannot read {path}: {exc}") from exc
+    if data.get("format_version", 0) > ENSEMBLE_FORMAT:
+        raise BundleError(f"{path} has format {data['format_version']}; this visiontune reads up to "
+                          f"{ENSEMBLE_FORMAT}. Upgrade visiontune to load it.")
+    members = data.get("members")
+    if not isinstance(members, list) or not members:
+        raise BundleError(f"{path} lists no members")
+    return [folder / m for m in members]
+
+
+def _run_folders(runs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Each run folder, with ensemble folders replaced by their members."""
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    if not runs:
+        raise VisiontuneError("no run folder given")
+    folders: list[Path] = []
+    for run in map(Path, runs):
+        folders += _member_folders(run) if is_ensemble_folder(run) else [run]
+    return folders
+
+
+def load_predictor(runs: str | Path | Sequence[str | Path], *,
+                   device: str | torch.device = "cpu") -> TrainedModel | Ensemble:
+    """A ``TrainedModel`` for one plain run folder; an ``Ensemble`` for an ensemble folder or
+    several folders (the members of all of them averaged together)."""
+    runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
+    if len(runs) == 1 and not is_ensemble_folder(runs[0]):
+        return TrainedModel.from_run(runs[0], device=device)
+    members = [TrainedModel.from_run(f, device=device) for f in _run_folders(runs)]
+    return Ensemble(members, run_dir=runs[0] if len(runs) == 1 else None)
