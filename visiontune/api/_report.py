@@ -1,0 +1,41 @@
+"""``evaluate(..., report=DIR)``: an evaluation written as a folder with a page to open."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..evaluation.report import load_history, write_report
+from ..prediction.predictor import Predictor
+
+
+def _histories(predictor: Predictor) -> dict[str, list[dict] | None]:
+    members = getattr(predictor, "members", None)  # an Ensemble: one curve per member
+    if members is None:
+        run_dir = getattr(predictor, "run_dir", None)
+        return {Path(run_dir).name if run_dir else "run": load_history(run_dir)}
+    return {f"member {i}": load_history(m.run_dir) for i, m in enumerate(members)}
+
+
+def _context(predictor: Predictor, runs, folder, tta: str) -> dict[str, str]:
+    members = getattr(predictor, "members", None) or [predictor]
+    backbones = sorted({m.model.backbone.name for m in members})
+    runs = [runs] if isinstance(runs, str | Path) else list(runs)
+    context = {"run": ", ".join(str(r) for r in runs), "data": str(folder),
+               "backbone": ", ".join(backbones)}
+    if len(members) > 1:
+        context["ensemble"] = f"{len(members)} members, probabilities averaged"
+    context["test-time augmentation"] = tta
+    context["evaluated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return context
+
+
+def evaluation_report(predictor: Predictor, runs, folder: str | Path, out_dir: str | Path, *,
+                      batch_size: int, workers: int | None, progress: bool, tta: str) -> dict:
+    """Evaluate ``predictor`` on ``folder`` and write the report into ``out_dir``; the metrics
+    (what ``metrics.json`` holds) plus ``tta`` and ``report``, the page's path."""
+    predictions = predictor.labelled_predictions(folder, batch_size=batch_size, workers=workers,
+                                                 progress=progress, tta=tta)
+    metrics = write_report(out_dir, predictions, histories=_histories(predictor),
+                           context=_context(predictor, runs, folder, tta))
+    return {**metrics, "tta": tta, "report": str(Path(out_dir) / "index.html")}
