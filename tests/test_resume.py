@@ -20,7 +20,7 @@ import visiontune
 from visiontune.engine.checkpoint import CHECKPOINT_FILE, read_checkpoint_meta
 from visiontune.errors import BundleError, VisiontuneError
 
-EPOCHS = 3
+EPOCHS = 2
 OPTIONS = ["--backbone", TINY["backbone"], "--weights", TINY["weights"], "--strategy", "full",
            "--epochs", str(EPOCHS), "--batch-size", "4", "--seed", "7", "--no-progress"]
 
@@ -65,15 +65,22 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data, tmp_path_factory) -> tuple:
+def reference_run(data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("reference") / "run"
     _finish(_train(str(data), *OPTIONS, "--workers", "0", "--out", str(run)))
     assert not (run / CHECKPOINT_FILE).exists()  # served its purpose once the bundle is written
-    return _outcome(run)
+    return run
 
 
-def _kill_mid_epoch(process: subprocess.Popen, checkpoint: Path, *, after_epochs: int) -> None:
-    """SIGKILL halfway through the epoch that follows checkpoint ``after_epochs``."""
+@pytest.fixture(scope="module")
+def uninterrupted(reference_run) -> tuple:
+    return _outcome(reference_run)
+
+
+def _kill_mid_epoch(process: subprocess.Popen, checkpoint: Path, *, after_epochs: int,
+                    epoch_seconds: float | None = None) -> None:
+    """SIGKILL halfway through the epoch that follows checkpoint ``after_epochs`` (0: the one
+    written after set-up), judging an epoch's length by the last one or ``epoch_seconds``."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
         if checkpoint.exists():
@@ -82,7 +89,7 @@ def _kill_mid_epoch(process: subprocess.Popen, checkpoint: Path, *, after_epochs
                 break
         time.sleep(0.02)
     assert process.poll() is None, "the run ended before it could be killed"
-    time.sleep(0.5 * meta["history"][-1]["seconds"])
+    time.sleep(0.5 * (epoch_seconds or meta["history"][-1]["seconds"]))
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
 
@@ -100,12 +107,16 @@ def test_run_killed_mid_epoch_and_resumed_ends_exactly_as_an_uninterrupted_one(d
     assert not (run / CHECKPOINT_FILE).exists()
 
 
-def test_loader_workers_change_nothing_and_a_resume_may_change_them(data, uninterrupted, tmp_path):
+def test_loader_workers_change_nothing_and_a_resume_may_change_them(data, reference_run, uninterrupted,
+                                                                   tmp_path):
     """Each image is augmented under its own (seed, epoch, index) seed, so worker processes
-    (and how many) do not change the batches: killed with 1 worker, resumed with none."""
+    (and how many) do not change the batches: killed in epoch 1 with 1 worker, resumed with none
+    from the checkpoint written after set-up."""
     run = tmp_path / "run"
     process = _train(str(data), *OPTIONS, "--workers", "1", "--out", str(run))
-    _kill_mid_epoch(process, run / CHECKPOINT_FILE, after_epochs=2)
+    first_epoch = json.loads((reference_run / "history.json").read_text())[0]["seconds"]
+    _kill_mid_epoch(process, run / CHECKPOINT_FILE, after_epochs=0, epoch_seconds=first_epoch)
+    assert read_checkpoint_meta(run / CHECKPOINT_FILE)["epoch"] == 0, "the kill should land inside epoch 1"
     _finish(_train("--resume", str(run), "--no-progress", "--workers", "0"))
     _assert_same(_outcome(run), uninterrupted)
 
