@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import _runtime
-from ..export.bundle import load_bundle
-from ..export.exporter import check_format, default_export_name, export_model
-from ..export.parity import MAX_IMAGES, TOLERANCE, ExportReport
+from ..exporting.bundle import load_bundle
+from ..exporting.exporter import check_format, default_export_name, export_model
+from ..exporting.parity import MAX_IMAGES, TOLERANCE, ExportReport
 
 __all__ = ["ExportReport", "export"]
 

@@ -31,6 +31,7 @@ examples:
   visiontune train photos/ --strategy full --epochs 6 --out runs/poses
   visiontune evaluate runs/poses photos/test --json
   visiontune predict runs/poses new_photos/ --top-k 3
+  visiontune export runs/poses --format onnx        # one self-contained file, parity-checked
   visiontune train photos/ --augment strong         # or ops: --augment flip,crop,rotate=15,pca-color=0.1
   visiontune augment-preview photos/ --augment strong --out grid.png   # see what training sees
   visiontune extract photos/ --out embeddings.npz   # backbone embeddings of every image
@@ -39,10 +40,10 @@ examples:
   visiontune backbones                              # which backbones can load weights right now
 """
 
-from . import advise, augment, backbones, check, demo, evaluate, features, predict, train  # noqa: E402
+from . import advise, augment, backbones, check, demo, evaluate, export, features, predict, train  # noqa: E402
 
 # the order `--help` lists them in
-COMMANDS = [check, train, advise, evaluate, predict, features, backbones, demo, augment]
+COMMANDS = [check, train, advise, evaluate, predict, export, features, backbones, demo, augment]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,7 +50,7 @@ def _add_export(sub) -> None:
 
 def _run_export(args) -> int:
     from ..api import export
-    from ..export.parity import ParityWarning
+    from ..exporting.parity import ParityWarning
 
     options = {k: v for k, v in (("tolerance", args.tolerance), ("max_images", args.parity_images))
                if v is not None}

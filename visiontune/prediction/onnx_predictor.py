@@ -22,16 +22,10 @@ from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size, eval_geometry
 from ..errors import DataError, VisiontuneError
 from ..evaluation.metrics import classification_metrics
-from ..export.metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata
-from ..export.onnx import onnx_session
+from ..exporting.metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata
+from ..exporting.onnx import onnx_session
 
-__all__ = ["OnnxModel", "is_onnx_file"]
-
-
-def is_onnx_file(path: str | Path) -> bool:
-    """A file (not a run folder) named ``*.onnx``: what ``visiontune.load`` hands to ``OnnxModel``."""
-    path = Path(path)
-    return path.suffix.lower() == ".onnx" and not path.is_dir()
+__all__ = ["OnnxModel"]
 
 
 def _expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:

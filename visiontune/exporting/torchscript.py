@@ -86,7 +86,8 @@ def export_torchscript(module: torch.nn.Module, meta: ExportMetadata, out: Path,
     extra = {METADATA_FILE: json.dumps(meta.to_dict(), indent=2)}
 
     def write_and_check(tmp: str) -> None:
-        torch.jit.save(traced, tmp, _extra_files=extra)
+        with _quiet():
+            torch.jit.save(traced, tmp, _extra_files=extra)
         loaded, _ = load_torchscript(tmp)
 
         def run(images):
