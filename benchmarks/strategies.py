@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "visiontune-bench" / "strategies"))
     parser.add_argument("--fresh", action="store_true", help="forget earlier results in --work")
+    parser.add_argument("--note", default="", help="a sentence for the report (e.g. what else ran)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -218,6 +219,9 @@ def main() -> None:
         "8x8 digits (TEST 50 per class); lfw = scikit-image's `lfw_subset` (faces vs. not, TEST 25 per class). "
         "Target: `auto` within 1.0 point of the best strategy on every dataset.\n\n"
         + _table(results, datasets, strategies) + "\n"
+        + (f"\nNot run this time: {', '.join(skipped)}.\n" if (skipped := [d for d in DATASETS if d not in datasets])
+           else "")
+        + (f"\n{args.note}\n" if args.note else "")
     )
     write_section("strategies", body, command="python benchmarks/strategies.py")
 
