@@ -171,6 +171,8 @@ def test_onnx_model_evaluates_and_reports_unreadable_files(exports, runs, export
     assert "top" in results[0] and "error" in results[1]
     with pytest.raises(VisiontuneError, match="tta"):
         model.predict([good], tta="flip")
+    with pytest.raises(VisiontuneError, match="needs the run folder"):
+        visiontune.evaluate(model.path, export_data / "test", report=tmp_path / "report", workers=0)
 
 
 def test_cli_predict_accepts_an_onnx_file(exports, runs, export_data, capsys):

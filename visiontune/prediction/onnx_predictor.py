@@ -141,3 +141,9 @@ class OnnxModel:
         metrics["tta"] = tta
         metrics["forward_passes_per_image"] = passes
         return metrics
+
+    def labelled_predictions(self, folder: str | Path, **_options):
+        # What ``evaluate(..., report=DIR)`` calls; the report also shows the run's training
+        # curves, which an exported file does not carry.
+        raise VisiontuneError("an evaluation report (--report) needs the run folder; an ONNX export "
+                              "has no training history. Evaluate the .onnx file without --report.")
