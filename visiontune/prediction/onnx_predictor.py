@@ -12,41 +12,22 @@ the exported file and the data transforms only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..data.folder import IMAGE_EXTENSIONS, Sample, list_images, scan_class_folder
+from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size, eval_geometry
-from ..errors import DataError, VisiontuneError
-from ..evaluation.metrics import classification_metrics
+from ..errors import VisiontuneError
 from ..exporting.metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata
 from ..exporting.onnx import onnx_session
+from .base import Predictor
 
 __all__ = ["OnnxModel"]
 
 
-def _expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
-    # The same rule as ``predictor.expand_image_paths``, which cannot be imported from here
-    # without importing the model code.
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            found += list_images(path)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise DataError(f"no such file or folder: {path}")
-    if not found:
-        raise DataError("no image files found in: " + ", ".join(str(p) for p in paths)
-                        + f" (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return found
-
-
-class OnnxModel:
+class OnnxModel(Predictor):
     """An ONNX export run by onnxruntime on the CPU. Build with ``visiontune.load("x.onnx")``."""
 
     def __init__(self, session, metadata: ExportMetadata, *, path: Path | None = None):
@@ -100,47 +81,6 @@ class OnnxModel:
         if not probs:
             return np.zeros((0, len(self.labels)), dtype=np.float32), np.zeros(0, dtype=np.int64)
         return np.concatenate(probs), np.concatenate(indices)
-
-    def predict(self, paths: Sequence[str | Path], *, top_k: int = 1, batch_size: int = 32,
-                workers: int | None = None, progress: bool = False, tta: str = "none") -> list[dict]:
-        """One dict per input image: ``path``, ``top`` (k best classes with probabilities), or
-        ``error`` for a file that could not be decoded; the format of ``TrainedModel.predict``."""
-        self.passes_per_image(tta)
-        files = _expand_image_paths(paths)
-        skips = SkipLog()
-        probs, indices = self._probabilities([Sample(p, -1) for p in files], batch_size=batch_size,
-                                             workers=workers, progress=progress, skips=skips)
-        k = max(1, min(top_k, len(self.labels)))
-        by_index = dict(zip(indices.tolist(), probs, strict=True))
-        results = []
-        for i, path in enumerate(files):
-            if i not in by_index:
-                results.append({"path": str(path), "error": skips.skipped.get(str(path), "unreadable")})
-                continue
-            order = np.argsort(-by_index[i])[:k]
-            results.append({"path": str(path), "top": [
-                {"class": self.labels.names[j], "probability": float(by_index[i][j])} for j in order]})
-        return results
-
-    def evaluate(self, folder: str | Path, *, batch_size: int = 32, workers: int | None = None,
-                 progress: bool = False, tta: str = "none") -> dict:
-        """Metrics on ``folder/<class>/<images>``; class folders must be among the model's classes."""
-        _, samples = scan_class_folder(Path(folder), self.labels)
-        return self.evaluate_samples(samples, batch_size=batch_size, workers=workers, progress=progress,
-                                     tta=tta)
-
-    def evaluate_samples(self, samples: list[Sample], *, batch_size: int = 32,
-                         workers: int | None = None, progress: bool = False, tta: str = "none") -> dict:
-        passes = self.passes_per_image(tta)
-        skips = SkipLog()
-        probs, indices = self._probabilities(samples, batch_size=batch_size, workers=workers,
-                                             progress=progress, skips=skips)
-        y_true = [samples[i].label for i in indices]
-        metrics = classification_metrics(y_true, probs.argmax(1), self.labels.names, probs)
-        metrics["skipped"] = skips.to_dict()["skipped"]
-        metrics["tta"] = tta
-        metrics["forward_passes_per_image"] = passes
-        return metrics
 
     def labelled_predictions(self, folder: str | Path, **_options):
         # What ``evaluate(..., report=DIR)`` calls; the report also shows the run's training
