@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the Lite0 members")
     parser.add_argument("--backbones", default="efficientnet_lite1,efficientnet_lite2",
                         help="other backbones (seed 0) for the backbone ensemble with Lite0 seed 0; '' for none")
+    parser.add_argument("--print-only", action="store_true", help="print the table, leave BENCHMARKS.md alone")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     others = [b for b in args.backbones.split(",") if b]
@@ -121,8 +122,14 @@ def main() -> None:
         # The most accurate; among equals, the cheapest.
         best = max(best or (acc, -passes, title, mode, errors), (acc, -passes, title, mode, errors))
     acc, _, title, mode, errors = best
-    verdict = ("met" if errors <= 3 else
-               f"missed by {errors - 3} image(s) ({100 * (0.994 - acc):.2f} points)")
+    # The issue states the target two ways that differ on 467 images: 3 errors is 99.36 %.
+    if acc >= 0.994:
+        verdict = "met"
+    elif errors <= 3:
+        verdict = (f"'at most 3 errors' met; the literal 99.4 % needs at most "
+                   f"{int(len(files) * (1 - 0.994))} errors, so missed by {100 * (0.994 - acc):.2f} points")
+    else:
+        verdict = f"missed by {errors - 3} image(s) ({100 * (0.994 - acc):.2f} points)"
     body = (
         "## Test-time augmentation and ensembles (yoga TEST)\n\n"
         f"Members: `visiontune train yoga --strategy full` with its defaults (6 epochs, 15 % of TRAIN "
@@ -140,7 +147,10 @@ def main() -> None:
     )
     command = "python benchmarks/tta.py" + ("" if args.runs_dir == ROOT / "runs" / "tta-bench"
                                             else f" --runs-dir {args.runs_dir}")
-    write_section("tta", body, command=command)
+    if args.print_only:
+        print(body)
+    else:
+        write_section("tta", body, command=command)
 
 
 if __name__ == "__main__":
