@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,9 @@ from _report import YOGA, write_section  # noqa: E402
 STRATEGIES = ("head", "partial", "full", "gradual", "auto")
 DATASETS = ("lfw", "yoga-small", "fashion-small", "digits", "fashion", "yoga")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+# A run that started with a 1-minute load average at or above this (or from before the load was
+# recorded) shared the 2 cores with other work: its accuracy stands, its time is inflated.
+BUSY = 1.5
 FASHION_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "boot")
 
@@ -134,13 +138,14 @@ def dataset_path(name: str, work: Path) -> Path:
 
 def run_one(data: Path, strategy: str, work: Path) -> dict:
     out = work / "runs" / f"{data.name}-{strategy}-{time.time_ns()}"
+    measured = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()[0]}
     proc = subprocess.run([sys.executable, "-c", CHILD, str(data), strategy, str(out), str(out) + "-cache"],
                           capture_output=True, text=True)
     shutil.rmtree(str(out) + "-cache", ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200], **measured}
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), **measured}
 
 
 def _pct(x) -> str:
@@ -158,7 +163,8 @@ def _table(results: dict, datasets, strategies) -> str:
         cells = []
         for s in strategies:
             r = res.get(s)
-            cells.append("-" if not r or "error" in r else f"{_pct(r['test_acc'])}, {r['wall_s']:.0f} s")
+            busy = "" if r is None or r.get("load", BUSY) < BUSY else "†"
+            cells.append("-" if not r or "error" in r else f"{_pct(r['test_acc'])}, {r['wall_s']:.0f} s{busy}")
         measured = "-" if not m else (f"{m['images_per_class']:.0f}, {_pct(m['probe_accuracy'])} "
                                       f"({_pct(m['chance'])}), {m['bn_shift'] or 0:.2f}, {advice['similarity']:.2f}")
         rows.append(f"| {name} | {m.get('num_images', '-')} | {measured} | {advice.get('quadrant', '-')} "
@@ -217,7 +223,9 @@ def main() -> None:
         "Datasets: yoga = the real Yoga Poses photos (all of TRAIN; yoga-small: 20 per class); fashion = "
         "Debian's `dataset-fashion-mnist` (160 or 20 per class; TEST 50 per class); digits = scikit-learn's "
         "8x8 digits (TEST 50 per class); lfw = scikit-image's `lfw_subset` (faces vs. not, TEST 25 per class). "
-        "Target: `auto` within 1.0 point of the best strategy on every dataset.\n\n"
+        "Target: `auto` within 1.0 point of the best strategy on every dataset. † marks a run that "
+        f"shared the machine with other work (load average ≥ {BUSY} when it started, or not recorded): "
+        "its accuracy stands, its wall time is inflated, so time ratios involving it are not comparable.\n\n"
         + _table(results, datasets, strategies) + "\n"
         + (f"\nNot run this time: {', '.join(skipped)}.\n" if (skipped := [d for d in DATASETS if d not in datasets])
            else "")

@@ -132,6 +132,26 @@ def test_probe_accuracy_separable_random_and_too_small():
     assert probe_accuracy(separable, y, max_images=30) > 0.9
 
 
+def test_probe_accuracy_matches_scikit_learns_logistic_regression():
+    """The torch L-BFGS probe solves sklearn's objective: its held-out predictions agree."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from visiontune.features.similarity import PROBE_C
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 40)
+    x = rng.normal(size=(160, 32)) + 0.3 * rng.normal(size=(4, 32))[y]  # overlapping classes
+    reference = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=2000)),
+                                  x, y, cv=StratifiedKFold(5, shuffle=True, random_state=0))
+    ours = probe_accuracy(x, y, seed=0)
+    assert 0.4 < ours < 0.98  # neither trivial nor chance, so the comparison says something
+    assert ours == pytest.approx(balanced_accuracy_score(y, reference), abs=0.013)  # 2 images
+
+
 def test_batchnorm_shift_is_none_for_random_weights(tmp_path):
     data = make_class_folder(tmp_path / "data", {"cat": 3, "dog": 3})
     backbone = create_backbone("test_efficientnet", weights="none")
@@ -180,6 +200,25 @@ def test_batchnorm_shift_is_small_on_the_data_the_statistics_came_from(tmp_path)
     state = {k: v.clone() for k, v in backbone.state_dict().items()}
     batchnorm_shift(backbone, other, cfg=CFG)
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in state.items())  # measuring changes nothing
+
+
+def test_measure_takes_batchnorm_statistics_from_the_extraction_pass(tmp_path):
+    """Cold cache: the statistics come from the extraction's own pass over every image and equal a
+    separate pass's; warm cache (no forward pass): a separate pass over a sample runs instead."""
+    from visiontune.features.cache import FeatureCache
+
+    torch.manual_seed(0)
+    splits = scan_folder(make_class_folder(tmp_path / "data", {"cat": 8, "dog": 8}), val_fraction=0.0)
+    backbone = create_backbone("test_efficientnet", weights="none")
+    _fit_statistics(backbone, scan_folder(_noise_folder(tmp_path / "noise"), val_fraction=0.0).train)
+    cache = FeatureCache.for_backbone(tmp_path / "cache", backbone)
+    cold = measure(splits, backbone, cfg=CFG, cache=cache)
+    separate, seen = batchnorm_shift(backbone, splits.train, cfg=CFG)
+    assert cold.bn_images == seen == 16
+    assert cold.bn_shift == pytest.approx(separate, rel=1e-4) and cold.bn_shift > 0.1
+    warm = measure(splits, backbone, cfg=CFG, cache=cache, bn_images=5)
+    assert warm.bn_images == 5 and warm.bn_shift == pytest.approx(batchnorm_shift(
+        backbone, splits.train, cfg=CFG, max_images=5)[0], rel=1e-4)
 
 
 # ------------------------------------- similar and different by construction, on the real backbone

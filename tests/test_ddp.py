@@ -76,5 +76,5 @@ def test_gradual_unfreezing_under_ddp_keeps_ranks_in_step(data, tmp_path):
     history = _history(out)
     assert [row["epoch"] for row in history] == [1, 2]
     config = json.loads((out / "config.json").read_text())
-    assert config["strategy"]["unfrozen"] == 2
+    assert config["strategy"]["unfrozen"] == 1  # epoch 1: the head alone; epoch 2: one stage
     assert not (out / "checkpoint.safetensors").exists()

@@ -233,7 +233,7 @@ def test_fit_resumed_from_any_saved_epoch_equals_the_straight_run(tmp_path, stop
 
 
 def test_gradual_run_resumes_with_its_unfrozen_stages_and_optimizer_groups(tmp_path, monkeypatch):
-    """Stopped after epoch 2 (two stages unfrozen, two more optimizer groups), resumed in process."""
+    """Stopped after epoch 2 (one stage unfrozen, more optimizer groups), resumed in process."""
     from visiontune.api import _checkpoints
 
     data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6})
@@ -252,7 +252,7 @@ def test_gradual_run_resumes_with_its_unfrozen_stages_and_optimizer_groups(tmp_p
     with pytest.raises(KeyboardInterrupt):
         visiontune.fit(data, out=str(tmp_path / "run"), **options)
     monkeypatch.undo()
-    assert read_checkpoint_meta(tmp_path / "run" / CHECKPOINT_FILE)["extra"]["strategy"]["unfrozen"] == 2
+    assert read_checkpoint_meta(tmp_path / "run" / CHECKPOINT_FILE)["extra"]["strategy"]["unfrozen"] == 1
 
     resumed = visiontune.resume(tmp_path / "run", progress=False)
     _assert_same(_outcome(resumed.run_dir), _outcome(straight.run_dir))

@@ -226,7 +226,7 @@ def test_gradual_unfreezes_one_stage_per_epoch_from_the_top(model):
     counts = [_trainable_count(model)]
     for epoch in range(5):
         strategy.on_epoch_start(epoch, model, optimizer)
-        expected = set(range(n - min(epoch + 1, 3), n))
+        expected = set(range(n - min(epoch, 3), n))  # epoch 0: the head alone
         assert strategy.trainable_stages(n) == expected
         assert _trainable_names(model) == _stage_params(model, expected)
         # the optimizer holds exactly the trainable parameters, each once
@@ -235,7 +235,7 @@ def test_gradual_unfreezes_one_stage_per_epoch_from_the_top(model):
         assert {id(p) for p in in_optimizer} == {id(p) for p in model.parameters() if p.requires_grad}
         counts.append(_trainable_count(model))
     assert counts[0] == sum(p.numel() for p in model.head.parameters())
-    assert counts[0] < counts[1] < counts[2] < counts[3] == counts[4] == counts[5]  # capped at 3 stages
+    assert counts[0] == counts[1] < counts[2] < counts[3] < counts[4] == counts[5]  # capped at 3 stages
     assert strategy.state_dict() == {"name": "gradual", "unfreeze": 3, "lr_decay": 0.5, "unfrozen": 3}
     _setup(strategy, model)  # set up again: back to the head alone
     assert strategy.unfrozen == 0 and not _trainable_names(model)
@@ -245,7 +245,7 @@ def test_gradual_learning_rates_decay_with_depth(model):
     strategy = GradualStrategy(lr_decay=0.5)
     optimizer = build_optimizer(_setup(strategy, model), weight_decay=WD)
     n = len(model.backbone.stages())
-    for epoch in range(n):
+    for epoch in range(n + 1):
         strategy.on_epoch_start(epoch, model, optimizer)
     stage_names = [name for name, _ in model.backbone.stages()]
     by_name = {g["name"]: g for g in optimizer.param_groups}
@@ -255,22 +255,28 @@ def test_gradual_learning_rates_decay_with_depth(model):
         assert group["weight_decay"] == 0.0
     assert by_name["head"]["lr"] == pytest.approx(LR)
     # describe shows the plan before training: when each stage starts, at which LR
-    rows = strategy.describe(model, lr=LR, backbone_lr_mult=MULT, epochs=2)
-    assert [r.trainable for r in rows[:-1]] == [i >= n - 2 for i in range(n)]  # 2 epochs reach 2 stages
-    assert [r.starts for r in rows[:-1]] == list(range(n - 1, -1, -1))
+    rows = strategy.describe(model, lr=LR, backbone_lr_mult=MULT, epochs=3)
+    assert [r.trainable for r in rows[:-1]] == [i >= n - 2 for i in range(n)]  # head, then 2 stages
+    assert [r.starts for r in rows[:-1]] == list(range(n, 0, -1))
+    assert all(r.batchnorm in ("frozen", "-") for r in rows)  # statistics kept throughout
     assert rows[-2].lr == pytest.approx(LR * MULT) and rows[-3].lr == pytest.approx(LR * MULT / 2)
     assert rows[-1].stage == "head (new)" and rows[-1].starts is None
 
 
-def test_gradual_keeps_batchnorm_of_still_frozen_stages(model):
+def test_gradual_keeps_every_batchnorm_statistic_but_trains_unfrozen_scales(model):
+    """Frozen stages stay frozen; unfrozen ones train their BatchNorm scale and shift, but their
+    running statistics stay the pretrained ones the warm-started head was fitted with."""
     strategy = GradualStrategy()
     groups = _setup(strategy, model)
     optimizer = build_optimizer(groups, weight_decay=WD)
     n = len(model.backbone.stages())
-    strategy.on_epoch_start(0, model, optimizer)  # only the top stage trains
+    strategy.on_epoch_start(0, model, optimizer)  # the head alone
+    strategy.on_epoch_start(1, model, optimizer)  # and the top stage
     frozen_bn, top_bn = _bn_modules(model, range(n - 1)), _bn_modules(model, [n - 1])
-    before_frozen, before_top = _bn_stats(frozen_bn), _bn_stats(top_bn)
+    before = _bn_stats({**frozen_bn, **top_bn})
+    top_scales = {k: m.weight.detach().clone() for k, m in top_bn.items()}
     strategy.set_train_mode(model)
+    assert model.head.training
     torch.manual_seed(1)
     for _ in range(2):
         x, y = torch.randn(4, 3, 64, 64) * 2 + 0.5, torch.tensor([0, 1, 2, 0])
@@ -278,15 +284,11 @@ def test_gradual_keeps_batchnorm_of_still_frozen_stages(model):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    for name, (mean, var) in _bn_stats(frozen_bn).items():
-        assert torch.equal(mean, before_frozen[name][0]) and torch.equal(var, before_frozen[name][1]), name
-        assert not frozen_bn[name].training
-    assert top_bn and all(m.training for m in top_bn.values())
-    assert all(not torch.equal(mean, before_top[k][0]) for k, (mean, _) in _bn_stats(top_bn).items())
-    strategy.on_epoch_start(1, model, optimizer)  # the next stage down now trains, BatchNorm too
-    strategy.set_train_mode(model)
-    assert all(m.training for m in _bn_modules(model, [n - 2]).values())
-    assert not any(m.training for m in _bn_modules(model, range(n - 2)).values())
+    for name, (mean, var) in _bn_stats({**frozen_bn, **top_bn}).items():
+        assert torch.equal(mean, before[name][0]) and torch.equal(var, before[name][1]), name
+    assert top_bn and not any(m.training for m in top_bn.values())
+    assert all(not torch.equal(m.weight, top_scales[k]) for k, m in top_bn.items())  # scales train
+    assert all(not m.weight.requires_grad for m in frozen_bn.values())
 
 
 def test_gradual_refuses_bad_settings(model):

@@ -23,7 +23,7 @@ from ..backbones import Head
 from ..errors import DataError
 from .extract import FeatureSet
 
-__all__ = ["DEFAULT_C_GRID", "ProbeResult", "fit_linear_probe"]
+__all__ = ["DEFAULT_C_GRID", "ProbeResult", "fit_linear_probe", "fit_logistic"]
 
 DEFAULT_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -34,9 +34,11 @@ class ProbeResult:
     history: list[dict]  # one row per C tried
 
 
-def _fit_logistic(x: torch.Tensor, y: torch.Tensor, C: float, init: tuple[torch.Tensor, torch.Tensor],
-                  max_iter: int, sample_weight: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, C: float, init: tuple[torch.Tensor, torch.Tensor],
+                 max_iter: int, sample_weight: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)`` minimising scikit-learn's ``LogisticRegression(C=C)`` objective / (C n),
+    by L-BFGS from ``init``."""
     weight, bias = (t.detach().clone().requires_grad_(True) for t in init)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-5,
                                   tolerance_change=1e-10, history_size=10, line_search_fn="strong_wolfe")
@@ -81,7 +83,7 @@ def fit_linear_probe(head: Head, train: FeatureSet, val: FeatureSet, *,
     sample_weight = None if class_weight is None else class_weight.float()[y]
     history, best = [], None
     for C in sorted(c_grid):
-        params = _fit_logistic(x, y, C, params, max_iter, sample_weight)
+        params = fit_logistic(x, y, C, params, max_iter, sample_weight)
         row = {"C": C, "train_acc": _scores(*params, x, y)[0]}
         if len(val):
             row["val_acc"], row["val_loss"] = _scores(*params, val.features.float(), val.labels.long(),
