@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -145,8 +146,7 @@ def main() -> None:
         f"≥ 99.4 % (at most 3 errors): {verdict}. Load average when the timing started: "
         f"{load_average:.1f} (the machine is shared; times are wall-clock)."
     )
-    command = "python benchmarks/tta.py" + ("" if args.runs_dir == ROOT / "runs" / "tta-bench"
-                                            else f" --runs-dir {args.runs_dir}")
+    command = shlex.join(["python", "benchmarks/tta.py", *sys.argv[1:]])
     if args.print_only:
         print(body)
     else:
