@@ -59,7 +59,7 @@ def test_decision_table(size, similarity, quadrant, strategy):
         assert 0 < s["backbone_lr_mult"] < 1
     top = math.ceil(8 / 3)
     assert s["unfreeze"] == {"head": 0, "gradual": top, "partial": top, "full": None}[strategy]
-    assert s["warm_start_head"] == (strategy in ("gradual", "partial"))
+    assert s["warm_start_head"] == (strategy == "gradual")  # gradual is linear-probe-then-fine-tune
     if strategy == "gradual":  # enough epochs to reach every stage it unfreezes
         assert s["epochs"] > s["unfreeze"]
     assert "small" in advice.reason or "big" in advice.reason

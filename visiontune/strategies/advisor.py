@@ -201,9 +201,12 @@ def decide(m: Measurements) -> Advice:
                   f"deeper stages at smaller learning rates, BatchNorm statistics kept")
     elif quadrant == "big+similar":
         strategy = "partial"
-        settings = {"epochs": 6, "lr": 5e-3, "backbone_lr_mult": 0.1, "unfreeze": top, "warm_start_head": True}
-        action = (f"retrain the top {top or 'third of the'} stage(s) and the classifier, starting from a "
-                  f"classifier fitted on cached features; the lower, generic stages stay frozen")
+        # No head warm start: its fitted head expects features normalised by the pretrained
+        # BatchNorm statistics, and the retrained stages normalise by each batch's own. On digits
+        # (shift 1.4) that cost 3.4 points (92.6 % against 96.0 % without); on yoga it gained 0.4.
+        settings = {"epochs": 6, "lr": 5e-3, "backbone_lr_mult": 0.1, "unfreeze": top, "warm_start_head": False}
+        action = (f"retrain the top {top or 'third of the'} stage(s) and the classifier; the lower, "
+                  f"generic stages stay frozen")
     else:
         strategy = "full"
         settings = {"epochs": 6, "lr": 5e-3, "backbone_lr_mult": 0.1, "unfreeze": None,
