@@ -216,6 +216,9 @@ def test_measure_takes_batchnorm_statistics_from_the_extraction_pass(tmp_path):
     separate, seen = batchnorm_shift(backbone, splits.train, cfg=CFG)
     assert cold.bn_images == seen == 16
     assert cold.bn_shift == pytest.approx(separate, rel=1e-4) and cold.bn_shift > 0.1
+    assert cold.probe_images == cold.num_images == 16
+    capped = measure(splits, backbone, cfg=CFG, per_class=3)  # sizes count all; the probe sees 3 a class
+    assert (capped.num_images, capped.min_per_class, capped.probe_images, capped.bn_images) == (16, 8, 6, 6)
     warm = measure(splits, backbone, cfg=CFG, cache=cache, bn_images=5)
     assert warm.bn_images == 5 and warm.bn_shift == pytest.approx(batchnorm_shift(
         backbone, splits.train, cfg=CFG, max_images=5)[0], rel=1e-4)

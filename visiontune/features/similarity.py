@@ -36,20 +36,25 @@ from .cache import FeatureCache
 from .extract import _run_backbone, extract_features
 from .probe import fit_logistic
 
-__all__ = ["BN_IMAGES", "BatchNormRecorder", "PROBE_C", "PROBE_FOLDS", "PROBE_IMAGES", "batchnorm_shift", "measure",
+__all__ = ["BN_IMAGES", "MEASURE_PER_CLASS", "BatchNormRecorder", "PROBE_C", "PROBE_FOLDS", "PROBE_IMAGES", "batchnorm_shift", "measure",
            "probe_accuracy"]
 
 PROBE_FOLDS = 5  # stratified folds (fewer when the smallest class has fewer images)
 PROBE_IMAGES = 2000  # a stratified, seeded subset above this keeps the probe to seconds
+# Images per class the measurements look at (a seeded sample above it). Enough for a 5-fold probe;
+# a fixed budget keeps the extraction pass, which `partial` and `full` do not reuse, to a fraction
+# of an epoch, and keeps separability from growing with the dataset's size, the other axis.
+MEASURE_PER_CLASS = 50
 PROBE_C = 0.1  # L2 strength on standardised features; fixed, so the measurement has no tuning loop
 BN_IMAGES = 200  # images the BatchNorm statistics are measured on
 
 
 def measure(splits: DatasetSplits, backbone: Backbone, *, cfg: LoopConfig, cache: FeatureCache | None = None,
             workers: int = 0, skips: SkipLog | None = None, seed: int = 0,
-            bn_images: int = BN_IMAGES) -> Measurements:
+            bn_images: int = BN_IMAGES, per_class: int = MEASURE_PER_CLASS) -> Measurements:
     """Size, class balance, probe accuracy and BatchNorm shift of ``splits`` (train + val; the
-    test split is never looked at, so the choice cannot be fitted to it).
+    test split is never looked at, so the choice cannot be fitted to it). Sizes count every image;
+    the probe and the statistics look at up to ``per_class`` images of each class (seeded).
 
     The BatchNorm statistics are gathered during the feature extraction's own forward pass, so
     on a cold cache measuring costs no extra pass; only when the cache served (nearly) every
@@ -57,10 +62,11 @@ def measure(splits: DatasetSplits, backbone: Backbone, *, cfg: LoopConfig, cache
     """
     pool = list(splits.train) + list(splits.val)
     counts = np.bincount([s.label for s in pool], minlength=len(splits.labels))
+    sample = _per_class_sample(pool, per_class, seed)
     with BatchNormRecorder(backbone) as recorder:
-        features = extract_features(backbone, pool, cfg=cfg, batch_size=64, workers=workers, skips=skips,
+        features = extract_features(backbone, sample, cfg=cfg, batch_size=64, workers=workers, skips=skips,
                                     desc="features (advise)", cache=cache)
-    if recorder.images >= min(bn_images, len(pool)):
+    if recorder.images >= min(bn_images, len(sample)):
         shift, seen = recorder.shift(), recorder.images
     else:
         shift, seen = batchnorm_shift(backbone, pool, cfg=cfg, workers=workers, skips=skips, seed=seed,
@@ -68,8 +74,17 @@ def measure(splits: DatasetSplits, backbone: Backbone, *, cfg: LoopConfig, cache
     accuracy = probe_accuracy(features.features.numpy(), features.labels.numpy(), seed=seed)
     return Measurements(num_images=len(pool), num_classes=len(splits.labels),
                         min_per_class=int(counts.min()), max_per_class=int(counts.max()),
-                        probe_accuracy=accuracy, bn_shift=shift, bn_images=seen if shift is not None else 0,
+                        probe_accuracy=accuracy, probe_images=len(features.labels), bn_shift=shift,
+                        bn_images=seen if shift is not None else 0,
                         backbone=backbone.name, num_stages=len(backbone.stages()))
+
+
+def _per_class_sample(samples: list[Sample], per_class: int, seed: int) -> list[Sample]:
+    """At most ``per_class`` samples of each class, seeded, in their original order."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([s.label for s in samples])
+    keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
+    return [samples[i] for i in sorted(keep.tolist())]
 
 
 def _stratified_subset(y: np.ndarray, max_images: int, seed: int) -> np.ndarray:

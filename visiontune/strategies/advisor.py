@@ -73,6 +73,7 @@ class Measurements:
     max_per_class: int
     # Cross-validated balanced accuracy of a linear probe on the frozen backbone's pooled features.
     probe_accuracy: float | None = None
+    probe_images: int = 0  # images the probe was cross-validated on
     # Mean over BatchNorm layers of the symmetric KL between N(data mean, data var) and
     # N(running mean, running var) per channel (median over channels); 0 = ImageNet-like.
     bn_shift: float | None = None
