@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -135,7 +134,7 @@ def dataset_path(name: str, work: Path) -> Path:
 
 def run_one(data: Path, strategy: str, work: Path) -> dict:
     out = work / "runs" / f"{data.name}-{strategy}-{time.time_ns()}"
-    measured = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()[0]}
+    measured = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     proc = subprocess.run([sys.executable, "-c", CHILD, str(data), strategy, str(out), str(out) + "-cache"],
                           capture_output=True, text=True)
     shutil.rmtree(str(out) + "-cache", ignore_errors=True)

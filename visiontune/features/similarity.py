@@ -36,8 +36,8 @@ from .cache import FeatureCache
 from .extract import _run_backbone, extract_features
 from .probe import fit_logistic
 
-__all__ = ["BN_IMAGES", "MEASURE_PER_CLASS", "BatchNormRecorder", "PROBE_C", "PROBE_FOLDS", "PROBE_IMAGES", "batchnorm_shift", "measure",
-           "probe_accuracy"]
+__all__ = ["BN_IMAGES", "MEASURE_PER_CLASS", "PROBE_C", "PROBE_FOLDS", "PROBE_IMAGES", "BatchNormRecorder",
+           "batchnorm_shift", "measure", "probe_accuracy"]
 
 PROBE_FOLDS = 5  # stratified folds (fewer when the smallest class has fewer images)
 PROBE_IMAGES = 2000  # a stratified, seeded subset above this keeps the probe to seconds
@@ -75,23 +75,19 @@ def measure(splits: DatasetSplits, backbone: Backbone, *, cfg: LoopConfig, cache
     return Measurements(num_images=len(pool), num_classes=len(splits.labels),
                         min_per_class=int(counts.min()), max_per_class=int(counts.max()),
                         probe_accuracy=accuracy, probe_images=len(features.labels), bn_shift=shift,
-                        bn_images=seen if shift is not None else 0,
-                        backbone=backbone.name, num_stages=len(backbone.stages()))
+                        bn_images=seen, backbone=backbone.name, num_stages=len(backbone.stages()))
+
+
+def _per_class_indices(y: np.ndarray, take, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random ``take(c)`` of each class ``c``'s rows of ``y``."""
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:take(c)] for c in np.unique(y)]))
 
 
 def _per_class_sample(samples: list[Sample], per_class: int, seed: int) -> list[Sample]:
     """At most ``per_class`` samples of each class, seeded, in their original order."""
-    rng = np.random.default_rng(seed)
     labels = np.array([s.label for s in samples])
-    keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
-    return [samples[i] for i in sorted(keep.tolist())]
-
-
-def _stratified_subset(y: np.ndarray, max_images: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([
-        rng.permutation(np.flatnonzero(y == c))[: max(2, round(max_images * np.mean(y == c)))]
-        for c in np.unique(y)]))
+    return [samples[i] for i in _per_class_indices(labels, lambda c: per_class, seed).tolist()]
 
 
 def probe_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = PROBE_FOLDS, seed: int = 0,
@@ -105,7 +101,7 @@ def probe_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = PROBE_FOLDS, se
     """
     y = np.asarray(y)
     if len(y) > max_images:
-        keep = _stratified_subset(y, max_images, seed)
+        keep = _per_class_indices(y, lambda c: max(2, round(max_images * np.mean(y == c))), seed)
         x, y = x[keep], y[keep]
     classes, counts = np.unique(y, return_counts=True)
     k = min(folds, int(counts.min())) if len(classes) > 1 else 0

@@ -6,8 +6,9 @@ optimizer's parameter groups; ``set_train_mode(model)`` applies the BatchNorm po
 BatchNorm policy, the same in every phase: a frozen stage is kept in eval mode, so its running
 statistics never move (a frozen layer whose statistics drift is not frozen); a trainable stage's
 BatchNorm layers train normally, except under ``gradual``, whose fitted head needs the pretrained
-statistics kept (``fixed_batchnorm_statistics``). Pretrained layers train at ``lr * backbone_lr_mult`` so the new
-head's large early gradients do not erase what the backbone learnt on ImageNet.
+statistics kept (``fixed_batchnorm_statistics``). Pretrained layers train at
+``lr * backbone_lr_mult`` so the new head's large early gradients do not erase what the backbone
+learnt on ImageNet.
 """
 
 from __future__ import annotations
