@@ -28,9 +28,12 @@ def machine() -> str:
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import torch
 
-    return (f"{cpu}, {cores} cores, {mem_gib:.0f} GiB RAM, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, no GPU" if not torch.cuda.is_available() else
-            f"{cpu}, {cores} cores, GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    return (
+        f"{cpu}, {cores} cores, {mem_gib:.0f} GiB RAM, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, no GPU"
+        if not torch.cuda.is_available()
+        else f"{cpu}, {cores} cores, GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    )
 
 
 def sha256(path: Path) -> str:
@@ -39,6 +42,7 @@ def sha256(path: Path) -> str:
 
 def leaked_test_files(root: Path = YOGA) -> set[str]:
     """TEST images with a byte-identical copy in TRAIN (they inflate test accuracy)."""
+
     def files(split):
         return [p for p in (root / split).rglob("*") if p.is_file()]
 
@@ -49,20 +53,36 @@ def leaked_test_files(root: Path = YOGA) -> set[str]:
 def write_section(name: str, body: str, *, command: str) -> None:
     """Replace (or append) the section ``name`` of BENCHMARKS.md."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = (f"<!-- {name}:start -->\n{body.rstrip()}\n\n"
-               f"Command: `{command}` — machine: {machine()} — date: {stamp}, commit "
-               f"{_commit()}.\n<!-- {name}:end -->")
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else (
-        "# Benchmarks\n\nMeasured numbers only, each with the command that produced it. Ratios compare "
-        "against a baseline measured in the same run.\n")
+    section = (
+        f"<!-- {name}:start -->\n{body.rstrip()}\n\n"
+        f"Command: `{command}` — machine: {machine()} — date: {stamp}, commit "
+        f"{_commit()}.\n<!-- {name}:end -->"
+    )
+    text = (
+        BENCHMARKS_MD.read_text()
+        if BENCHMARKS_MD.exists()
+        else (
+            "# Benchmarks\n\nMeasured numbers only, each with the command that produced it. Ratios compare "
+            "against a baseline measured in the same run.\n"
+        )
+    )
     pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.DOTALL)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    text = (
+        pattern.sub(lambda _: section, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + section + "\n"
+    )
     BENCHMARKS_MD.write_text(text)
 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -40,8 +40,12 @@ print(json.dumps({"wall_s": wall, "val_acc": result.metrics["val"]["accuracy"],
 
 
 def fine_tune(augment: str, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(YOGA), STRATEGY, augment, str(out)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(YOGA), STRATEGY, augment, str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -63,16 +67,26 @@ def loader_throughput() -> tuple[list[dict], float]:
     rows = []
     for preset in PRESETS:
         uses_pca = parse_augment(preset).uses_pca
-        dataset = ImageDataset(samples, train_transform(spec, augment=preset, pca=pca if uses_pca else None),
-                               decode_size=decode_size(spec))
+        dataset = ImageDataset(
+            samples,
+            train_transform(spec, augment=preset, pca=pca if uses_pca else None),
+            decode_size=decode_size(spec),
+        )
         for workers in (0, 2):
             start = time.perf_counter()  # worker start-up included: it is part of the first epoch
             loader = make_loader(dataset, batch_size=BATCH, shuffle=True, workers=workers, seed=0)
             images = sum(len(batch.labels) for batch in loader)
             seconds = time.perf_counter() - start
             del loader
-            rows.append({"preset": preset, "workers": workers, "images": images, "seconds": seconds,
-                         "images_per_s": images / seconds})
+            rows.append(
+                {
+                    "preset": preset,
+                    "workers": workers,
+                    "images": images,
+                    "seconds": seconds,
+                    "images_per_s": images / seconds,
+                }
+            )
             print(rows[-1], flush=True)
     return rows, pca_s
 
@@ -91,25 +105,30 @@ def main() -> None:
                 acc, n = accuracy(r["predictions"], leaked, exclude_leaked=False)
                 clean, n_clean = accuracy(r["predictions"], leaked, exclude_leaked=True)
                 accs[augment] = (acc, clean)
-                rows.append(f"| `{augment}` | {100 * acc:.2f}% ({n}) | {100 * clean:.2f}% ({n_clean}) | "
-                            f"{100 * r['val_acc']:.2f}% | {r['wall_s']:.0f} s |")
+                rows.append(
+                    f"| `{augment}` | {100 * acc:.2f}% ({n}) | {100 * clean:.2f}% ({n_clean}) | "
+                    f"{100 * r['val_acc']:.2f}% | {r['wall_s']:.0f} s |"
+                )
                 print(rows[-1], flush=True)
         delta = [100 * (s - z) for s, z in zip(accs["standard"], accs["none"], strict=True)]
         body += (
-            f"`visiontune.fit(yoga, strategy=\"{STRATEGY}\", augment=..., seed=0)`, every other option at "
+            f'`visiontune.fit(yoga, strategy="{STRATEGY}", augment=..., seed=0)`, every other option at '
             "its default (EfficientNet-Lite0, 6 epochs, 15 % of TRAIN held out for validation), then "
             f"TEST. The second column leaves out the {len(leaked)} TEST images with a byte-identical copy "
             "in TRAIN.\n\n"
             "| `--augment` | TEST accuracy (images) | without TRAIN copies | validation | wall time |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
             f"`standard` minus `none`: {delta[0]:+.2f} points on TEST ({delta[1]:+.2f} without the copies); "
-            f"one TEST image is {100 / n:.2f} points, and this is one seed.\n\n")
+            f"one TEST image is {100 / n:.2f} points, and this is one seed.\n\n"
+        )
     throughput, pca_s = loader_throughput()
     by = {(r["preset"], r["workers"]): r for r in throughput}
     presets = list(dict.fromkeys(r["preset"] for r in throughput))
     table = "\n".join(
         f"| `{p}` | {by[p, 0]['images_per_s']:.1f} | {by[p, 2]['images_per_s']:.1f} | "
-        f"{by[p, 2]['images_per_s'] / by[p, 0]['images_per_s']:.2f}× |" for p in presets)
+        f"{by[p, 2]['images_per_s'] / by[p, 0]['images_per_s']:.2f}× |"
+        for p in presets
+    )
     body += (
         f"Loader throughput: one shuffled epoch over the {throughput[0]['images']} yoga TRAIN images, "
         f"batch {BATCH}, JPEG decode (draft mode) and the preset's transforms at 224 px included; "
@@ -117,7 +136,8 @@ def main() -> None:
         "| preset | 0 workers | 2 workers | ratio |\n|---|---|---|---|\n" + table + "\n\n"
         f"`strong` includes `pca-color`; its PCA statistics (256 TRAIN images at 64 px) took "
         f"{pca_s:.1f} s, once per run. Compare with the training-step rate in the throughput section: "
-        "the loader only limits training where it is slower than the model.\n")
+        "the loader only limits training where it is slower than the model.\n"
+    )
     write_section("augment", body, command="python benchmarks/augment.py")
 
 

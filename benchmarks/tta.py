@@ -42,9 +42,25 @@ def ensure_member(runs_dir: Path, backbone: str, seed: int) -> Path:
         print(f"reusing {out}", flush=True)
         return out
     print(f"training {out} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "visiontune", "train", str(YOGA), "--strategy", "full",
-                    "--backbone", backbone, "--seed", str(seed), "--out", str(out), "--no-progress"],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "visiontune",
+            "train",
+            str(YOGA),
+            "--strategy",
+            "full",
+            "--backbone",
+            backbone,
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        check=True,
+    )
     return out
 
 
@@ -67,12 +83,19 @@ def accuracy(probs: np.ndarray, truth: np.ndarray, keep: np.ndarray) -> tuple[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "tta-bench")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the Lite0 members")
-    parser.add_argument("--backbones", default="efficientnet_lite1,efficientnet_lite2",
-                        help="other backbones (seed 0) for the backbone ensemble with Lite0 seed 0; '' for none")
-    parser.add_argument("--print-only", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    parser.add_argument(
+        "--backbones",
+        default="efficientnet_lite1,efficientnet_lite2",
+        help="other backbones (seed 0) for the backbone ensemble with Lite0 seed 0; '' for none",
+    )
+    parser.add_argument(
+        "--print-only", action="store_true", help="print the table, leave BENCHMARKS.md alone"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     others = [b for b in args.backbones.split(",") if b]
@@ -95,20 +118,30 @@ def main() -> None:
     for label, run in members.items():
         for mode in MODES if label == f"{LITE0} seed {seeds[0]}" else ("none", "10crop"):
             probs[label, mode], seconds[label, mode] = member_predictions(run, files, mode)
-            print(f"{label} {mode}: {seconds[label, mode]:.1f} s, "
-                  f"{accuracy(probs[label, mode], truth, everything)[0]:.4f}", flush=True)
+            print(
+                f"{label} {mode}: {seconds[label, mode]:.1f} s, "
+                f"{accuracy(probs[label, mode], truth, everything)[0]:.4f}",
+                flush=True,
+            )
 
     single = f"{LITE0} seed {seeds[0]}"
     configs = [(f"one model ({single})", [single], mode) for mode in MODES]
     seed_members = [f"{LITE0} seed {s}" for s in seeds]
-    configs += [(f"ensemble of {len(seeds)} Lite0 seeds ({', '.join(map(str, seeds))})", seed_members, m)
-                for m in ("none", "10crop")]
+    configs += [
+        (f"ensemble of {len(seeds)} Lite0 seeds ({', '.join(map(str, seeds))})", seed_members, m)
+        for m in ("none", "10crop")
+    ]
     if others:
         backbone_members = [single, *(f"{b} seed {seeds[0]}" for b in others)]
         short = ", ".join(m.split()[0].replace("efficientnet_", "") for m in backbone_members)
-        configs += [(f"ensemble of {len(backbone_members)} backbones ({short})", backbone_members, m)
-                    for m in ("none", "10crop")]
-        configs += [(f"ensemble of all {len(members)} runs above", list(members), m) for m in ("none", "10crop")]
+        configs += [
+            (f"ensemble of {len(backbone_members)} backbones ({short})", backbone_members, m)
+            for m in ("none", "10crop")
+        ]
+        configs += [
+            (f"ensemble of all {len(members)} runs above", list(members), m)
+            for m in ("none", "10crop")
+        ]
     rows, best = [], None
     for title, used, mode in configs:
         mean = np.mean([probs[m, mode] for m in used], axis=0)
@@ -116,9 +149,11 @@ def main() -> None:
         acc_clean, errors_clean = accuracy(mean, truth, clean)
         total = sum(seconds[m, mode] for m in used)
         passes = len(used) * {"none": 1, "flip": 2, "10crop": 10}[mode]
-        rows.append(f"| {title} | `{mode}` | {passes} | {100 * acc:.2f}% ({errors} wrong) | "
-                    f"{100 * acc_clean:.2f}% ({errors_clean} wrong) | {total:.1f} s | "
-                    f"{1000 * total / len(files):.0f} ms |")
+        rows.append(
+            f"| {title} | `{mode}` | {passes} | {100 * acc:.2f}% ({errors} wrong) | "
+            f"{100 * acc_clean:.2f}% ({errors_clean} wrong) | {total:.1f} s | "
+            f"{1000 * total / len(files):.0f} ms |"
+        )
         print(rows[-1], flush=True)
         # The most accurate; among equals, the cheapest.
         best = max(best or (acc, -passes, title, mode, errors), (acc, -passes, title, mode, errors))
@@ -127,8 +162,10 @@ def main() -> None:
     if acc >= 0.994:
         verdict = "met"
     elif errors <= 3:
-        verdict = (f"'at most 3 errors' met; the literal 99.4 % needs at most "
-                   f"{int(len(files) * (1 - 0.994))} errors, so missed by {100 * (0.994 - acc):.2f} points")
+        verdict = (
+            f"'at most 3 errors' met; the literal 99.4 % needs at most "
+            f"{int(len(files) * (1 - 0.994))} errors, so missed by {100 * (0.994 - acc):.2f} points"
+        )
     else:
         verdict = f"missed by {errors - 3} image(s) ({100 * (0.994 - acc):.2f} points)"
     body = (

@@ -37,8 +37,12 @@ print(json.dumps({"wall_s": wall, "peak_mib": peak, "peak_worker_mib": peak_chil
 
 def run_strategy(strategy: str, out: Path) -> dict:
     # A fresh feature cache per strategy: the wall time is a first run's.
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(YOGA), strategy, str(out), str(out) + "-cache"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(YOGA), strategy, str(out), str(out) + "-cache"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -59,9 +63,11 @@ def main() -> None:
             r = run_strategy(strategy, Path(tmp) / strategy)
             acc, n = accuracy(r["predictions"], leaked, exclude_leaked=False)
             acc_clean, n_clean = accuracy(r["predictions"], leaked, exclude_leaked=True)
-            rows.append(f"| `{strategy}` | {100 * acc:.2f}% ({n}) | {100 * acc_clean:.2f}% ({n_clean}) | "
-                        f"{100 * r['val_acc']:.2f}% | {r['wall_s']:.0f} s | {r['peak_mib']:.0f} MiB "
-                        f"(largest child: {r['peak_worker_mib']:.0f} MiB, pages shared with the parent included) |")
+            rows.append(
+                f"| `{strategy}` | {100 * acc:.2f}% ({n}) | {100 * acc_clean:.2f}% ({n_clean}) | "
+                f"{100 * r['val_acc']:.2f}% | {r['wall_s']:.0f} s | {r['peak_mib']:.0f} MiB "
+                f"(largest child: {r['peak_worker_mib']:.0f} MiB, pages shared with the parent included) |"
+            )
             print(rows[-1], flush=True)
     body = (
         "## Yoga poses: each strategy with its defaults\n\n"

@@ -41,11 +41,19 @@ def find_chromium() -> tuple[str | None, str]:
         return None, "chromium is not installed (apt-get install chromium needs root)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     lock = ["-o", "DPkg::Lock::Timeout=600"]  # another install may hold the lock for a while
-    for command in (["apt-get", "update", "-qq", *lock],
-                    ["apt-get", "install", "-y", "-qq", *lock, "chromium"]):
+    for command in (
+        ["apt-get", "update", "-qq", *lock],
+        ["apt-get", "install", "-y", "-qq", *lock, "chromium"],
+    ):
         try:
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800,
-                                  stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                command,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired:
             return None, f"{' '.join(command)} took over 30 minutes"
         if proc.returncode:
@@ -88,12 +96,25 @@ class _DevToolsPipe:
         child_r, child_w = (_above_ten(fd) for fd in (to_child_r, from_child_w))
         wire = 'exec 3<&"$1" 4>&"$2"; eval "exec $1<&- $2>&-"; shift 2; exec "$@"'
         # --no-sandbox: Chromium's sandbox refuses to run as root, which CI is
-        args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                f"--user-data-dir={self._profile.name}", "about:blank"]
-        self.proc = subprocess.Popen(["bash", "-c", wire, "chromium", str(child_r), str(child_w), *args],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._stderr, pass_fds=(child_r, child_w))
+        args = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-pipe",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            f"--user-data-dir={self._profile.name}",
+            "about:blank",
+        ]
+        self.proc = subprocess.Popen(
+            ["bash", "-c", wire, "chromium", str(child_r), str(child_w), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            pass_fds=(child_r, child_w),
+        )
         os.close(child_r)
         os.close(child_w)
         self._buffer = b""
@@ -105,11 +126,15 @@ class _DevToolsPipe:
             left = deadline - time.monotonic()
             ready, _, _ = select.select([self._from_child], [], [], max(0.0, left))
             if not ready:
-                raise TimeoutError(f"chromium did not answer within {self.timeout:.0f} s; "
-                                   f"stderr: {self.stderr_tail()}")
+                raise TimeoutError(
+                    f"chromium did not answer within {self.timeout:.0f} s; "
+                    f"stderr: {self.stderr_tail()}"
+                )
             chunk = os.read(self._from_child, 1 << 16)
             if not chunk:
-                raise RuntimeError(f"chromium closed the DevTools pipe; stderr: {self.stderr_tail()}")
+                raise RuntimeError(
+                    f"chromium closed the DevTools pipe; stderr: {self.stderr_tail()}"
+                )
             self._buffer += chunk
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)
@@ -166,10 +191,13 @@ def _error_text(event: dict) -> str | None:
     method, params = event.get("method"), event.get("params", {})
     if method == "Runtime.exceptionThrown":
         details = params["exceptionDetails"]
-        return "exception: " + details.get("exception", {}).get("description", details.get("text", ""))
+        return "exception: " + details.get("exception", {}).get(
+            "description", details.get("text", "")
+        )
     if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-        return "console.error: " + " ".join(str(a.get("value", a.get("description", "")))
-                                            for a in params.get("args", []))
+        return "console.error: " + " ".join(
+            str(a.get("value", a.get("description", ""))) for a in params.get("args", [])
+        )
     if method == "Log.entryAdded" and params["entry"].get("level") == "error":
         entry = params["entry"]
         return f"{entry.get('source')}: {entry.get('text')} {entry.get('url', '')}".strip()
@@ -182,15 +210,20 @@ def check_page(chromium: str, page: Path, *, timeout: float = 60.0) -> PageCheck
     browser = _DevToolsPipe(chromium, timeout=timeout)
     try:
         target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
         for domain in ("Page", "Runtime", "Log"):
             browser.send(f"{domain}.enable", session=session)
-        navigation = browser.send("Page.navigate", {"url": Path(page).resolve().as_uri()}, session=session)
+        navigation = browser.send(
+            "Page.navigate", {"url": Path(page).resolve().as_uri()}, session=session
+        )
         if navigation.get("errorText"):
             raise RuntimeError(f"chromium could not open {page}: {navigation['errorText']}")
         browser.wait_for("Page.loadEventFired")
-        result = browser.send("Runtime.evaluate", {"expression": _IMAGES_JS, "returnByValue": True},
-                              session=session)["result"]
+        result = browser.send(
+            "Runtime.evaluate", {"expression": _IMAGES_JS, "returnByValue": True}, session=session
+        )["result"]
         check = PageCheck(images=json.loads(result["value"]))
         check.errors = [text for text in map(_error_text, browser.events) if text]
         return check

@@ -61,8 +61,9 @@ def shape_image(kind: str, size: int = 64, *, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def make_class_folder(root: Path, counts: dict[str, int], *, size=(40, 32), seed: int = 0,
-                      ext: str = ".png") -> Path:
+def make_class_folder(
+    root: Path, counts: dict[str, int], *, size=(40, 32), seed: int = 0, ext: str = ".png"
+) -> Path:
     """``root/<class>/<class>_<i><ext>``, ``counts[class]`` images per class; returns ``root``."""
     root = Path(root)
     for c, (name, count) in enumerate(counts.items()):
@@ -70,7 +71,9 @@ def make_class_folder(root: Path, counts: dict[str, int], *, size=(40, 32), seed
         folder.mkdir(parents=True, exist_ok=True)
         colour = COLOURS.get(name.lower(), (40 * c % 256, 255 - 50 * c % 256, 90))
         for i in range(count):
-            solid_image(colour, size, seed=seed * 1000 + c * 100 + i).save(folder / f"{name}_{i}{ext}")
+            solid_image(colour, size, seed=seed * 1000 + c * 100 + i).save(
+                folder / f"{name}_{i}{ext}"
+            )
     return root
 
 
@@ -81,15 +84,18 @@ def make_split_folder(root: Path, splits: dict[str, dict[str, int]], **kwargs) -
     return Path(root)
 
 
-def make_shape_folder(root: Path, per_class: dict[str, int], *, size: int = 64, seed: int = 0) -> Path:
+def make_shape_folder(
+    root: Path, per_class: dict[str, int], *, size: int = 64, seed: int = 0
+) -> Path:
     """``root/<split>/{disc,square}/`` from ``per_class = {split: images per class}``."""
     for s, (split, count) in enumerate(per_class.items()):
         for kind in ("disc", "square"):
             folder = Path(root) / split / kind
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                shape_image(kind, size, seed=seed * 10_000 + s * 1000 + i * 2 + (kind == "square")).save(
-                    folder / f"{kind}_{i}.png")
+                shape_image(
+                    kind, size, seed=seed * 10_000 + s * 1000 + i * 2 + (kind == "square")
+                ).save(folder / f"{kind}_{i}.png")
     return Path(root)
 
 
@@ -110,17 +116,24 @@ def class_folder(tmp_path) -> Path:
 @pytest.fixture
 def split_folder(tmp_path) -> Path:
     """Split layout: ``data/{train,val,test}/{cat,dog}/``."""
-    return make_split_folder(tmp_path / "data", {
-        "train": {"cat": 6, "dog": 6}, "val": {"cat": 2, "dog": 2}, "test": {"cat": 3, "dog": 3}})
+    return make_split_folder(
+        tmp_path / "data",
+        {"train": {"cat": 6, "dog": 6}, "val": {"cat": 2, "dog": 2}, "test": {"cat": 3, "dog": 3}},
+    )
 
 
 @pytest.fixture(scope="session")
 def trained_data(tmp_path_factory) -> Path:
     """The data of ``trained_run``: train/val/test splits of three colour classes."""
     root = tmp_path_factory.mktemp("trained") / "data"
-    return make_split_folder(root, {"train": {"bird": 5, "cat": 5, "dog": 5},
-                                    "val": {"bird": 2, "cat": 2, "dog": 2},
-                                    "test": {"bird": 3, "cat": 3, "dog": 3}})
+    return make_split_folder(
+        root,
+        {
+            "train": {"bird": 5, "cat": 5, "dog": 5},
+            "val": {"bird": 2, "cat": 2, "dog": 2},
+            "test": {"bird": 3, "cat": 3, "dog": 3},
+        },
+    )
 
 
 @pytest.fixture(scope="session")
@@ -129,5 +142,14 @@ def trained_run(trained_data, tmp_path_factory):
     import visiontune
 
     out = tmp_path_factory.mktemp("runs") / "tiny-run"
-    return visiontune.fit(trained_data, **TINY, strategy="full", epochs=1, batch_size=8, workers=0,
-                          out=str(out), progress=False, cache=False)
+    return visiontune.fit(
+        trained_data,
+        **TINY,
+        strategy="full",
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        out=str(out),
+        progress=False,
+        cache=False,
+    )

@@ -16,16 +16,27 @@ from conftest import shape_image
 from PIL import Image
 
 # Kinds training skips outright, and kinds it may load partially (truncated, noted) instead.
-SKIPPED = ("zero-bytes", "random-bytes", "bomb-error", "bomb-warning", "one-pixel", "symlink-loop",
-           "folder-named-jpg", "no-permission")
+SKIPPED = (
+    "zero-bytes",
+    "random-bytes",
+    "bomb-error",
+    "bomb-warning",
+    "one-pixel",
+    "symlink-loop",
+    "folder-named-jpg",
+    "no-permission",
+)
 TRUNCATED = ("truncated-png", "truncated-jpeg", "truncated-gif", "truncated-webp")
 
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares ``width x height`` 8-bit greyscale and holds no pixel data: enough for
     Pillow to refuse it as a decompression bomb from the header, without anyone allocating it."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")

@@ -28,27 +28,47 @@ TINY_ARGS = ["--backbone", "test_efficientnet", "--weights", "none", "--workers"
 CFG = LoopConfig(epochs=1, progress=False)
 
 
-def _m(per_class: float, *, probe: float | None = None, shift: float | None = None, classes: int = 4,
-       stages: int = 8) -> Measurements:
+def _m(
+    per_class: float,
+    *,
+    probe: float | None = None,
+    shift: float | None = None,
+    classes: int = 4,
+    stages: int = 8,
+) -> Measurements:
     n = int(per_class * classes)
-    return Measurements(num_images=n, num_classes=classes, min_per_class=int(per_class),
-                        max_per_class=int(per_class), probe_accuracy=probe, bn_shift=shift,
-                        bn_images=min(n, 200), backbone="efficientnet_lite0", num_stages=stages)
+    return Measurements(
+        num_images=n,
+        num_classes=classes,
+        min_per_class=int(per_class),
+        max_per_class=int(per_class),
+        probe_accuracy=probe,
+        bn_shift=shift,
+        bn_images=min(n, 200),
+        backbone="efficientnet_lite0",
+        num_stages=stages,
+    )
 
 
 # ------------------------------------------------------------------------- the decision table
 
 SMALL, BIG = SMALL_BELOW // 3, SMALL_BELOW * 4
-SIMILAR = {"probe": 0.95, "shift": 0.15}  # frozen features separate the classes; ImageNet-like statistics
+SIMILAR = {
+    "probe": 0.95,
+    "shift": 0.15,
+}  # frozen features separate the classes; ImageNet-like statistics
 DIFFERENT = {"probe": 0.40, "shift": 2.5}  # barely above chance; statistics far from ImageNet's
 
 
-@pytest.mark.parametrize("size, similarity, quadrant, strategy", [
-    (SMALL, SIMILAR, "small+similar", "head"),
-    (SMALL, DIFFERENT, "small+different", "gradual"),
-    (BIG, SIMILAR, "big+similar", "partial"),
-    (BIG, DIFFERENT, "big+different", "full"),
-])
+@pytest.mark.parametrize(
+    "size, similarity, quadrant, strategy",
+    [
+        (SMALL, SIMILAR, "small+similar", "head"),
+        (SMALL, DIFFERENT, "small+different", "gradual"),
+        (BIG, SIMILAR, "big+similar", "partial"),
+        (BIG, DIFFERENT, "big+different", "full"),
+    ],
+)
 def test_decision_table(size, similarity, quadrant, strategy):
     advice = decide(_m(size, **similarity))
     assert (advice.quadrant, advice.strategy) == (quadrant, strategy)
@@ -100,8 +120,15 @@ def test_similarity_formula():
 
 
 def test_imbalance_is_mentioned():
-    m = Measurements(num_images=110, num_classes=2, min_per_class=10, max_per_class=100,
-                     probe_accuracy=0.9, bn_shift=0.2, num_stages=8)
+    m = Measurements(
+        num_images=110,
+        num_classes=2,
+        min_per_class=10,
+        max_per_class=100,
+        probe_accuracy=0.9,
+        bn_shift=0.2,
+        num_stages=8,
+    )
     assert m.balance == pytest.approx(0.1)
     assert "imbalanced" in decide(m).reason
     assert "imbalanced" not in decide(_m(SMALL, **SIMILAR)).reason
@@ -145,8 +172,12 @@ def test_probe_accuracy_matches_scikit_learns_logistic_regression():
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(4), 40)
     x = rng.normal(size=(160, 32)) + 0.3 * rng.normal(size=(4, 32))[y]  # overlapping classes
-    reference = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=2000)),
-                                  x, y, cv=StratifiedKFold(5, shuffle=True, random_state=0))
+    reference = cross_val_predict(
+        make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=2000)),
+        x,
+        y,
+        cv=StratifiedKFold(5, shuffle=True, random_state=0),
+    )
     ours = probe_accuracy(x, y, seed=0)
     assert 0.4 < ours < 0.98  # neither trivial nor chance, so the comparison says something
     assert ours == pytest.approx(balanced_accuracy_score(y, reference), abs=0.013)  # 2 images
@@ -186,7 +217,9 @@ def _noise_folder(root: Path, classes=("a", "b"), count=8, size=48, seed=0) -> P
 
 def test_batchnorm_shift_is_small_on_the_data_the_statistics_came_from(tmp_path):
     torch.manual_seed(0)
-    own = scan_folder(make_class_folder(tmp_path / "own", {"cat": 8, "dog": 8}), val_fraction=0.0).train
+    own = scan_folder(
+        make_class_folder(tmp_path / "own", {"cat": 8, "dog": 8}), val_fraction=0.0
+    ).train
     other = scan_folder(_noise_folder(tmp_path / "noise"), val_fraction=0.0).train
     backbone = create_backbone("test_efficientnet", weights="none")
     _fit_statistics(backbone, own)
@@ -199,7 +232,9 @@ def test_batchnorm_shift_is_small_on_the_data_the_statistics_came_from(tmp_path)
     assert batchnorm_shift(backbone, own, cfg=CFG, max_images=5)[1] == 5
     state = {k: v.clone() for k, v in backbone.state_dict().items()}
     batchnorm_shift(backbone, other, cfg=CFG)
-    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in state.items())  # measuring changes nothing
+    assert all(
+        torch.equal(v, backbone.state_dict()[k]) for k, v in state.items()
+    )  # measuring changes nothing
 
 
 def test_measure_takes_batchnorm_statistics_from_the_extraction_pass(tmp_path):
@@ -208,20 +243,32 @@ def test_measure_takes_batchnorm_statistics_from_the_extraction_pass(tmp_path):
     from visiontune.features.cache import FeatureCache
 
     torch.manual_seed(0)
-    splits = scan_folder(make_class_folder(tmp_path / "data", {"cat": 8, "dog": 8}), val_fraction=0.0)
+    splits = scan_folder(
+        make_class_folder(tmp_path / "data", {"cat": 8, "dog": 8}), val_fraction=0.0
+    )
     backbone = create_backbone("test_efficientnet", weights="none")
-    _fit_statistics(backbone, scan_folder(_noise_folder(tmp_path / "noise"), val_fraction=0.0).train)
+    _fit_statistics(
+        backbone, scan_folder(_noise_folder(tmp_path / "noise"), val_fraction=0.0).train
+    )
     cache = FeatureCache.for_backbone(tmp_path / "cache", backbone)
     cold = measure(splits, backbone, cfg=CFG, cache=cache)
     separate, seen = batchnorm_shift(backbone, splits.train, cfg=CFG)
     assert cold.bn_images == seen == 16
     assert cold.bn_shift == pytest.approx(separate, rel=1e-4) and cold.bn_shift > 0.1
     assert cold.probe_images == cold.num_images == 16
-    capped = measure(splits, backbone, cfg=CFG, per_class=3)  # sizes count all; the probe sees 3 a class
-    assert (capped.num_images, capped.min_per_class, capped.probe_images, capped.bn_images) == (16, 8, 6, 6)
+    capped = measure(
+        splits, backbone, cfg=CFG, per_class=3
+    )  # sizes count all; the probe sees 3 a class
+    assert (capped.num_images, capped.min_per_class, capped.probe_images, capped.bn_images) == (
+        16,
+        8,
+        6,
+        6,
+    )
     warm = measure(splits, backbone, cfg=CFG, cache=cache, bn_images=5)
-    assert warm.bn_images == 5 and warm.bn_shift == pytest.approx(batchnorm_shift(
-        backbone, splits.train, cfg=CFG, max_images=5)[0], rel=1e-4)
+    assert warm.bn_images == 5 and warm.bn_shift == pytest.approx(
+        batchnorm_shift(backbone, splits.train, cfg=CFG, max_images=5)[0], rel=1e-4
+    )
 
 
 # ------------------------------------- similar and different by construction, on the real backbone
@@ -240,7 +287,9 @@ def _photo_folder(root: Path, count: int = 8, size: int = 96, seed: int = 0) -> 
             f = rng.uniform(0.5, 0.9)
             ch, cw = int(h * f), int(w * f)
             y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            crop = Image.fromarray(image[y:y + ch, x:x + cw]).resize((size, size), Image.BICUBIC)
+            crop = Image.fromarray(image[y : y + ch, x : x + cw]).resize(
+                (size, size), Image.BICUBIC
+            )
             crop.save(root / name / f"{i}.png")
     return root
 
@@ -255,7 +304,8 @@ def _secret_pattern_folder(root: Path, count: int = 8, size: int = 64, seed: int
         for i in range(count):
             bits = (rng.random((size, size)) + (0.05 if c else -0.05) * pattern) > 0.5
             Image.fromarray(np.repeat(bits[..., None], 3, axis=2).astype(np.uint8) * 255).save(
-                root / f"class{c}" / f"{i}.png")
+                root / f"class{c}" / f"{i}.png"
+            )
     return root
 
 
@@ -265,9 +315,12 @@ def lite0():
 
 
 def test_similar_and_different_by_construction(tmp_path, lite0):
-    similar = measure(scan_folder(_photo_folder(tmp_path / "photos"), val_fraction=0.0), lite0, cfg=CFG)
-    different = measure(scan_folder(_secret_pattern_folder(tmp_path / "noise"), val_fraction=0.0), lite0,
-                        cfg=CFG)
+    similar = measure(
+        scan_folder(_photo_folder(tmp_path / "photos"), val_fraction=0.0), lite0, cfg=CFG
+    )
+    different = measure(
+        scan_folder(_secret_pattern_folder(tmp_path / "noise"), val_fraction=0.0), lite0, cfg=CFG
+    )
     assert similar.separability > 0.8 and different.separability < 0.6
     assert similar.bn_shift < 0.5 < 1.5 < different.bn_shift
     assert similar.similarity >= SIMILAR_AT > different.similarity
@@ -289,11 +342,22 @@ def test_advise_json_schema(colours, capsys):
     assert code == 0
     record = json.loads(out)
     assert record["strategy"] in STRATEGIES
-    assert record["quadrant"] in ("small+similar", "small+different", "big+similar", "big+different")
+    assert record["quadrant"] in (
+        "small+similar",
+        "small+different",
+        "big+similar",
+        "big+different",
+    )
     assert record["num_images"] == 18 and record["images_per_class"] == 6
     assert record["similarity"] is None or 0 <= record["similarity"] <= 1
     assert isinstance(record["reason"], str) and record["reason"]
-    assert set(record["settings"]) == {"epochs", "lr", "backbone_lr_mult", "unfreeze", "warm_start_head"}
+    assert set(record["settings"]) == {
+        "epochs",
+        "lr",
+        "backbone_lr_mult",
+        "unfreeze",
+        "warm_start_head",
+    }
     m = record["measurements"]
     assert m["num_classes"] == 3 and m["min_per_class"] == m["max_per_class"] == 6
     assert m["bn_shift"] is None  # random weights have no pretraining statistics
@@ -325,8 +389,22 @@ def test_advise_never_reads_the_test_split(tmp_path):
 
 def test_train_auto_records_the_advice(colours, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", str(colours), *TINY_ARGS, "--no-progress", "--strategy", "auto", "--lr", "0.02",
-                 "--batch-size", "8", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            str(colours),
+            *TINY_ARGS,
+            "--no-progress",
+            "--strategy",
+            "auto",
+            "--lr",
+            "0.02",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     capsys.readouterr()
     assert code == 0
     config = json.loads((out / "config.json").read_text())
@@ -343,8 +421,16 @@ def test_train_auto_records_the_advice(colours, tmp_path, capsys):
 
 def test_fit_auto_runs_the_chosen_strategy(tmp_path):
     data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6})
-    result = visiontune.fit(data, **TINY, strategy="auto", epochs=1, batch_size=8, workers=0,
-                            out=str(tmp_path / "run"), progress=False)
+    result = visiontune.fit(
+        data,
+        **TINY,
+        strategy="auto",
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
     advice = result.metrics["advice"]
     assert advice["applied"].get("epochs") is None  # epochs=1 was explicit
     saved = json.loads((result.run_dir / "config.json").read_text())

@@ -24,7 +24,12 @@ QUIET = dict(workers=0, progress=False)
 def test_run_folder_contents(trained_run):
     run = trained_run.run_dir
     assert {p.name for p in run.iterdir()} == {
-        "model.safetensors", "config.json", "history.json", "history.csv", "metrics.json"}
+        "model.safetensors",
+        "config.json",
+        "history.json",
+        "history.csv",
+        "metrics.json",
+    }
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 1 and history[0]["best"] is True
     rows = list(csv.DictReader(io.StringIO((run / "history.csv").read_text())))
@@ -51,7 +56,9 @@ def test_predict_top_k_and_unreadable_files(trained_run, trained_data, tmp_path)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(np.random.default_rng(0).bytes(300))
     good = sorted((trained_data / "test" / "cat").iterdir())[0]
-    results = visiontune.predict(trained_run.run_dir, [good, bad, trained_data / "val"], top_k=2, workers=0)
+    results = visiontune.predict(
+        trained_run.run_dir, [good, bad, trained_data / "val"], top_k=2, workers=0
+    )
     assert [r["path"] for r in results[:2]] == [str(good), str(bad)]
     assert len(results) == 2 + 6  # the val folder was expanded to its images
     top = results[0]["top"]
@@ -75,8 +82,16 @@ def test_undecodable_files_are_skipped_and_listed(tmp_path, strategy):
     png_as_jpg = data / "cat" / "really_png.jpg"
     Image.new("RGB", (64, 48), (210, 60, 40)).save(png_as_jpg, format="PNG")
 
-    result = visiontune.fit(data, **TINY, strategy=strategy, epochs=1, batch_size=32, unfreeze=1,
-                            out=str(tmp_path / "run"), **QUIET)
+    result = visiontune.fit(
+        data,
+        **TINY,
+        strategy=strategy,
+        epochs=1,
+        batch_size=32,
+        unfreeze=1,
+        out=str(tmp_path / "run"),
+        **QUIET,
+    )
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert set(metrics["skipped"]) == {str(noise), str(empty)}
     assert all(reason for reason in metrics["skipped"].values())
@@ -111,8 +126,12 @@ def test_fit_validates_before_writing_anything(tmp_path):
 
 def test_head_fit_is_deterministic_under_a_seed(tmp_path):
     data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6, "bird": 6})
-    runs = [visiontune.fit(data, **TINY, strategy="head", seed=seed, out=str(tmp_path / f"r{i}"), **QUIET)
-            for i, seed in enumerate((5, 5, 6))]
+    runs = [
+        visiontune.fit(
+            data, **TINY, strategy="head", seed=seed, out=str(tmp_path / f"r{i}"), **QUIET
+        )
+        for i, seed in enumerate((5, 5, 6))
+    ]
     heads = [r.model.model.head.fc.weight for r in runs]
     assert torch.equal(heads[0], heads[1])
     splits = [json.loads((r.run_dir / "config.json").read_text())["data"] for r in runs]
@@ -131,8 +150,18 @@ def test_early_stopping_with_patience(tmp_path):
     (root / "val").mkdir()
     (tmp_path / "x" / "val" / "dog").rename(root / "val" / "cat")
     (tmp_path / "x" / "val" / "cat").rename(root / "val" / "dog")
-    result = visiontune.fit(root, **TINY, strategy="head", head_solver="adamw", epochs=30, patience=3,
-                            lr=0.05, warmup_epochs=0, out=str(tmp_path / "run"), **QUIET)
+    result = visiontune.fit(
+        root,
+        **TINY,
+        strategy="head",
+        head_solver="adamw",
+        epochs=30,
+        patience=3,
+        lr=0.05,
+        warmup_epochs=0,
+        out=str(tmp_path / "run"),
+        **QUIET,
+    )
     losses = [r["val_loss"] for r in result.history]
     assert len(result.history) == 4
     assert all(a < b for a, b in pairwise(losses))
@@ -180,8 +209,19 @@ def test_public_functions_survive_importing_their_namesake_subpackages():
 
 def test_full_fit_is_deterministic_under_a_seed(tmp_path):
     data = make_class_folder(tmp_path / "data", {"cat": 5, "dog": 5})
-    runs = [visiontune.fit(data, **TINY, strategy="full", epochs=2, batch_size=4, seed=seed,
-                           out=str(tmp_path / f"r{i}"), **QUIET) for i, seed in enumerate((3, 3, 4))]
+    runs = [
+        visiontune.fit(
+            data,
+            **TINY,
+            strategy="full",
+            epochs=2,
+            batch_size=4,
+            seed=seed,
+            out=str(tmp_path / f"r{i}"),
+            **QUIET,
+        )
+        for i, seed in enumerate((3, 3, 4))
+    ]
     states = [r.model.model.state_dict() for r in runs]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert [r["train_loss"] for r in runs[0].history] == [r["train_loss"] for r in runs[1].history]
@@ -195,7 +235,15 @@ def test_non_image_files_are_reported_even_when_an_epoch_would_drop_them(tmp_pat
     bad = [data / "cat" / "zero.png", data / "dog" / "noise.jpg"]
     bad[0].write_bytes(b"")
     bad[1].write_bytes(np.random.default_rng(0).bytes(500))
-    result = visiontune.fit(data, strategy="full", epochs=1, batch_size=4, out=str(tmp_path / "run"),
-                            progress=False, workers=0, **TINY)
+    result = visiontune.fit(
+        data,
+        strategy="full",
+        epochs=1,
+        batch_size=4,
+        out=str(tmp_path / "run"),
+        progress=False,
+        workers=0,
+        **TINY,
+    )
     skipped = json.loads((result.run_dir / "metrics.json").read_text())["skipped"]
     assert sorted(skipped) == sorted(str(p) for p in bad)

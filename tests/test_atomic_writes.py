@@ -71,8 +71,12 @@ def test_files_survive_sigkill_at_any_moment_during_saves(tmp_path):
     rng = random.Random(0)
     interrupted_writes = 0
     for _ in range(4):
-        process = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-c", SAVER, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # Wait for two full rounds, so an old version exists, then kill at a random moment.
         for _round in range(2):
             line = process.stdout.readline()

@@ -95,26 +95,43 @@ def test_batch_ops_mix_images_and_labels(ops):
 
 
 def test_standard_is_exactly_the_previous_default_and_none_is_the_eval_view(image):
-    previous = v2.Compose([
-        v2.ToImage(),
-        v2.RandomResizedCrop(32, scale=(0.35, 1.0), interpolation=InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(SPEC.mean), std=list(SPEC.std)),
-    ])
+    previous = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(
+                32, scale=(0.35, 1.0), interpolation=InterpolationMode.BICUBIC, antialias=True
+            ),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(SPEC.mean), std=list(SPEC.std)),
+        ]
+    )
     for seed in range(5):
         assert torch.equal(_draw(train_transform(SPEC), image, seed), _draw(previous, image, seed))
     for augment in ("none", "mixup"):
-        assert torch.equal(train_transform(SPEC, augment=augment)(image), eval_transform(SPEC)(image))
+        assert torch.equal(
+            train_transform(SPEC, augment=augment)(image), eval_transform(SPEC)(image)
+        )
     assert describe_view("standard") == "standard"  # feature caches keyed before this stay valid
 
 
 def test_ops_run_in_pipeline_order_whatever_order_they_are_listed(image):
     a = build_train_transform(SPEC, "pca-color,jitter,rotate,flip,crop", pca=PCA)
     b = build_train_transform(SPEC, "crop,flip,rotate,jitter,pca-color", pca=PCA)
-    assert [type(t) for t in a.transforms] == [type(t) for t in b.transforms] == [
-        v2.ToImage, v2.RandomResizedCrop, v2.RandomHorizontalFlip, v2.RandomAffine, v2.ColorJitter,
-        v2.ToDtype, PCALighting, v2.Normalize]
+    assert (
+        [type(t) for t in a.transforms]
+        == [type(t) for t in b.transforms]
+        == [
+            v2.ToImage,
+            v2.RandomResizedCrop,
+            v2.RandomHorizontalFlip,
+            v2.RandomAffine,
+            v2.ColorJitter,
+            v2.ToDtype,
+            PCALighting,
+            v2.Normalize,
+        ]
+    )
     assert torch.equal(_draw(a, image, 1), _draw(b, image, 1))
 
 
@@ -153,7 +170,9 @@ def test_op_lists_parse_with_defaults_and_canonical_order():
         assert name in augment_help()
 
 
-@pytest.mark.parametrize("text", ["bogus", "flip,bogus", "", "  ", "flip,standard", "standard=1", "flip,,crop"])
+@pytest.mark.parametrize(
+    "text", ["bogus", "flip,bogus", "", "  ", "flip,standard", "standard=1", "flip,,crop"]
+)
 def test_unknown_names_fail_naming_every_preset_and_op(text):
     with pytest.raises(ValueError) as info:
         parse_augment(text)
@@ -165,10 +184,20 @@ def test_unknown_names_fail_naming_every_preset_and_op(text):
         assert all(name in message for name in PRESETS)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("rotate=200", "[0, 180]"), ("rotate=abc", "[0, 180]"), ("rotate=", "[0, 180]"), ("crop=0", "(0, 1]"),
-    ("flip=-0.1", "[0, 1]"), ("randaugment=2.5", "integer"), ("pca-color=nan", "[0, 1]"),
-    ("mixup=0", "(0, 10]"), ("flip,flip", "twice")])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("rotate=200", "[0, 180]"),
+        ("rotate=abc", "[0, 180]"),
+        ("rotate=", "[0, 180]"),
+        ("crop=0", "(0, 1]"),
+        ("flip=-0.1", "[0, 1]"),
+        ("randaugment=2.5", "integer"),
+        ("pca-color=nan", "[0, 1]"),
+        ("mixup=0", "(0, 10]"),
+        ("flip,flip", "twice"),
+    ],
+)
 def test_bad_strengths_fail_naming_the_valid_range(text, expected):
     with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace("(", r"\(")):
         parse_augment(text)
@@ -184,7 +213,9 @@ def test_direct_construction_validates_too():
 
 def test_train_config_checks_augment_with_a_message():
     assert TrainConfig(data="x", augment="strong").augment == "strong"
-    with pytest.raises(VisiontuneError, match="--augment: unknown augmentation 'spin'.*presets: none"):
+    with pytest.raises(
+        VisiontuneError, match="--augment: unknown augmentation 'spin'.*presets: none"
+    ):
         TrainConfig(data="x", augment="spin")
     with pytest.raises(VisiontuneError, match="needs --strategy partial or full"):
         TrainConfig(data="x", augment="flip,mixup", strategy="head")
@@ -200,7 +231,9 @@ def _pca_images(tmp_path, count=6, size=(48, 40)):
     for i in range(count):
         h, w = size[1], size[0]
         base = rng.uniform(40, 215, size=(h, w, 1))
-        pixels = base * np.array([1.0, 0.8, 0.6]) + rng.normal(0, [20, 8, 4], size=(h, w, 3)) + 20 * i
+        pixels = (
+            base * np.array([1.0, 0.8, 0.6]) + rng.normal(0, [20, 8, 4], size=(h, w, 3)) + 20 * i
+        )
         path = tmp_path / f"img{i}.png"
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(path)
         paths.append(path)
@@ -210,7 +243,9 @@ def _pca_images(tmp_path, count=6, size=(48, 40)):
 def test_pca_eigenvectors_match_numpy(tmp_path):
     paths = _pca_images(tmp_path)
     stats = compute_pca_stats(paths, size=40, max_images=10)
-    pixels = np.concatenate([np.asarray(Image.open(p), dtype=np.float64).reshape(-1, 3) / 255 for p in paths])
+    pixels = np.concatenate(
+        [np.asarray(Image.open(p), dtype=np.float64).reshape(-1, 3) / 255 for p in paths]
+    )
     values, vectors = np.linalg.eigh(np.cov(pixels.T))
     values, vectors = values[::-1], vectors[:, ::-1].T
     assert np.allclose(stats.eigvals, values, rtol=1e-6, atol=1e-12)
@@ -228,7 +263,10 @@ def test_pca_subsamples_with_a_seed_and_downscales(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     a = compute_pca_stats([*paths, tmp_path / "bad.png"], max_images=6, size=32)
     assert a.images == 5 and a.pixels == 5 * 43 * 32  # short side 96 -> 32; the bad file skipped
-    b, c = (compute_pca_stats([Sample(p, 0) for p in paths], max_images=3, size=32, seed=s) for s in (0, 0))
+    b, c = (
+        compute_pca_stats([Sample(p, 0) for p in paths], max_images=3, size=32, seed=s)
+        for s in (0, 0)
+    )
     assert b == c and b.images == 3
     with pytest.raises(ValueError):
         compute_pca_stats([])
@@ -240,8 +278,9 @@ def test_pca_lighting_adds_alexnet_offset_along_the_components():
     out = _draw(PCALighting(stats, std), img, 7)
     torch.manual_seed(7)
     alpha = torch.randn(3, dtype=torch.float64) * std
-    expected = torch.tensor(stats.eigvecs, dtype=torch.float64).T @ (alpha * torch.tensor(stats.eigvals,
-                                                                                          dtype=torch.float64))
+    expected = torch.tensor(stats.eigvecs, dtype=torch.float64).T @ (
+        alpha * torch.tensor(stats.eigvals, dtype=torch.float64)
+    )
     assert torch.allclose(out - img, expected.float().view(3, 1, 1).expand(3, 8, 8), atol=1e-6)
     assert torch.equal(PCALighting(stats, 0.0)(img), img)
     with pytest.raises(TypeError, match="float"):
@@ -254,7 +293,9 @@ def test_color_shift_moves_each_channel_by_its_own_bounded_amount():
     for seed in range(10):
         diff = _draw(ColorShift(0.1), img, seed) - img
         per_channel = diff.flatten(1)
-        assert torch.allclose(per_channel, per_channel[:, :1].expand_as(per_channel))  # constant per channel
+        assert torch.allclose(
+            per_channel, per_channel[:, :1].expand_as(per_channel)
+        )  # constant per channel
         assert per_channel.abs().max() <= 0.1 + 1e-6
         offsets.add(tuple(per_channel[:, 0].tolist()))
         assert len(set(per_channel[:, 0].tolist())) == 3  # R, G, B differ
@@ -264,7 +305,11 @@ def test_color_shift_moves_each_channel_by_its_own_bounded_amount():
 def test_pca_color_needs_the_training_statistics(image):
     with pytest.raises(ValueError, match="compute_pca_stats"):
         build_train_transform(SPEC, "pca-color")
-    assert describe_view("strong", PCA) == f"strong;pca={PCA.digest()}" != describe_view("strong", None)
+    assert (
+        describe_view("strong", PCA)
+        == f"strong;pca={PCA.digest()}"
+        != describe_view("strong", None)
+    )
 
 
 # ------------------------------------------------------------------------------- workers
@@ -273,9 +318,13 @@ def test_pca_color_needs_the_training_statistics(image):
 def test_two_loaders_with_the_same_seed_and_two_workers_yield_identical_augmented_batches(tmp_path):
     samples = []
     for i in range(8):
-        solid_image((30 * i, 120, 220 - 20 * i), (50, 40), seed=i, noise=40).save(tmp_path / f"{i}.png")
+        solid_image((30 * i, 120, 220 - 20 * i), (50, 40), seed=i, noise=40).save(
+            tmp_path / f"{i}.png"
+        )
         samples.append(Sample(tmp_path / f"{i}.png", i % 2))
-    dataset = ImageDataset(samples, train_transform(SPEC, augment="strong", pca=PCA), decode_size=decode_size(SPEC))
+    dataset = ImageDataset(
+        samples, train_transform(SPEC, augment="strong", pca=PCA), decode_size=decode_size(SPEC)
+    )
 
     def epochs(seed: int) -> list[list[Batch]]:
         loader = make_loader(dataset, batch_size=4, shuffle=True, workers=2, seed=seed)
@@ -283,8 +332,10 @@ def test_two_loaders_with_the_same_seed_and_two_workers_yield_identical_augmente
         return [list(loader) for _ in range(2)]
 
     def same(x: list[Batch], y: list[Batch]) -> bool:
-        return all(torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)
-                   for a, b in zip(x, y, strict=True))
+        return all(
+            torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)
+            for a, b in zip(x, y, strict=True)
+        )
 
     first, again, other = epochs(0), epochs(0), epochs(1)
     assert same(first[0], again[0]) and same(first[1], again[1])
@@ -297,9 +348,16 @@ def test_two_loaders_with_the_same_seed_and_two_workers_yield_identical_augmente
 
 def test_train_one_epoch_takes_soft_targets_from_a_batch_transform():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                torch.nn.Linear(4, 3))
-    batches = [Batch(torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 1]), torch.arange(4)) for _ in range(3)]
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
+    batches = [
+        Batch(torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 1]), torch.arange(4))
+        for _ in range(3)
+    ]
     seen = []
 
     def mix(images, labels):
@@ -309,8 +367,16 @@ def test_train_one_epoch_takes_soft_targets_from_a_batch_transform():
 
     cfg = LoopConfig(epochs=1, progress=False, batch_transform=mix)
     optimizer = torch.optim.SGD([{"params": list(model.parameters()), "lr": 0.1, "base_lr": 0.1}])
-    stats, step = train_one_epoch(model, batches, optimizer, cfg=cfg, step=0, total_steps=3, warmup_steps=0,
-                                  set_train_mode=lambda m: m.train())
+    stats, step = train_one_epoch(
+        model,
+        batches,
+        optimizer,
+        cfg=cfg,
+        step=0,
+        total_steps=3,
+        warmup_steps=0,
+        set_train_mode=lambda m: m.train(),
+    )
     assert step == 3 and len(seen) == 3 and all(t.shape == (4, 3) for t in seen)
     assert np.isfinite(stats["train_loss"]) and 0 <= stats["train_acc"] <= 1
 
@@ -318,14 +384,29 @@ def test_train_one_epoch_takes_soft_targets_from_a_batch_transform():
 # ------------------------------------------------------------------ fit, eval, predict
 
 
-def test_fit_records_the_pipeline_and_evaluation_never_augments(trained_data, tmp_path, monkeypatch):
+def test_fit_records_the_pipeline_and_evaluation_never_augments(
+    trained_data, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
-    result = visiontune.fit(trained_data, **TINY, strategy="full", epochs=1, batch_size=8, workers=0,
-                            out=str(out), progress=False, cache=False, augment="strong,mixup")
+    result = visiontune.fit(
+        trained_data,
+        **TINY,
+        strategy="full",
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        out=str(out),
+        progress=False,
+        cache=False,
+        augment="strong,mixup",
+    )
     config = json.loads((out / "config.json").read_text())
     record = config["augment"]
     assert config["training"]["augment"] == "strong,mixup"
-    assert record["ops"] == parse_augment("strong,mixup").text and record["used_for"] == "training images"
+    assert (
+        record["ops"] == parse_augment("strong,mixup").text
+        and record["used_for"] == "training images"
+    )
     assert any(step.startswith("PCALighting(std=0.1") for step in record["pipeline"])
     assert record["batch"].startswith("MixUp(alpha=0.2")
     pca = PCAStats.from_dict(record["pca"])
@@ -348,8 +429,9 @@ def test_fit_records_the_pipeline_and_evaluation_never_augments(trained_data, tm
         with torch.no_grad():
             probs = torch.softmax(model.model(x), 1)[0]
         top = row["top"][0]
-        assert probs[list(model.labels.names).index(top["class"])].item() == pytest.approx(top["probability"],
-                                                                                        abs=1e-5)
+        assert probs[list(model.labels.names).index(top["class"])].item() == pytest.approx(
+            top["probability"], abs=1e-5
+        )
     assert result.metrics["test"]["num_images"] == 9
 
 
@@ -359,8 +441,22 @@ def test_fit_records_the_pipeline_and_evaluation_never_augments(trained_data, tm
 def test_augment_preview_writes_a_png_grid(tmp_path, capsys):
     data = make_class_folder(tmp_path / "data", {"cat": 3, "dog": 3}, size=(60, 44))
     png = tmp_path / "grid.png"
-    args = ["augment-preview", str(data), "--augment", "strong,cutmix", "--out", str(png), "--rows", "3",
-            "--cols", "4", "--size", "32", "--tile", "40"]
+    args = [
+        "augment-preview",
+        str(data),
+        "--augment",
+        "strong,cutmix",
+        "--out",
+        str(png),
+        "--rows",
+        "3",
+        "--cols",
+        "4",
+        "--size",
+        "32",
+        "--tile",
+        "40",
+    ]
     assert main(args) == 0
     assert "3 images x 4 draws" in capsys.readouterr().out
     first = png.read_bytes()
@@ -371,9 +467,14 @@ def test_augment_preview_writes_a_png_grid(tmp_path, capsys):
     assert main(args) == 0 and png.read_bytes() == first  # seeded: the same picture again
 
 
-@pytest.mark.parametrize("extra, message", [(["--augment", "spin"], "presets: none, light, standard, strong"),
-                                            (["--augment", "rotate=500"], "[0, 180]"),
-                                            (["--rows", "0"], "--rows")])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--augment", "spin"], "presets: none, light, standard, strong"),
+        (["--augment", "rotate=500"], "[0, 180]"),
+        (["--rows", "0"], "--rows"),
+    ],
+)
 def test_augment_preview_errors_are_one_line_and_write_nothing(tmp_path, capsys, extra, message):
     data = make_class_folder(tmp_path / "data", {"cat": 2, "dog": 2})
     assert main(["augment-preview", str(data), "--out", str(tmp_path / "g.png"), *extra]) == 2

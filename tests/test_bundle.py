@@ -21,8 +21,12 @@ from visiontune.specs import LabelMap
 def _probabilities(trained, paths) -> np.ndarray:
     results = trained.predict(paths, top_k=len(trained.labels), workers=0)
     names = trained.labels.names
-    return np.array([[dict((t["class"], t["probability"]) for t in r["top"])[n] for n in names]
-                     for r in results])
+    return np.array(
+        [
+            [dict((t["class"], t["probability"]) for t in r["top"])[n] for n in names]
+            for r in results
+        ]
+    )
 
 
 @pytest.fixture
@@ -99,12 +103,18 @@ def test_weights_of_another_shape_are_refused(run_copy):
         visiontune.load(run_copy)
 
 
-@pytest.mark.parametrize("damage, match", [
-    (lambda run: (run / "config.json").unlink(), "needs config.json"),
-    (lambda run: (run / "model.safetensors").unlink(), "model.safetensors"),
-    (lambda run: (run / "config.json").write_text("{not json"), "not valid JSON"),
-    (lambda run: (run / "config.json").write_text('{"classes": ["a", "b"]}'), "no format_version"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda run: (run / "config.json").unlink(), "needs config.json"),
+        (lambda run: (run / "model.safetensors").unlink(), "model.safetensors"),
+        (lambda run: (run / "config.json").write_text("{not json"), "not valid JSON"),
+        (
+            lambda run: (run / "config.json").write_text('{"classes": ["a", "b"]}'),
+            "no format_version",
+        ),
+    ],
+)
 def test_damaged_bundles(run_copy, damage, match):
     damage(run_copy)
     with pytest.raises(BundleError, match=match):
@@ -128,7 +138,10 @@ def test_save_and_load_a_fresh_classifier(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     save_bundle(tmp_path / "b", model, labels=LabelMap(("no", "yes")))  # overwrites in place
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
 
 
 def test_bundle_files_get_ordinary_permissions(tmp_path):

@@ -63,8 +63,9 @@ def root(tmp_path) -> Path:
 
 
 def _extract(backbone, samples, cache=None, **kwargs):
-    return extract_features(backbone, samples, cfg=CFG, batch_size=4, workers=0, cache=cache,
-                            **kwargs)
+    return extract_features(
+        backbone, samples, cfg=CFG, batch_size=4, workers=0, cache=cache, **kwargs
+    )
 
 
 def _cache(root, backbone, **kwargs) -> FeatureCache:
@@ -294,7 +295,8 @@ def test_key_changes_with_everything_that_changes_a_feature(backbone):
     assert model_key(backbone, pooling="max") != base
     assert model_key(backbone, view=view_descriptor("standard", 0)) != base
     assert model_key(backbone, view=view_descriptor("standard", 1)) != model_key(
-        backbone, view=view_descriptor("standard", 0))
+        backbone, view=view_descriptor("standard", 0)
+    )
 
 
 def test_changed_preprocessing_misses_the_cache(backbone, images, root):
@@ -406,6 +408,9 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     for thread in threads:
         thread.join()
     found, missing = FeatureCache(tmp_path, "0123456789abcdef").lookup(
-        f"sha256:{w}-{i}" for w in range(3) for i in range(10))
+        f"sha256:{w}-{i}" for w in range(3) for i in range(10)
+    )
     assert missing == []
-    assert all(float(found[f"sha256:{w}-{i}"][0]) == 10 * w + i for w in range(3) for i in range(10))
+    assert all(
+        float(found[f"sha256:{w}-{i}"][0]) == 10 * w + i for w in range(3) for i in range(10)
+    )

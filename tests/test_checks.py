@@ -30,11 +30,21 @@ def _plant_defects(root: Path) -> dict[str, Path]:
     """One defect of each kind in ``root/{train,test}/{cat,dog}/``; ``{name: path}``."""
     cat, dog, test_cat = root / "train" / "cat", root / "train" / "dog", root / "test" / "cat"
     planted = {
-        "broken": cat / "broken.jpg", "bomb": cat / "bomb.png", "folder": cat / "folder.jpg",
-        "cut": dog / "cut.png", "really_png": cat / "really_png.jpg", "cmyk": cat / "cmyk.jpg",
-        "alpha": dog / "alpha.png", "grey16": cat / "grey16.png", "tiny": dog / "tiny.png",
-        "big": cat / "big.png", "copy": cat / "cat_copy.png", "leak": test_cat / "leak.png",
-        "conflict": dog / "conflict.png", "disc": cat / "disc.png", "disc_small": test_cat / "disc_small.jpg",
+        "broken": cat / "broken.jpg",
+        "bomb": cat / "bomb.png",
+        "folder": cat / "folder.jpg",
+        "cut": dog / "cut.png",
+        "really_png": cat / "really_png.jpg",
+        "cmyk": cat / "cmyk.jpg",
+        "alpha": dog / "alpha.png",
+        "grey16": cat / "grey16.png",
+        "tiny": dog / "tiny.png",
+        "big": cat / "big.png",
+        "copy": cat / "cat_copy.png",
+        "leak": test_cat / "leak.png",
+        "conflict": dog / "conflict.png",
+        "disc": cat / "disc.png",
+        "disc_small": test_cat / "disc_small.jpg",
     }
     planted["broken"].write_bytes(np.random.default_rng(0).bytes(2000))
     planted["bomb"].write_bytes(png_header_only(20_000, 20_000))
@@ -59,8 +69,10 @@ def _plant_defects(root: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    root = make_split_folder(tmp_path_factory.mktemp("checks") / "data",
-                             {"train": {"cat": 12, "dog": 3}, "test": {"cat": 2, "dog": 2}})
+    root = make_split_folder(
+        tmp_path_factory.mktemp("checks") / "data",
+        {"train": {"cat": 12, "dog": 3}, "test": {"cat": 2, "dog": 2}},
+    )
     return root, _plant_defects(root)
 
 
@@ -73,15 +85,18 @@ def _files(report, kind) -> list[set[str]]:
     return [set(f.files) for f in report.of_type(kind)]
 
 
-@pytest.mark.parametrize("kind, names", [
-    ("unreadable", ["broken"]),
-    ("decompression-bomb", ["bomb"]),
-    ("not-a-file", ["folder"]),
-    ("truncated", ["cut"]),
-    ("extension-mismatch", ["really_png"]),
-    ("tiny-image", ["tiny"]),
-    ("huge-image", ["big"]),
-])
+@pytest.mark.parametrize(
+    "kind, names",
+    [
+        ("unreadable", ["broken"]),
+        ("decompression-bomb", ["bomb"]),
+        ("not-a-file", ["folder"]),
+        ("truncated", ["cut"]),
+        ("extension-mismatch", ["really_png"]),
+        ("tiny-image", ["tiny"]),
+        ("huge-image", ["big"]),
+    ],
+)
 def test_each_per_file_finding_names_exactly_the_planted_file(report, planted, kind, names):
     _, files = planted
     assert _files(report, kind) == [{str(files[n])} for n in names]
@@ -97,32 +112,47 @@ def test_severities_follow_the_finding_types(report):
 def test_colour_modes_are_grouped_by_mode(report, planted):
     _, files = planted
     modes = {f.details["mode"]: set(f.files) for f in report.of_type("colour-mode")}
-    assert modes == {"CMYK": {str(files["cmyk"])}, "RGBA": {str(files["alpha"])},
-                     "I;16": {str(files["grey16"])}}
+    assert modes == {
+        "CMYK": {str(files["cmyk"])},
+        "RGBA": {str(files["alpha"])},
+        "I;16": {str(files["grey16"])},
+    }
 
 
 def test_class_counts_and_imbalance(report):
     counts = report.counts
-    assert counts["train"] == {"cat": 12 + 8, "dog": 3 + 4}  # the planted files count where they lie
+    assert counts["train"] == {
+        "cat": 12 + 8,
+        "dog": 3 + 4,
+    }  # the planted files count where they lie
     assert counts["test"] == {"cat": 2 + 2, "dog": 2}
     imbalance = report.of_type("class-imbalance")
     assert [f.details["split"] for f in imbalance] == ["train"]  # test's 4:2 is under the ratio 2.5
-    assert imbalance[0].details["largest"] == "cat" and imbalance[0].details["ratio"] == pytest.approx(20 / 7)
+    assert imbalance[0].details["largest"] == "cat" and imbalance[0].details[
+        "ratio"
+    ] == pytest.approx(20 / 7)
 
 
 def test_exact_duplicates_leakage_and_label_conflict(report, planted):
     root, files = planted
     train = root / "train"
-    assert sorted(map(sorted, _files(report, "duplicates"))) == sorted(map(sorted, [
-        {str(train / "cat" / "cat_0.png"), str(files["leak"])},
-        {str(train / "cat" / "cat_1.png"), str(files["copy"])},
-        {str(train / "cat" / "cat_2.png"), str(files["conflict"])},
-    ]))
+    assert sorted(map(sorted, _files(report, "duplicates"))) == sorted(
+        map(
+            sorted,
+            [
+                {str(train / "cat" / "cat_0.png"), str(files["leak"])},
+                {str(train / "cat" / "cat_1.png"), str(files["copy"])},
+                {str(train / "cat" / "cat_2.png"), str(files["conflict"])},
+            ],
+        )
+    )
     leakage = report.of_type("leakage")
     assert [f.files for f in leakage] == [[str(files["leak"]), str(train / "cat" / "cat_0.png")]]
     assert leakage[0].details["split"] == "test"
     conflict = report.of_type("label-conflict")
-    assert [set(f.files) for f in conflict] == [{str(train / "cat" / "cat_2.png"), str(files["conflict"])}]
+    assert [set(f.files) for f in conflict] == [
+        {str(train / "cat" / "cat_2.png"), str(files["conflict"])}
+    ]
     assert conflict[0].details["classes"] == ["cat", "dog"]
 
 
@@ -157,7 +187,9 @@ def test_a_process_pool_gives_the_same_findings(planted, report):
 
 
 def test_cli_summary_and_exit_code_1_on_errors(planted, capsys):
-    code = main(["check", str(planted[0]), "--workers", "0", "--max-pixels", "10000", "--examples", "1"])
+    code = main(
+        ["check", str(planted[0]), "--workers", "0", "--max-pixels", "10000", "--examples", "1"]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert re.search(r"^ERROR +leakage +1$", out, re.MULTILINE)
@@ -167,20 +199,41 @@ def test_cli_summary_and_exit_code_1_on_errors(planted, capsys):
 
 
 def test_cli_json_lists_every_finding_with_all_its_files(planted, report, capsys):
-    assert main(["check", str(planted[0]), "--json", "--workers", "0", "--max-pixels", "10000",
-                 "--imbalance-ratio", "2.5"]) == 1
+    assert (
+        main(
+            [
+                "check",
+                str(planted[0]),
+                "--json",
+                "--workers",
+                "0",
+                "--max-pixels",
+                "10000",
+                "--imbalance-ratio",
+                "2.5",
+            ]
+        )
+        == 1
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["findings"] == [f.to_dict() for f in report.findings]
     assert out["summary"] == report.summary() and out["num_files"] == len(report.files)
 
 
 def test_cli_exit_0_on_a_clean_folder(tmp_path, capsys):
-    assert main(["check", str(make_class_folder(tmp_path / "data", {"a": 3, "b": 3})), "--workers", "0"]) == 0
+    assert (
+        main(
+            ["check", str(make_class_folder(tmp_path / "data", {"a": 3, "b": 3})), "--workers", "0"]
+        )
+        == 0
+    )
     assert "no errors" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, match", [(["--min-side", "0"], "--min-side"),
-                                         (["--near-distance", "-1"], "--near-distance")])
+@pytest.mark.parametrize(
+    "argv, match",
+    [(["--min-side", "0"], "--min-side"), (["--near-distance", "-1"], "--near-distance")],
+)
 def test_cli_bad_options_and_paths_exit_2(tmp_path, capsys, argv, match):
     data = make_class_folder(tmp_path / "data", {"a": 2, "b": 2})
     assert main(["check", str(data), *argv]) == 2
@@ -191,8 +244,10 @@ def test_cli_bad_options_and_paths_exit_2(tmp_path, capsys, argv, match):
 
 def test_check_does_not_import_torch(tmp_path):
     data = make_class_folder(tmp_path / "data", {"a": 2, "b": 2})
-    code = ("import sys; from visiontune.cli import main; main(['check', sys.argv[1], '--workers', '0']); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from visiontune.cli import main; main(['check', sys.argv[1], '--workers', '0']); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code, str(data)], check=True, capture_output=True)
 
 
@@ -202,8 +257,10 @@ def test_check_does_not_import_torch(tmp_path):
 @pytest.fixture(scope="module")
 def leaky(tmp_path_factory):
     """Splits where two test images are byte-identical copies of training images."""
-    root = make_split_folder(tmp_path_factory.mktemp("leaky") / "data",
-                             {"train": {"cat": 6, "dog": 6}, "val": {"cat": 2, "dog": 2}, "test": {"cat": 3, "dog": 3}})
+    root = make_split_folder(
+        tmp_path_factory.mktemp("leaky") / "data",
+        {"train": {"cat": 6, "dog": 6}, "val": {"cat": 2, "dog": 2}, "test": {"cat": 3, "dog": 3}},
+    )
     shutil.copy(root / "train" / "cat" / "cat_0.png", root / "test" / "cat" / "leaked_0.png")
     shutil.copy(root / "train" / "dog" / "dog_1.png", root / "test" / "dog" / "leaked_1.png")
     shutil.copy(root / "train" / "dog" / "dog_2.png", root / "train" / "cat" / "conflict.png")
@@ -215,10 +272,20 @@ def _data_checks(run_dir: Path) -> dict:
 
 
 def test_train_warns_about_leakage_and_conflicts_and_records_them(leaky, tmp_path, capsys):
-    result = visiontune.fit(leaky, **TINY, strategy="head", workers=0, out=str(tmp_path / "run"), progress=False,
-                            cache=False)
+    result = visiontune.fit(
+        leaky,
+        **TINY,
+        strategy="head",
+        workers=0,
+        out=str(tmp_path / "run"),
+        progress=False,
+        cache=False,
+    )
     err = capsys.readouterr().err
-    assert "2 test image(s) have a byte-identical copy in train" in err and "--exclude-duplicates" in err
+    assert (
+        "2 test image(s) have a byte-identical copy in train" in err
+        and "--exclude-duplicates" in err
+    )
     assert "filed under two or more classes" in err
     checks = _data_checks(result.run_dir)
     assert checks["leakage"]["test"] == 2 and len(checks["leakage"]["files"]) == 2
@@ -229,9 +296,25 @@ def test_train_warns_about_leakage_and_conflicts_and_records_them(leaky, tmp_pat
 
 def test_train_exclude_duplicates_leaves_leaked_test_images_out(leaky, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", str(leaky), "--strategy", "head", "--exclude-duplicates", "--out", str(out),
-                 "--backbone", TINY["backbone"], "--weights", TINY["weights"], "--workers", "0", "--no-progress",
-                 "--no-cache"])
+    code = main(
+        [
+            "train",
+            str(leaky),
+            "--strategy",
+            "head",
+            "--exclude-duplicates",
+            "--out",
+            str(out),
+            "--backbone",
+            TINY["backbone"],
+            "--weights",
+            TINY["weights"],
+            "--workers",
+            "0",
+            "--no-progress",
+            "--no-cache",
+        ]
+    )
     assert code == 0
     assert "excluded 0 val and 2 test image(s) with a copy in train" in capsys.readouterr().out
     assert _data_checks(out)["excluded_duplicates"] == {"val": 0, "test": 2}
@@ -256,18 +339,30 @@ def test_yoga_check_reports_every_documented_defect(capsys):
 
     assert out["num_files"] == 1547
     assert [rel(f["files"]) for f in by_type["truncated"]] == [{"TRAIN/tree/00000114.jpg"}]
-    mismatches = {Path(f["files"][0]).relative_to(YOGA).as_posix(): f["details"]["format"]
-                  for f in by_type["extension-mismatch"]}
-    assert mismatches == {"TRAIN/tree/00000143.jpg": "PNG", "TRAIN/downdog/00000181.bmp": "JPEG",
-                          "TRAIN/goddess/00000103.png": "JPEG"}
+    mismatches = {
+        Path(f["files"][0]).relative_to(YOGA).as_posix(): f["details"]["format"]
+        for f in by_type["extension-mismatch"]
+    }
+    assert mismatches == {
+        "TRAIN/tree/00000143.jpg": "PNG",
+        "TRAIN/downdog/00000181.bmp": "JPEG",
+        "TRAIN/goddess/00000103.png": "JPEG",
+    }
     modes = {f["details"]["mode"]: len(f["files"]) for f in by_type["colour-mode"]}
     assert modes == {"CMYK": 5, "RGBA": 61, "P": 20, "L": 1}
     duplicates = by_type["duplicates"]
     assert len(duplicates) == 301 and sum(f["details"]["redundant"] for f in duplicates) == 313
     assert [rel(f["files"]) for f in by_type["label-conflict"]] == [
-        {"TRAIN/warrior2/00000193.jpg", "TRAIN/warrior2/00000204.jpg", "TRAIN/goddess/00000378.jpg"}]
+        {"TRAIN/warrior2/00000193.jpg", "TRAIN/warrior2/00000204.jpg", "TRAIN/goddess/00000378.jpg"}
+    ]
     leaked = {Path(f["files"][0]).relative_to(YOGA).as_posix() for f in by_type["leakage"]}
-    assert len(leaked) == 37 and Counter(f["details"]["split"] for f in by_type["leakage"]) == {"test": 37}
-    assert {"TEST/goddess/00000055.jpg", "TEST/plank/00000109.jpg", "TEST/tree/00000053.jpg"} <= leaked
+    assert len(leaked) == 37 and Counter(f["details"]["split"] for f in by_type["leakage"]) == {
+        "test": 37
+    }
+    assert {
+        "TEST/goddess/00000055.jpg",
+        "TEST/plank/00000109.jpg",
+        "TEST/tree/00000053.jpg",
+    } <= leaked
     assert "unreadable" not in by_type
     assert out["counts"]["train"]["tree"] == 159 and out["counts"]["test"]["tree"] == 66

@@ -18,7 +18,15 @@ from conftest import files_under, make_class_folder, make_split_folder
 
 from visiontune.cli import build_parser, main
 
-TINY_ARGS = ["--backbone", "test_efficientnet", "--weights", "none", "--workers", "0", "--no-progress"]
+TINY_ARGS = [
+    "--backbone",
+    "test_efficientnet",
+    "--weights",
+    "none",
+    "--workers",
+    "0",
+    "--no-progress",
+]
 
 
 @pytest.fixture
@@ -89,9 +97,13 @@ TRAIN_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("kind, extra, match", TRAIN_ERRORS, ids=[f"{k}{''.join(e)}" for k, e, _ in TRAIN_ERRORS])
+@pytest.mark.parametrize(
+    "kind, extra, match", TRAIN_ERRORS, ids=[f"{k}{''.join(e)}" for k, e, _ in TRAIN_ERRORS]
+)
 @pytest.mark.parametrize("with_out", [False, True], ids=["default-out", "explicit-out"])
-def test_train_errors_exit_2_with_one_line_and_write_nothing(workspace, capsys, kind, extra, match, with_out):
+def test_train_errors_exit_2_with_one_line_and_write_nothing(
+    workspace, capsys, kind, extra, match, with_out
+):
     data = _data(workspace / "inputs", kind)
     (workspace / "inputs").mkdir(exist_ok=True)
     before = files_under(workspace)
@@ -113,8 +125,13 @@ def test_train_on_cuda_without_a_gpu(workspace, capsys):
 
 
 def test_bad_option_values_are_argparse_errors(workspace, capsys):
-    for argv in (["train", "x", "--strategy", "everything"], ["train", "x", "--epochs", "two"],
-                 ["predict", "run", "x.png", "--format", "xml"], ["frobnicate"], []):
+    for argv in (
+        ["train", "x", "--strategy", "everything"],
+        ["train", "x", "--epochs", "two"],
+        ["predict", "run", "x.png", "--format", "xml"],
+        ["frobnicate"],
+        [],
+    ):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
@@ -155,13 +172,20 @@ def test_predict_and_evaluate_bad_paths(workspace, capsys, trained_run, trained_
         code, out, err = _run(argv, capsys)
         _assert_user_error(code, out, err, match)
         assert files_under(workspace) == before
-    assert files_under(run) == {"config.json", "model.safetensors", "history.json", "history.csv",
-                                "metrics.json"}
+    assert files_under(run) == {
+        "config.json",
+        "model.safetensors",
+        "history.json",
+        "history.csv",
+        "metrics.json",
+    }
 
 
 def test_predict_on_only_unreadable_files_exits_1(workspace, capsys, trained_run):
     (workspace / "bad.jpg").write_bytes(os.urandom(200))
-    code, out, _ = _run(["predict", trained_run.run_dir, workspace / "bad.jpg", "--format", "json"], capsys)
+    code, out, _ = _run(
+        ["predict", trained_run.run_dir, workspace / "bad.jpg", "--format", "json"], capsys
+    )
     assert code == 1
     (row,) = json.loads(out)
     assert row["path"].endswith("bad.jpg") and "error" in row
@@ -233,11 +257,27 @@ def test_backbones_lists_lite0_as_available(capsys):
 
 
 def test_train_evaluate_predict_end_to_end(workspace, capsys):
-    data = make_split_folder(workspace / "data", {"train": {"cat": 6, "dog": 6, "bird": 6},
-                                                  "test": {"cat": 2, "dog": 2, "bird": 2}})
+    data = make_split_folder(
+        workspace / "data",
+        {"train": {"cat": 6, "dog": 6, "bird": 6}, "test": {"cat": 2, "dog": 2, "bird": 2}},
+    )
     run = workspace / "cwd" / "run"
-    code, out, err = _run(["train", data, *TINY_ARGS, "--epochs", "1", "--strategy", "full",
-                           "--batch-size", "8", "--out", run], capsys)
+    code, out, err = _run(
+        [
+            "train",
+            data,
+            *TINY_ARGS,
+            "--epochs",
+            "1",
+            "--strategy",
+            "full",
+            "--batch-size",
+            "8",
+            "--out",
+            run,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert f"run saved to {run}" in out
     assert "test accuracy" in out and "on 6 images" in out
@@ -259,8 +299,10 @@ def test_train_evaluate_predict_end_to_end(workspace, capsys):
     assert code == 0 and out.startswith("accuracy ") and "confusion matrix" in out
 
     images = sorted(str(p) for p in (data / "test").rglob("*.png"))
-    code, out, _ = _run(["predict", run, data / "test", "--format", "json", "--top-k", "2",
-                         "--workers", "0"], capsys)
+    code, out, _ = _run(
+        ["predict", run, data / "test", "--format", "json", "--top-k", "2", "--workers", "0"],
+        capsys,
+    )
     assert code == 0
     rows = json.loads(out)
     assert sorted(r["path"] for r in rows) == images
@@ -270,8 +312,9 @@ def test_train_evaluate_predict_end_to_end(workspace, capsys):
         assert {t["class"] for t in r["top"]} <= {"bird", "cat", "dog"}
     by_path = {r["path"]: r for r in rows}
 
-    code, out, _ = _run(["predict", run, data / "test", "--format", "csv", "--top-k", "2",
-                         "--workers", "0"], capsys)
+    code, out, _ = _run(
+        ["predict", run, data / "test", "--format", "csv", "--top-k", "2", "--workers", "0"], capsys
+    )
     assert code == 0
     table = list(csv.DictReader(io.StringIO(out)))
     assert len(table) == 2 * len(images)
@@ -281,8 +324,9 @@ def test_train_evaluate_predict_end_to_end(workspace, capsys):
         assert row["class"] == top["class"]
         assert float(row["probability"]) == pytest.approx(top["probability"], abs=1e-6)
 
-    code, out, _ = _run(["predict", run, *images[:3], "--format", "table", "--top-k", "2",
-                         "--workers", "0"], capsys)
+    code, out, _ = _run(
+        ["predict", run, *images[:3], "--format", "table", "--top-k", "2", "--workers", "0"], capsys
+    )
     assert code == 0
     lines = out.strip().splitlines()
     assert [ln.split("\t")[0] for ln in lines] == images[:3]
@@ -300,19 +344,38 @@ def _console_command() -> list[str]:
 
 def test_console_command_help_and_error(tmp_path):
     env = {**os.environ, "VISIONTUNE_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([*_console_command(), "--help"], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path, env=env)
+    done = subprocess.run(
+        [*_console_command(), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
     assert done.returncode == 0 and "train" in done.stdout and "predict" in done.stdout
-    done = subprocess.run([*_console_command(), "train", str(tmp_path / "nowhere")], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path, env=env)
+    done = subprocess.run(
+        [*_console_command(), "train", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"visiontune: error: no such folder: {tmp_path / 'nowhere'}"]
+    assert done.stderr.strip().splitlines() == [
+        f"visiontune: error: no such folder: {tmp_path / 'nowhere'}"
+    ]
     assert done.stdout == ""
     assert files_under(tmp_path) == set()
 
 
 def test_python_dash_m_runs_the_cli(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "visiontune", "backbones", "efficientnet_lite0"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "visiontune", "backbones", "efficientnet_lite0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "efficientnet_lite0" in done.stdout and "embedded" in done.stdout

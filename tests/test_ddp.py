@@ -18,17 +18,36 @@ import torch
 from conftest import TINY, make_split_folder
 from safetensors.torch import load_file
 
-COMMON = ["--backbone", TINY["backbone"], "--weights", TINY["weights"], "--batch-size", "4", "--workers", "0",
-          "--seed", "3", "--no-progress"]
+COMMON = [
+    "--backbone",
+    TINY["backbone"],
+    "--weights",
+    TINY["weights"],
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--seed",
+    "3",
+    "--no-progress",
+]
 # Only the head trains (all stages frozen, BatchNorm in eval mode): see the module docstring.
 MATCHING = ["--strategy", "partial", "--unfreeze", "0", "--dropout", "0", "--epochs", "2"]
 
 
 def _run(args: list[str], *, cwd: Path, processes: int = 1) -> subprocess.CompletedProcess:
-    launcher = (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-                if processes > 1 else [])
-    done = subprocess.run([sys.executable, *launcher, "-m", "visiontune", "train", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=900)
+    launcher = (
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        if processes > 1
+        else []
+    )
+    done = subprocess.run(
+        [sys.executable, *launcher, "-m", "visiontune", "train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
@@ -36,8 +55,10 @@ def _run(args: list[str], *, cwd: Path, processes: int = 1) -> subprocess.Comple
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     # 12 training images: 3 steps of 4, or of 2 per rank, with nothing left over.
-    return make_split_folder(tmp_path_factory.mktemp("ddp") / "data",
-                             {"train": {"cat": 6, "dog": 6}, "val": {"cat": 2, "dog": 2}})
+    return make_split_folder(
+        tmp_path_factory.mktemp("ddp") / "data",
+        {"train": {"cat": 6, "dog": 6}, "val": {"cat": 2, "dog": 2}},
+    )
 
 
 def _history(run: Path) -> list[dict]:
@@ -62,7 +83,10 @@ def test_two_processes_match_one_and_only_rank_0_writes(data, tmp_path):
         assert a["val_acc"] == b["val_acc"] and a["train_acc"] == b["train_acc"]
         for key in ("train_loss", "val_loss", "lr"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
-    weights = load_file(str(tmp_path / "single" / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    weights = (
+        load_file(str(tmp_path / "single" / "model.safetensors")),
+        load_file(str(run / "model.safetensors")),
+    )
     for key, value in weights[0].items():
         assert torch.allclose(value.float(), weights[1][key].float(), rtol=1e-4, atol=1e-5), key
 
@@ -71,8 +95,22 @@ def test_gradual_unfreezing_under_ddp_keeps_ranks_in_step(data, tmp_path):
     """Unfreezing changes which parameters DDP must average, so the wrapper is rebuilt; the run
     checks at its end that both ranks hold bit-identical weights, and fails otherwise."""
     out = tmp_path / "run"
-    _run([str(data), *COMMON, "--strategy", "gradual", "--unfreeze", "2", "--epochs", "2", "--out", str(out)],
-         cwd=tmp_path, processes=2)
+    _run(
+        [
+            str(data),
+            *COMMON,
+            "--strategy",
+            "gradual",
+            "--unfreeze",
+            "2",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        processes=2,
+    )
     history = _history(out)
     assert [row["epoch"] for row in history] == [1, 2]
     config = json.loads((out / "config.json").read_text())

@@ -32,13 +32,18 @@ def test_warmup_is_linear_up_to_one():
 
 def test_cosine_decay_after_warmup():
     total, warmup, final = 110, 10, 0.01
-    values = [lr_multiplier(s, total_steps=total, warmup_steps=warmup, final=final) for s in range(warmup, total + 1)]
+    values = [
+        lr_multiplier(s, total_steps=total, warmup_steps=warmup, final=final)
+        for s in range(warmup, total + 1)
+    ]
     assert values[0] == pytest.approx(1.0)
     assert all(a >= b for a, b in pairwise(values))  # never goes up again
     assert values[50] == pytest.approx(final + (1 - final) * 0.5)  # half way: half way down
     assert values[25] == pytest.approx(final + (1 - final) * 0.5 * (1 + math.cos(math.pi / 4)))
     assert values[-1] == pytest.approx(final)
-    assert lr_multiplier(total + 50, total_steps=total, warmup_steps=warmup, final=final) == pytest.approx(final)
+    assert lr_multiplier(
+        total + 50, total_steps=total, warmup_steps=warmup, final=final
+    ) == pytest.approx(final)
 
 
 def test_no_warmup_starts_at_full_lr():
@@ -48,8 +53,13 @@ def test_no_warmup_starts_at_full_lr():
 
 def test_apply_lr_scales_each_group_from_its_base():
     params = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))]
-    opt = build_optimizer([{"params": [params[0]], "lr": 1.0, "base_lr": 1.0},
-                           {"params": [params[1]], "lr": 0.1, "base_lr": 0.1}], weight_decay=0.0)
+    opt = build_optimizer(
+        [
+            {"params": [params[0]], "lr": 1.0, "base_lr": 1.0},
+            {"params": [params[1]], "lr": 0.1, "base_lr": 0.1},
+        ],
+        weight_decay=0.0,
+    )
     apply_lr(opt, 0.5)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.5, 0.05])
     apply_lr(opt, 0.5)  # from the base, not compounding
@@ -62,8 +72,10 @@ CFG = dict(warmup_epochs=0.0, label_smoothing=0.0, channels_last=False, progress
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[Batch]:
-    return [Batch(x[i:i + size], y[i:i + size], torch.arange(i, min(i + size, len(y))))
-            for i in range(0, len(y), size)]
+    return [
+        Batch(x[i : i + size], y[i : i + size], torch.arange(i, min(i + size, len(y))))
+        for i in range(0, len(y), size)
+    ]
 
 
 def _problem(seed: int = 0, flip_val: bool = False):
@@ -87,14 +99,22 @@ def _linear(seed: int = 0) -> nn.Module:
 
 
 def _optimizer(model, lr=0.1):
-    return build_optimizer([{"params": list(model.parameters()), "lr": lr, "base_lr": lr}], weight_decay=0.0)
+    return build_optimizer(
+        [{"params": list(model.parameters()), "lr": lr, "base_lr": lr}], weight_decay=0.0
+    )
 
 
 def test_fit_learns_and_keeps_the_lowest_val_loss():
     train, val = _problem()
     model = _linear()
-    history = fit(model, train, val, _optimizer(model), cfg=LoopConfig(epochs=5, **CFG),
-                  set_train_mode=lambda m: m.train())
+    history = fit(
+        model,
+        train,
+        val,
+        _optimizer(model),
+        cfg=LoopConfig(epochs=5, **CFG),
+        set_train_mode=lambda m: m.train(),
+    )
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
     assert history[-1]["train_acc"] > 0.9 and history[-1]["val_acc"] > 0.9
     assert history[-1]["val_loss"] < history[0]["val_loss"]
@@ -108,9 +128,15 @@ def test_early_stopping_after_patience_epochs_and_best_weights_restored():
     train, val = _problem(flip_val=True)
     model = _linear()
     states = []
-    history = fit(model, train, val, _optimizer(model), cfg=LoopConfig(epochs=20, patience=2, **CFG),
-                  set_train_mode=lambda m: m.train(),
-                  on_epoch_end=lambda row: states.append(copy.deepcopy(model.state_dict())))
+    history = fit(
+        model,
+        train,
+        val,
+        _optimizer(model),
+        cfg=LoopConfig(epochs=20, patience=2, **CFG),
+        set_train_mode=lambda m: m.train(),
+        on_epoch_end=lambda row: states.append(copy.deepcopy(model.state_dict())),
+    )
     losses = [r["val_loss"] for r in history]
     assert all(a < b for a, b in pairwise(losses))  # it only got worse ...
     assert len(history) == 3  # ... so epoch 1 stayed best and 2 stale epochs ended it
@@ -123,16 +149,28 @@ def test_early_stopping_after_patience_epochs_and_best_weights_restored():
 def test_no_patience_runs_every_epoch():
     train, val = _problem(flip_val=True)
     model = _linear()
-    history = fit(model, train, val, _optimizer(model), cfg=LoopConfig(epochs=6, patience=None, **CFG),
-                  set_train_mode=lambda m: m.train())
+    history = fit(
+        model,
+        train,
+        val,
+        _optimizer(model),
+        cfg=LoopConfig(epochs=6, patience=None, **CFG),
+        set_train_mode=lambda m: m.train(),
+    )
     assert len(history) == 6
 
 
 def test_patience_counts_epochs_since_the_last_improvement():
     train, val = _problem()
     model = _linear()
-    history = fit(model, train, val, _optimizer(model, lr=0.05), cfg=LoopConfig(epochs=8, patience=1, **CFG),
-                  set_train_mode=lambda m: m.train())
+    history = fit(
+        model,
+        train,
+        val,
+        _optimizer(model, lr=0.05),
+        cfg=LoopConfig(epochs=8, patience=1, **CFG),
+        set_train_mode=lambda m: m.train(),
+    )
     assert len(history) == 8  # improving every epoch never triggers patience 1
 
 
@@ -144,8 +182,15 @@ def test_a_callback_can_stop_training():
         if row["epoch"] == 2:
             raise StopTraining
 
-    history = fit(model, train, val, _optimizer(model), cfg=LoopConfig(epochs=10, **CFG),
-                  set_train_mode=lambda m: m.train(), on_epoch_end=stop_at_two)
+    history = fit(
+        model,
+        train,
+        val,
+        _optimizer(model),
+        cfg=LoopConfig(epochs=10, **CFG),
+        set_train_mode=lambda m: m.train(),
+        on_epoch_end=stop_at_two,
+    )
     assert len(history) == 2
 
 
@@ -160,29 +205,53 @@ def test_schedule_is_applied_per_step():
         return step(*args, **kwargs)
 
     opt.step = recording_step
-    fit(model, train, val, opt, cfg=LoopConfig(epochs=3, **{**CFG, "warmup_epochs": 1.0}),
-        set_train_mode=lambda m: m.train())
+    fit(
+        model,
+        train,
+        val,
+        opt,
+        cfg=LoopConfig(epochs=3, **{**CFG, "warmup_epochs": 1.0}),
+        set_train_mode=lambda m: m.train(),
+    )
     steps = len(train)
-    expected = [2.0 * lr_multiplier(s, total_steps=3 * steps, warmup_steps=steps) for s in range(3 * steps)]
+    expected = [
+        2.0 * lr_multiplier(s, total_steps=3 * steps, warmup_steps=steps) for s in range(3 * steps)
+    ]
     assert seen == pytest.approx(expected)
     assert seen[steps - 1] == pytest.approx(2.0)  # warm-up ends at the full LR
 
 
 def test_empty_batches_are_skipped():
     train, val = _problem()
-    empty = Batch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long),
-                  failures=[(0, "bad")])
+    empty = Batch(
+        torch.empty(0),
+        torch.empty(0, dtype=torch.long),
+        torch.empty(0, dtype=torch.long),
+        failures=[(0, "bad")],
+    )
     model = _linear()
-    history = fit(model, [empty, *train, empty], [empty, *val], _optimizer(model),
-                  cfg=LoopConfig(epochs=2, **CFG), set_train_mode=lambda m: m.train())
+    history = fit(
+        model,
+        [empty, *train, empty],
+        [empty, *val],
+        _optimizer(model),
+        cfg=LoopConfig(epochs=2, **CFG),
+        set_train_mode=lambda m: m.train(),
+    )
     assert history[-1]["train_acc"] > 0.8
 
 
 def test_no_validation_data_keeps_the_last_epoch():
     train, _ = _problem()
     model = _linear()
-    history = fit(model, train, [], _optimizer(model), cfg=LoopConfig(epochs=3, **CFG),
-                  set_train_mode=lambda m: m.train())
+    history = fit(
+        model,
+        train,
+        [],
+        _optimizer(model),
+        cfg=LoopConfig(epochs=3, **CFG),
+        set_train_mode=lambda m: m.train(),
+    )
     assert math.isnan(history[0]["val_loss"])
     assert [r["best"] for r in history] == [False, False, True]
 
@@ -203,9 +272,13 @@ def test_evaluate_epoch_accuracy_and_loss():
     model = _linear()
     with torch.no_grad():
         model.bias.copy_(torch.tensor([1.0, 0.0]))  # always predicts class 0
-    out = evaluate_epoch(model, _batches(x, torch.tensor([0, 0, 0, 1]), 2), cfg=LoopConfig(epochs=1, **CFG))
+    out = evaluate_epoch(
+        model, _batches(x, torch.tensor([0, 0, 0, 1]), 2), cfg=LoopConfig(epochs=1, **CFG)
+    )
     assert out.accuracy == pytest.approx(0.75)
     p0 = math.exp(1) / (math.exp(1) + 1)
     assert out.loss == pytest.approx(-(3 * math.log(p0) + math.log(1 - p0)) / 4, rel=1e-5)
-    empty = EvalOutput(torch.empty(0, 2), torch.empty(0, dtype=torch.long), torch.empty(0), float("nan"))
+    empty = EvalOutput(
+        torch.empty(0, 2), torch.empty(0, dtype=torch.long), torch.empty(0), float("nan")
+    )
     assert math.isnan(empty.accuracy)

@@ -20,8 +20,22 @@ from visiontune.prediction.ensemble import Ensemble, load_predictor
 from visiontune.prediction.predictor import TrainedModel
 from visiontune.specs import LabelMap, PreprocessSpec
 
-TINY_CLI = ["--backbone", TINY["backbone"], "--weights", TINY["weights"], "--strategy", "full",
-            "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-cache", "--no-progress"]
+TINY_CLI = [
+    "--backbone",
+    TINY["backbone"],
+    "--weights",
+    TINY["weights"],
+    "--strategy",
+    "full",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--no-cache",
+    "--no-progress",
+]
 
 
 class FixedLogits(nn.Module):
@@ -57,9 +71,13 @@ def test_ensemble_averages_member_probabilities_not_logits(images):
         results = ensemble.predict(images, top_k=3, workers=0, tta=tta)
         for r in results:
             got = {t["class"]: t["probability"] for t in r["top"]}
-            np.testing.assert_allclose([got[c] for c in ("cat", "dog", "fish")], expected, atol=1e-6)
+            np.testing.assert_allclose(
+                [got[c] for c in ("cat", "dog", "fish")], expected, atol=1e-6
+            )
     # Averaging logits would give another answer: the test tells the two apart.
-    assert not np.allclose(expected, torch.softmax(torch.tensor(a) / 2 + torch.tensor(b) / 2, 0).numpy())
+    assert not np.allclose(
+        expected, torch.softmax(torch.tensor(a) / 2 + torch.tensor(b) / 2, 0).numpy()
+    )
     assert ensemble.passes_per_image("flip") == 4 and ensemble.passes_per_image("10crop") == 20
 
 
@@ -81,7 +99,9 @@ def test_members_with_other_classes_are_refused():
 
 
 def test_members_with_classes_in_another_order_are_refused():
-    with pytest.raises(VisiontuneError, match=r"another order: output 0 is 'cat' in member 0 but 'dog'"):
+    with pytest.raises(
+        VisiontuneError, match=r"another order: output 0 is 'cat' in member 0 but 'dog'"
+    ):
         Ensemble([member([0, 0], ("cat", "dog")), member([0, 0], ("dog", "cat"))])
 
 
@@ -119,12 +139,22 @@ def test_evaluate_and_predict_several_run_folders(ensemble_run, trained_data, ca
         assert main(["evaluate", *runs, test, "--json", "--workers", "0", "--tta", "flip"]) == 0
         outputs.append(json.loads(capsys.readouterr().out))
     assert outputs[0]["forward_passes_per_image"] == 4
-    assert outputs[0]["confusion_matrix"] == outputs[1]["confusion_matrix"] == outputs[2]["confusion_matrix"]
+    assert (
+        outputs[0]["confusion_matrix"]
+        == outputs[1]["confusion_matrix"]
+        == outputs[2]["confusion_matrix"]
+    )
     predictions = []
     for run in (str(ensemble_run), ",".join(members), members[0]):
-        assert main(["predict", run, test, "--format", "json", "--top-k", "3", "--workers", "0"]) == 0
-        predictions.append({r["path"]: {t["class"]: t["probability"] for t in r["top"]}
-                            for r in json.loads(capsys.readouterr().out)})
+        assert (
+            main(["predict", run, test, "--format", "json", "--top-k", "3", "--workers", "0"]) == 0
+        )
+        predictions.append(
+            {
+                r["path"]: {t["class"]: t["probability"] for t in r["top"]}
+                for r in json.loads(capsys.readouterr().out)
+            }
+        )
     # The folder and the list of its members are the same model; a lone member is not.
     (ens, listed, alone) = predictions
     for path in ens:
@@ -153,9 +183,11 @@ def test_cli_refuses_runs_with_other_classes(trained_run, trained_data, tmp_path
 def test_train_ensemble_refuses_bad_requests_before_writing(trained_data, tmp_path, capsys):
     out = tmp_path / "never"
     common = [a for a in TINY_CLI if a != TINY["backbone"] and a != "--backbone"]
-    for extra in (["--backbone", "test_efficientnet,test_resnet", "--ensemble", "3"],  # 2 names, 3 members
-                  ["--backbone", "test_efficientnet,no_such_net"],  # the 2nd cannot be built
-                  ["--backbone", TINY["backbone"], "--ensemble", "0"]):
+    for extra in (
+        ["--backbone", "test_efficientnet,test_resnet", "--ensemble", "3"],  # 2 names, 3 members
+        ["--backbone", "test_efficientnet,no_such_net"],  # the 2nd cannot be built
+        ["--backbone", TINY["backbone"], "--ensemble", "0"],
+    ):
         assert main(["train", str(trained_data), *common, *extra, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("visiontune: error:") and err.count("\n") == 1
@@ -163,9 +195,18 @@ def test_train_ensemble_refuses_bad_requests_before_writing(trained_data, tmp_pa
 
 
 def test_backbone_list_gives_one_member_per_backbone(trained_data, tmp_path):
-    result = visiontune.fit_ensemble(trained_data, backbones=["test_efficientnet", "test_resnet"],
-                                     weights="none", strategy="full", epochs=1, batch_size=8, workers=0,
-                                     cache=False, progress=False, out=str(tmp_path / "ens"))
+    result = visiontune.fit_ensemble(
+        trained_data,
+        backbones=["test_efficientnet", "test_resnet"],
+        weights="none",
+        strategy="full",
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        cache=False,
+        progress=False,
+        out=str(tmp_path / "ens"),
+    )
     model = visiontune.load(result.run_dir)
     assert [m.model.backbone.name for m in model.members] == ["test_efficientnet", "test_resnet"]
     # Each member keeps the preprocessing of its own weights (resnet's is bilinear).

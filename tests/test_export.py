@@ -32,32 +32,53 @@ from visiontune.specs import PreprocessSpec
 
 # Lite0 with its embedded ImageNet weights, and a different timm architecture with random weights:
 # a tiny ViT (attention, LayerNorm, GELU), cheap enough to export in seconds.
-BACKBONES = {"lite0": {"backbone": "efficientnet_lite0"}, "vit": {"backbone": "test_vit", "weights": "none"}}
+BACKBONES = {
+    "lite0": {"backbone": "efficientnet_lite0"},
+    "vit": {"backbone": "test_vit", "weights": "none"},
+}
 FORMATS = ("onnx", "torchscript")
 
 
 @pytest.fixture(scope="module")
 def export_data(tmp_path_factory):
-    return make_split_folder(tmp_path_factory.mktemp("export") / "data", {
-        "train": {"bird": 4, "cat": 4, "dog": 4}, "val": {"bird": 1, "cat": 1, "dog": 1},
-        "test": {"bird": 2, "cat": 2, "dog": 2}}, size=(48, 40))
+    return make_split_folder(
+        tmp_path_factory.mktemp("export") / "data",
+        {
+            "train": {"bird": 4, "cat": 4, "dog": 4},
+            "val": {"bird": 1, "cat": 1, "dog": 1},
+            "test": {"bird": 2, "cat": 2, "dog": 2},
+        },
+        size=(48, 40),
+    )
 
 
 @pytest.fixture(scope="module")
 def runs(export_data, tmp_path_factory):
     """One `--strategy head` run per backbone (head on cached features: seconds)."""
     root = tmp_path_factory.mktemp("export-runs")
-    return {key: visiontune.fit(export_data, **options, strategy="head", workers=0, out=str(root / key),
-                                progress=False, cache=False).run_dir
-            for key, options in BACKBONES.items()}
+    return {
+        key: visiontune.fit(
+            export_data,
+            **options,
+            strategy="head",
+            workers=0,
+            out=str(root / key),
+            progress=False,
+            cache=False,
+        ).run_dir
+        for key, options in BACKBONES.items()
+    }
 
 
 @pytest.fixture(scope="module")
 def exports(runs, tmp_path_factory):
     """``{(backbone, format): ExportReport}``, each file exported once for the module."""
     root = tmp_path_factory.mktemp("exported")
-    return {(key, fmt): visiontune.export(run, format=fmt, out=root / f"{key}.{fmt}")
-            for key, run in runs.items() for fmt in FORMATS}
+    return {
+        (key, fmt): visiontune.export(run, format=fmt, out=root / f"{key}.{fmt}")
+        for key, run in runs.items()
+        for fmt in FORMATS
+    }
 
 
 @functools.cache
@@ -74,10 +95,13 @@ def _crops(run, paths):
 
 
 def _probability_rows(results, names):
-    return np.array([[{t["class"]: t["probability"] for t in r["top"]}[n] for n in names] for r in results])
+    return np.array(
+        [[{t["class"]: t["probability"] for t in r["top"]}[n] for n in names] for r in results]
+    )
 
 
 # ---- parity at export time ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("key", sorted(BACKBONES))
@@ -128,7 +152,13 @@ def test_onnx_metadata_is_plain_metadata_props(exports):
     """Readable by any ONNX tool, not only by visiontune."""
     props = {p.key: p.value for p in onnx.load(str(exports[("vit", "onnx")].path)).metadata_props}
     assert json.loads(props["classes"]) == ["bird", "cat", "dog"]
-    assert set(json.loads(props["preprocess"])) == {"size", "mean", "std", "interpolation", "crop_pct"}
+    assert set(json.loads(props["preprocess"])) == {
+        "size",
+        "mean",
+        "std",
+        "interpolation",
+        "crop_pct",
+    }
     assert props["format_version"] == str(EXPORT_FORMAT_VERSION) and props["backbone"] == "test_vit"
 
 
@@ -142,6 +172,7 @@ def test_torchscript_metadata_is_an_extra_file(exports):
 
 # ---- predicting from the ONNX file -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("key", sorted(BACKBONES))
 def test_predict_from_onnx_equals_predict_from_the_run(exports, runs, export_data, key):
     onnx_model = visiontune.load(exports[(key, "onnx")].path)
@@ -153,8 +184,12 @@ def test_predict_from_onnx_equals_predict_from_the_run(exports, runs, export_dat
     from_run = run_model.predict([export_data], top_k=3, workers=0)
     assert [r["path"] for r in from_onnx] == [r["path"] for r in from_run] and len(from_run) == 21
     assert [r["top"][0]["class"] for r in from_onnx] == [r["top"][0]["class"] for r in from_run]
-    np.testing.assert_allclose(_probability_rows(from_onnx, names), _probability_rows(from_run, names),
-                               atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        _probability_rows(from_onnx, names),
+        _probability_rows(from_run, names),
+        atol=TOLERANCE,
+        rtol=0,
+    )
     assert set(from_onnx[0]) == set(from_run[0]) == {"path", "top"}
 
 
@@ -176,11 +211,35 @@ def test_onnx_model_evaluates_and_reports_unreadable_files(exports, runs, export
 
 
 def test_cli_predict_accepts_an_onnx_file(exports, runs, export_data, capsys):
-    assert main(["predict", str(exports[("lite0", "onnx")].path), str(export_data / "test"), "--format", "json",
-                 "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(exports[("lite0", "onnx")].path),
+                str(export_data / "test"),
+                "--format",
+                "json",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     from_onnx = json.loads(capsys.readouterr().out)
-    assert main(["predict", str(runs["lite0"]), str(export_data / "test"), "--format", "json",
-                 "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(runs["lite0"]),
+                str(export_data / "test"),
+                "--format",
+                "json",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     from_run = json.loads(capsys.readouterr().out)
     assert [r["top"][0]["class"] for r in from_onnx] == [r["top"][0]["class"] for r in from_run]
 
@@ -201,6 +260,7 @@ def test_onnx_prediction_imports_no_model_code(exports, export_data):
 
 
 # ---- damaged, tampered and foreign files -------------------------------------------------------
+
 
 def _load(fmt, path):
     return read_onnx(path) if fmt == "onnx" else load_torchscript(path)
@@ -234,7 +294,7 @@ def test_tampered_weights_are_refused(exports, tmp_path, fmt):
     weights = _largest_weight_bytes(fmt, path)
     at = bytes(data).find(weights[:256])
     assert at > 0
-    data[at + 1000: at + 1008] = bytes(8)  # eight zero bytes in the middle of a weight tensor
+    data[at + 1000 : at + 1008] = bytes(8)  # eight zero bytes in the middle of a weight tensor
     tampered = tmp_path / f"tampered.{fmt}"
     tampered.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="do not match the checksum recorded at export"):
@@ -251,7 +311,9 @@ def test_newer_export_format_is_refused(exports, tmp_path):
             prop.value = str(EXPORT_FORMAT_VERSION + 1)
     newer = tmp_path / "newer.onnx"
     onnx.save(proto, str(newer))
-    with pytest.raises(BundleError, match=f"format {EXPORT_FORMAT_VERSION + 1}.*Upgrade visiontune"):
+    with pytest.raises(
+        BundleError, match=f"format {EXPORT_FORMAT_VERSION + 1}.*Upgrade visiontune"
+    ):
         read_onnx(newer)
 
 
@@ -260,8 +322,15 @@ def test_torchscript_newer_format_and_missing_metadata_are_refused(exports, tmp_
     newer = tmp_path / "newer.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(module, str(newer), _extra_files={
-            METADATA_FILE: json.dumps({**meta.to_dict(), "format_version": EXPORT_FORMAT_VERSION + 1})})
+        torch.jit.save(
+            module,
+            str(newer),
+            _extra_files={
+                METADATA_FILE: json.dumps(
+                    {**meta.to_dict(), "format_version": EXPORT_FORMAT_VERSION + 1}
+                )
+            },
+        )
         torch.jit.save(module, str(tmp_path / "bare.pt"))
     with pytest.raises(BundleError, match="Upgrade visiontune"):
         load_torchscript(newer)
@@ -271,9 +340,11 @@ def test_torchscript_newer_format_and_missing_metadata_are_refused(exports, tmp_
 
 def test_foreign_onnx_file_is_refused(tmp_path):
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     foreign = tmp_path / "other.onnx"
     onnx.save(onnx.helper.make_model(graph), str(foreign))
     with pytest.raises(BundleError, match="no visiontune metadata"):
@@ -283,6 +354,7 @@ def test_foreign_onnx_file_is_refused(tmp_path):
 
 
 # ---- failure at export time leaves nothing behind ----------------------------------------------
+
 
 @pytest.fixture
 def tiny_run(trained_run, tmp_path):
@@ -302,8 +374,10 @@ def _break_normalisation(monkeypatch):
 def test_export_that_disagrees_fails_and_writes_nothing(tiny_run, monkeypatch):
     _break_normalisation(monkeypatch)
     before = set(tiny_run.iterdir())
-    with pytest.raises(ExportError, match="the torchscript export differs from the eager model by .* "
-                                          "nothing was written"):
+    with pytest.raises(
+        ExportError,
+        match="the torchscript export differs from the eager model by .* nothing was written",
+    ):
         visiontune.export(tiny_run, format="torchscript")
     assert set(tiny_run.iterdir()) == before  # no output, no temporary file
 
@@ -339,7 +413,9 @@ def test_bad_export_arguments(tiny_run, tmp_path):
 def test_cli_export(tiny_run, tmp_path, capsys):
     out = tmp_path / "exports"
     out.mkdir()
-    assert main(["export", str(tiny_run), "--format", "torchscript", "--out", str(out), "--json"]) == 0
+    assert (
+        main(["export", str(tiny_run), "--format", "torchscript", "--out", str(out), "--json"]) == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["path"] == str(out / "model.torchscript.pt") and report["format"] == "torchscript"
     assert report["max_abs_diff"] <= TOLERANCE and report["images"] == 16

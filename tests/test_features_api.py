@@ -16,15 +16,31 @@ from visiontune.cli import main
 
 @pytest.fixture()
 def split_data(tmp_path):
-    return make_split_folder(tmp_path / "data", {"train": {"cat": 8, "dog": 8}, "test": {"cat": 3, "dog": 3}})
+    return make_split_folder(
+        tmp_path / "data", {"train": {"cat": 8, "dog": 8}, "test": {"cat": 3, "dog": 3}}
+    )
 
 
 def test_warm_cache_head_run_never_runs_the_backbone(split_data, tmp_path):
     cache = tmp_path / "cache"
-    first = visiontune.fit(split_data, strategy="head", cache_dir=str(cache), out=str(tmp_path / "a"),
-                           progress=False, workers=0, **TINY)
-    second = visiontune.fit(split_data, strategy="head", cache_dir=str(cache), out=str(tmp_path / "b"),
-                            progress=False, workers=0, **TINY)
+    first = visiontune.fit(
+        split_data,
+        strategy="head",
+        cache_dir=str(cache),
+        out=str(tmp_path / "a"),
+        progress=False,
+        workers=0,
+        **TINY,
+    )
+    second = visiontune.fit(
+        split_data,
+        strategy="head",
+        cache_dir=str(cache),
+        out=str(tmp_path / "b"),
+        progress=False,
+        workers=0,
+        **TINY,
+    )
     cold, warm = first.metrics["feature_extraction"], second.metrics["feature_extraction"]
     assert sum(v["computed"] for v in cold.values()) == 22
     assert sum(v["computed"] for v in warm.values()) == 0
@@ -34,14 +50,30 @@ def test_warm_cache_head_run_never_runs_the_backbone(split_data, tmp_path):
 
 def test_no_cache_writes_nothing(split_data, tmp_path):
     cache = tmp_path / "cache"
-    visiontune.fit(split_data, strategy="head", cache=False, cache_dir=str(cache), out=str(tmp_path / "run"),
-                   progress=False, workers=0, **TINY)
+    visiontune.fit(
+        split_data,
+        strategy="head",
+        cache=False,
+        cache_dir=str(cache),
+        out=str(tmp_path / "run"),
+        progress=False,
+        workers=0,
+        **TINY,
+    )
     assert not cache.exists()
 
 
 def test_cache_views_add_augmented_training_rows(split_data, tmp_path):
-    result = visiontune.fit(split_data, strategy="head", cache_views=2, cache_dir=str(tmp_path / "c"),
-                            out=str(tmp_path / "run"), progress=False, workers=0, **TINY)
+    result = visiontune.fit(
+        split_data,
+        strategy="head",
+        cache_views=2,
+        cache_dir=str(tmp_path / "c"),
+        out=str(tmp_path / "run"),
+        progress=False,
+        workers=0,
+        **TINY,
+    )
     views = result.metrics["feature_extraction"]["train_views"]
     train_images = result.metrics["feature_extraction"]["train"]["computed"]
     assert views["computed"] == 2 * train_images
@@ -49,8 +81,14 @@ def test_cache_views_add_augmented_training_rows(split_data, tmp_path):
 
 def test_extract_writes_paths_labels_and_embeddings(split_data, tmp_path):
     out = tmp_path / "emb.npz"
-    summary = visiontune.api.extract(split_data, out, backbone="test_efficientnet", weights="none",
-                                     cache_dir=str(tmp_path / "c"), workers=0)
+    summary = visiontune.api.extract(
+        split_data,
+        out,
+        backbone="test_efficientnet",
+        weights="none",
+        cache_dir=str(tmp_path / "c"),
+        workers=0,
+    )
     table = np.load(out)
     assert summary["rows"] == len(table["path"]) == 22
     assert table["embedding"].shape == (22, summary["dim"])
@@ -69,31 +107,75 @@ def test_similar_finds_the_copy_of_the_query_first(tmp_path, capsys):
     gallery = make_class_folder(tmp_path / "gallery", {"cat": 4, "dog": 4, "bird": 4})
     query = tmp_path / "query.png"
     shutil.copy(gallery / "dog" / "dog_2.png", query)
-    rows = visiontune.api.similar("test_efficientnet", query, gallery, k=3, weights="none",
-                                  cache_dir=str(tmp_path / "c"), workers=0)
+    rows = visiontune.api.similar(
+        "test_efficientnet",
+        query,
+        gallery,
+        k=3,
+        weights="none",
+        cache_dir=str(tmp_path / "c"),
+        workers=0,
+    )
     assert len(rows) == 3
-    assert rows[0]["path"].endswith("dog/dog_2.png") and rows[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert rows[0]["path"].endswith("dog/dog_2.png") and rows[0]["score"] == pytest.approx(
+        1.0, abs=1e-5
+    )
     assert rows[0]["score"] >= rows[1]["score"] >= rows[2]["score"]
-    assert main(["similar", "test_efficientnet", str(query), str(gallery), "--k", "2", "--weights", "none",
-                 "--json", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "similar",
+                "test_efficientnet",
+                str(query),
+                str(gallery),
+                "--k",
+                "2",
+                "--weights",
+                "none",
+                "--json",
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     assert len(json.loads(capsys.readouterr().out)) == 2
 
 
 def test_similar_with_a_run_uses_its_fine_tuned_backbone(split_data, tmp_path):
-    run = visiontune.fit(split_data, strategy="full", epochs=1, out=str(tmp_path / "run"), progress=False,
-                         workers=0, **TINY).run_dir
+    run = visiontune.fit(
+        split_data,
+        strategy="full",
+        epochs=1,
+        out=str(tmp_path / "run"),
+        progress=False,
+        workers=0,
+        **TINY,
+    ).run_dir
     query = next((split_data / "test" / "cat").iterdir())
-    rows = visiontune.api.similar(run, query, split_data / "test", k=1, cache_dir=str(tmp_path / "c"), workers=0)
+    rows = visiontune.api.similar(
+        run, query, split_data / "test", k=1, cache_dir=str(tmp_path / "c"), workers=0
+    )
     assert rows[0]["path"] == str(query) and rows[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_cache_cli_info_and_clear(split_data, tmp_path, capsys):
     cache = tmp_path / "cache"
-    visiontune.api.extract(split_data, tmp_path / "e.npz", backbone="test_efficientnet", weights="none",
-                           cache_dir=str(cache), workers=0)
+    visiontune.api.extract(
+        split_data,
+        tmp_path / "e.npz",
+        backbone="test_efficientnet",
+        weights="none",
+        cache_dir=str(cache),
+        workers=0,
+    )
     assert main(["cache", "info", "--cache-dir", str(cache), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert len(info) == 1 and info[0]["entries"] == 22 and info[0]["description"]["backbone"] == "test_efficientnet"
+    assert (
+        len(info) == 1
+        and info[0]["entries"] == 22
+        and info[0]["description"]["backbone"] == "test_efficientnet"
+    )
     assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
     assert main(["cache", "info", "--cache-dir", str(cache), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.split("\n", 1)[1]) == []
@@ -107,7 +189,9 @@ def test_inference_outputs_can_be_trained_on(split_data):
     from visiontune.features.extract import extract_features
 
     backbone = create_backbone("test_efficientnet", weights="none")
-    fs = extract_features(backbone, scan_folder(split_data).train, cfg=LoopConfig(epochs=1, progress=False))
+    fs = extract_features(
+        backbone, scan_folder(split_data).train, cfg=LoopConfig(epochs=1, progress=False)
+    )
     head = torch.nn.Linear(fs.features.shape[1], 2)
     torch.nn.functional.cross_entropy(head(fs.features), fs.labels).backward()
     assert head.weight.grad is not None

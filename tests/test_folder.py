@@ -40,7 +40,11 @@ def test_flat_class_folders(tmp_path):
     assert len({s.path for s in everything}) == 24  # no image in both parts
     for s in everything:  # every label is its folder's class
         assert splits.labels.names[s.label] == s.path.parent.name
-    assert Counter(splits.labels.names[s.label] for s in splits.val) == {"dog": 2, "cat": 2, "bird": 1}
+    assert Counter(splits.labels.names[s.label] for s in splits.val) == {
+        "dog": 2,
+        "cat": 2,
+        "bird": 1,
+    }
     assert splits.summary()["train"] == len(splits.train)
 
 
@@ -83,7 +87,9 @@ def test_split_layout_with_val_and_test(split_folder):
 
 
 def test_split_layout_without_val_holds_validation_out_of_train(tmp_path):
-    root = make_split_folder(tmp_path / "d", {"train": {"cat": 10, "dog": 10}, "test": {"cat": 2, "dog": 2}})
+    root = make_split_folder(
+        tmp_path / "d", {"train": {"cat": 10, "dog": 10}, "test": {"cat": 2, "dog": 2}}
+    )
     splits = scan_folder(root, val_fraction=0.3, seed=1)
     assert splits.layout == "splits"
     assert splits.val_source == "held-out"
@@ -92,15 +98,20 @@ def test_split_layout_without_val_holds_validation_out_of_train(tmp_path):
     assert all(s.path.parts[-3] == "train" for s in splits.train + splits.val)
 
 
-@pytest.mark.parametrize("train, val, test", [
-    ("TRAIN", "VALID", "Test"),
-    ("Train", "validation", "TEST"),
-    ("training", "Val", "testing"),
-    ("train", "VALIDATION", "test"),
-])
+@pytest.mark.parametrize(
+    "train, val, test",
+    [
+        ("TRAIN", "VALID", "Test"),
+        ("Train", "validation", "TEST"),
+        ("training", "Val", "testing"),
+        ("train", "VALIDATION", "test"),
+    ],
+)
 def test_split_folder_names_in_any_case(tmp_path, train, val, test):
-    root = make_split_folder(tmp_path / "d", {train: {"cat": 3, "dog": 3}, val: {"cat": 1, "dog": 1},
-                                              test: {"cat": 2, "dog": 2}})
+    root = make_split_folder(
+        tmp_path / "d",
+        {train: {"cat": 3, "dog": 3}, val: {"cat": 1, "dog": 1}, test: {"cat": 2, "dog": 2}},
+    )
     splits = scan_folder(root)
     assert splits.layout == "splits"
     assert splits.val_source == "folder"
@@ -110,11 +121,14 @@ def test_split_folder_names_in_any_case(tmp_path, train, val, test):
 
 
 def test_class_names_match_across_splits_ignoring_case(tmp_path):
-    root = make_split_folder(tmp_path / "d", {
-        "train": {"Cat": 3, "dog": 3},
-        "val": {"CAT": 1, "Dog": 1},
-        "test": {"cat": 2, "DOG": 2},
-    })
+    root = make_split_folder(
+        tmp_path / "d",
+        {
+            "train": {"Cat": 3, "dog": 3},
+            "val": {"CAT": 1, "Dog": 1},
+            "test": {"cat": 2, "DOG": 2},
+        },
+    )
     splits = scan_folder(root)
     assert splits.labels.names == ("Cat", "dog")  # as spelled in train
     for part in (splits.train, splits.val, splits.test):
@@ -186,7 +200,9 @@ def test_two_folders_for_one_split(tmp_path):
 
 
 def test_test_split_with_a_class_unknown_to_train(tmp_path):
-    root = make_split_folder(tmp_path / "d", {"train": {"a": 2, "b": 2}, "test": {"a": 1, "zebra": 1}})
+    root = make_split_folder(
+        tmp_path / "d", {"train": {"a": 2, "b": 2}, "test": {"a": 1, "zebra": 1}}
+    )
     with pytest.raises(DataError, match="zebra"):
         scan_folder(root)
 
@@ -203,7 +219,11 @@ def test_val_fraction_out_of_range(class_folder, fraction):
 
 
 def _samples(counts: dict[int, int]) -> list[Sample]:
-    return [Sample(Path(f"c{label}/img{i:03d}.png"), label) for label, n in counts.items() for i in range(n)]
+    return [
+        Sample(Path(f"c{label}/img{i:03d}.png"), label)
+        for label, n in counts.items()
+        for i in range(n)
+    ]
 
 
 def test_stratified_split_holds_out_the_fraction_of_each_class():

@@ -15,9 +15,14 @@ from visiontune.cli import main
 
 # What ``check`` calls each kind (a truncated file may be readable in part, or not at all).
 CHECK_TYPES = {
-    "zero-bytes": {"unreadable"}, "random-bytes": {"unreadable"}, "symlink-loop": {"unreadable"},
-    "no-permission": {"unreadable"}, "bomb-error": {"decompression-bomb"},
-    "bomb-warning": {"decompression-bomb"}, "one-pixel": {"tiny-image"}, "folder-named-jpg": {"not-a-file"},
+    "zero-bytes": {"unreadable"},
+    "random-bytes": {"unreadable"},
+    "symlink-loop": {"unreadable"},
+    "no-permission": {"unreadable"},
+    "bomb-error": {"decompression-bomb"},
+    "bomb-warning": {"decompression-bomb"},
+    "one-pixel": {"tiny-image"},
+    "folder-named-jpg": {"not-a-file"},
     **{kind: {"truncated", "unreadable"} for kind in TRUNCATED},
 }
 
@@ -71,9 +76,27 @@ def _assert_reported(metrics: dict, paths: dict) -> None:
 def test_train_end_to_end_completes_and_reports_every_broken_file(fuzz_data, tmp_path, capsys):
     root, paths = fuzz_data
     out = tmp_path / "run"
-    code = main(["train", str(root), "--strategy", "full", "--epochs", "1", "--batch-size", "4",
-                 "--out", str(out), "--backbone", TINY["backbone"], "--weights", TINY["weights"],
-                 "--workers", "0", "--no-progress"])
+    code = main(
+        [
+            "train",
+            str(root),
+            "--strategy",
+            "full",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--backbone",
+            TINY["backbone"],
+            "--weights",
+            TINY["weights"],
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     _assert_reported(metrics, paths)
@@ -82,7 +105,18 @@ def test_train_end_to_end_completes_and_reports_every_broken_file(fuzz_data, tmp
 
 def test_train_head_on_features_completes_and_reports_every_broken_file(fuzz_data, tmp_path):
     root, paths = fuzz_data
-    result = visiontune.fit(root, **TINY, strategy="head", workers=0, batch_size=4, out=str(tmp_path / "run"),
-                            progress=False, cache=False)
+    result = visiontune.fit(
+        root,
+        **TINY,
+        strategy="head",
+        workers=0,
+        batch_size=4,
+        out=str(tmp_path / "run"),
+        progress=False,
+        cache=False,
+    )
     _assert_reported(result.metrics, paths)
-    assert json.loads((result.run_dir / "metrics.json").read_text())["skipped"] == result.metrics["skipped"]
+    assert (
+        json.loads((result.run_dir / "metrics.json").read_text())["skipped"]
+        == result.metrics["skipped"]
+    )

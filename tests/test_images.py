@@ -35,8 +35,15 @@ def _palette(transparent: bool) -> Image.Image:
 
 
 def _cases():
-    la = Image.merge("LA", (Image.new("L", (W, H), 0), Image.fromarray(
-        np.where(np.arange(W) < W // 2, 0, 255).astype(np.uint8)[None].repeat(H, 0), "L")))
+    la = Image.merge(
+        "LA",
+        (
+            Image.new("L", (W, H), 0),
+            Image.fromarray(
+                np.where(np.arange(W) < W // 2, 0, 255).astype(np.uint8)[None].repeat(H, 0), "L"
+            ),
+        ),
+    )
     return {
         "RGB": (Image.new("RGB", (W, H), (10, 120, 240)), ".png"),
         "RGBA": (_rgba(), ".png"),
@@ -79,26 +86,26 @@ def _decode(tmp_path, case) -> np.ndarray:
 def test_rgba_transparent_pixels_become_white(tmp_path):
     arr = _decode(tmp_path, "RGBA")
     assert (arr[:, : W // 2] == 255).all()  # transparent black -> white, not black
-    assert (arr[:, W // 2:] == (200, 0, 0)).all()  # opaque pixels keep their colour
+    assert (arr[:, W // 2 :] == (200, 0, 0)).all()  # opaque pixels keep their colour
 
 
 def test_la_transparent_pixels_become_white(tmp_path):
     arr = _decode(tmp_path, "LA")
     assert (arr[:, : W // 2] == 255).all()
-    assert (arr[:, W // 2:] == 0).all()
+    assert (arr[:, W // 2 :] == 0).all()
 
 
 @pytest.mark.parametrize("case", ["P-transparency", "P-gif"])
 def test_palette_transparency_becomes_white(tmp_path, case):
     arr = _decode(tmp_path, case)
     assert (arr[:, : W // 2] == (10, 200, 30)).all()
-    assert (arr[:, W // 2:] == 255).all()  # the transparent palette index, on white
+    assert (arr[:, W // 2 :] == 255).all()  # the transparent palette index, on white
 
 
 def test_palette_without_transparency_keeps_its_colours(tmp_path):
     arr = _decode(tmp_path, "P")
     assert (arr[:, : W // 2] == (10, 200, 30)).all()
-    assert (arr[:, W // 2:] == 0).all()
+    assert (arr[:, W // 2 :] == 0).all()
 
 
 def test_bilevel_is_black_and_white(tmp_path):
@@ -174,8 +181,9 @@ def test_exif_orientation_is_applied(tmp_path, orientation, transposed):
 
 def _photo_jpeg(path, size=(160, 120), **kwargs):
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=90,
-                                                                                       **kwargs)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+        path, quality=90, **kwargs
+    )
     return path.read_bytes()
 
 

@@ -9,15 +9,27 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "visiontune"
 
 LAYER = {
-    "specs": 0, "errors": 0, "_io": 0, "_paths": 0, "_runtime": 0, "_console": 0, "_seeding": 0,
-    "data": 1, "backbones": 1,
+    "specs": 0,
+    "errors": 0,
+    "_io": 0,
+    "_paths": 0,
+    "_runtime": 0,
+    "_console": 0,
+    "_seeding": 0,
+    "data": 1,
+    "backbones": 1,
     "strategies": 2,
-    "engine": 3, "evaluation": 3,
-    "features": 4, "exporting": 4,
+    "engine": 3,
+    "evaluation": 3,
+    "features": 4,
+    "exporting": 4,
     "prediction": 5,
-    "config": 6, "demo": 6,
+    "config": 6,
+    "demo": 6,
     "api": 7,
-    "cli": 8, "__main__": 9, "__init__": 9,
+    "cli": 8,
+    "__main__": 9,
+    "__init__": 9,
 }
 
 
@@ -44,7 +56,9 @@ def _imported_tops(module_path: Path) -> set[str]:
             elif node.module and node.module.startswith("visiontune."):
                 tops.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
-            tops.update(a.name.split(".")[1] for a in node.names if a.name.startswith("visiontune."))
+            tops.update(
+                a.name.split(".")[1] for a in node.names if a.name.startswith("visiontune.")
+            )
     return tops
 
 

@@ -26,8 +26,12 @@ def samples(tmp_path) -> list[Sample]:
     solid_image((1, 2, 3), (60, 40)).save(tmp_path / "cut.jpg", quality=90)
     cut = (tmp_path / "cut.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(cut[: len(cut) // 2])
-    return out[:2] + [Sample(tmp_path / "noise.jpg", 0), Sample(tmp_path / "cut.jpg", 1)] + out[2:] + [
-        Sample(tmp_path / "empty.png", 1)]
+    return (
+        out[:2]
+        + [Sample(tmp_path / "noise.jpg", 0), Sample(tmp_path / "cut.jpg", 1)]
+        + out[2:]
+        + [Sample(tmp_path / "empty.png", 1)]
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -52,8 +56,12 @@ def test_batches_drop_undecodable_files_and_report_them(samples, workers):
 
 def test_a_batch_of_only_bad_files_is_empty_not_an_error(samples):
     bad = [samples[2], samples[7]]
-    loader = make_loader(ImageDataset(bad, eval_transform(SPEC), decode_size=None), batch_size=4,
-                         shuffle=False, workers=0)
+    loader = make_loader(
+        ImageDataset(bad, eval_transform(SPEC), decode_size=None),
+        batch_size=4,
+        shuffle=False,
+        workers=0,
+    )
     (batch,) = list(loader)
     assert len(batch.labels) == 0 and len(batch.failures) == 2
 
@@ -63,8 +71,11 @@ def test_shuffled_order_is_seeded(samples):
     dataset = ImageDataset(good, eval_transform(SPEC), decode_size=None)
 
     def order(seed):
-        return [i for b in make_loader(dataset, batch_size=2, shuffle=True, workers=0, seed=seed)
-                for i in b.indices.tolist()]
+        return [
+            i
+            for b in make_loader(dataset, batch_size=2, shuffle=True, workers=0, seed=seed)
+            for i in b.indices.tolist()
+        ]
 
     assert order(3) == order(3)
     assert sorted(order(3)) == list(range(len(good)))
@@ -95,7 +106,12 @@ def test_train_transform_is_random_but_the_right_shape():
 def test_preprocess_spec_round_trips_and_validates():
     assert PreprocessSpec.from_dict(SPEC.to_dict()) == SPEC
     assert PreprocessSpec.from_dict({**SPEC.to_dict(), "unknown": 1}) == SPEC
-    for bad in ({"interpolation": "lanczos9"}, {"crop_pct": 0}, {"crop_pct": 1.5}, {"size": 4},
-                {"mean": (0.5, 0.5)}):
+    for bad in (
+        {"interpolation": "lanczos9"},
+        {"crop_pct": 0},
+        {"crop_pct": 1.5},
+        {"size": 4},
+        {"mean": (0.5, 0.5)},
+    ):
         with pytest.raises(ValueError):
             PreprocessSpec(**bad)

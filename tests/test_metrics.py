@@ -17,7 +17,11 @@ Y_PRED = [0, 1, 0, 1, 2, 2]
 def test_against_a_hand_computed_confusion_matrix():
     m = classification_metrics(Y_TRUE, Y_PRED, NAMES)
     assert m["num_images"] == 6
-    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]  # rows true, columns predicted
+    assert m["confusion_matrix"] == [
+        [2, 1, 0],
+        [0, 1, 1],
+        [0, 0, 1],
+    ]  # rows true, columns predicted
     assert m["accuracy"] == pytest.approx(4 / 6)
     expected = {  # precision = diagonal / column sum, recall = diagonal / row sum
         "ant": (2 / 2, 2 / 3, 3),
@@ -52,12 +56,14 @@ def test_a_class_absent_from_the_data_still_has_a_row():
 
 
 def test_top_2_accuracy_from_probabilities():
-    probs = np.array([
-        [0.6, 0.3, 0.1],  # true ant: top-1
-        [0.5, 0.4, 0.1],  # true bee: second
-        [0.5, 0.4, 0.1],  # true cow: third
-        [0.1, 0.2, 0.7],  # true cow: top-1
-    ])
+    probs = np.array(
+        [
+            [0.6, 0.3, 0.1],  # true ant: top-1
+            [0.5, 0.4, 0.1],  # true bee: second
+            [0.5, 0.4, 0.1],  # true cow: third
+            [0.1, 0.2, 0.7],  # true cow: top-1
+        ]
+    )
     m = classification_metrics([0, 1, 2, 2], probs.argmax(1), NAMES, probs)
     assert m["accuracy"] == pytest.approx(0.5)
     assert m["top_2_accuracy"] == pytest.approx(0.75)

@@ -15,8 +15,14 @@ README = (ROOT / "README.md").read_text()
 def test_readme_python_example_runs(tmp_path):
     block = re.search(r"```python\n(.*?)```", README, re.S).group(1)
     env = {**os.environ, "VISIONTUNE_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", block],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "face" in proc.stdout and (tmp_path / "runs").is_dir()
 

@@ -31,12 +31,14 @@ REPORT_FILES = {"index.html", "metrics.json", "confusion_matrix.png", "curves.pn
 
 
 def test_top_k_accuracy_on_fixed_probabilities():
-    probs = np.array([
-        [0.6, 0.3, 0.1, 0.0],  # true 0: first
-        [0.5, 0.4, 0.1, 0.0],  # true 1: second
-        [0.5, 0.3, 0.2, 0.0],  # true 2: third
-        [0.1, 0.2, 0.3, 0.4],  # true 0: fourth
-    ])
+    probs = np.array(
+        [
+            [0.6, 0.3, 0.1, 0.0],  # true 0: first
+            [0.5, 0.4, 0.1, 0.0],  # true 1: second
+            [0.5, 0.3, 0.2, 0.0],  # true 2: third
+            [0.1, 0.2, 0.3, 0.4],  # true 0: fourth
+        ]
+    )
     y = [0, 1, 2, 0]
     assert top_k_accuracy(y, probs, k=1) == pytest.approx(1 / 4)
     assert top_k_accuracy(y, probs, k=2) == pytest.approx(2 / 4)
@@ -62,10 +64,15 @@ def test_expected_calibration_error_worked_by_hand():
     assert expected_calibration_error(y, probs, bins=10) == pytest.approx(0.45)
     table = calibration_bins(y, probs, bins=10)
     assert [(row["lower"], row["upper"], row["count"]) for row in table] == [
-        pytest.approx((0.5, 0.6, 1)), pytest.approx((0.6, 0.7, 1)), pytest.approx((0.9, 1.0, 2))]
+        pytest.approx((0.5, 0.6, 1)),
+        pytest.approx((0.6, 0.7, 1)),
+        pytest.approx((0.9, 1.0, 2)),
+    ]
     assert [row["accuracy"] for row in table] == [0.0, 1.0, 0.5]
     # One bin holding everything: the gap between overall accuracy and mean confidence.
-    assert expected_calibration_error(y, probs, bins=1) == pytest.approx(abs(0.5 - (0.95 + 0.95 + 0.65 + 0.55) / 4))
+    assert expected_calibration_error(y, probs, bins=1) == pytest.approx(
+        abs(0.5 - (0.95 + 0.95 + 0.65 + 0.55) / 4)
+    )
     assert expected_calibration_error([], np.zeros((0, 2))) is None
 
 
@@ -80,12 +87,14 @@ def test_perfectly_calibrated_predictions_have_zero_ece():
 
 
 def test_most_confused_pairs_from_a_confusion_matrix():
-    confusion = [[5, 3, 0],
-                 [1, 7, 3],
-                 [0, 4, 2]]
+    confusion = [[5, 3, 0], [1, 7, 3], [0, 4, 2]]
     pairs = most_confused_pairs(confusion, ["ant", "bee", "cow"])
     assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [
-        ("cow", "bee", 4), ("ant", "bee", 3), ("bee", "cow", 3), ("bee", "ant", 1)]  # ties: class order
+        ("cow", "bee", 4),
+        ("ant", "bee", 3),
+        ("bee", "cow", 3),
+        ("bee", "ant", 1),
+    ]  # ties: class order
     assert pairs[0]["rate"] == pytest.approx(4 / 6)
     assert most_confused_pairs(confusion, ["ant", "bee", "cow"], top=1) == pairs[:1]
     assert most_confused_pairs([[3, 0], [0, 2]], ["a", "b"]) == []
@@ -97,14 +106,16 @@ NAMES = ["ant", "bee", "cow"]
 # true:      ant ant ant bee bee cow
 # predicted: ant bee ant bee cow cow   (argmax of PROBS)
 Y_TRUE = [0, 0, 0, 1, 1, 2]
-PROBS = np.array([
-    [0.70, 0.20, 0.10],
-    [0.30, 0.60, 0.10],  # ant taken for bee, 60% sure
-    [0.50, 0.30, 0.20],
-    [0.10, 0.80, 0.10],
-    [0.15, 0.05, 0.80],  # bee taken for cow, 80% sure; bee is only third (a top-2 miss)
-    [0.20, 0.10, 0.70],
-])
+PROBS = np.array(
+    [
+        [0.70, 0.20, 0.10],
+        [0.30, 0.60, 0.10],  # ant taken for bee, 60% sure
+        [0.50, 0.30, 0.20],
+        [0.10, 0.80, 0.10],
+        [0.15, 0.05, 0.80],  # bee taken for cow, 80% sure; bee is only third (a top-2 miss)
+        [0.20, 0.10, 0.70],
+    ]
+)
 
 
 def _image_files(folder, names=NAMES):
@@ -136,13 +147,26 @@ def _predictions(paths, names=NAMES) -> LabelledPredictions:
     return LabelledPredictions(paths=paths, y_true=np.array(Y_TRUE), probs=PROBS, class_names=names)
 
 
-EPOCHS = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + 0.1 * e, "val_loss": 1.1 / e,
-           "val_acc": 0.4 + 0.1 * e, "lr": 0.01, "seconds": 1.0, "best": e == 3} for e in (1, 2, 3)]
+EPOCHS = [
+    {
+        "epoch": e,
+        "train_loss": 1.0 / e,
+        "train_acc": 0.5 + 0.1 * e,
+        "val_loss": 1.1 / e,
+        "val_acc": 0.4 + 0.1 * e,
+        "lr": 0.01,
+        "seconds": 1.0,
+        "best": e == 3,
+    }
+    for e in (1, 2, 3)
+]
 
 
 def test_report_agrees_with_a_hand_computed_confusion_matrix(tmp_path):
     out = tmp_path / "report"
-    returned = write_report(out, _predictions(_image_files(tmp_path / "data")), histories={"run": EPOCHS})
+    returned = write_report(
+        out, _predictions(_image_files(tmp_path / "data")), histories={"run": EPOCHS}
+    )
     assert {p.name for p in out.iterdir()} == REPORT_FILES
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(returned))
@@ -153,14 +177,18 @@ def test_report_agrees_with_a_hand_computed_confusion_matrix(tmp_path):
     expected = {"ant": (2 / 2, 2 / 3, 3), "bee": (1 / 2, 1 / 2, 2), "cow": (1 / 2, 1 / 1, 1)}
     for name, (p, r, support) in expected.items():
         assert metrics["per_class"][name] == pytest.approx(
-            {"precision": p, "recall": r, "f1": 2 * p * r / (p + r), "support": support})
+            {"precision": p, "recall": r, "f1": 2 * p * r / (p + r), "support": support}
+        )
     assert metrics["macro_avg"]["recall"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
     assert metrics["weighted_avg"]["recall"] == pytest.approx(4 / 6)
     assert metrics["expected_calibration_error"] == pytest.approx(
-        expected_calibration_error(Y_TRUE, PROBS, bins=15))
+        expected_calibration_error(Y_TRUE, PROBS, bins=15)
+    )
     assert sum(row["count"] for row in metrics["calibration"]) == 6
     assert [(p["true"], p["predicted"], p["count"]) for p in metrics["most_confused"]] == [
-        ("ant", "bee", 1), ("bee", "cow", 1)]
+        ("ant", "bee", 1),
+        ("bee", "cow", 1),
+    ]
     assert metrics["forward_passes_per_image"] == 1
     # every mistake, the most confident first, with its thumbnail
     wrong = metrics["misclassified"]
@@ -205,8 +233,11 @@ def test_a_second_report_in_the_same_folder_leaves_no_stale_files(tmp_path):
 def test_all_text_on_the_page_is_escaped(tmp_path):
     names = ["<script>alert(1)</script>", 'say "a&b"', "it's"]
     out = tmp_path / "report"
-    write_report(out, _predictions(_image_files(tmp_path / "data", names), names),
-                 context={"run": "<img src=x onerror=alert(2)>"})
+    write_report(
+        out,
+        _predictions(_image_files(tmp_path / "data", names), names),
+        context={"run": "<img src=x onerror=alert(2)>"},
+    )
     page = (out / "index.html").read_text()
     assert "<script" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "say &quot;a&amp;b&quot;" in page
@@ -217,26 +248,45 @@ def test_bad_inputs_write_nothing(tmp_path):
     a_file.write_text("not a folder")
     with pytest.raises(VisiontuneError, match="not a folder"):
         write_report(a_file, _predictions(_image_files(tmp_path / "data")))
-    empty = LabelledPredictions(paths=[], y_true=np.zeros(0, int), probs=np.zeros((0, 3)),
-                                class_names=NAMES, skipped={"x.jpg": "broken"})
+    empty = LabelledPredictions(
+        paths=[],
+        y_true=np.zeros(0, int),
+        probs=np.zeros((0, 3)),
+        class_names=NAMES,
+        skipped={"x.jpg": "broken"},
+    )
     with pytest.raises(DataError, match="nothing to report"):
         write_report(tmp_path / "empty", empty)
     assert not (tmp_path / "empty").exists()
     with pytest.raises(ValueError, match="same 6 images"):
-        LabelledPredictions(paths=["a"] * 6, y_true=np.array(Y_TRUE), probs=PROBS[:, :2], class_names=NAMES)
+        LabelledPredictions(
+            paths=["a"] * 6, y_true=np.array(Y_TRUE), probs=PROBS[:, :2], class_names=NAMES
+        )
 
 
-C_GRID = [{"C": c, "train_acc": 0.9, "val_acc": 0.8, "val_loss": 0.5 / c, "best": c == 10.0}
-          for c in (0.1, 1.0, 10.0)]
+C_GRID = [
+    {"C": c, "train_acc": 0.9, "val_acc": 0.8, "val_loss": 0.5 / c, "best": c == 10.0}
+    for c in (0.1, 1.0, 10.0)
+]
 
 
-@pytest.mark.parametrize("histories, kind", [
-    ({"run": EPOCHS}, "epochs"),
-    ({"run": C_GRID}, "c_grid"),  # a ``head`` run's linear probe: one row per C
-    ({"run": [{**row, "val_acc": float("nan"), "val_loss": -row["train_acc"]} for row in C_GRID]},
-     "c_grid"),  # ... without a validation split
-    ({"member 0": EPOCHS, "member 1": EPOCHS[:2]}, "epochs"),  # an ensemble: one colour each
-])
+@pytest.mark.parametrize(
+    "histories, kind",
+    [
+        ({"run": EPOCHS}, "epochs"),
+        ({"run": C_GRID}, "c_grid"),  # a ``head`` run's linear probe: one row per C
+        (
+            {
+                "run": [
+                    {**row, "val_acc": float("nan"), "val_loss": -row["train_acc"]}
+                    for row in C_GRID
+                ]
+            },
+            "c_grid",
+        ),  # ... without a validation split
+        ({"member 0": EPOCHS, "member 1": EPOCHS[:2]}, "epochs"),  # an ensemble: one colour each
+    ],
+)
 def test_training_curves_for_each_history_shape(tmp_path, histories, kind):
     assert history_kind(next(iter(histories.values()))) == kind
     assert plot_history(tmp_path / "curves.png", histories)
@@ -259,7 +309,14 @@ def test_evaluate_with_a_report_agrees_with_plain_evaluate(trained_run, trained_
     assert {p.name for p in out.iterdir()} == REPORT_FILES
     assert metrics["report"] == str(out / "index.html")
     saved = json.loads((out / "metrics.json").read_text())
-    for key in ("num_images", "accuracy", "confusion_matrix", "per_class", "macro_avg", "class_names"):
+    for key in (
+        "num_images",
+        "accuracy",
+        "confusion_matrix",
+        "per_class",
+        "macro_avg",
+        "class_names",
+    ):
         assert saved[key] == plain[key], key
     assert saved["forward_passes_per_image"] == 1
     assert len(saved["misclassified"]) == saved["num_images"] - np.trace(saved["confusion_matrix"])
@@ -279,11 +336,21 @@ def test_the_report_states_the_cost_of_tta_and_ensembles(trained_run, trained_da
 
 def test_cli_evaluate_report_of_a_head_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VISIONTUNE_CACHE", str(tmp_path / "cache"))
-    data = make_split_folder(tmp_path / "data", {"train": {"cat": 4, "dog": 4}, "val": {"cat": 2, "dog": 2},
-                                                  "test": {"cat": 3, "dog": 3}})
+    data = make_split_folder(
+        tmp_path / "data",
+        {"train": {"cat": 4, "dog": 4}, "val": {"cat": 2, "dog": 2}, "test": {"cat": 3, "dog": 3}},
+    )
     run = tmp_path / "run"
-    visiontune.fit(data, **TINY, strategy="head", epochs=2, batch_size=8, workers=0, out=str(run),
-                   progress=False)
+    visiontune.fit(
+        data,
+        **TINY,
+        strategy="head",
+        epochs=2,
+        batch_size=8,
+        workers=0,
+        out=str(run),
+        progress=False,
+    )
     out = tmp_path / "report"
     code = main(["evaluate", str(run), str(data / "test"), "--workers", "0", "--report", str(out)])
     stdout = capsys.readouterr().out
@@ -296,7 +363,9 @@ def test_cli_evaluate_report_of_a_head_run(tmp_path, capsys, monkeypatch):
 def test_cli_refuses_a_report_path_that_is_a_file(trained_run, trained_data, tmp_path, capsys):
     taken = tmp_path / "taken.html"
     taken.write_text("x")
-    code = main(["evaluate", str(trained_run.run_dir), str(trained_data / "test"), "--report", str(taken)])
+    code = main(
+        ["evaluate", str(trained_run.run_dir), str(trained_data / "test"), "--report", str(taken)]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "not a folder" in err and "Traceback" not in err
     assert taken.read_text() == "x"
@@ -325,12 +394,18 @@ def test_the_report_page_loads_cleanly_in_chromium_after_a_move(chromium, tmp_pa
     check = check_page(chromium, moved / "index.html")
     assert check.errors == []
     assert sorted(img["src"] for img in check.images) == [
-        "confusion_matrix.png", "curves.png", "thumbs/miss-0001.jpg", "thumbs/miss-0002.jpg"]
+        "confusion_matrix.png",
+        "curves.png",
+        "thumbs/miss-0001.jpg",
+        "thumbs/miss-0002.jpg",
+    ]
     assert check.broken_images == []
     assert all(img["width"] > 0 for img in check.images)
 
 
-def test_the_end_to_end_report_loads_cleanly_in_chromium(chromium, trained_run, trained_data, tmp_path):
+def test_the_end_to_end_report_loads_cleanly_in_chromium(
+    chromium, trained_run, trained_data, tmp_path
+):
     out = tmp_path / "report"
     metrics = visiontune.evaluate(trained_run.run_dir, trained_data / "test", workers=0, report=out)
     check = check_page(chromium, out / "index.html")
@@ -343,8 +418,10 @@ def test_the_end_to_end_report_loads_cleanly_in_chromium(chromium, trained_run, 
 def test_the_chromium_check_sees_a_missing_image_and_a_script_error(chromium, tmp_path):
     """The check itself can fail: a broken image and a console error are both reported."""
     page = tmp_path / "page.html"
-    page.write_text('<!doctype html><html><head><link rel="icon" href="data:,"></head><body>'
-                    '<img src="missing.png"><script>console.error("boom"); null.x;</script></body></html>')
+    page.write_text(
+        '<!doctype html><html><head><link rel="icon" href="data:,"></head><body>'
+        '<img src="missing.png"><script>console.error("boom"); null.x;</script></body></html>'
+    )
     check = check_page(chromium, page)
     assert check.broken_images == ["missing.png"]
     assert any("missing.png" in e for e in check.errors)

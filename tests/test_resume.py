@@ -21,14 +21,32 @@ from visiontune.engine.checkpoint import CHECKPOINT_FILE, read_checkpoint_meta
 from visiontune.errors import BundleError, VisiontuneError
 
 EPOCHS = 2
-OPTIONS = ["--backbone", TINY["backbone"], "--weights", TINY["weights"], "--strategy", "full",
-           "--epochs", str(EPOCHS), "--batch-size", "4", "--seed", "7", "--no-progress"]
+OPTIONS = [
+    "--backbone",
+    TINY["backbone"],
+    "--weights",
+    TINY["weights"],
+    "--strategy",
+    "full",
+    "--epochs",
+    str(EPOCHS),
+    "--batch-size",
+    "4",
+    "--seed",
+    "7",
+    "--no-progress",
+]
 
 
 def _train(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "visiontune", "train", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "visiontune", "train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(process: subprocess.Popen) -> None:
@@ -46,8 +64,10 @@ def _outcome(run: Path) -> tuple[dict, list, dict]:
     """metrics.json (without timing), history (without seconds) and the weights of a run."""
     metrics = _without_seconds(json.loads((run / "metrics.json").read_text()))
     metrics.pop("timing")
-    history = [{k: v for k, v in row.items() if k != "seconds"}
-               for row in json.loads((run / "history.json").read_text())]
+    history = [
+        {k: v for k, v in row.items() if k != "seconds"}
+        for row in json.loads((run / "history.json").read_text())
+    ]
     return metrics, history, load_file(str(run / "model.safetensors"))
 
 
@@ -77,8 +97,13 @@ def uninterrupted(reference_run) -> tuple:
     return _outcome(reference_run)
 
 
-def _kill_mid_epoch(process: subprocess.Popen, checkpoint: Path, *, after_epochs: int,
-                    epoch_seconds: float | None = None) -> None:
+def _kill_mid_epoch(
+    process: subprocess.Popen,
+    checkpoint: Path,
+    *,
+    after_epochs: int,
+    epoch_seconds: float | None = None,
+) -> None:
     """SIGKILL halfway through the epoch that follows checkpoint ``after_epochs`` (0: the one
     written after set-up), judging an epoch's length by the last one or ``epoch_seconds``."""
     deadline = time.monotonic() + 600
@@ -94,7 +119,9 @@ def _kill_mid_epoch(process: subprocess.Popen, checkpoint: Path, *, after_epochs
     process.communicate(timeout=60)
 
 
-def test_run_killed_mid_epoch_and_resumed_ends_exactly_as_an_uninterrupted_one(data, uninterrupted, tmp_path):
+def test_run_killed_mid_epoch_and_resumed_ends_exactly_as_an_uninterrupted_one(
+    data, uninterrupted, tmp_path
+):
     run = tmp_path / "run"
     process = _train(str(data), *OPTIONS, "--workers", "0", "--out", str(run))
     _kill_mid_epoch(process, run / CHECKPOINT_FILE, after_epochs=1)
@@ -107,8 +134,9 @@ def test_run_killed_mid_epoch_and_resumed_ends_exactly_as_an_uninterrupted_one(d
     assert not (run / CHECKPOINT_FILE).exists()
 
 
-def test_loader_workers_change_nothing_and_a_resume_may_change_them(data, reference_run, uninterrupted,
-                                                                   tmp_path):
+def test_loader_workers_change_nothing_and_a_resume_may_change_them(
+    data, reference_run, uninterrupted, tmp_path
+):
     """Each image is augmented under its own (seed, epoch, index) seed, so worker processes
     (and how many) do not change the batches: killed in epoch 1 with 1 worker, resumed with none
     from the checkpoint written after set-up."""
@@ -116,7 +144,9 @@ def test_loader_workers_change_nothing_and_a_resume_may_change_them(data, refere
     process = _train(str(data), *OPTIONS, "--workers", "1", "--out", str(run))
     first_epoch = json.loads((reference_run / "history.json").read_text())[0]["seconds"]
     _kill_mid_epoch(process, run / CHECKPOINT_FILE, after_epochs=0, epoch_seconds=first_epoch)
-    assert read_checkpoint_meta(run / CHECKPOINT_FILE)["epoch"] == 0, "the kill should land inside epoch 1"
+    assert read_checkpoint_meta(run / CHECKPOINT_FILE)["epoch"] == 0, (
+        "the kill should land inside epoch 1"
+    )
     _finish(_train("--resume", str(run), "--no-progress", "--workers", "0"))
     _assert_same(_outcome(run), uninterrupted)
 
@@ -126,7 +156,11 @@ def _checkpointed_run(data: Path, tmp_path: Path) -> Path:
     run = tmp_path / "run"
     process = _train(str(data), *OPTIONS, "--workers", "0", "--out", str(run))
     deadline = time.monotonic() + 600
-    while not (run / CHECKPOINT_FILE).exists() and process.poll() is None and time.monotonic() < deadline:
+    while (
+        not (run / CHECKPOINT_FILE).exists()
+        and process.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
@@ -137,12 +171,20 @@ def _checkpointed_run(data: Path, tmp_path: Path) -> Path:
 def test_resume_refuses_changed_options_and_a_fresh_run_refuses_to_overwrite(data, tmp_path):
     run = _checkpointed_run(data, tmp_path)
     before = (run / CHECKPOINT_FILE).read_bytes()
-    done = subprocess.run([sys.executable, "-m", "visiontune", "train", "--resume", str(run), "--lr", "0.5"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "visiontune", "train", "--resume", str(run), "--lr", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
     assert "--lr 0.5 (the run used the default)" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "visiontune", "train", str(data), *OPTIONS, "--out", str(run)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "visiontune", "train", str(data), *OPTIONS, "--out", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "--resume" in done.stderr
     assert (run / CHECKPOINT_FILE).read_bytes() == before
 
@@ -172,31 +214,52 @@ def _loop_problem():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(48, 6, generator=g)
     y = (x[:, 0] + 0.3 * x[:, 1] > 0).long()
-    train = [Batch(x[i:i + 8], y[i:i + 8], torch.arange(i, i + 8)) for i in range(0, 48, 8)]
+    train = [Batch(x[i : i + 8], y[i : i + 8], torch.arange(i, i + 8)) for i in range(0, 48, 8)]
     return train, [Batch(x[:24], 1 - y[:24], torch.arange(24))]  # val gets worse: patience stops
 
 
 def _loop_model():
     torch.manual_seed(0)  # dropout and batch norm: the epoch's RNG and buffers must come back too
-    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
-                               torch.nn.Dropout(0.3), torch.nn.Linear(16, 2))
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 16),
+        torch.nn.BatchNorm1d(16),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.3),
+        torch.nn.Linear(16, 2),
+    )
 
 
 def _loop_fit(model, optimizer, *, state=None, on_checkpoint=None):
     from visiontune.engine.loop import LoopConfig, fit
 
-    cfg = LoopConfig(epochs=8, warmup_epochs=1.0, label_smoothing=0.1, patience=3, channels_last=False,
-                     progress=False, seed=5)
+    cfg = LoopConfig(
+        epochs=8,
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        patience=3,
+        channels_last=False,
+        progress=False,
+        seed=5,
+    )
     train, val = _loop_problem()
-    return fit(model, train, val, optimizer, cfg=cfg, set_train_mode=lambda m: m.train(), state=state,
-               on_checkpoint=on_checkpoint)
+    return fit(
+        model,
+        train,
+        val,
+        optimizer,
+        cfg=cfg,
+        set_train_mode=lambda m: m.train(),
+        state=state,
+        on_checkpoint=on_checkpoint,
+    )
 
 
 def _loop_optimizer(model):
     from visiontune.engine.optim import build_optimizer
 
-    return build_optimizer([{"params": list(model.parameters()), "lr": 0.05, "base_lr": 0.05}],
-                           weight_decay=0.01)
+    return build_optimizer(
+        [{"params": list(model.parameters()), "lr": 0.05, "base_lr": 0.05}], weight_decay=0.01
+    )
 
 
 @pytest.mark.parametrize("stop_after", [1, 2, 4])
@@ -211,7 +274,9 @@ def test_fit_resumed_from_any_saved_epoch_equals_the_straight_run(tmp_path, stop
 
     def keep(state):
         if state.epoch == stop_after:
-            save_checkpoint(tmp_path / CHECKPOINT_FILE, model=model, optimizer=optimizer, state=state)
+            save_checkpoint(
+                tmp_path / CHECKPOINT_FILE, model=model, optimizer=optimizer, state=state
+            )
         saved[state.epoch] = state.done
 
     straight = _loop_fit(model, optimizer, on_checkpoint=keep)
@@ -228,8 +293,10 @@ def test_fit_resumed_from_any_saved_epoch_equals_the_straight_run(tmp_path, stop
         return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
     assert strip(resumed) == strip(straight)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(),
-                                                  strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )
 
 
 def test_gradual_run_resumes_with_its_unfrozen_stages_and_optimizer_groups(tmp_path, monkeypatch):
@@ -237,8 +304,16 @@ def test_gradual_run_resumes_with_its_unfrozen_stages_and_optimizer_groups(tmp_p
     from visiontune.api import _checkpoints
 
     data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6})
-    options = dict(**TINY, strategy="gradual", unfreeze=3, epochs=3, batch_size=4, workers=0, seed=2,
-                   progress=False)
+    options = dict(
+        **TINY,
+        strategy="gradual",
+        unfreeze=3,
+        epochs=3,
+        batch_size=4,
+        workers=0,
+        seed=2,
+        progress=False,
+    )
     straight = visiontune.fit(data, out=str(tmp_path / "straight"), **options)
 
     save = _checkpoints.RunCheckpoints.save
@@ -252,7 +327,10 @@ def test_gradual_run_resumes_with_its_unfrozen_stages_and_optimizer_groups(tmp_p
     with pytest.raises(KeyboardInterrupt):
         visiontune.fit(data, out=str(tmp_path / "run"), **options)
     monkeypatch.undo()
-    assert read_checkpoint_meta(tmp_path / "run" / CHECKPOINT_FILE)["extra"]["strategy"]["unfrozen"] == 1
+    assert (
+        read_checkpoint_meta(tmp_path / "run" / CHECKPOINT_FILE)["extra"]["strategy"]["unfrozen"]
+        == 1
+    )
 
     resumed = visiontune.resume(tmp_path / "run", progress=False)
     _assert_same(_outcome(resumed.run_dir), _outcome(straight.run_dir))

@@ -44,10 +44,18 @@ def test_every_torch_load_in_the_package_passes_weights_only_true():
     calls = []
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "load" and getattr(node.func.value, "id", None) == "torch"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and getattr(node.func.value, "id", None) == "torch"
+            ):
                 flags = [k.value for k in node.keywords if k.arg == "weights_only"]
-                safe = len(flags) == 1 and isinstance(flags[0], ast.Constant) and flags[0].value is True
+                safe = (
+                    len(flags) == 1
+                    and isinstance(flags[0], ast.Constant)
+                    and flags[0].value is True
+                )
                 calls.append((f"{path.relative_to(PACKAGE)}:{node.lineno}", safe))
     assert calls, "expected at least the .pth weights loader"
     assert all(safe for _, safe in calls), calls
@@ -59,8 +67,14 @@ def test_malicious_weights_file_is_refused_and_never_runs(tmp_path, zipped):
     evil = _malicious(tmp_path / "weights.pth", marker, zipped=zipped)
     data = make_class_folder(tmp_path / "data", {"cat": 3, "dog": 3})
     with pytest.raises(WeightsNotFoundError, match="refusing to load .*posix.system"):
-        visiontune.fit(data, backbone=TINY["backbone"], weights=str(evil), out=str(tmp_path / "run"),
-                       progress=False, workers=0)
+        visiontune.fit(
+            data,
+            backbone=TINY["backbone"],
+            weights=str(evil),
+            out=str(tmp_path / "run"),
+            progress=False,
+            workers=0,
+        )
     assert not marker.exists()
     assert not (tmp_path / "run").exists()
 
@@ -69,9 +83,25 @@ def test_malicious_weights_are_refused_by_the_cli_with_exit_code_2(tmp_path):
     marker = tmp_path / "pwned"
     evil = _malicious(tmp_path / "weights.pth", marker, zipped=True)
     data = make_class_folder(tmp_path / "data", {"cat": 3, "dog": 3})
-    done = subprocess.run([sys.executable, "-m", "visiontune", "train", str(data), "--backbone", TINY["backbone"],
-                           "--weights", str(evil), "--out", str(tmp_path / "run"), "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "visiontune",
+            "train",
+            str(data),
+            "--backbone",
+            TINY["backbone"],
+            "--weights",
+            str(evil),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr
     assert "refusing to load" in done.stderr and "Traceback" not in done.stderr
     assert not marker.exists()

@@ -49,8 +49,11 @@ def _stage_params(model, indices) -> set[str]:
 
 def _bn_modules(model, stage_indices) -> dict[str, nn.Module]:
     names = _stage_params(model, stage_indices)
-    return {n: m for n, m in model.backbone.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{n}.weight" in names}
+    return {
+        n: m
+        for n, m in model.backbone.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{n}.weight" in names
+    }
 
 
 def _bn_stats(modules: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -77,15 +80,21 @@ def test_trainable_parameters_follow_the_stages(model, name):
     strategy = make_strategy(name)
     groups = _setup(strategy, model)
     n = len(model.backbone.stages())
-    expected_stages = {"head": set(), "partial": set(range(n - math.ceil(n / 3), n)),
-                       "full": set(range(n)), "gradual": set()}[name]  # gradual: before epoch 1
+    expected_stages = {
+        "head": set(),
+        "partial": set(range(n - math.ceil(n / 3), n)),
+        "full": set(range(n)),
+        "gradual": set(),
+    }[name]  # gradual: before epoch 1
     assert strategy.trainable_stages(n) == expected_stages
     assert _trainable_names(model) == _stage_params(model, expected_stages)
     assert all(p.requires_grad for p in model.head.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    stage_sizes = [sum(model.backbone.get_parameter(p).numel() for p in params)
-                   for _, params in model.backbone.stages()]
+    stage_sizes = [
+        sum(model.backbone.get_parameter(p).numel() for p in params)
+        for _, params in model.backbone.stages()
+    ]
     head_size = sum(p.numel() for p in model.head.parameters())
     assert trainable == head_size + sum(stage_sizes[i] for i in expected_stages)
     assert frozen == sum(stage_sizes) - sum(stage_sizes[i] for i in expected_stages)
@@ -142,7 +151,9 @@ def test_backbone_trains_at_lr_times_multiplier(model, name):
         assert g["weight_decay"] == (0.0 if g["name"].endswith("no_decay") else WD)
     # biases and norm scales are not decayed; conv and linear weights are
     assert all(p.ndim <= 1 for g in groups if g["name"].endswith("no_decay") for p in g["params"])
-    assert all(p.ndim > 1 for g in groups if not g["name"].endswith("no_decay") for p in g["params"])
+    assert all(
+        p.ndim > 1 for g in groups if not g["name"].endswith("no_decay") for p in g["params"]
+    )
     optimizer = build_optimizer(groups, weight_decay=WD)
     assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in groups]
 
@@ -157,7 +168,11 @@ def test_describe_reports_lrs_and_batchnorm(model):
     strategy = PartialStrategy(unfreeze=1)
     _setup(strategy, model)
     rows = strategy.describe(model, lr=LR, backbone_lr_mult=MULT)
-    assert rows[-2].trainable and rows[-2].lr == pytest.approx(LR * MULT) and rows[-2].batchnorm == "train"
+    assert (
+        rows[-2].trainable
+        and rows[-2].lr == pytest.approx(LR * MULT)
+        and rows[-2].batchnorm == "train"
+    )
     assert not rows[0].trainable and rows[0].lr == 0 and rows[0].batchnorm == "frozen"
     assert sum(r.num_params for r in rows) == sum(p.numel() for p in model.parameters())
 
@@ -165,7 +180,9 @@ def test_describe_reports_lrs_and_batchnorm(model):
 # ----------------------------------------------------------------------- BatchNorm policy
 
 
-@pytest.mark.parametrize("name, unfreeze", [("head", None), ("partial", 2), ("partial", 4), ("full", None)])
+@pytest.mark.parametrize(
+    "name, unfreeze", [("head", None), ("partial", 2), ("partial", 4), ("full", None)]
+)
 def test_frozen_batchnorm_statistics_do_not_move(model, name, unfreeze):
     strategy = make_strategy(name, unfreeze=unfreeze)
     groups = _setup(strategy, model)
@@ -174,8 +191,11 @@ def test_frozen_batchnorm_statistics_do_not_move(model, name, unfreeze):
     frozen_bn = _bn_modules(model, set(range(n)) - trainable)
     trainable_bn = _bn_modules(model, trainable)
     assert len(frozen_bn) + len(trainable_bn) == sum(
-        isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
-    frozen_params = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if not p.requires_grad}
+        isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules()
+    )
+    frozen_params = {
+        n: p.detach().clone() for n, p in model.backbone.named_parameters() if not p.requires_grad
+    }
     before_frozen, before_trainable = _bn_stats(frozen_bn), _bn_stats(trainable_bn)
     head_before = model.head.fc.weight.detach().clone()
 
@@ -188,7 +208,9 @@ def test_frozen_batchnorm_statistics_do_not_move(model, name, unfreeze):
     for pname, p in model.backbone.named_parameters():
         if pname in frozen_params:
             assert torch.equal(p, frozen_params[pname]), pname
-    for bn_name, (mean, var) in _bn_stats(trainable_bn).items():  # trainable stages: statistics update
+    for bn_name, (mean, var) in _bn_stats(
+        trainable_bn
+    ).items():  # trainable stages: statistics update
         assert not torch.equal(mean, before_trainable[bn_name][0]), bn_name
         assert not torch.equal(var, before_trainable[bn_name][1]), bn_name
         assert trainable_bn[bn_name].training
@@ -232,11 +254,20 @@ def test_gradual_unfreezes_one_stage_per_epoch_from_the_top(model):
         # the optimizer holds exactly the trainable parameters, each once
         in_optimizer = [p for g in optimizer.param_groups for p in g["params"]]
         assert len(in_optimizer) == len({id(p) for p in in_optimizer})
-        assert {id(p) for p in in_optimizer} == {id(p) for p in model.parameters() if p.requires_grad}
+        assert {id(p) for p in in_optimizer} == {
+            id(p) for p in model.parameters() if p.requires_grad
+        }
         counts.append(_trainable_count(model))
     assert counts[0] == sum(p.numel() for p in model.head.parameters())
-    assert counts[0] == counts[1] < counts[2] < counts[3] < counts[4] == counts[5]  # capped at 3 stages
-    assert strategy.state_dict() == {"name": "gradual", "unfreeze": 3, "lr_decay": 0.5, "unfrozen": 3}
+    assert (
+        counts[0] == counts[1] < counts[2] < counts[3] < counts[4] == counts[5]
+    )  # capped at 3 stages
+    assert strategy.state_dict() == {
+        "name": "gradual",
+        "unfreeze": 3,
+        "lr_decay": 0.5,
+        "unfrozen": 3,
+    }
     _setup(strategy, model)  # set up again: back to the head alone
     assert strategy.unfrozen == 0 and not _trainable_names(model)
 
@@ -251,7 +282,7 @@ def test_gradual_learning_rates_decay_with_depth(model):
     by_name = {g["name"]: g for g in optimizer.param_groups}
     for depth, stage in enumerate(reversed(stage_names)):
         group = by_name[f"backbone.{stage}/no_decay"]
-        assert group["lr"] == group["base_lr"] == pytest.approx(LR * MULT * 0.5 ** depth), stage
+        assert group["lr"] == group["base_lr"] == pytest.approx(LR * MULT * 0.5**depth), stage
         assert group["weight_decay"] == 0.0
     assert by_name["head"]["lr"] == pytest.approx(LR)
     # describe shows the plan before training: when each stage starts, at which LR
@@ -310,9 +341,20 @@ def test_gradual_end_to_end_warm_starts_the_head_then_unfreezes(tmp_path):
     import visiontune
 
     data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6})
-    result = visiontune.fit(data, **TINY, strategy="gradual", unfreeze=2, epochs=3, batch_size=4, workers=0,
-                            out=str(tmp_path / "run"), progress=False)
-    assert result.metrics["head_warm_start"] is not None  # the head was fitted on cached features first
+    result = visiontune.fit(
+        data,
+        **TINY,
+        strategy="gradual",
+        unfreeze=2,
+        epochs=3,
+        batch_size=4,
+        workers=0,
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
+    assert (
+        result.metrics["head_warm_start"] is not None
+    )  # the head was fitted on cached features first
     saved = json.loads((result.run_dir / "config.json").read_text())
     assert saved["strategy"] == {"name": "gradual", "unfreeze": 2, "lr_decay": 0.5, "unfrozen": 2}
     assert len(result.history) == 3

@@ -26,8 +26,9 @@ def quadrants(side: int = 160) -> Image.Image:
     """Top-left red, top-right green, bottom-left blue, bottom-right yellow."""
     img = Image.new("RGB", (side, side))
     half = side // 2
-    for colour, (x, y) in zip((RED, GREEN, BLUE, YELLOW), ((0, 0), (half, 0), (0, half), (half, half)),
-                              strict=True):
+    for colour, (x, y) in zip(
+        (RED, GREEN, BLUE, YELLOW), ((0, 0), (half, 0), (0, half), (half, half)), strict=True
+    ):
         img.paste(colour, (x, y, x + half, y + half))
     return img
 
@@ -46,7 +47,9 @@ def test_each_mode_gives_its_number_of_model_sized_views(mode):
 
 def test_none_is_exactly_the_eval_view():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8))
-    torch.testing.assert_close(TTAViews(SPEC, "none")(img)[0], eval_transform(SPEC)(img), rtol=0, atol=0)
+    torch.testing.assert_close(
+        TTAViews(SPEC, "none")(img)[0], eval_transform(SPEC)(img), rtol=0, atol=0
+    )
 
 
 def test_crops_sit_in_the_corners_of_the_central_square():
@@ -59,7 +62,11 @@ def test_crops_sit_in_the_corners_of_the_central_square():
     assert colour_at(bl, 63, 0) == BLUE
     assert colour_at(br, 63, 63) == YELLOW
     assert [colour_at(centre, r, c) for r, c in ((0, 0), (0, 63), (63, 0), (63, 63))] == [
-        RED, GREEN, BLUE, YELLOW]
+        RED,
+        GREEN,
+        BLUE,
+        YELLOW,
+    ]
     torch.testing.assert_close(centre, TTAViews(SPEC, "none")(quadrants())[0])
 
 
@@ -71,7 +78,7 @@ def test_crops_are_exact_slices_of_the_resized_image():
     offsets = [(0, 0), (0, 16), (16, 0), (16, 16), (8, 8)]
     views = TTAViews(SPEC, "10crop")(Image.fromarray(pixels))
     for view, (r, c) in zip(views[:5], offsets, strict=True):
-        torch.testing.assert_close(view, square[:, r:r + 64, c:c + 64], rtol=0, atol=1e-6)
+        torch.testing.assert_close(view, square[:, r : r + 64, c : c + 64], rtol=0, atol=1e-6)
     # The last five are the same crops of the mirrored square: its top-left is the original's
     # top-right, mirrored, and so on.
     for mirrored, original in zip(views[5:], views[[1, 0, 3, 2, 4]], strict=True):
@@ -109,28 +116,66 @@ def test_flip_and_10crop_make_predictions_mirror_invariant(random_model, tmp_pat
     img = Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
     img.save(tmp_path / "x.png")
     ImageOps.mirror(img).save(tmp_path / "mirror.png")
-    assert not np.allclose(probs(random_model, tmp_path / "x.png", "none"),
-                           probs(random_model, tmp_path / "mirror.png", "none"), atol=1e-4)
+    assert not np.allclose(
+        probs(random_model, tmp_path / "x.png", "none"),
+        probs(random_model, tmp_path / "mirror.png", "none"),
+        atol=1e-4,
+    )
     for tta in ("flip", "10crop"):
-        np.testing.assert_allclose(probs(random_model, tmp_path / "x.png", tta),
-                                   probs(random_model, tmp_path / "mirror.png", tta), atol=1e-5)
+        np.testing.assert_allclose(
+            probs(random_model, tmp_path / "x.png", tta),
+            probs(random_model, tmp_path / "mirror.png", tta),
+            atol=1e-5,
+        )
 
 
 def test_flip_of_a_symmetric_image_equals_no_tta(random_model, tmp_path):
     half = np.random.default_rng(4).integers(0, 256, (96, 48, 3), dtype=np.uint8)
     Image.fromarray(np.concatenate([half, half[:, ::-1]], axis=1)).save(tmp_path / "sym.png")
-    np.testing.assert_allclose(probs(random_model, tmp_path / "sym.png", "flip"),
-                               probs(random_model, tmp_path / "sym.png", "none"), atol=1e-5)
+    np.testing.assert_allclose(
+        probs(random_model, tmp_path / "sym.png", "flip"),
+        probs(random_model, tmp_path / "sym.png", "none"),
+        atol=1e-5,
+    )
 
 
 def test_cli_tta_on_a_run(trained_run, trained_data, capsys):
-    assert main(["evaluate", str(trained_run.run_dir), str(trained_data / "test"), "--tta", "10crop",
-                 "--json", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(trained_run.run_dir),
+                str(trained_data / "test"),
+                "--tta",
+                "10crop",
+                "--json",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["tta"] == "10crop" and metrics["forward_passes_per_image"] == 10
     assert metrics["num_images"] == 9
-    assert main(["predict", str(trained_run.run_dir), str(trained_data / "test"), "--tta", "flip",
-                 "--format", "json", "--top-k", "3", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(trained_run.run_dir),
+                str(trained_data / "test"),
+                "--tta",
+                "flip",
+                "--format",
+                "json",
+                "--top-k",
+                "3",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     results = json.loads(capsys.readouterr().out)
     assert len(results) == 9
     for r in results:

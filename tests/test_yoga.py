@@ -31,12 +31,20 @@ def test_every_image_decodes_to_rgb_including_the_defective_ones():
         assert decoded.image.mode == "RGB" and min(decoded.image.size) > 0
         if decoded.note:
             notes[sample.path.relative_to(YOGA).as_posix()] = decoded.note
-    assert list(notes) == ["TRAIN/tree/00000114.jpg"] and "truncated" in notes["TRAIN/tree/00000114.jpg"]
+    assert (
+        list(notes) == ["TRAIN/tree/00000114.jpg"]
+        and "truncated" in notes["TRAIN/tree/00000114.jpg"]
+    )
 
 
-@pytest.mark.parametrize("name, real_format", [("TRAIN/tree/00000143.jpg", "PNG"),
-                                               ("TRAIN/downdog/00000181.bmp", "JPEG"),
-                                               ("TRAIN/goddess/00000103.png", "JPEG")])
+@pytest.mark.parametrize(
+    "name, real_format",
+    [
+        ("TRAIN/tree/00000143.jpg", "PNG"),
+        ("TRAIN/downdog/00000181.bmp", "JPEG"),
+        ("TRAIN/goddess/00000103.png", "JPEG"),
+    ],
+)
 def test_wrong_extensions_decode_by_content(name, real_format):
     with Image.open(YOGA / name) as img:
         assert img.format == real_format

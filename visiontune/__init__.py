@@ -5,8 +5,19 @@ The public surface; importing it does no heavy work (torch loads on first use).
 
 __version__ = "0.1.0"
 
-__all__ = ["TrainConfig", "__version__", "advise", "evaluate", "export", "fit", "fit_ensemble",
-           "list_backbones", "load", "predict", "resume"]
+__all__ = [
+    "TrainConfig",
+    "__version__",
+    "advise",
+    "evaluate",
+    "export",
+    "fit",
+    "fit_ensemble",
+    "list_backbones",
+    "load",
+    "predict",
+    "resume",
+]
 
 
 def __getattr__(name):

@@ -12,12 +12,28 @@ console = Console(stderr=True, highlight=False)
 
 def stage_table(rows, *, title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column, justify in (("stage", "left"), ("status", "left"), ("params", "right"),
-                            ("lr", "right"), ("BatchNorm", "left")):
+    for column, justify in (
+        ("stage", "left"),
+        ("status", "left"),
+        ("params", "right"),
+        ("lr", "right"),
+        ("BatchNorm", "left"),
+    ):
         table.add_column(column, justify=justify)
     for row in rows:
         starts = getattr(row, "starts", None)  # gradual unfreezing: trains from that epoch on
-        status = "frozen" if not row.trainable else "trainable" if starts is None else f"from epoch {starts + 1}"
-        table.add_row(row.stage, status, f"{row.num_params:,}",
-                      f"{row.lr:.2e}" if row.trainable else "-", row.batchnorm)
+        status = (
+            "frozen"
+            if not row.trainable
+            else "trainable"
+            if starts is None
+            else f"from epoch {starts + 1}"
+        )
+        table.add_row(
+            row.stage,
+            status,
+            f"{row.num_params:,}",
+            f"{row.lr:.2e}" if row.trainable else "-",
+            row.batchnorm,
+        )
     return table

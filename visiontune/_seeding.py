@@ -46,7 +46,11 @@ def isolated_rng(seed: int) -> Iterator[None]:
     Used per image when decoding in the main process (``--workers 0``), so an image's
     augmentation neither depends on nor disturbs the training step's draws (dropout, mixup).
     """
-    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    py_state, np_state, torch_state = (
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+    )
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.random.default_generator.manual_seed(seed)  # CPU only: transforms run on the CPU

@@ -49,7 +49,9 @@ class TrainConfig:
     cache_dir: str | None = None  # None: the per-user cache folder
     cache_views: int = 0  # head strategy: augmented views per training image, cached too
     head_solver: str = "lbfgs"  # head strategy: full-batch linear probe, or "adamw" mini-batches
-    balance: str = "none"  # class imbalance: "weights" (weighted loss) or "sampler" (balanced draws)
+    balance: str = (
+        "none"  # class imbalance: "weights" (weighted loss) or "sampler" (balanced draws)
+    )
     exclude_duplicates: bool = False  # val/test images with a byte-identical copy in train left out
     val_fraction: float = 0.15
     seed: int = 0
@@ -85,8 +87,10 @@ class TrainConfig:
         except ValueError as exc:
             bad(f"--augment: {exc}")
         if augment.batch_ops and self.strategy == "head":
-            bad(f"--augment {', '.join(augment.batch_ops)} mixes whole images, so it needs --strategy "
-                "partial or full (a frozen backbone trains its head on cached features)")
+            bad(
+                f"--augment {', '.join(augment.batch_ops)} mixes whole images, so it needs --strategy "
+                "partial or full (a frozen backbone trains its head on cached features)"
+            )
         if self.head_solver not in HEAD_SOLVERS:
             bad(f"--head-solver must be one of {', '.join(HEAD_SOLVERS)}, got {self.head_solver!r}")
         if self.balance not in BALANCE_CHOICES:

@@ -18,8 +18,9 @@ from ._paths import default_cache_dir
 __all__ = ["build_demo_dataset"]
 
 
-def build_demo_dataset(folder: str | Path | None = None, *, test_fraction: float = 0.3,
-                       seed: int = 0) -> Path:
+def build_demo_dataset(
+    folder: str | Path | None = None, *, test_fraction: float = 0.3, seed: int = 0
+) -> Path:
     """Write lfw_subset as ``folder/{train,test}/{face,not_face}/*.png``; returns ``folder``."""
     from skimage.data import lfw_subset
 

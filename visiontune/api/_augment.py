@@ -31,19 +31,38 @@ def _augmentation(config, splits, strategy, preprocess) -> tuple[PCAStats | None
     pca = compute_pca_stats(splits.train, seed=config.seed) if augment.uses_pca else None
     pipeline = train_transform(preprocess, augment=augment, pca=pca).transforms
     mixer = build_batch_transform(augment, num_classes=len(splits.labels))
-    return pca, {"text": str(augment), "ops": augment.text, "used_for": used_for,
-                 "pipeline": [repr(t) for t in pipeline], "batch": repr(mixer) if mixer else None,
-                 "pca": pca.to_dict() if pca else None}
+    return pca, {
+        "text": str(augment),
+        "ops": augment.text,
+        "used_for": used_for,
+        "pipeline": [repr(t) for t in pipeline],
+        "batch": repr(mixer) if mixer else None,
+        "pca": pca.to_dict() if pca else None,
+    }
 
 
-def augment_preview(data: str | Path, out: str | Path, *, augment: str = "standard", rows: int = 4,
-                    cols: int = 6, seed: int = 0, size: int = 224, tile: int | None = None) -> dict:
+def augment_preview(
+    data: str | Path,
+    out: str | Path,
+    *,
+    augment: str = "standard",
+    rows: int = 4,
+    cols: int = 6,
+    seed: int = 0,
+    size: int = 224,
+    tile: int | None = None,
+) -> dict:
     """Write a PNG grid of what training sees: ``rows`` training images of ``data`` (classes in
     turn), each as its eval view and then ``cols`` seeded augmented draws at ``size`` pixels."""
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise VisiontuneError(f"--out must end in .png, got {out.name}")
-    for name, value, low in (("--rows", rows, 1), ("--cols", cols, 1), ("--size", size, 8), ("--tile", tile, 8)):
+    for name, value, low in (
+        ("--rows", rows, 1),
+        ("--cols", cols, 1),
+        ("--size", size, 8),
+        ("--tile", tile, 8),
+    ):
         if value is not None and value < low:
             raise VisiontuneError(f"{name} must be at least {low}, got {value}")
     try:
@@ -54,12 +73,28 @@ def augment_preview(data: str | Path, out: str | Path, *, augment: str = "standa
     pca = compute_pca_stats(splits.train, seed=seed) if spec.uses_pca else None
     preprocess = PreprocessSpec(size=size)
     try:
-        grid, shown = render_preview(splits.train, splits.labels.names, preprocess, spec, pca=pca, rows=rows,
-                                     cols=cols, seed=seed, tile=tile)
+        grid, shown = render_preview(
+            splits.train,
+            splits.labels.names,
+            preprocess,
+            spec,
+            pca=pca,
+            rows=rows,
+            cols=cols,
+            seed=seed,
+            tile=tile,
+        )
     except ValueError as exc:
         raise VisiontuneError(f"{data}: {exc}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: grid.save(tmp, format="PNG", optimize=True))
-    return {"out": str(out), "augment": str(spec), "ops": spec.text, "rows": len(shown), "cols": cols,
-            "size": list(grid.size), "images": [str(s.path) for s in shown],
-            "pca": pca.to_dict() if pca else None}
+    return {
+        "out": str(out),
+        "augment": str(spec),
+        "ops": spec.text,
+        "rows": len(shown),
+        "cols": cols,
+        "size": list(grid.size),
+        "images": [str(s.path) for s in shown],
+        "pca": pca.to_dict() if pca else None,
+    }

@@ -16,10 +16,16 @@ if TYPE_CHECKING:  # the loader imports torch, which `visiontune check` does not
     from ..data.loader import SkipLog
 
 
-def check(data: str | Path, *, near_duplicates: bool = True,
-          near_distance: int = DEFAULT_NEAR_DISTANCE, min_side: int = 32,
-          max_pixels: int = 50_000_000, imbalance_ratio: float = 3.0,
-          workers: int | None = None) -> CheckReport:
+def check(
+    data: str | Path,
+    *,
+    near_duplicates: bool = True,
+    near_distance: int = DEFAULT_NEAR_DISTANCE,
+    min_side: int = 32,
+    max_pixels: int = 50_000_000,
+    imbalance_ratio: float = 3.0,
+    workers: int | None = None,
+) -> CheckReport:
     """Every finding about the images under ``data`` (any layout ``train`` accepts).
 
     Unreadable and truncated files, extension/content mismatches, colour modes, tiny and huge
@@ -31,15 +37,23 @@ def check(data: str | Path, *, near_duplicates: bool = True,
     >>> report.summary()                                                    # doctest: +SKIP
     {'duplicates': 3, 'leakage': 1, ...}
     """
-    for name, value, low in (("--near-distance", near_distance, 0), ("--min-side", min_side, 1),
-                             ("--max-pixels", max_pixels, 1),
-                             ("--imbalance-ratio", imbalance_ratio, 1),
-                             ("--workers", 0 if workers is None else workers, 0)):
+    for name, value, low in (
+        ("--near-distance", near_distance, 0),
+        ("--min-side", min_side, 1),
+        ("--max-pixels", max_pixels, 1),
+        ("--imbalance-ratio", imbalance_ratio, 1),
+        ("--workers", 0 if workers is None else workers, 0),
+    ):
         if value < low:
             raise VisiontuneError(f"{name} must be at least {low}, got {value}")
-    return check_folder(data, near_distance=near_distance if near_duplicates else None,
-                        min_side=min_side, max_pixels=max_pixels,
-                        imbalance_ratio=imbalance_ratio, workers=workers)
+    return check_folder(
+        data,
+        near_distance=near_distance if near_duplicates else None,
+        min_side=min_side,
+        max_pixels=max_pixels,
+        imbalance_ratio=imbalance_ratio,
+        workers=workers,
+    )
 
 
 def _drop(splits: DatasetSplits, paths: set[str]) -> dict[str, int]:
@@ -53,8 +67,9 @@ def _drop(splits: DatasetSplits, paths: set[str]) -> dict[str, int]:
     return dropped
 
 
-def _screen_data(splits: DatasetSplits, skips: SkipLog, *, exclude_duplicates: bool,
-                 warn: bool = True) -> dict:
+def _screen_data(
+    splits: DatasetSplits, skips: SkipLog, *, exclude_duplicates: bool, warn: bool = True
+) -> dict:
     """``fit``'s cheap checks (headers and content hashes, no decoding) on its actual splits.
 
     Unusable files leave the splits and go to ``skips`` (so each is reported, not only those an
@@ -78,23 +93,32 @@ def _screen_data(splits: DatasetSplits, skips: SkipLog, *, exclude_duplicates: b
         _warn(report, leaked, conflicts, exclude_duplicates)
     excluded = _drop(splits, set(leaked)) if exclude_duplicates else None
     by_split = Counter(f.details["split"] for f in report.of_type("leakage"))
-    return {"leakage": {"val": by_split["val"], "test": by_split["test"], "files": leaked},
-            "label_conflicts": conflicts,
-            "excluded_duplicates": excluded and {"val": excluded["val"], "test": excluded["test"]},
-            "seconds": round(report.seconds, 3)}
+    return {
+        "leakage": {"val": by_split["val"], "test": by_split["test"], "files": leaked},
+        "label_conflicts": conflicts,
+        "excluded_duplicates": excluded and {"val": excluded["val"], "test": excluded["test"]},
+        "seconds": round(report.seconds, 3),
+    }
 
 
 def _warn(report: CheckReport, leaked: dict, conflicts: list, excluded: bool) -> None:
     if leaked:
         per_split = Counter(f.details["split"] for f in report.of_type("leakage"))
         splits = [part for part in ("test", "val") if per_split[part]]
-        action = ("left out of the evaluation (--exclude-duplicates)" if excluded else
-                  f"{' and '.join(splits)} accuracy is inflated; --exclude-duplicates leaves "
-                  "them out")
+        action = (
+            "left out of the evaluation (--exclude-duplicates)"
+            if excluded
+            else f"{' and '.join(splits)} accuracy is inflated; --exclude-duplicates leaves "
+            "them out"
+        )
         counts = " and ".join(f"{per_split[part]} {part}" for part in splits)
-        console.print(f"[bold red]warning:[/] {counts} image(s) have a byte-identical copy in "
-                      f"train: {action}. Listed in metrics.json (data_checks).")
+        console.print(
+            f"[bold red]warning:[/] {counts} image(s) have a byte-identical copy in "
+            f"train: {action}. Listed in metrics.json (data_checks)."
+        )
     if conflicts:
         example = " = ".join(Path(p).name for p in conflicts[0])
-        console.print(f"[bold red]warning:[/] {len(conflicts)} image(s) are filed under two or "
-                      f"more classes (e.g. {example}); listed in metrics.json (data_checks).")
+        console.print(
+            f"[bold red]warning:[/] {len(conflicts)} image(s) are filed under two or "
+            f"more classes (e.g. {example}); listed in metrics.json (data_checks)."
+        )

@@ -36,21 +36,31 @@ def refuse_interrupted(run_dir: Path) -> None:
     if (run_dir / CHECKPOINT_FILE).is_file():
         raise VisiontuneError(
             f"{run_dir} holds an interrupted run ({CHECKPOINT_FILE}); continue it with "
-            f"`visiontune train --resume {run_dir}`, or choose another --out")
+            f"`visiontune train --resume {run_dir}`, or choose another --out"
+        )
 
 
 class RunCheckpoints:
     """Writes ``RUN/checkpoint.safetensors`` (rank 0 only) and puts a resumed run back."""
 
-    def __init__(self, run_dir: Path, *, dist: Distributed | None, resumed: Checkpoint | None,
-                 extra: dict, skips: SkipLog):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        dist: Distributed | None,
+        resumed: Checkpoint | None,
+        extra: dict,
+        skips: SkipLog,
+    ):
         self.path = Path(run_dir) / CHECKPOINT_FILE
         self.dist, self.resumed, self.extra, self.skips = dist, resumed, extra, skips
         if resumed is not None:
             saved = resumed.extra.get("data_fingerprint")
             if saved != extra["data_fingerprint"]:
-                raise DataError(f"the data changed since {run_dir} was checkpointed (files added, removed "
-                                "or resized); resuming would not continue the same run")
+                raise DataError(
+                    f"the data changed since {run_dir} was checkpointed (files added, removed "
+                    "or resized); resuming would not continue the same run"
+                )
             skips.skipped.update(resumed.extra.get("skips", {}).get("skipped", {}))
             skips.notes.update(resumed.extra.get("skips", {}).get("notes", {}))
 
@@ -58,13 +68,20 @@ class RunCheckpoints:
     def writes(self) -> bool:
         return self.dist is None or self.dist.is_main
 
-    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainingState,
-             strategy) -> None:
+    def save(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: TrainingState,
+        strategy,
+    ) -> None:
         if self.writes:
             extra = {**self.extra, "strategy": strategy.state_dict(), "skips": self.skips.to_dict()}
             save_checkpoint(self.path, model=model, optimizer=optimizer, state=state, extra=extra)
 
-    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, strategy) -> TrainingState | None:
+    def restore(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, strategy
+    ) -> TrainingState | None:
         """Load weights, strategy progress and optimizer state; ``None`` for a fresh run."""
         if self.resumed is None:
             return None
@@ -75,8 +92,10 @@ class RunCheckpoints:
             # groups) where it was; fixed plans do nothing.
             strategy.on_epoch_start(checkpoint.state.epoch - 1, model, optimizer)
         if strategy.state_dict() != checkpoint.extra.get("strategy"):
-            raise VisiontuneError(f"{self.path}: strategy state {checkpoint.extra.get('strategy')} "
-                                  f"cannot be rebuilt (got {strategy.state_dict()})")
+            raise VisiontuneError(
+                f"{self.path}: strategy state {checkpoint.extra.get('strategy')} "
+                f"cannot be rebuilt (got {strategy.state_dict()})"
+            )
         optimizer.load_state_dict(checkpoint.optimizer_state)
         _match_memory_format(optimizer)
         return checkpoint.state

@@ -31,9 +31,18 @@ def _backbone_from(run_or_backbone: str | Path, weights: str | None) -> Backbone
     return create_backbone(str(run_or_backbone), weights=weights or "default")
 
 
-def extract(data: str | Path, out: str | Path, *, backbone: str = "efficientnet_lite0",
-            weights: str | None = None, cache: bool = True, cache_dir: str | None = None,
-            batch_size: int = 64, workers: int | None = None, progress: bool = False) -> dict:
+def extract(
+    data: str | Path,
+    out: str | Path,
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: str | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    progress: bool = False,
+) -> dict:
     """Write every image's pooled features to ``out`` (``.npz``, or ``.parquet`` with pyarrow).
 
     Columns: ``path``, ``label`` (class index), ``class_name``, ``split``, ``embedding``. Uses and
@@ -49,7 +58,9 @@ def extract(data: str | Path, out: str | Path, *, backbone: str = "efficientnet_
     cfg = LoopConfig(epochs=1, progress=progress)
     skips = SkipLog()
     parts = {"train": splits.train, "val": splits.val, "test": splits.test}
-    features = _features(model, parts, config, cfg, skips, default_workers() if workers is None else workers)
+    features = _features(
+        model, parts, config, cfg, skips, default_workers() if workers is None else workers
+    )
     rows = [(name, fs) for name, fs in features.items()]
     table = {
         "path": np.array([str(s.path) for _, fs in rows for s in fs.samples]),
@@ -59,31 +70,49 @@ def extract(data: str | Path, out: str | Path, *, backbone: str = "efficientnet_
     }
     table["class_name"] = np.array([splits.labels.names[i] for i in table["label"]])
     _write_table(out, table, splits.labels.names)
-    return {"out": str(out), "rows": len(table["path"]), "dim": int(table["embedding"].shape[1]),
-            "computed": sum(fs.computed for _, fs in rows), "from_cache": sum(fs.from_cache for _, fs in rows),
-            "skipped": skips.to_dict()["skipped"]}
+    return {
+        "out": str(out),
+        "rows": len(table["path"]),
+        "dim": int(table["embedding"].shape[1]),
+        "computed": sum(fs.computed for _, fs in rows),
+        "from_cache": sum(fs.from_cache for _, fs in rows),
+        "skipped": skips.to_dict()["skipped"],
+    }
 
 
 def _write_table(out: Path, table: dict, class_names) -> None:
     if out.suffix == ".npz":
+
         def write(tmp):
             with open(tmp, "wb") as fh:
                 np.savez(fh, class_names=np.array(class_names), **table)
+
         atomic_write(out, write)
         return
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise VisiontuneError("writing .parquet needs pyarrow (pip install pyarrow); or use .npz") from exc
+        raise VisiontuneError(
+            "writing .parquet needs pyarrow (pip install pyarrow); or use .npz"
+        ) from exc
     columns = {k: v for k, v in table.items() if k != "embedding"}
     columns["embedding"] = list(table["embedding"])
     atomic_write(out, lambda tmp: pq.write_table(pa.table(columns), tmp))
 
 
-def similar(run_or_backbone: str | Path, query: str | Path, folder: str | Path, *, k: int = 5,
-            weights: str | None = None, cache: bool = True, cache_dir: str | None = None,
-            workers: int | None = None, progress: bool = False) -> list[dict]:
+def similar(
+    run_or_backbone: str | Path,
+    query: str | Path,
+    folder: str | Path,
+    *,
+    k: int = 5,
+    weights: str | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> list[dict]:
     """The ``k`` images under ``folder`` most similar to ``query`` (cosine on pooled features)."""
     _runtime.tune_allocator()
     if k < 1:
@@ -96,10 +125,20 @@ def similar(run_or_backbone: str | Path, query: str | Path, folder: str | Path, 
     config = TrainConfig(data=str(folder), cache=cache, cache_dir=cache_dir)
     cfg = LoopConfig(epochs=1, progress=progress)
     skips = SkipLog()
-    feats = _features(model, {"gallery": gallery, "query": [Sample(query, 0)]}, config, cfg, skips,
-                      default_workers() if workers is None else workers)
+    feats = _features(
+        model,
+        {"gallery": gallery, "query": [Sample(query, 0)]},
+        config,
+        cfg,
+        skips,
+        default_workers() if workers is None else workers,
+    )
     if "query" not in feats or not len(feats["query"]):
-        raise VisiontuneError(f"cannot decode the query image {query}: {skips.skipped.get(str(query), '')}")
+        raise VisiontuneError(
+            f"cannot decode the query image {query}: {skips.skipped.get(str(query), '')}"
+        )
     scores, indices = top_k_similar(feats["query"].features[0], feats["gallery"].features, k)
-    return [{"path": str(feats["gallery"].samples[i].path), "score": float(s)}
-            for s, i in zip(scores[0].tolist(), indices[0].tolist(), strict=False)]
+    return [
+        {"path": str(feats["gallery"].samples[i].path), "score": float(s)}
+        for s, i in zip(scores[0].tolist(), indices[0].tolist(), strict=False)
+    ]

@@ -36,8 +36,9 @@ class EnsembleFitResult:
     metrics: dict  # "test" (the ensemble's, if DATA has a test split), "members"
 
 
-def member_configs(config: TrainConfig, *, members: int | None = None,
-                   backbones: Sequence[str] | None = None) -> list[TrainConfig]:
+def member_configs(
+    config: TrainConfig, *, members: int | None = None, backbones: Sequence[str] | None = None
+) -> list[TrainConfig]:
     """One config per member: seeds ``seed..seed+members-1``, or one per backbone (same seed).
     Output folders are left to the caller."""
     if backbones is not None:
@@ -45,8 +46,10 @@ def member_configs(config: TrainConfig, *, members: int | None = None,
         if not backbones or not all(backbones):
             raise VisiontuneError("--backbone list has an empty name")
         if members not in (None, len(backbones)):
-            raise VisiontuneError(f"--ensemble {members} does not match the {len(backbones)} backbones "
-                                  "given; leave --ensemble out to train one member per backbone")
+            raise VisiontuneError(
+                f"--ensemble {members} does not match the {len(backbones)} backbones "
+                "given; leave --ensemble out to train one member per backbone"
+            )
         return [replace(config, backbone=b) for b in backbones]
     if members is None or members < 1:
         raise VisiontuneError(f"--ensemble must be at least 1, got {members}")
@@ -59,8 +62,14 @@ def _check_backbones(configs: list[TrainConfig]) -> None:
         create_backbone(name, weights=configs[0].weights or "default")
 
 
-def fit_ensemble(data: str | Path, *, members: int | None = None, backbones: Sequence[str] | None = None,
-                 config: TrainConfig | None = None, **options) -> EnsembleFitResult:
+def fit_ensemble(
+    data: str | Path,
+    *,
+    members: int | None = None,
+    backbones: Sequence[str] | None = None,
+    config: TrainConfig | None = None,
+    **options,
+) -> EnsembleFitResult:
     """Train an ensemble on ``data`` and save it as one run folder; options are ``TrainConfig``'s.
 
     >>> result = visiontune.fit_ensemble("photos/", members=3, strategy="full")      # doctest: +SKIP
@@ -77,21 +86,42 @@ def fit_ensemble(data: str | Path, *, members: int | None = None, backbones: Seq
     results = []
     for i, member in enumerate(configs):
         if config.progress:
-            console.print(f"[bold]ensemble member {i + 1}/{len(configs)}[/]: {member.backbone}, "
-                          f"seed {member.seed}")
+            console.print(
+                f"[bold]ensemble member {i + 1}/{len(configs)}[/]: {member.backbone}, "
+                f"seed {member.seed}"
+            )
         results.append(fit(member.data, config=replace(member, out=str(root / "members" / str(i)))))
     ensemble = Ensemble([r.model for r in results], run_dir=root)
-    write_ensemble_file(root, [r.run_dir for r in results], extra={
-        "classes": list(ensemble.labels.names),
-        "backbones": [c.backbone for c in configs], "seeds": [c.seed for c in configs],
-        "training": replace(config, out=str(root)).to_dict()})
+    write_ensemble_file(
+        root,
+        [r.run_dir for r in results],
+        extra={
+            "classes": list(ensemble.labels.names),
+            "backbones": [c.backbone for c in configs],
+            "seeds": [c.seed for c in configs],
+            "training": replace(config, out=str(root)).to_dict(),
+        },
+    )
     test = None
     if splits.test:
-        test = ensemble.evaluate_samples(splits.test, batch_size=config.batch_size * 2,
-                                         workers=config.workers, progress=config.progress)
-    metrics = {"test": test, "members": [
-        {"run": f"members/{i}", "backbone": c.backbone, "seed": c.seed, "val": r.metrics["val"],
-         "test_accuracy": (r.metrics.get("test") or {}).get("accuracy")}
-        for i, (c, r) in enumerate(zip(configs, results, strict=True))]}
+        test = ensemble.evaluate_samples(
+            splits.test,
+            batch_size=config.batch_size * 2,
+            workers=config.workers,
+            progress=config.progress,
+        )
+    metrics = {
+        "test": test,
+        "members": [
+            {
+                "run": f"members/{i}",
+                "backbone": c.backbone,
+                "seed": c.seed,
+                "val": r.metrics["val"],
+                "test_accuracy": (r.metrics.get("test") or {}).get("accuracy"),
+            }
+            for i, (c, r) in enumerate(zip(configs, results, strict=True))
+        ],
+    }
     atomic_write_text(root / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return EnsembleFitResult(root, ensemble, results, metrics)

@@ -12,8 +12,14 @@ from ..exporting.parity import MAX_IMAGES, TOLERANCE, ExportReport
 __all__ = ["ExportReport", "export"]
 
 
-def export(run: str | Path, *, format: str = "onnx", out: str | Path | None = None,
-           tolerance: float = TOLERANCE, max_images: int = MAX_IMAGES) -> ExportReport:
+def export(
+    run: str | Path,
+    *,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    tolerance: float = TOLERANCE,
+    max_images: int = MAX_IMAGES,
+) -> ExportReport:
     """Export the model of ``run`` to ``out`` (default ``RUN/model.onnx`` or
     ``RUN/model.torchscript.pt``; a folder gets that name inside it).
 
@@ -34,5 +40,12 @@ def export(run: str | Path, *, format: str = "onnx", out: str | Path | None = No
     if target.is_dir():
         target = target / default_export_name(format)
     data = (config.get("training") or {}).get("data")
-    return export_model(model, labels, format=format, out=target, data=data, tolerance=tolerance,
-                        max_images=max_images)
+    return export_model(
+        model,
+        labels,
+        format=format,
+        out=target,
+        data=data,
+        tolerance=tolerance,
+        max_images=max_images,
+    )

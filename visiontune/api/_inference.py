@@ -28,20 +28,47 @@ def load(run: Runs, *, device: str = "cpu") -> TrainedModel | Ensemble:
     return load_predictor(run, device=device)
 
 
-def evaluate(run: Runs, folder: str | Path, *, batch_size: int = 32, workers: int | None = None,
-             progress: bool = False, tta: str = "none", report: str | Path | None = None) -> dict:
+def evaluate(
+    run: Runs,
+    folder: str | Path,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = False,
+    tta: str = "none",
+    report: str | Path | None = None,
+) -> dict:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on ``folder/<class>/...``.
     ``tta``: ``none``, ``flip``, ``5crop`` or ``10crop`` views per image, probabilities averaged.
     ``report``: a folder to write ``index.html``, ``metrics.json`` and figures into."""
     if report is not None:
         check_report_dir(report)  # before any work: a bad folder writes nothing
-        return evaluation_report(load(run), run, folder, report, batch_size=batch_size, workers=workers,
-                                 progress=progress, tta=tta)
-    return load(run).evaluate(folder, batch_size=batch_size, workers=workers, progress=progress, tta=tta)
+        return evaluation_report(
+            load(run),
+            run,
+            folder,
+            report,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            tta=tta,
+        )
+    return load(run).evaluate(
+        folder, batch_size=batch_size, workers=workers, progress=progress, tta=tta
+    )
 
 
-def predict(run: Runs, paths, *, top_k: int = 1, batch_size: int = 32, workers: int | None = None,
-            progress: bool = False, tta: str = "none") -> list[dict]:
+def predict(
+    run: Runs,
+    paths,
+    *,
+    top_k: int = 1,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = False,
+    tta: str = "none",
+) -> list[dict]:
     """Top-k classes with probabilities for each image file (folders are expanded)."""
-    return load(run).predict(paths, top_k=top_k, batch_size=batch_size, workers=workers,
-                             progress=progress, tta=tta)
+    return load(run).predict(
+        paths, top_k=top_k, batch_size=batch_size, workers=workers, progress=progress, tta=tta
+    )

@@ -21,8 +21,11 @@ def _context(predictor: Predictor, runs, folder, tta: str) -> dict[str, str]:
     members = getattr(predictor, "members", None) or [predictor]
     backbones = sorted({m.model.backbone.name for m in members})
     runs = [runs] if isinstance(runs, str | Path) else list(runs)
-    context = {"run": ", ".join(str(r) for r in runs), "data": str(folder),
-               "backbone": ", ".join(backbones)}
+    context = {
+        "run": ", ".join(str(r) for r in runs),
+        "data": str(folder),
+        "backbone": ", ".join(backbones),
+    }
     if len(members) > 1:
         context["ensemble"] = f"{len(members)} members, probabilities averaged"
     context["test-time augmentation"] = tta
@@ -30,12 +33,26 @@ def _context(predictor: Predictor, runs, folder, tta: str) -> dict[str, str]:
     return context
 
 
-def evaluation_report(predictor: Predictor, runs, folder: str | Path, out_dir: str | Path, *,
-                      batch_size: int, workers: int | None, progress: bool, tta: str) -> dict:
+def evaluation_report(
+    predictor: Predictor,
+    runs,
+    folder: str | Path,
+    out_dir: str | Path,
+    *,
+    batch_size: int,
+    workers: int | None,
+    progress: bool,
+    tta: str,
+) -> dict:
     """Evaluate ``predictor`` on ``folder`` and write the report into ``out_dir``; the metrics
     (what ``metrics.json`` holds) plus ``tta`` and ``report``, the page's path."""
-    predictions = predictor.labelled_predictions(folder, batch_size=batch_size, workers=workers,
-                                                 progress=progress, tta=tta)
-    metrics = write_report(out_dir, predictions, histories=_histories(predictor),
-                           context=_context(predictor, runs, folder, tta))
+    predictions = predictor.labelled_predictions(
+        folder, batch_size=batch_size, workers=workers, progress=progress, tta=tta
+    )
+    metrics = write_report(
+        out_dir,
+        predictions,
+        histories=_histories(predictor),
+        context=_context(predictor, runs, folder, tta),
+    )
     return {**metrics, "tta": tta, "report": str(Path(out_dir) / "index.html")}

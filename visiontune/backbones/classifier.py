@@ -25,8 +25,15 @@ class Backbone(nn.Module):
     timm's ``group_matcher`` so ``partial`` fine-tuning works the same on every architecture.
     """
 
-    def __init__(self, body: nn.Module, *, name: str, preprocess: PreprocessSpec, source: str,
-                 weights_sha256: str | None = None):
+    def __init__(
+        self,
+        body: nn.Module,
+        *,
+        name: str,
+        preprocess: PreprocessSpec,
+        source: str,
+        weights_sha256: str | None = None,
+    ):
         super().__init__()
         self.body = body
         self.name = name

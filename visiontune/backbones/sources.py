@@ -64,10 +64,12 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsNotFoundError(
             f"refusing to load {path}: it is not a plain state dict of tensors, and unpickling it "
             f"would run code named inside the file ({reason}). Load only weights you trust; "
-            "convert trusted ones to .safetensors") from None
+            "convert trusted ones to .safetensors"
+        ) from None
     except (RuntimeError, EOFError, OSError) as exc:
-        raise WeightsNotFoundError(f"cannot read {path} as PyTorch weights: "
-                                   f"{str(exc).strip().splitlines()[0][:200]}") from None
+        raise WeightsNotFoundError(
+            f"cannot read {path} as PyTorch weights: {str(exc).strip().splitlines()[0][:200]}"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -193,7 +195,9 @@ def load_timm_model(
         model = _timm_model(timm_name)
         return LoadedWeights(model, _preprocess_of(model), "random initialisation", None)
     if weights not in (None, "default"):
-        path = Path(str(weights).removeprefix("local-file:").removeprefix("local-dir:")).expanduser()
+        path = Path(
+            str(weights).removeprefix("local-file:").removeprefix("local-dir:")
+        ).expanduser()
         if path.is_dir():
             return _from_dir(timm_name, path)
         if path.is_file():
@@ -215,6 +219,7 @@ def load_timm_model(
         where = "model hub via timm" if online else "local hub cache (the hub is unreachable)"
         looked.append(f"{where}: {reason}")
     raise WeightsNotFoundError(
-        f"no weights found for {timm_name}; looked in: " + "; ".join(looked)
+        f"no weights found for {timm_name}; looked in: "
+        + "; ".join(looked)
         + ". Pass --weights PATH (a .safetensors/.pth file or a folder) or --weights none."
     )

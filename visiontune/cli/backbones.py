@@ -6,10 +6,15 @@ import json
 
 
 def _add_backbones(sub) -> None:
-    p = sub.add_parser("backbones", help="list backbones and whether their weights can load now",
-                       description="List registered backbones. Any other timm model name also works "
-                       "with --backbone, loading hub weights when online or --weights PATH.")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'efficientnet*'")
+    p = sub.add_parser(
+        "backbones",
+        help="list backbones and whether their weights can load now",
+        description="List registered backbones. Any other timm model name also works "
+        "with --backbone, loading hub weights when online or --weights PATH.",
+    )
+    p.add_argument(
+        "pattern", nargs="?", default="*", help="shell-style filter, e.g. 'efficientnet*'"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_run_backbones)
 
@@ -24,7 +29,9 @@ def _run_backbones(args) -> int:
     print(f"{'name':<24} {'ImageNet top-1':>14}  weights now")
     for r in rows:
         top1 = f"{r['imagenet_top1']:.1f}%" if r["imagenet_top1"] else "-"
-        print(f"{r['name']:<24} {top1:>14}  {r['weights_now'] or 'not offline (needs internet or --weights PATH)'}")
+        print(
+            f"{r['name']:<24} {top1:>14}  {r['weights_now'] or 'not offline (needs internet or --weights PATH)'}"
+        )
     return 0
 
 

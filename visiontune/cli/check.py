@@ -10,8 +10,9 @@ from ..data.duplicates import DEFAULT_NEAR_DISTANCE
 
 SEVERITY_ORDER = ("error", "warning", "info")
 
-TYPES = "\n".join(f"  {kind:<19}{severity}: {meaning}"
-                  for kind, (severity, meaning) in FINDING_TYPES.items())
+TYPES = "\n".join(
+    f"  {kind:<19}{severity}: {meaning}" for kind, (severity, meaning) in FINDING_TYPES.items()
+)
 EPILOG = f"""\
 finding types (severity: meaning):
 {TYPES}
@@ -28,44 +29,87 @@ examples:
 
 def _add_check(sub) -> None:
     p = sub.add_parser(
-        "check", help="find unreadable, odd, imbalanced, duplicated and leaked images in a dataset",
+        "check",
+        help="find unreadable, odd, imbalanced, duplicated and leaked images in a dataset",
         description="Check every image under DATA (the layouts train accepts): unreadable or "
         "truncated files, extension/content mismatches, colour modes, tiny or huge images, class "
         "counts and imbalance, exact duplicates (sha256) and near duplicates (perceptual hash), "
         "test/val images with a copy in train (leakage) and images filed under two classes.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", metavar="DATA",
-                   help="folder of class sub-folders, or of train/val/test splits")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object: every finding and all its files")
-    p.add_argument("--examples", type=int, default=3, metavar="N",
-                   help="findings shown per type in the summary (default: %(default)s)")
-    p.add_argument("--no-near-duplicates", action="store_true",
-                   help="skip decoding and perceptual hashing: no near-duplicate findings, and "
-                        "truncation judged from the files' end markers only (what train runs "
-                        "first)")
-    p.add_argument("--near-distance", type=int, default=DEFAULT_NEAR_DISTANCE, metavar="BITS",
-                   help="perceptual hashes at most this many bits apart (of 143) are near "
-                        "duplicates (default: %(default)s)")
-    p.add_argument("--min-side", type=int, default=32, metavar="PX",
-                   help="report images whose shorter side is under this (default: %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=50_000_000, metavar="N",
-                   help="report images with more pixels than this (default: %(default)s)")
-    p.add_argument("--imbalance-ratio", type=float, default=3.0, metavar="R",
-                   help="report a split whose largest class has this many times the images of its "
-                        "smallest (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="processes (default: one per core, at most 8; 0 runs in this one)")
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "data", metavar="DATA", help="folder of class sub-folders, or of train/val/test splits"
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object: every finding and all its files"
+    )
+    p.add_argument(
+        "--examples",
+        type=int,
+        default=3,
+        metavar="N",
+        help="findings shown per type in the summary (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-near-duplicates",
+        action="store_true",
+        help="skip decoding and perceptual hashing: no near-duplicate findings, and "
+        "truncation judged from the files' end markers only (what train runs "
+        "first)",
+    )
+    p.add_argument(
+        "--near-distance",
+        type=int,
+        default=DEFAULT_NEAR_DISTANCE,
+        metavar="BITS",
+        help="perceptual hashes at most this many bits apart (of 143) are near "
+        "duplicates (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-side",
+        type=int,
+        default=32,
+        metavar="PX",
+        help="report images whose shorter side is under this (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=50_000_000,
+        metavar="N",
+        help="report images with more pixels than this (default: %(default)s)",
+    )
+    p.add_argument(
+        "--imbalance-ratio",
+        type=float,
+        default=3.0,
+        metavar="R",
+        help="report a split whose largest class has this many times the images of its "
+        "smallest (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes (default: one per core, at most 8; 0 runs in this one)",
+    )
     p.set_defaults(run=_run_check)
 
 
 def _run_check(args) -> int:
     from ..api import check
 
-    report = check(args.data, near_duplicates=not args.no_near_duplicates,
-                   near_distance=args.near_distance, min_side=args.min_side,
-                   max_pixels=args.max_pixels, imbalance_ratio=args.imbalance_ratio,
-                   workers=args.workers)
+    report = check(
+        args.data,
+        near_duplicates=not args.no_near_duplicates,
+        near_distance=args.near_distance,
+        min_side=args.min_side,
+        max_pixels=args.max_pixels,
+        imbalance_ratio=args.imbalance_ratio,
+        workers=args.workers,
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -74,12 +118,16 @@ def _run_check(args) -> int:
 
 
 def _print_summary(report, examples: int) -> None:
-    print(f"checked {len(report.files)} files under {report.root} ({report.layout} layout) "
-          f"in {report.seconds:.1f} s")
+    print(
+        f"checked {len(report.files)} files under {report.root} ({report.layout} layout) "
+        f"in {report.seconds:.1f} s"
+    )
     for part, per_class in report.counts.items():
         print(f"  {part}: " + ", ".join(f"{name} {n}" for name, n in per_class.items()))
-    ordered = sorted(report.findings, key=lambda f: (SEVERITY_ORDER.index(f.severity),
-                                                     list(FINDING_TYPES).index(f.type)))
+    ordered = sorted(
+        report.findings,
+        key=lambda f: (SEVERITY_ORDER.index(f.severity), list(FINDING_TYPES).index(f.type)),
+    )
     kinds = list(dict.fromkeys((f.severity, f.type) for f in ordered if f.type != "class-counts"))
     if not kinds:
         print("no findings")

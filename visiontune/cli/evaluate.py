@@ -28,47 +28,68 @@ def split_runs(values: list[str]) -> list[str]:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="accuracy and per-class metrics of a run on a labelled folder",
-                       description="Evaluate a trained run (or an ensemble of runs) on DIR, a folder of "
-                       "class sub-folders whose names are among the model's classes.",
-                       epilog="examples:\n"
-                       "  visiontune evaluate runs/poses photos/test\n"
-                       "  visiontune evaluate runs/poses photos/test --tta 10crop\n"
-                       "  visiontune evaluate runs/a runs/b runs/c photos/test    # ensemble of 3 runs\n"
-                       "  visiontune evaluate runs/a,runs/b,runs/c photos/test    # the same\n"
-                       "  visiontune evaluate runs/ens photos/test --json         # train --ensemble folder\n"
-                       "  visiontune evaluate runs/poses photos/test --report report/  # then open report/index.html",
-                       formatter_class=argparse.RawTextHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy and per-class metrics of a run on a labelled folder",
+        description="Evaluate a trained run (or an ensemble of runs) on DIR, a folder of "
+        "class sub-folders whose names are among the model's classes.",
+        epilog="examples:\n"
+        "  visiontune evaluate runs/poses photos/test\n"
+        "  visiontune evaluate runs/poses photos/test --tta 10crop\n"
+        "  visiontune evaluate runs/a runs/b runs/c photos/test    # ensemble of 3 runs\n"
+        "  visiontune evaluate runs/a,runs/b,runs/c photos/test    # the same\n"
+        "  visiontune evaluate runs/ens photos/test --json         # train --ensemble folder\n"
+        "  visiontune evaluate runs/poses photos/test --report report/  # then open report/index.html",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("run_dir", metavar="RUN", nargs="+", help=RUNS_HELP)
     p.add_argument("dir", metavar="DIR", help="folder of class sub-folders")
     p.add_argument("--tta", choices=TTA_CHOICES, default="none", help=TTA_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--report", metavar="OUT_DIR", default=None,
-                   help="also write a report folder: index.html (open it in a browser: metrics, confusion\n"
-                   "matrix, training curves, misclassified images), metrics.json (adds top-k\n"
-                   "accuracy, calibration error, most-confused pairs), confusion_matrix.png,\n"
-                   "curves.png, thumbs/; relative links, so it can be moved or zipped")
+    p.add_argument(
+        "--report",
+        metavar="OUT_DIR",
+        default=None,
+        help="also write a report folder: index.html (open it in a browser: metrics, confusion\n"
+        "matrix, training curves, misclassified images), metrics.json (adds top-k\n"
+        "accuracy, calibration error, most-confused pairs), confusion_matrix.png,\n"
+        "curves.png, thumbs/; relative links, so it can be moved or zipped",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None, help="loader processes (default: one per spare core)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
+    )
     p.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args) -> int:
     from ..api import evaluate
 
-    metrics = evaluate(split_runs(args.run_dir), args.dir, batch_size=args.batch_size, workers=args.workers,
-                       progress=not args.json and sys.stderr.isatty(), tta=args.tta,
-                       report=args.report)
+    metrics = evaluate(
+        split_runs(args.run_dir),
+        args.dir,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.json and sys.stderr.isatty(),
+        tta=args.tta,
+        report=args.report,
+    )
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
-    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images "
-          f"(tta {metrics['tta']}: {metrics['forward_passes_per_image']} forward passes per image)")
+    print(
+        f"accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images "
+        f"(tta {metrics['tta']}: {metrics['forward_passes_per_image']} forward passes per image)"
+    )
     print(f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
     for name, row in metrics["per_class"].items():
-        print(f"{name:<20} {row['precision']:>9.3f} {row['recall']:>9.3f} {row['f1']:>9.3f} {row['support']:>8}")
+        print(
+            f"{name:<20} {row['precision']:>9.3f} {row['recall']:>9.3f} {row['f1']:>9.3f} {row['support']:>8}"
+        )
     macro = metrics["macro_avg"]
-    print(f"{'macro avg':<20} {macro['precision']:>9.3f} {macro['recall']:>9.3f} {macro['f1']:>9.3f}")
+    print(
+        f"{'macro avg':<20} {macro['precision']:>9.3f} {macro['recall']:>9.3f} {macro['f1']:>9.3f}"
+    )
     names = metrics["class_names"]
     print("confusion matrix (rows: true, columns: predicted)")
     print(" " * 12 + "".join(f"{n[:8]:>9}" for n in names))

@@ -30,20 +30,40 @@ examples:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a run to ONNX or TorchScript, checked against it",
-                       description=DESCRIPTION, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "export",
+        help="export a run to ONNX or TorchScript, checked against it",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir", metavar="RUN", help="run folder written by `visiontune train`")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
-                   help="file format (default: %(default)s)")
-    p.add_argument("--out", metavar="PATH", default=None,
-                   help="output file, or a folder to put model.onnx / model.torchscript.pt in "
-                        "(default: inside RUN)")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help="largest allowed difference of any probability from the run's model "
-                        "(default: 1e-4)")
-    p.add_argument("--parity-images", type=int, default=None, metavar="N",
-                   help="images of the run's data to check on (default: 16)")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "torchscript"],
+        default="onnx",
+        help="file format (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="PATH",
+        default=None,
+        help="output file, or a folder to put model.onnx / model.torchscript.pt in "
+        "(default: inside RUN)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="largest allowed difference of any probability from the run's model (default: 1e-4)",
+    )
+    p.add_argument(
+        "--parity-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images of the run's data to check on (default: 16)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(run=_run_export)
 
@@ -52,8 +72,11 @@ def _run_export(args) -> int:
     from ..api import export
     from ..exporting.parity import ParityWarning
 
-    options = {k: v for k, v in (("tolerance", args.tolerance), ("max_images", args.parity_images))
-               if v is not None}
+    options = {
+        k: v
+        for k, v in (("tolerance", args.tolerance), ("max_images", args.parity_images))
+        if v is not None
+    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report = export(args.run_dir, format=args.format, out=args.out, **options)

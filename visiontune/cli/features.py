@@ -8,47 +8,76 @@ from pathlib import Path
 
 
 def _add_extract(sub) -> None:
-    p = sub.add_parser("extract", help="write every image's backbone embedding to a file",
-                       description="Run a frozen backbone over DATA (class folders or splits) and write "
-                       "path, label, class_name, split and embedding per image to FILE (.npz; .parquet "
-                       "with pyarrow). Reads and fills the feature cache.")
+    p = sub.add_parser(
+        "extract",
+        help="write every image's backbone embedding to a file",
+        description="Run a frozen backbone over DATA (class folders or splits) and write "
+        "path, label, class_name, split and embedding per image to FILE (.npz; .parquet "
+        "with pyarrow). Reads and fills the feature cache.",
+    )
     p.add_argument("data", metavar="DATA")
     p.add_argument("--out", required=True, metavar="FILE", help="output file, .npz or .parquet")
-    p.add_argument("--backbone", default="efficientnet_lite0",
-                   help="backbone name, or a run folder to use its fine-tuned backbone (default: %(default)s)")
+    p.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        help="backbone name, or a run folder to use its fine-tuned backbone (default: %(default)s)",
+    )
     p.add_argument("--weights", default=None, metavar="PATH", help="local weights file or folder")
     _add_cache_options(p)
-    p.add_argument("--workers", type=int, default=None, help="loader processes (default: one per spare core)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
+    )
     p.set_defaults(run=_run_extract)
 
 
 def _add_cache_options(p) -> None:
-    p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="feature cache folder (default: $VISIONTUNE_CACHE or ~/.cache/visiontune)")
-    p.add_argument("--no-cache", dest="cache", action="store_false", help="bypass the feature cache")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="feature cache folder (default: $VISIONTUNE_CACHE or ~/.cache/visiontune)",
+    )
+    p.add_argument(
+        "--no-cache", dest="cache", action="store_false", help="bypass the feature cache"
+    )
 
 
 def _run_extract(args) -> int:
     from ..api import extract
 
-    summary = extract(args.data, args.out, backbone=args.backbone, weights=args.weights, cache=args.cache,
-                      cache_dir=args.cache_dir, workers=args.workers, progress=sys.stderr.isatty())
-    print(f"wrote {summary['rows']} embeddings of dimension {summary['dim']} to {summary['out']} "
-          f"({summary['computed']} computed, {summary['from_cache']} from the cache)")
+    summary = extract(
+        args.data,
+        args.out,
+        backbone=args.backbone,
+        weights=args.weights,
+        cache=args.cache,
+        cache_dir=args.cache_dir,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
+    print(
+        f"wrote {summary['rows']} embeddings of dimension {summary['dim']} to {summary['out']} "
+        f"({summary['computed']} computed, {summary['from_cache']} from the cache)"
+    )
     for path, reason in summary["skipped"].items():
         print(f"skipped {path}: {reason}", file=sys.stderr)
     return 0
 
 
 def _add_similar(sub) -> None:
-    p = sub.add_parser("similar", help="find the images most similar to a query image",
-                       description="List the K images under DIR most similar to QUERY: cosine similarity "
-                       "of pooled backbone features (cached, so repeated searches over DIR are fast).")
+    p = sub.add_parser(
+        "similar",
+        help="find the images most similar to a query image",
+        description="List the K images under DIR most similar to QUERY: cosine similarity "
+        "of pooled backbone features (cached, so repeated searches over DIR are fast).",
+    )
     p.add_argument("source", metavar="RUN_OR_BACKBONE", help="a run folder or a backbone name")
     p.add_argument("query", metavar="QUERY", help="the query image")
     p.add_argument("dir", metavar="DIR", help="folder of images to search (recursively)")
     p.add_argument("--k", type=int, default=5, help="how many to list (default: %(default)s)")
-    p.add_argument("--weights", default=None, metavar="PATH", help="local weights for a backbone name")
+    p.add_argument(
+        "--weights", default=None, metavar="PATH", help="local weights for a backbone name"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_cache_options(p)
     p.set_defaults(run=_run_similar)
@@ -57,8 +86,16 @@ def _add_similar(sub) -> None:
 def _run_similar(args) -> int:
     from ..api import similar
 
-    rows = similar(args.source, args.query, args.dir, k=args.k, weights=args.weights, cache=args.cache,
-                   cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+    rows = similar(
+        args.source,
+        args.query,
+        args.dir,
+        k=args.k,
+        weights=args.weights,
+        cache=args.cache,
+        cache_dir=args.cache_dir,
+        progress=sys.stderr.isatty(),
+    )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -68,12 +105,17 @@ def _run_similar(args) -> int:
 
 
 def _add_cache(sub) -> None:
-    p = sub.add_parser("cache", help="show or clear the on-disk feature cache",
-                       description="The feature cache keeps each image's frozen-backbone features, keyed "
-                       "by backbone, weights, preprocessing and the file's identity, so later runs skip the "
-                       "backbone. `info` lists its stores; `clear` deletes them (or one, with --key).")
+    p = sub.add_parser(
+        "cache",
+        help="show or clear the on-disk feature cache",
+        description="The feature cache keeps each image's frozen-backbone features, keyed "
+        "by backbone, weights, preprocessing and the file's identity, so later runs skip the "
+        "backbone. `info` lists its stores; `clear` deletes them (or one, with --key).",
+    )
     p.add_argument("action", choices=["info", "clear"])
-    p.add_argument("--cache-dir", default=None, metavar="DIR", help="(default: the per-user cache folder)")
+    p.add_argument(
+        "--cache-dir", default=None, metavar="DIR", help="(default: the per-user cache folder)"
+    )
     p.add_argument("--key", default=None, help="with clear: only this store")
     p.add_argument("--json", action="store_true", help="with info: print JSON")
     p.set_defaults(run=_run_cache)
@@ -98,8 +140,10 @@ def _run_cache(args) -> int:
     for row in rows:
         described = row.get("description") or {}
         view = described.get("view") or "eval view"
-        print(f"  {row['key']}  {described.get('backbone', '?'):<22} {view:<40} {row.get('entries', 0):>7} images "
-              f"{row.get('bytes', 0) / 2**20:>8.1f} MiB  {row.get('status', '')}")
+        print(
+            f"  {row['key']}  {described.get('backbone', '?'):<22} {view:<40} {row.get('entries', 0):>7} images "
+            f"{row.get('bytes', 0) / 2**20:>8.1f} MiB  {row.get('status', '')}"
+        )
     return 0
 
 

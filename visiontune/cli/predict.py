@@ -12,28 +12,42 @@ from .evaluate import TTA_CHOICES, TTA_HELP, split_runs
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="classify image files or folders with a trained run",
-                       description="Predict the class of each image in PATH... (files, or folders "
-                       "searched recursively).",
-                       epilog="examples:\n"
-                       "  visiontune predict runs/poses new/ --top-k 3\n"
-                       "  visiontune predict runs/poses photo.jpg --tta flip\n"
-                       "  visiontune predict runs/a,runs/b,runs/c new/ --tta 10crop   # ensemble of 3 runs\n"
-                       "  visiontune predict runs/ens new/ --format csv               # train --ensemble folder\n"
-                       "  visiontune predict runs/poses/model.onnx new/               # `visiontune export` file",
-                       formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN",
-                   help="run folder written by `visiontune train` (or `train --ensemble`);\n"
-                        "a comma-separated list a,b,c is used as one ensemble that averages\n"
-                        "their probabilities (same classes in the same order); or an .onnx\n"
-                        "file from `visiontune export`, run with onnxruntime")
+    p = sub.add_parser(
+        "predict",
+        help="classify image files or folders with a trained run",
+        description="Predict the class of each image in PATH... (files, or folders "
+        "searched recursively).",
+        epilog="examples:\n"
+        "  visiontune predict runs/poses new/ --top-k 3\n"
+        "  visiontune predict runs/poses photo.jpg --tta flip\n"
+        "  visiontune predict runs/a,runs/b,runs/c new/ --tta 10crop   # ensemble of 3 runs\n"
+        "  visiontune predict runs/ens new/ --format csv               # train --ensemble folder\n"
+        "  visiontune predict runs/poses/model.onnx new/               # `visiontune export` file",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    p.add_argument(
+        "run_dir",
+        metavar="RUN",
+        help="run folder written by `visiontune train` (or `train --ensemble`);\n"
+        "a comma-separated list a,b,c is used as one ensemble that averages\n"
+        "their probabilities (same classes in the same order); or an .onnx\n"
+        "file from `visiontune export`, run with onnxruntime",
+    )
     p.add_argument("paths", metavar="PATH", nargs="+", help="image files or folders")
-    p.add_argument("--top-k", type=int, default=1, help="classes to show per image (default: %(default)s)")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
-                   help="output format (default: %(default)s)")
+    p.add_argument(
+        "--top-k", type=int, default=1, help="classes to show per image (default: %(default)s)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="output format (default: %(default)s)",
+    )
     p.add_argument("--tta", choices=TTA_CHOICES, default="none", help=TTA_HELP)
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None, help="loader processes (default: one per spare core)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
+    )
     p.set_defaults(run=_run_predict)
 
 
@@ -42,9 +56,15 @@ def _run_predict(args) -> int:
 
     if args.top_k < 1:
         raise VisiontuneError(f"--top-k must be at least 1, got {args.top_k}")
-    results = predict(split_runs([args.run_dir]), args.paths, top_k=args.top_k, batch_size=args.batch_size,
-                      workers=args.workers, progress=args.format == "table" and sys.stderr.isatty(),
-                      tta=args.tta)
+    results = predict(
+        split_runs([args.run_dir]),
+        args.paths,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=args.format == "table" and sys.stderr.isatty(),
+        tta=args.tta,
+    )
     if args.format == "json":
         print(json.dumps(results, indent=2))
     elif args.format == "csv":

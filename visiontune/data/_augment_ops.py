@@ -31,8 +31,10 @@ class _FloatColourTransform(v2.Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not inpt.is_floating_point():
-            raise TypeError(f"{type(self).__name__} needs a float image in [0, 1] (after ToDtype), "
-                            f"got {inpt.dtype}")
+            raise TypeError(
+                f"{type(self).__name__} needs a float image in [0, 1] (after ToDtype), "
+                f"got {inpt.dtype}"
+            )
         offset = params["offset"].to(inpt.device, inpt.dtype).view(3, 1, 1)
         out = (inpt.as_subclass(torch.Tensor) + offset).clamp_(0.0, 1.0)
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
@@ -61,8 +63,12 @@ class PCALighting(_FloatColourTransform):
     def __init__(self, stats: PCAStats, std: float) -> None:
         super().__init__()
         self.stats, self.std = stats, float(std)
-        self.register_buffer("eigvals", torch.tensor(stats.eigvals, dtype=torch.float64), persistent=False)
-        self.register_buffer("eigvecs", torch.tensor(stats.eigvecs, dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "eigvals", torch.tensor(stats.eigvals, dtype=torch.float64), persistent=False
+        )
+        self.register_buffer(
+            "eigvecs", torch.tensor(stats.eigvecs, dtype=torch.float64), persistent=False
+        )
 
     def offset(self) -> torch.Tensor:
         alpha = torch.randn(3, dtype=torch.float64) * self.std
@@ -70,7 +76,9 @@ class PCALighting(_FloatColourTransform):
 
     def extra_repr(self) -> str:
         vals = ", ".join(f"{v:.4g}" for v in self.stats.eigvals)
-        vecs = ", ".join("(" + ", ".join(f"{x:.4f}" for x in row) + ")" for row in self.stats.eigvecs)
+        vecs = ", ".join(
+            "(" + ", ".join(f"{x:.4f}" for x in row) + ")" for row in self.stats.eigvecs
+        )
         return f"std={self.std:g}, eigvals=({vals}), eigvecs=({vecs})"
 
 
@@ -87,7 +95,9 @@ class LocalWarp(v2.Transform):
 
     _transformed_types = (torch.Tensor, PIL.Image.Image)
 
-    def __init__(self, magnitude: float, *, grid: int = 8, fill: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, magnitude: float, *, grid: int = 8, fill: Sequence[float] | None = None
+    ) -> None:
         super().__init__()
         self.magnitude, self.grid = float(magnitude), int(grid)
         self.fill = None if fill is None else [float(v) for v in fill]
@@ -97,13 +107,19 @@ class LocalWarp(v2.Transform):
         # Normalised coordinates span [-1, 1], so a fraction f of the size is 2f.
         nodes = (torch.rand(1, 2, self.grid + 1, self.grid + 1) * 2 - 1) * (2 * self.magnitude)
         nodes[..., 0, :] = nodes[..., -1, :] = nodes[..., :, 0] = nodes[..., :, -1] = 0
-        field = torch.nn.functional.interpolate(nodes, size=(height, width), mode="bicubic",
-                                                align_corners=True)
+        field = torch.nn.functional.interpolate(
+            nodes, size=(height, width), mode="bicubic", align_corners=True
+        )
         return {"displacement": field.permute(0, 2, 3, 1)}  # 1 x H x W x (dx, dy)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return self._call_kernel(F.elastic, inpt, params["displacement"],
-                                 interpolation=InterpolationMode.BILINEAR, fill=self.fill)
+        return self._call_kernel(
+            F.elastic,
+            inpt,
+            params["displacement"],
+            interpolation=InterpolationMode.BILINEAR,
+            fill=self.fill,
+        )
 
     def extra_repr(self) -> str:
         return f"magnitude={self.magnitude:g}, grid={self.grid}"
@@ -115,7 +131,9 @@ def _fill(spec: PreprocessSpec) -> list[int]:
     return [round(255 * m) for m in spec.mean]
 
 
-def build_image_pipeline(spec: PreprocessSpec, augment: AugmentSpec, pca: PCAStats | None) -> v2.Compose:
+def build_image_pipeline(
+    spec: PreprocessSpec, augment: AugmentSpec, pca: PCAStats | None
+) -> v2.Compose:
     s = dict(augment.image_ops.ops)
     fill = _fill(spec)
     steps: list = [v2.ToImage()]
@@ -123,25 +141,42 @@ def build_image_pipeline(spec: PreprocessSpec, augment: AugmentSpec, pca: PCASta
     # model's input size. Rotation, shear and warping resample bilinearly (bicubic is slower and
     # buys nothing for a random distortion).
     if "crop" in s:
-        steps.append(v2.RandomResizedCrop(spec.size, scale=(s["crop"], 1.0),
-                                          interpolation=interpolation_mode(spec), antialias=True))
+        steps.append(
+            v2.RandomResizedCrop(
+                spec.size,
+                scale=(s["crop"], 1.0),
+                interpolation=interpolation_mode(spec),
+                antialias=True,
+            )
+        )
     else:
-        steps += [v2.Resize(spec.resize_size, interpolation=interpolation_mode(spec), antialias=True),
-                  v2.CenterCrop(spec.size)]
+        steps += [
+            v2.Resize(spec.resize_size, interpolation=interpolation_mode(spec), antialias=True),
+            v2.CenterCrop(spec.size),
+        ]
     if "flip" in s:
         steps.append(v2.RandomHorizontalFlip(p=s["flip"]))
     if "rotate" in s or "shear" in s:  # one affine warp, one resampling
         shear = s.get("shear")
-        steps.append(v2.RandomAffine(degrees=s.get("rotate", 0.0),
-                                     shear=(-shear, shear, -shear, shear) if shear else None,
-                                     interpolation=InterpolationMode.BILINEAR, fill=fill))
+        steps.append(
+            v2.RandomAffine(
+                degrees=s.get("rotate", 0.0),
+                shear=(-shear, shear, -shear, shear) if shear else None,
+                interpolation=InterpolationMode.BILINEAR,
+                fill=fill,
+            )
+        )
     if "warp" in s:
         steps.append(LocalWarp(s["warp"], fill=fill))
     if "randaugment" in s:
         steps.append(v2.RandAugment(num_ops=2, magnitude=int(s["randaugment"]), fill=fill))
     if "trivialaugment" in s:
         trivial = v2.TrivialAugmentWide(fill=fill)
-        steps.append(trivial if s["trivialaugment"] >= 1 else v2.RandomApply([trivial], p=s["trivialaugment"]))
+        steps.append(
+            trivial
+            if s["trivialaugment"] >= 1
+            else v2.RandomApply([trivial], p=s["trivialaugment"])
+        )
     if "jitter" in s:
         j = s["jitter"]
         steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4)))
@@ -151,8 +186,10 @@ def build_image_pipeline(spec: PreprocessSpec, augment: AugmentSpec, pca: PCASta
         steps.append(ColorShift(s["color-shift"]))
     if "pca-color" in s:
         if pca is None:
-            raise ValueError("pca-color needs the training set's RGB principal components: pass "
-                             "pca=compute_pca_stats(training samples)")
+            raise ValueError(
+                "pca-color needs the training set's RGB principal components: pass "
+                "pca=compute_pca_stats(training samples)"
+            )
         steps.append(PCALighting(pca, s["pca-color"]))
     steps.append(normalize[1])
     return v2.Compose(steps)
@@ -167,4 +204,3 @@ def build_batch_pipeline(augment: AugmentSpec, num_classes: int):
     if not mixers:
         return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
-

@@ -85,42 +85,121 @@ class OpInfo:
         ok = ok and value <= self.high and (not self.integer or value == int(value))
         if not ok:
             kind = "an integer" if self.integer else "a number"
-            raise ValueError(f"{self.name} strength ({self.strength}) must be {kind} in {self.range_text}, "
-                             f"got {value:g}")
+            raise ValueError(
+                f"{self.name} strength ({self.strength}) must be {kind} in {self.range_text}, "
+                f"got {value:g}"
+            )
         return float(value)
 
 
 # In pipeline order: the order the ops run in, and the order of the canonical text.
-OPS: dict[str, OpInfo] = {op.name: op for op in (
-    OpInfo("crop", "smallest area fraction kept", 0.35, 0.0, 1.0, low_open=True,
-           help="random-resized crop to the input size (aspect 3/4-4/3)"),
-    OpInfo("flip", "probability", 0.5, 0.0, 1.0, help="horizontal mirroring"),
-    OpInfo("rotate", "max degrees", 15.0, 0.0, 180.0, help="random rotation within +-degrees"),
-    OpInfo("shear", "max degrees", 10.0, 0.0, 45.0, help="random shear along x and y within +-degrees"),
-    OpInfo("warp", "max node offset (1 = image size)", 0.03, 0.0, 0.1,
-           help="local warping: an 8x8 grid's nodes move randomly, smoothly interpolated between"),
-    OpInfo("randaugment", "magnitude", 9.0, 0.0, 30.0, integer=True,
-           help="RandAugment: 2 random ops per image at this magnitude"),
-    OpInfo("trivialaugment", "probability", 1.0, 0.0, 1.0,
-           help="TrivialAugment (wide): one random op at a random magnitude"),
-    OpInfo("jitter", "factor range", 0.3, 0.0, 1.0,
-           help="brightness/contrast/saturation x [1-s, 1+s], hue +-s/4"),
-    OpInfo("color-shift", "max offset (1 = full scale)", 0.05, 0.0, 0.5,
-           help="add a different uniform offset in [-s, s] to each of R, G and B"),
-    OpInfo("pca-color", "std of the alphas", 0.1, 0.0, 1.0,
-           help="AlexNet lighting noise along the training set's RGB principal components"),
-    OpInfo("mixup", "Beta alpha", 0.2, 0.0, 10.0, low_open=True, batch=True,
-           help="batch-level: blend pairs of images and their labels"),
-    OpInfo("cutmix", "Beta alpha", 1.0, 0.0, 10.0, low_open=True, batch=True,
-           help="batch-level: paste a box from another image, labels mixed by area"),
-)}
+OPS: dict[str, OpInfo] = {
+    op.name: op
+    for op in (
+        OpInfo(
+            "crop",
+            "smallest area fraction kept",
+            0.35,
+            0.0,
+            1.0,
+            low_open=True,
+            help="random-resized crop to the input size (aspect 3/4-4/3)",
+        ),
+        OpInfo("flip", "probability", 0.5, 0.0, 1.0, help="horizontal mirroring"),
+        OpInfo("rotate", "max degrees", 15.0, 0.0, 180.0, help="random rotation within +-degrees"),
+        OpInfo(
+            "shear",
+            "max degrees",
+            10.0,
+            0.0,
+            45.0,
+            help="random shear along x and y within +-degrees",
+        ),
+        OpInfo(
+            "warp",
+            "max node offset (1 = image size)",
+            0.03,
+            0.0,
+            0.1,
+            help="local warping: an 8x8 grid's nodes move randomly, smoothly interpolated between",
+        ),
+        OpInfo(
+            "randaugment",
+            "magnitude",
+            9.0,
+            0.0,
+            30.0,
+            integer=True,
+            help="RandAugment: 2 random ops per image at this magnitude",
+        ),
+        OpInfo(
+            "trivialaugment",
+            "probability",
+            1.0,
+            0.0,
+            1.0,
+            help="TrivialAugment (wide): one random op at a random magnitude",
+        ),
+        OpInfo(
+            "jitter",
+            "factor range",
+            0.3,
+            0.0,
+            1.0,
+            help="brightness/contrast/saturation x [1-s, 1+s], hue +-s/4",
+        ),
+        OpInfo(
+            "color-shift",
+            "max offset (1 = full scale)",
+            0.05,
+            0.0,
+            0.5,
+            help="add a different uniform offset in [-s, s] to each of R, G and B",
+        ),
+        OpInfo(
+            "pca-color",
+            "std of the alphas",
+            0.1,
+            0.0,
+            1.0,
+            help="AlexNet lighting noise along the training set's RGB principal components",
+        ),
+        OpInfo(
+            "mixup",
+            "Beta alpha",
+            0.2,
+            0.0,
+            10.0,
+            low_open=True,
+            batch=True,
+            help="batch-level: blend pairs of images and their labels",
+        ),
+        OpInfo(
+            "cutmix",
+            "Beta alpha",
+            1.0,
+            0.0,
+            10.0,
+            low_open=True,
+            batch=True,
+            help="batch-level: paste a box from another image, labels mixed by area",
+        ),
+    )
+}
 
 PRESETS: dict[str, tuple[tuple[str, float], ...]] = {
     "none": (),
     "light": (("crop", 0.5), ("flip", 0.5)),
     "standard": (("crop", 0.35), ("flip", 0.5)),
-    "strong": (("crop", 0.35), ("flip", 0.5), ("rotate", 15.0), ("shear", 10.0), ("jitter", 0.3),
-               ("color-shift", 0.05), ("pca-color", 0.1)),
+    "strong": (
+        ("crop", 0.35),
+        ("flip", 0.5),
+        ("rotate", 15.0),
+        ("shear", 10.0),
+        ("jitter", 0.3),
+        ("color-shift", 0.05),
+        ("pca-color", 0.1),
+    ),
 }
 PRESET_HELP = {
     "none": "the eval view: resize + centre crop, no randomness",
@@ -202,7 +281,9 @@ def parse_augment(text: str | AugmentSpec) -> AugmentSpec:
     if isinstance(text, AugmentSpec):
         return text
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"augmentation must be a preset or a list of ops, got {text!r}; {_valid_values()}")
+        raise ValueError(
+            f"augmentation must be a preset or a list of ops, got {text!r}; {_valid_values()}"
+        )
     items = [item.strip() for item in text.strip().lower().split(",")]
     ops: dict[str, float] = {}
     explicit: set[str] = set()
@@ -210,12 +291,16 @@ def parse_augment(text: str | AugmentSpec) -> AugmentSpec:
         name, sep, value = (part.strip() for part in item.partition("="))
         if name in PRESETS:
             if position or sep:
-                raise ValueError(f"a preset ({', '.join(PRESETS)}) can only come first, without a "
-                                 f"strength; got {item!r} in {text!r}")
+                raise ValueError(
+                    f"a preset ({', '.join(PRESETS)}) can only come first, without a "
+                    f"strength; got {item!r} in {text!r}"
+                )
             ops.update(PRESETS[name])
             continue
         if name not in OPS:
-            raise ValueError(f"unknown augmentation {name or item!r} in {text!r}; {_valid_values()}")
+            raise ValueError(
+                f"unknown augmentation {name or item!r} in {text!r}; {_valid_values()}"
+            )
         if name in explicit:
             raise ValueError(f"{name} is listed twice in {text!r}")
         info = OPS[name]
@@ -225,8 +310,10 @@ def parse_augment(text: str | AugmentSpec) -> AugmentSpec:
             try:
                 strength = float(value)
             except ValueError:
-                raise ValueError(f"{name} strength ({info.strength}) must be a number in "
-                                 f"{info.range_text}, got {value!r}") from None
+                raise ValueError(
+                    f"{name} strength ({info.strength}) must be a number in "
+                    f"{info.range_text}, got {value!r}"
+                ) from None
         ops[name] = info.check(strength)
         explicit.add(name)
     return AugmentSpec(tuple(ops.items()))
@@ -242,9 +329,12 @@ def describe_view(augment: str | AugmentSpec, pca: PCAStats | None = None) -> st
 
 def augment_help() -> str:
     """The ``--augment`` help text: presets, then every op with its strength and range."""
-    lines = ["augmentation of training images: a preset, or ops with optional strengths,",
-             "e.g. flip,crop=0.5,rotate=15,pca-color=0.1 or strong,pca-color=0.2",
-             "(default: standard). Evaluation and prediction never augment.", "presets:"]
+    lines = [
+        "augmentation of training images: a preset, or ops with optional strengths,",
+        "e.g. flip,crop=0.5,rotate=15,pca-color=0.1 or strong,pca-color=0.2",
+        "(default: standard). Evaluation and prediction never augment.",
+        "presets:",
+    ]
     lines += [f"  {name:<15}{PRESET_HELP[name]}" for name in PRESETS]
     lines.append("ops (strength: default, range):")
     for op in OPS.values():
@@ -272,28 +362,44 @@ class PCAStats:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eigvals", tuple(float(v) for v in self.eigvals))
-        object.__setattr__(self, "eigvecs", tuple(tuple(float(v) for v in row) for row in self.eigvecs))
+        object.__setattr__(
+            self, "eigvecs", tuple(tuple(float(v) for v in row) for row in self.eigvecs)
+        )
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        if len(self.eigvals) != 3 or len(self.eigvecs) != 3 or any(len(r) != 3 for r in self.eigvecs):
+        if (
+            len(self.eigvals) != 3
+            or len(self.eigvecs) != 3
+            or any(len(r) != 3 for r in self.eigvecs)
+        ):
             raise ValueError("PCAStats needs 3 eigenvalues and 3 eigenvectors of 3 components")
 
     def to_dict(self) -> dict:
-        return {"eigvals": list(self.eigvals), "eigvecs": [list(r) for r in self.eigvecs],
-                "mean": list(self.mean), "images": self.images, "pixels": self.pixels}
+        return {
+            "eigvals": list(self.eigvals),
+            "eigvecs": [list(r) for r in self.eigvecs],
+            "mean": list(self.mean),
+            "images": self.images,
+            "pixels": self.pixels,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> PCAStats:
-        return cls(tuple(data["eigvals"]), tuple(tuple(r) for r in data["eigvecs"]),
-                   tuple(data.get("mean", (0.0, 0.0, 0.0))), int(data.get("images", 0)),
-                   int(data.get("pixels", 0)))
+        return cls(
+            tuple(data["eigvals"]),
+            tuple(tuple(r) for r in data["eigvecs"]),
+            tuple(data.get("mean", (0.0, 0.0, 0.0))),
+            int(data.get("images", 0)),
+            int(data.get("pixels", 0)),
+        )
 
     def digest(self) -> str:
         text = json.dumps([self.eigvals, self.eigvecs], separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def compute_pca_stats(samples: Sequence, *, max_images: int = 256, size: int = 64,
-                      seed: int = 0) -> PCAStats:
+def compute_pca_stats(
+    samples: Sequence, *, max_images: int = 256, size: int = 64, seed: int = 0
+) -> PCAStats:
     """The 3x3 covariance of RGB pixels over a seeded subsample of ``samples`` and its eigensystem.
 
     ``samples``: ``Sample``s or paths. Up to ``max_images`` images, each downscaled so its short
@@ -309,7 +415,9 @@ def compute_pca_stats(samples: Sequence, *, max_images: int = 256, size: int = 6
     if not paths:
         raise ValueError("compute_pca_stats needs at least one image")
     rng = np.random.default_rng(seed)
-    chosen = sorted(rng.choice(len(paths), size=min(max_images, len(paths)), replace=False).tolist())
+    chosen = sorted(
+        rng.choice(len(paths), size=min(max_images, len(paths)), replace=False).tolist()
+    )
     count, total, outer, images = 0, np.zeros(3), np.zeros((3, 3)), 0
     for i in chosen:
         try:
@@ -318,8 +426,11 @@ def compute_pca_stats(samples: Sequence, *, max_images: int = 256, size: int = 6
             continue
         if min(img.size) > size:
             scale = size / min(img.size)
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                             Image.Resampling.BILINEAR, reducing_gap=2.0)
+            img = img.resize(
+                (max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                Image.Resampling.BILINEAR,
+                reducing_gap=2.0,
+            )
         pixels = np.asarray(img, dtype=np.float64).reshape(-1, 3) / 255.0
         count += len(pixels)
         total += pixels.sum(0)
@@ -340,8 +451,9 @@ def compute_pca_stats(samples: Sequence, *, max_images: int = 256, size: int = 6
 # ----------------------------------------------------------------------------------- builders
 
 
-def build_train_transform(spec: PreprocessSpec, augment: str | AugmentSpec, *,
-                          pca: PCAStats | None = None) -> v2.Compose:
+def build_train_transform(
+    spec: PreprocessSpec, augment: str | AugmentSpec, *, pca: PCAStats | None = None
+) -> v2.Compose:
     """The per-image training transform: PIL image or uint8 tensor -> float32 ``(3, size, size)``.
 
     ``pca``: the training set's ``PCAStats`` (``compute_pca_stats``), needed by ``pca-color``.

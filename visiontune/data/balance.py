@@ -30,8 +30,9 @@ def sample_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
     return torch.tensor(1.0 / counts[labels], dtype=torch.float64)
 
 
-def balancing(mode: str, labels: Sequence[int], num_classes: int
-              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def balancing(
+    mode: str, labels: Sequence[int], num_classes: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(loss class weights, sampler sample weights)`` for ``--balance mode``; None where
     unused."""
     if mode == "weights":

@@ -33,34 +33,61 @@ __all__ = [
 # Every finding type, its usual severity, and what it means. "error": training skips the file or
 # its numbers are wrong; "warning": worth a look; "info": handled, for the record.
 FINDING_TYPES = {
-    "unreadable": ("error", "not decodable (empty, not an image, no read permission, a symlink "
-                            "loop...); train skips it"),
-    "decompression-bomb": ("error", "more pixels than Pillow's limit (PIL.Image.MAX_IMAGE_PIXELS); "
-                                    "never decoded, train skips it"),
+    "unreadable": (
+        "error",
+        "not decodable (empty, not an image, no read permission, a symlink "
+        "loop...); train skips it",
+    ),
+    "decompression-bomb": (
+        "error",
+        "more pixels than Pillow's limit (PIL.Image.MAX_IMAGE_PIXELS); "
+        "never decoded, train skips it",
+    ),
     "not-a-file": ("warning", "a folder named like an image file"),
     "truncated": ("warning", "the file ends early; train loads what there is"),
-    "extension-mismatch": ("warning", "the content's format differs from the suffix (decoding goes "
-                                      "by content)"),
-    "colour-mode": ("info", "not 8-bit RGB (CMYK, RGBA, palette, greyscale, 16-bit...); converted "
-                            "to RGB when loaded"),
+    "extension-mismatch": (
+        "warning",
+        "the content's format differs from the suffix (decoding goes by content)",
+    ),
+    "colour-mode": (
+        "info",
+        "not 8-bit RGB (CMYK, RGBA, palette, greyscale, 16-bit...); converted to RGB when loaded",
+    ),
     "tiny-image": ("warning", "shorter side under --min-side px; under 8 px train skips it"),
     "huge-image": ("warning", "more than --max-pixels pixels: slow to decode"),
     "class-counts": ("info", "images per class in each split"),
-    "class-imbalance": ("warning", "a split's largest class has --imbalance-ratio times the images "
-                                   "of its smallest or more"),
+    "class-imbalance": (
+        "warning",
+        "a split's largest class has --imbalance-ratio times the images of its smallest or more",
+    ),
     "duplicates": ("warning", "byte-identical files"),
     "near-duplicates": ("warning", "different files of the same picture (perceptual hash)"),
-    "leakage": ("error", "a val/test image with a byte-identical copy in train: it inflates "
-                         "the held-out accuracy"),
+    "leakage": (
+        "error",
+        "a val/test image with a byte-identical copy in train: it inflates the held-out accuracy",
+    ),
     "label-conflict": ("error", "the same image filed under two or more classes"),
 }
 
 MODE_NAMES = {
-    "RGBA": "RGB with alpha", "RGBa": "RGB with alpha", "LA": "greyscale with alpha",
-    "La": "greyscale with alpha", "PA": "palette with alpha", "P": "palette", "L": "greyscale",
-    "1": "1-bit black and white", "CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "Lab", "HSV": "HSV",
-    "I": "32-bit integer", "F": "32-bit float", "I;16": "16-bit greyscale",
-    "I;16B": "16-bit greyscale", "I;16L": "16-bit greyscale", "I;16N": "16-bit greyscale",
+    "RGBA": "RGB with alpha",
+    "RGBa": "RGB with alpha",
+    "LA": "greyscale with alpha",
+    "La": "greyscale with alpha",
+    "PA": "palette with alpha",
+    "P": "palette",
+    "L": "greyscale",
+    "1": "1-bit black and white",
+    "CMYK": "CMYK",
+    "YCbCr": "YCbCr",
+    "LAB": "Lab",
+    "HSV": "HSV",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+    "I;16": "16-bit greyscale",
+    "I;16B": "16-bit greyscale",
+    "I;16L": "16-bit greyscale",
+    "I;16N": "16-bit greyscale",
 }
 PARTS = ("train", "val", "test")
 
@@ -103,10 +130,16 @@ class CheckReport:
         return {info.path: info.problem for info in self.files if not info.usable}
 
     def to_dict(self) -> dict:
-        return {"root": self.root, "layout": self.layout, "num_files": len(self.files),
-                "counts": self.counts, "seconds": round(self.seconds, 3),
-                "has_errors": self.has_errors, "summary": self.summary(),
-                "findings": [f.to_dict() for f in self.findings]}
+        return {
+            "root": self.root,
+            "layout": self.layout,
+            "num_files": len(self.files),
+            "counts": self.counts,
+            "seconds": round(self.seconds, 3),
+            "has_errors": self.has_errors,
+            "summary": self.summary(),
+            "findings": [f.to_dict() for f in self.findings],
+        }
 
 
 def leaked_files(report: CheckReport) -> dict[str, list[str]]:
@@ -136,8 +169,9 @@ class _Where:
             return path
 
 
-def _file_findings(info: FileInfo, where: _Where, *, min_side: int,
-                   max_pixels: int) -> list[Finding]:
+def _file_findings(
+    info: FileInfo, where: _Where, *, min_side: int, max_pixels: int
+) -> list[Finding]:
     name, found = where.rel(info.path), []
 
     def add(kind: str, message: str, severity: str | None = None, **details) -> None:
@@ -145,25 +179,40 @@ def _file_findings(info: FileInfo, where: _Where, *, min_side: int,
         found.append(Finding(kind, severity, message, [info.path], details))
 
     if info.problem_kind == "too-small":
-        add("tiny-image", f"{name}: {info.size[0]}x{info.size[1]} px, under {MIN_USABLE_SIDE} px a "
-            "side: train skips it", "error", size=list(info.size))
+        add(
+            "tiny-image",
+            f"{name}: {info.size[0]}x{info.size[1]} px, under {MIN_USABLE_SIDE} px a "
+            "side: train skips it",
+            "error",
+            size=list(info.size),
+        )
     elif info.problem_kind:
         add(info.problem_kind, info.problem.replace(info.path, name, 1))
     if info.note:
         add("truncated", f"{name}: {info.note}")
     suffix = Path(info.path).suffix.lower()
     if info.format and info.format not in EXPECTED_FORMATS.get(suffix, {info.format}):
-        add("extension-mismatch", f"{name}: {info.format} content in a {suffix} file",
-            format=info.format, suffix=suffix)
+        add(
+            "extension-mismatch",
+            f"{name}: {info.format} content in a {suffix} file",
+            format=info.format,
+            suffix=suffix,
+        )
     if info.size and info.usable:
         width, height = info.size
         if min(info.size) < min_side:
-            add("tiny-image", f"{name}: {width}x{height} px, under {min_side} px a side",
-                size=list(info.size))
+            add(
+                "tiny-image",
+                f"{name}: {width}x{height} px, under {min_side} px a side",
+                size=list(info.size),
+            )
         if width * height > max_pixels:
             megapixels = width * height / 1e6
-            add("huge-image", f"{name}: {width}x{height} px ({megapixels:.0f} megapixels)",
-                size=list(info.size))
+            add(
+                "huge-image",
+                f"{name}: {width}x{height} px ({megapixels:.0f} megapixels)",
+                size=list(info.size),
+            )
     return found
 
 
@@ -172,10 +221,17 @@ def _mode_findings(infos: list[FileInfo], where: _Where) -> list[Finding]:
     for info in infos:
         if info.mode and info.mode != "RGB" and info.usable:
             by_mode[info.mode].append(info.path)
-    return [Finding("colour-mode", "info", f"{len(paths)} image(s) in mode {mode} "
-                    f"({MODE_NAMES.get(mode, mode)}), converted to RGB when loaded", paths,
-                    {"mode": mode})
-            for mode, paths in sorted(by_mode.items())]
+    return [
+        Finding(
+            "colour-mode",
+            "info",
+            f"{len(paths)} image(s) in mode {mode} "
+            f"({MODE_NAMES.get(mode, mode)}), converted to RGB when loaded",
+            paths,
+            {"mode": mode},
+        )
+        for mode, paths in sorted(by_mode.items())
+    ]
 
 
 def _folders_named_like_images(root: Path) -> list[Finding]:
@@ -185,8 +241,10 @@ def _folders_named_like_images(root: Path) -> list[Finding]:
         for name in dirnames:
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 path = Path(dirpath) / name
-                message = (f"{path.relative_to(root).as_posix()}/: a folder named like an image "
-                           "file (not an image; images inside it, if any, are read as usual)")
+                message = (
+                    f"{path.relative_to(root).as_posix()}/: a folder named like an image "
+                    "file (not an image; images inside it, if any, are read as usual)"
+                )
                 found.append(Finding("not-a-file", "warning", message, [str(path)]))
     return found
 
@@ -205,8 +263,10 @@ def _class_counts(splits: DatasetSplits) -> dict[str, dict[str, int]]:
 
 
 def _balance_findings(counts: dict[str, dict[str, int]], ratio: float) -> list[Finding]:
-    listing = "; ".join(f"{part}: " + ", ".join(f"{c} {n}" for c, n in per_class.items())
-                        for part, per_class in counts.items())
+    listing = "; ".join(
+        f"{part}: " + ", ".join(f"{c} {n}" for c, n in per_class.items())
+        for part, per_class in counts.items()
+    )
     found = [Finding("class-counts", "info", listing, [], {"counts": counts})]
     for part, per_class in counts.items():
         largest = max(per_class, key=per_class.get)
@@ -214,11 +274,24 @@ def _balance_findings(counts: dict[str, dict[str, int]], ratio: float) -> list[F
         big, small = per_class[largest], per_class[smallest]
         if small == 0 or big / small >= ratio:
             times = "no images" if small == 0 else f"{big / small:.1f}x"
-            message = (f"{part}: {largest} has {big} images, {smallest} {small} ({times}); "
-                       "consider train --balance weights or sampler")
-            found.append(Finding("class-imbalance", "warning", message, [], {
-                "split": part, "largest": largest, "smallest": smallest,
-                "ratio": None if small == 0 else big / small}))
+            message = (
+                f"{part}: {largest} has {big} images, {smallest} {small} ({times}); "
+                "consider train --balance weights or sampler"
+            )
+            found.append(
+                Finding(
+                    "class-imbalance",
+                    "warning",
+                    message,
+                    [],
+                    {
+                        "split": part,
+                        "largest": largest,
+                        "smallest": smallest,
+                        "ratio": None if small == 0 else big / small,
+                    },
+                )
+            )
     return found
 
 
@@ -233,21 +306,39 @@ def _duplicate_findings(infos: list[FileInfo], where: _Where) -> list[Finding]:
     found = []
     for group in exact_groups(infos):
         paths = [info.path for info in group]
-        found.append(Finding("duplicates", "warning", f"{len(paths)} byte-identical files: "
-                             f"{_listing(paths, where)}", paths, {"redundant": len(paths) - 1}))
+        found.append(
+            Finding(
+                "duplicates",
+                "warning",
+                f"{len(paths)} byte-identical files: {_listing(paths, where)}",
+                paths,
+                {"redundant": len(paths) - 1},
+            )
+        )
         in_train = [p for p in paths if where.split[p] == "train"]
         for path in paths:
             if in_train and where.split[path] != "train":
                 copies = ", ".join(where.rel(p) for p in in_train)
-                message = (f"{where.rel(path)} ({where.split[path]}) is byte-identical to "
-                           f"{copies} (train)")
-                found.append(Finding("leakage", "error", message, [path, *in_train],
-                                     {"split": where.split[path]}))
+                message = (
+                    f"{where.rel(path)} ({where.split[path]}) is byte-identical to {copies} (train)"
+                )
+                found.append(
+                    Finding(
+                        "leakage", "error", message, [path, *in_train], {"split": where.split[path]}
+                    )
+                )
         classes = sorted({where.label[p] for p in paths})
         if len(classes) > 1:
-            found.append(Finding("label-conflict", "error", f"the same image is filed under "
-                                 f"{' and '.join(classes)}: {_listing(paths, where)}", paths,
-                                 {"classes": classes}))
+            found.append(
+                Finding(
+                    "label-conflict",
+                    "error",
+                    f"the same image is filed under "
+                    f"{' and '.join(classes)}: {_listing(paths, where)}",
+                    paths,
+                    {"classes": classes},
+                )
+            )
     return found
 
 
@@ -264,10 +355,19 @@ def _near_findings(infos: list[FileInfo], where: _Where, max_distance: int) -> l
             notes.append(f"under {' and '.join(classes)}: conflicting labels?")
         distinct = len({info.sha256 for info in group})
         aside = f" ({'; '.join(notes)})" if notes else ""
-        message = (f"{distinct} different files look like the same picture{aside}: "
-                   f"{_listing(paths, where)}")
-        found.append(Finding("near-duplicates", "warning", message, paths,
-                             {"distinct": distinct, "splits": splits, "classes": classes}))
+        message = (
+            f"{distinct} different files look like the same picture{aside}: "
+            f"{_listing(paths, where)}"
+        )
+        found.append(
+            Finding(
+                "near-duplicates",
+                "warning",
+                message,
+                paths,
+                {"distinct": distinct, "splits": splits, "classes": classes},
+            )
+        )
     return found
 
 
@@ -297,8 +397,9 @@ def _decode_each_content(pool, infos: list[FileInfo]) -> list[FileInfo]:
         if done is None:
             return info
         problem = done.problem and done.problem.replace(done.path, info.path, 1)
-        return replace(info, note=done.note, phash=done.phash, problem=problem,
-                       problem_kind=done.problem_kind)
+        return replace(
+            info, note=done.note, phash=done.phash, problem=problem, problem_kind=done.problem_kind
+        )
 
     return [merged(info) for info in infos]
 
@@ -308,10 +409,16 @@ def default_check_workers() -> int:
     return max(1, min(8, cores or 1))
 
 
-def check_splits(splits: DatasetSplits, *, decode: bool = True,
-                 near_distance: int | None = DEFAULT_NEAR_DISTANCE, min_side: int = 32,
-                 max_pixels: int = 50_000_000, imbalance_ratio: float = 3.0,
-                 workers: int | None = None) -> CheckReport:
+def check_splits(
+    splits: DatasetSplits,
+    *,
+    decode: bool = True,
+    near_distance: int | None = DEFAULT_NEAR_DISTANCE,
+    min_side: int = 32,
+    max_pixels: int = 50_000_000,
+    imbalance_ratio: float = 3.0,
+    workers: int | None = None,
+) -> CheckReport:
     """Every finding about the files of ``splits``.
 
     ``decode=False`` reads headers and hashes bytes only (no truncation or near-duplicate
@@ -335,16 +442,29 @@ def check_splits(splits: DatasetSplits, *, decode: bool = True,
     findings += _duplicate_findings(infos, where)
     if decode and near_distance is not None:
         findings += _near_findings(infos, where, near_distance)
-    return CheckReport(str(splits.root), splits.layout, counts, infos, findings,
-                       time.perf_counter() - started)
+    return CheckReport(
+        str(splits.root), splits.layout, counts, infos, findings, time.perf_counter() - started
+    )
 
 
-def check_folder(root: str | Path, *, decode: bool = True,
-                 near_distance: int | None = DEFAULT_NEAR_DISTANCE, min_side: int = 32,
-                 max_pixels: int = 50_000_000, imbalance_ratio: float = 3.0,
-                 workers: int | None = None) -> CheckReport:
+def check_folder(
+    root: str | Path,
+    *,
+    decode: bool = True,
+    near_distance: int | None = DEFAULT_NEAR_DISTANCE,
+    min_side: int = 32,
+    max_pixels: int = 50_000_000,
+    imbalance_ratio: float = 3.0,
+    workers: int | None = None,
+) -> CheckReport:
     """Scan ``root`` (any layout ``scan_folder`` accepts; nothing held out of train) and check
     it with ``check_splits``."""
-    return check_splits(scan_folder(root, val_fraction=0.0), decode=decode,
-                        near_distance=near_distance, min_side=min_side, max_pixels=max_pixels,
-                        imbalance_ratio=imbalance_ratio, workers=workers)
+    return check_splits(
+        scan_folder(root, val_fraction=0.0),
+        decode=decode,
+        near_distance=near_distance,
+        min_side=min_side,
+        max_pixels=max_pixels,
+        imbalance_ratio=imbalance_ratio,
+        workers=workers,
+    )

@@ -36,7 +36,7 @@ def hamming_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int]
     block = max(1, 2**24 // max(1, hashes.size))
     pairs = []
     for start in range(0, len(hashes), block):
-        rows = hashes[start:start + block]
+        rows = hashes[start : start + block]
         distances = _POPCOUNT[rows[:, None, :] ^ hashes[None, :, :]].sum(axis=2)
         for i, j in zip(*np.nonzero(distances <= max_distance), strict=True):
             if start + i < j:
@@ -61,8 +61,9 @@ def _components(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
     return [m for m in members.values() if len(m) > 1]
 
 
-def near_groups(infos: Sequence[FileInfo], max_distance: int = DEFAULT_NEAR_DISTANCE
-                ) -> list[list[FileInfo]]:
+def near_groups(
+    infos: Sequence[FileInfo], max_distance: int = DEFAULT_NEAR_DISTANCE
+) -> list[list[FileInfo]]:
     """Groups of files whose contents differ but whose perceptual hashes are within
     ``max_distance`` bits (linked transitively). Every file of each content is included, so a
     group may also hold exact copies; only groups of two or more distinct contents are returned."""

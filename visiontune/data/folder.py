@@ -31,7 +31,23 @@ __all__ = [
 
 # Decoding goes by content; the extension only decides which files are meant to be images.
 IMAGE_EXTENSIONS = frozenset(
-    [".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".ico"]
+    [
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".ico",
+    ]
 )
 SPLIT_ALIASES = {
     "train": "train",
@@ -102,7 +118,9 @@ def _class_dirs(folder: Path) -> dict[str, Path]:
     return by_key
 
 
-def scan_class_folder(folder: Path, labels: LabelMap | None = None) -> tuple[LabelMap, list[Sample]]:
+def scan_class_folder(
+    folder: Path, labels: LabelMap | None = None
+) -> tuple[LabelMap, list[Sample]]:
     """Read ``folder/<class>/<images>``. With ``labels`` given, class names must be among them."""
     folder = Path(folder)
     if not folder.exists():

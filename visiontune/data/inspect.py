@@ -38,11 +38,21 @@ PHASH_SIZE = 12
 
 # What Pillow reports for content each suffix is meant to hold (MPO is a JPEG with extra frames).
 EXPECTED_FORMATS = {
-    ".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".jpe": {"JPEG", "MPO"},
+    ".jpg": {"JPEG", "MPO"},
+    ".jpeg": {"JPEG", "MPO"},
+    ".jpe": {"JPEG", "MPO"},
     ".jfif": {"JPEG", "MPO"},
-    ".png": {"PNG"}, ".bmp": {"BMP", "DIB"}, ".gif": {"GIF"}, ".webp": {"WEBP"},
-    ".tif": {"TIFF"}, ".tiff": {"TIFF"}, ".ppm": {"PPM"}, ".pgm": {"PPM"}, ".pbm": {"PPM"},
-    ".pnm": {"PPM"}, ".ico": {"ICO"},
+    ".png": {"PNG"},
+    ".bmp": {"BMP", "DIB"},
+    ".gif": {"GIF"},
+    ".webp": {"WEBP"},
+    ".tif": {"TIFF"},
+    ".tiff": {"TIFF"},
+    ".ppm": {"PPM"},
+    ".pgm": {"PPM"},
+    ".pbm": {"PPM"},
+    ".pnm": {"PPM"},
+    ".ico": {"ICO"},
 }
 
 

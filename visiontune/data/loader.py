@@ -88,7 +88,10 @@ class SkipLog:
             self.notes[str(samples[index].path)] = note
 
     def to_dict(self) -> dict:
-        return {"skipped": dict(sorted(self.skipped.items())), "notes": dict(sorted(self.notes.items()))}
+        return {
+            "skipped": dict(sorted(self.skipped.items())),
+            "notes": dict(sorted(self.notes.items())),
+        }
 
 
 def default_workers() -> int:
@@ -115,8 +118,16 @@ class EpochSampler(Sampler):
     pass also moves on to the next one, so plain re-iteration still draws a new epoch.
     """
 
-    def __init__(self, size: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
-                 weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        size: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        weights: torch.Tensor | None = None,
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of {world_size}")
         self.size, self.seed, self.shuffle = size, seed, shuffle
@@ -191,11 +202,20 @@ def make_loader(
     generator.manual_seed(seed)
     sampler = None
     if seeded_epochs or world_size > 1:
-        sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
-                               weights=sample_weights)
+        sampler = EpochSampler(
+            len(dataset),
+            seed=seed,
+            shuffle=shuffle,
+            rank=rank,
+            world_size=world_size,
+            weights=sample_weights,
+        )
         dataset, shuffle = SeededSamples(dataset), None
     elif sample_weights is not None:
-        sampler, shuffle = WeightedRandomSampler(sample_weights, len(dataset), generator=generator), None
+        sampler, shuffle = (
+            WeightedRandomSampler(sample_weights, len(dataset), generator=generator),
+            None,
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -31,7 +31,9 @@ def pick_preview_samples(samples: Sequence[Sample], rows: int, *, seed: int = 0)
     by_class: dict[int, list[Sample]] = {}
     for s in samples:
         by_class.setdefault(s.label, []).append(s)
-    queues = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(by_class.items())]
+    queues = [
+        [group[i] for i in rng.permutation(len(group))] for _, group in sorted(by_class.items())
+    ]
     picked: list[Sample] = []
     while len(picked) < rows and any(queues):
         for queue in queues:
@@ -55,9 +57,18 @@ def _font(px: int):
         return ImageFont.load_default()
 
 
-def render_preview(samples: Sequence[Sample], class_names: Sequence[str], spec: PreprocessSpec,
-                   augment: str | AugmentSpec, *, pca: PCAStats | None = None, rows: int = 4,
-                   cols: int = 6, seed: int = 0, tile: int | None = None) -> tuple[Image.Image, list[Sample]]:
+def render_preview(
+    samples: Sequence[Sample],
+    class_names: Sequence[str],
+    spec: PreprocessSpec,
+    augment: str | AugmentSpec,
+    *,
+    pca: PCAStats | None = None,
+    rows: int = 4,
+    cols: int = 6,
+    seed: int = 0,
+    tile: int | None = None,
+) -> tuple[Image.Image, list[Sample]]:
     """The grid image and the samples shown. Column 0 is each image's eval view; columns 1..cols
     are training draws (seeded). Batch ops (mixup/cutmix) mix the images of one column, as they
     would mix a batch. ``tile``: displayed pixels per image (default: the input size)."""
@@ -98,8 +109,13 @@ def _compose(columns: list[np.ndarray], row_names: list[str], tile: int) -> Imag
     draw = ImageDraw.Draw(canvas)
     for c, column in enumerate(columns):
         x = _MARGIN + label_w + c * (tile + _GAP)
-        draw.text((x + tile // 2, _HEADER // 2), "eval view" if c == 0 else f"draw {c}", fill="black",
-                  font=font, anchor="mm")
+        draw.text(
+            (x + tile // 2, _HEADER // 2),
+            "eval view" if c == 0 else f"draw {c}",
+            fill="black",
+            font=font,
+            anchor="mm",
+        )
         for r in range(rows):
             img = Image.fromarray(column[r])
             if img.size != (tile, tile):

@@ -73,8 +73,10 @@ def _flatten_optimizer(optimizer_state: dict) -> tuple[dict[str, torch.Tensor], 
                 tensors[f"optimizer/{pid}/{name}"] = _cpu(value)
             else:
                 scalars.setdefault(str(pid), {})[name] = value
-    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
-              for g in optimizer_state["param_groups"]]
+    groups = [
+        {k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
+        for g in optimizer_state["param_groups"]
+    ]
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
@@ -86,13 +88,21 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     for pid, entries in meta["scalars"].items():
         state.setdefault(int(pid), {}).update(entries)
     # JSON turned tuples (AdamW's betas) into lists; give them back their type.
-    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
-              for g in meta["param_groups"]]
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+        for g in meta["param_groups"]
+    ]
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: TrainingState, extra: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainingState,
+    extra: dict | None = None,
+) -> None:
     """Write the checkpoint to ``path`` atomically (temporary file, fsync, rename)."""
     tensors = {f"model/{k}": _cpu(v) for k, v in model.state_dict().items()}
     best_is_current = state.best_epoch is not None and state.best_epoch == len(state.history) - 1
@@ -102,10 +112,15 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
     tensors.update(optimizer_tensors)
     meta = {
         "format_version": FORMAT_VERSION,
-        "epoch": state.epoch, "step": state.step, "history": state.history,
-        "best_epoch": state.best_epoch, "best_is_current": best_is_current,
-        "stale": state.stale, "done": state.done,
-        "optimizer": optimizer_meta, "extra": extra or {},
+        "epoch": state.epoch,
+        "step": state.step,
+        "history": state.history,
+        "best_epoch": state.best_epoch,
+        "best_is_current": best_is_current,
+        "stale": state.stale,
+        "done": state.done,
+        "optimizer": optimizer_meta,
+        "extra": extra or {},
     }
     header = {_META_KEY: json.dumps(meta)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
@@ -120,14 +135,18 @@ def read_checkpoint_meta(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as fh:
             text = (fh.metadata() or {}).get(_META_KEY)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{path} is not a visiontune checkpoint (not a safetensors file: "
-                          f"{str(exc).splitlines()[0]}); nothing in it was run") from exc
+        raise BundleError(
+            f"{path} is not a visiontune checkpoint (not a safetensors file: "
+            f"{str(exc).splitlines()[0]}); nothing in it was run"
+        ) from exc
     if text is None:
         raise BundleError(f"{path} is a safetensors file but not a visiontune checkpoint")
     meta = json.loads(text)
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise BundleError(f"{path} was written by a newer visiontune (checkpoint format "
-                          f"{meta['format_version']}); upgrade to resume it")
+        raise BundleError(
+            f"{path} was written by a newer visiontune (checkpoint format "
+            f"{meta['format_version']}); upgrade to resume it"
+        )
     return meta
 
 
@@ -147,8 +166,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if best is not None:
         source = groups["model"] if meta["best_is_current"] else groups["best"]
         best_weights = {k: v.clone() for k, v in source.items()}
-    state = TrainingState(epoch=meta["epoch"], step=meta["step"], history=meta["history"],
-                          best_epoch=best, best_weights=best_weights, stale=meta["stale"],
-                          done=meta["done"])
+    state = TrainingState(
+        epoch=meta["epoch"],
+        step=meta["step"],
+        history=meta["history"],
+        best_epoch=best,
+        best_weights=best_weights,
+        stale=meta["stale"],
+        done=meta["done"],
+    )
     optimizer_state = _unflatten_optimizer(groups["optimizer"], meta["optimizer"])
     return Checkpoint(groups["model"], optimizer_state, state, meta["extra"])

@@ -46,7 +46,12 @@ class Distributed:
     """This process's place in the group, and the few collectives training needs."""
 
     def __init__(self, *, rank: int, world_size: int, local_rank: int, device: torch.device):
-        self.rank, self.world_size, self.local_rank, self.device = rank, world_size, local_rank, device
+        self.rank, self.world_size, self.local_rank, self.device = (
+            rank,
+            world_size,
+            local_rank,
+            device,
+        )
         self._wrapped: DistributedDataParallel | None = None
         self._trainable: tuple[bool, ...] = ()
 
@@ -123,8 +128,10 @@ def _device(device_name: str, local_rank: int) -> torch.device:
     if not torch.cuda.is_available():
         raise VisiontuneError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     if local_rank >= torch.cuda.device_count():
-        raise VisiontuneError(f"local rank {local_rank} has no GPU: this node has "
-                              f"{torch.cuda.device_count()}; start at most that many processes per node")
+        raise VisiontuneError(
+            f"local rank {local_rank} has no GPU: this node has "
+            f"{torch.cuda.device_count()}; start at most that many processes per node"
+        )
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)  # one GPU per process: --device cuda:K does not apply
 
@@ -142,7 +149,11 @@ def session(device_name: str = "auto") -> Iterator[Distributed | None]:
     if created:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     if device.type == "cpu":  # share this node's cores between its processes
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
         torch.set_num_threads(max(1, cores // max(1, _env_int("LOCAL_WORLD_SIZE", 1))))
     try:
         yield Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
@@ -151,13 +162,18 @@ def session(device_name: str = "auto") -> Iterator[Distributed | None]:
             dist.destroy_process_group()
 
 
-def on_main_rank(ctx: Distributed | None, work: Callable[[], object], module: nn.Module | None = None):
+def on_main_rank(
+    ctx: Distributed | None, work: Callable[[], object], module: nn.Module | None = None
+):
     """Run ``work`` on rank 0 only and give every rank its result (and ``module``'s weights)."""
     if ctx is None:
         return work()
     result = work() if ctx.is_main else None
-    state = ({k: v.cpu() for k, v in module.state_dict().items()}
-             if ctx.is_main and module is not None else None)
+    state = (
+        {k: v.cpu() for k, v in module.state_dict().items()}
+        if ctx.is_main and module is not None
+        else None
+    )
     result, state = ctx.broadcast((result, state))
     if module is not None and not ctx.is_main:
         module.load_state_dict(state)

@@ -116,8 +116,14 @@ def train_one_epoch(
     weight = None if cfg.class_weights is None else cfg.class_weights.to(cfg.device)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}", leave=False,
-               disable=_bar_disabled(cfg, len(loader)), unit="batch", dynamic_ncols=True)
+    bar = tqdm(
+        loader,
+        desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}",
+        leave=False,
+        disable=_bar_disabled(cfg, len(loader)),
+        unit="batch",
+        dynamic_ncols=True,
+    )
     for batch in bar:
         if on_batch:
             on_batch(batch)
@@ -135,7 +141,9 @@ def train_one_epoch(
         labels = targets.argmax(1) if targets.ndim == 2 else targets
         with _autocast(cfg.device):
             logits = forward(inputs)
-            loss = loss_fn(logits.float(), targets)  # CrossEntropyLoss takes class probabilities too
+            loss = loss_fn(
+                logits.float(), targets
+            )  # CrossEntropyLoss takes class probabilities too
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -149,13 +157,25 @@ def train_one_epoch(
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}, step
 
 
-def run_inference(model: nn.Module, loader, *, cfg: LoopConfig, on_batch: Callable | None = None,
-                  desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def run_inference(
+    model: nn.Module,
+    loader,
+    *,
+    cfg: LoopConfig,
+    on_batch: Callable | None = None,
+    desc: str = "eval",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(outputs, labels, indices)`` for every decodable sample in ``loader``, in loader order."""
     model.eval()
     outputs, labels, indices = [], [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=_bar_disabled(cfg, len(loader)),
-                      unit="batch", dynamic_ncols=True):
+    for batch in tqdm(
+        loader,
+        desc=desc,
+        leave=False,
+        disable=_bar_disabled(cfg, len(loader)),
+        unit="batch",
+        dynamic_ncols=True,
+    ):
         if on_batch:
             on_batch(batch)
         if len(batch.labels) == 0:
@@ -172,8 +192,14 @@ def run_inference(model: nn.Module, loader, *, cfg: LoopConfig, on_batch: Callab
     return torch.cat(outputs), torch.cat(labels), torch.cat(indices)
 
 
-def evaluate_epoch(model: nn.Module, loader, *, cfg: LoopConfig, on_batch: Callable | None = None,
-                   desc: str = "eval") -> EvalOutput:
+def evaluate_epoch(
+    model: nn.Module,
+    loader,
+    *,
+    cfg: LoopConfig,
+    on_batch: Callable | None = None,
+    desc: str = "eval",
+) -> EvalOutput:
     """Logits, labels and mean cross-entropy over ``loader``."""
     logits, labels, indices = run_inference(model, loader, cfg=cfg, on_batch=on_batch, desc=desc)
     loss = float(nn.functional.cross_entropy(logits, labels)) if len(labels) else float("nan")
@@ -226,9 +252,15 @@ def fit(
     state = state or TrainingState()
     history, step, stale = list(state.history), state.step, state.stale
     best, best_state = state.best_epoch, state.best_weights
-    epochs_bar = tqdm(range(state.epoch, cfg.epochs if not state.done else state.epoch), desc=cfg.desc,
-                      unit="epoch", dynamic_ncols=True, disable=None if cfg.progress else True,
-                      initial=state.epoch, total=cfg.epochs)
+    epochs_bar = tqdm(
+        range(state.epoch, cfg.epochs if not state.done else state.epoch),
+        desc=cfg.desc,
+        unit="epoch",
+        dynamic_ncols=True,
+        disable=None if cfg.progress else True,
+        initial=state.epoch,
+        total=cfg.epochs,
+    )
     for epoch in epochs_bar:
         start = time.perf_counter()
         _start_epoch(train_loader, cfg, epoch)
@@ -236,23 +268,40 @@ def fit(
             on_epoch_start(epoch, model, optimizer)
         wrapped = cfg.distributed.wrap(model) if cfg.distributed else None
         train_stats, step = train_one_epoch(
-            model, train_loader, optimizer, cfg=cfg, step=step, total_steps=total_steps,
-            warmup_steps=warmup_steps, set_train_mode=set_train_mode, on_batch=on_batch, epoch=epoch,
+            model,
+            train_loader,
+            optimizer,
+            cfg=cfg,
+            step=step,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps,
+            set_train_mode=set_train_mode,
+            on_batch=on_batch,
+            epoch=epoch,
             wrapped=wrapped,
         )
         if cfg.distributed:
             cfg.distributed.sync_buffers(model)
         val = evaluate_epoch(model, val_loader, cfg=cfg, on_batch=on_batch, desc="validate")
-        row = {"epoch": epoch + 1, **train_stats, "val_loss": val.loss, "val_acc": val.accuracy,
-               "lr": max(g["lr"] for g in optimizer.param_groups), "seconds": time.perf_counter() - start}
+        row = {
+            "epoch": epoch + 1,
+            **train_stats,
+            "val_loss": val.loss,
+            "val_acc": val.accuracy,
+            "lr": max(g["lr"] for g in optimizer.param_groups),
+            "seconds": time.perf_counter() - start,
+        }
         history.append(row)
         if _better(row, history[best] if best is not None else None):
             best, stale = len(history) - 1, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        epochs_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.3f}",
-                               best=f"{history[best]['val_acc']:.3f}")
+        epochs_bar.set_postfix(
+            loss=f"{row['train_loss']:.3f}",
+            val_acc=f"{row['val_acc']:.3f}",
+            best=f"{history[best]['val_acc']:.3f}",
+        )
         try:
             if on_epoch_end:
                 on_epoch_end(row)
@@ -260,8 +309,17 @@ def fit(
         except StopTraining:
             done = True
         if on_checkpoint:
-            on_checkpoint(TrainingState(epoch=epoch + 1, step=step, history=history, best_epoch=best,
-                                        best_weights=best_state, stale=stale, done=done))
+            on_checkpoint(
+                TrainingState(
+                    epoch=epoch + 1,
+                    step=step,
+                    history=history,
+                    best_epoch=best,
+                    best_weights=best_state,
+                    stale=stale,
+                    done=done,
+                )
+            )
         if done:
             break
     epochs_bar.close()

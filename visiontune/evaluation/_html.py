@@ -43,72 +43,115 @@ def _tiles(metrics: Mapping) -> str:
             tiles.append((f"top-{k} accuracy", _pct(value), ""))
     tiles += [
         ("macro F1", f"{metrics['macro_avg']['f1']:.3f}" if n else "n/a", "mean over classes"),
-        ("calibration error (ECE)", _pct(metrics["expected_calibration_error"]),
-         f"{metrics['calibration_bins']} equal-width confidence bins"),
+        (
+            "calibration error (ECE)",
+            _pct(metrics["expected_calibration_error"]),
+            f"{metrics['calibration_bins']} equal-width confidence bins",
+        ),
         ("forward passes per image", str(metrics["forward_passes_per_image"]), "views x models"),
     ]
     if metrics["skipped"]:
         tiles.append(("skipped files", str(len(metrics["skipped"])), "could not be decoded"))
-    return "".join(f'<div class="tile"><div class="v">{escape(v)}</div><div class="k">{escape(k)}'
-                   f'{"<br>" + escape(sub) if sub else ""}</div></div>' for k, v, sub in tiles)
+    return "".join(
+        f'<div class="tile"><div class="v">{escape(v)}</div><div class="k">{escape(k)}'
+        f"{'<br>' + escape(sub) if sub else ''}</div></div>"
+        for k, v, sub in tiles
+    )
 
 
 def _per_class_table(metrics: Mapping) -> str:
-    rows = [f"<tr><td class=l>{escape(name)}</td><td>{r['precision']:.3f}</td><td>{r['recall']:.3f}</td>"
-            f"<td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>" for name, r in metrics["per_class"].items()]
+    rows = [
+        f"<tr><td class=l>{escape(name)}</td><td>{r['precision']:.3f}</td><td>{r['recall']:.3f}</td>"
+        f"<td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
+        for name, r in metrics["per_class"].items()
+    ]
     for avg in ("macro_avg", "weighted_avg"):
         if avg in metrics:
             r = metrics[avg]
-            rows.append(f'<tr class="avg"><td class=l>{avg.replace("_avg", " average")}</td><td>{r["precision"]:.3f}'
-                        f'</td><td>{r["recall"]:.3f}</td><td>{r["f1"]:.3f}</td><td></td></tr>')
-    return ("<table><tr><th class=l>class</th><th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>"
-            + "".join(rows) + "</table>")
+            rows.append(
+                f'<tr class="avg"><td class=l>{avg.replace("_avg", " average")}</td><td>{r["precision"]:.3f}'
+                f"</td><td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td><td></td></tr>"
+            )
+    return (
+        "<table><tr><th class=l>class</th><th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _confused_table(pairs: Sequence[Mapping]) -> str:
     if not pairs:
         return '<p class="note">No image was misclassified.</p>'
-    rows = "".join(f"<tr><td class=l>{escape(p['true'])}</td><td class=l>{escape(p['predicted'])}</td><td>{p['count']}</td>"
-                   f"<td>{_pct(p['rate'])}</td></tr>" for p in pairs)
-    return ("<table><tr><th class=l>true class</th><th class=l>predicted as</th><th>images</th><th>of the true class</th>"
-            "</tr>" + rows + "</table>")
+    rows = "".join(
+        f"<tr><td class=l>{escape(p['true'])}</td><td class=l>{escape(p['predicted'])}</td><td>{p['count']}</td>"
+        f"<td>{_pct(p['rate'])}</td></tr>"
+        for p in pairs
+    )
+    return (
+        "<table><tr><th class=l>true class</th><th class=l>predicted as</th><th>images</th><th>of the true class</th>"
+        "</tr>" + rows + "</table>"
+    )
 
 
 def _calibration_table(rows: Sequence[Mapping]) -> str:
-    body = "".join(f"<tr><td class=l>{r['lower']:.2f} – {r['upper']:.2f}</td><td>{r['count']}</td>"
-                   f"<td>{_pct(r['confidence'])}</td><td>{_pct(r['accuracy'])}</td></tr>" for r in rows)
-    return ("<table><tr><th class=l>confidence</th><th>images</th><th>mean confidence</th><th>accuracy</th></tr>"
-            + body + "</table>")
+    body = "".join(
+        f"<tr><td class=l>{r['lower']:.2f} – {r['upper']:.2f}</td><td>{r['count']}</td>"
+        f"<td>{_pct(r['confidence'])}</td><td>{_pct(r['accuracy'])}</td></tr>"
+        for r in rows
+    )
+    return (
+        "<table><tr><th class=l>confidence</th><th>images</th><th>mean confidence</th><th>accuracy</th></tr>"
+        + body
+        + "</table>"
+    )
 
 
 def _gallery(shown: Sequence[Mapping], total: int) -> str:
     if not total:
         return '<p class="note">No image was misclassified.</p>'
-    note = (f"All {total} misclassified images" if len(shown) == total else
-            f"The {len(shown)} most confident of {total} misclassified images (the rest are listed in "
-            "metrics.json)")
+    note = (
+        f"All {total} misclassified images"
+        if len(shown) == total
+        else f"The {len(shown)} most confident of {total} misclassified images (the rest are listed in "
+        "metrics.json)"
+    )
     cards = []
     for item in shown:
         thumb = item.get("thumbnail")
-        image = (f'<img src="{escape(thumb)}" width="{item["thumbnail_size"][0]}" '
-                 f'height="{item["thumbnail_size"][1]}" alt="{escape(item["path"])}">' if thumb
-                 else '<p class="note">(no thumbnail: the file could not be read again)</p>')
+        image = (
+            f'<img src="{escape(thumb)}" width="{item["thumbnail_size"][0]}" '
+            f'height="{item["thumbnail_size"][1]}" alt="{escape(item["path"])}">'
+            if thumb
+            else '<p class="note">(no thumbnail: the file could not be read again)</p>'
+        )
         cards.append(
-            f'<figure>{image}<figcaption>true: <b>{escape(item["true"])}</b><br>'
+            f"<figure>{image}<figcaption>true: <b>{escape(item['true'])}</b><br>"
             f'predicted: <span class="wrong">{escape(item["predicted"])}</span> '
-            f'({_pct(item["confidence"])})<br>p(true class): {_pct(item["true_probability"])}<br>'
+            f"({_pct(item['confidence'])})<br>p(true class): {_pct(item['true_probability'])}<br>"
             f'<span class="path" title="{escape(item["path"])}">{escape(item["short_path"])}</span>'
-            "</figcaption></figure>")
-    return (f'<p class="note">{escape(note)}, most confident first (confident mistakes are '
-            f'worth checking for wrong labels).</p><div class="gallery">{"".join(cards)}</div>')
+            "</figcaption></figure>"
+        )
+    return (
+        f'<p class="note">{escape(note)}, most confident first (confident mistakes are '
+        f'worth checking for wrong labels).</p><div class="gallery">{"".join(cards)}</div>'
+    )
 
 
-def render_page(metrics: Mapping, *, context: Mapping[str, str], gallery: Sequence[Mapping],
-                has_curves: bool, curves_note: str) -> str:
+def render_page(
+    metrics: Mapping,
+    *,
+    context: Mapping[str, str],
+    gallery: Sequence[Mapping],
+    has_curves: bool,
+    curves_note: str,
+) -> str:
     """The whole page as a string; ``gallery`` holds the misclassified images to show."""
     ctx = " · ".join(f"{escape(k)}: <b>{escape(str(v))}</b>" for k, v in context.items())
-    curves = ('<img class="figure" src="curves.png" alt="training curves">' if has_curves
-              else f'<p class="note">{escape(curves_note)}</p>')
+    curves = (
+        '<img class="figure" src="curves.png" alt="training curves">'
+        if has_curves
+        else f'<p class="note">{escape(curves_note)}</p>'
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -26,14 +26,22 @@ def _save(fig: Figure, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
 
 
-def plot_confusion_matrix(path: Path, confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> None:
+def plot_confusion_matrix(
+    path: Path, confusion: Sequence[Sequence[int]], class_names: Sequence[str]
+) -> None:
     """Counts, rows true and columns predicted; numbers in the cells up to 30 classes."""
     n = len(class_names)
     side = min(24.0, max(4.5, 0.55 * n + 2.5))
     fig = Figure(figsize=(side, side * 0.9))
     ax = fig.subplots()
     ConfusionMatrixDisplay(np.asarray(confusion), display_labels=list(class_names)).plot(
-        ax=ax, cmap="Blues", colorbar=False, include_values=n <= 30, xticks_rotation=45, values_format="d")
+        ax=ax,
+        cmap="Blues",
+        colorbar=False,
+        include_values=n <= 30,
+        xticks_rotation=45,
+        values_format="d",
+    )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title("Confusion matrix (rows: true, columns: predicted)")
@@ -64,7 +72,9 @@ def _plot_series(ax, x, history, keys_labels, colour) -> None:
             ax.plot(x, y, style, color=colour, marker="o", markersize=3, label=label)
 
 
-def _plot_one(loss_ax, acc_ax, kind: str, history: Sequence[dict], name: str | None, colour: str) -> None:
+def _plot_one(
+    loss_ax, acc_ax, kind: str, history: Sequence[dict], name: str | None, colour: str
+) -> None:
     def label(split: str) -> str:
         return f"{name}: {split}" if name else split
 
@@ -72,17 +82,28 @@ def _plot_one(loss_ax, acc_ax, kind: str, history: Sequence[dict], name: str | N
     x_key = "epoch" if kind == "epochs" else "C"
     x = _column(history, x_key)
     if kind == "epochs":
-        _plot_series(loss_ax, x, history, [("train_loss", label("train"), "-"),
-                                           ("val_loss", label("validation"), "--")], colour)
+        _plot_series(
+            loss_ax,
+            x,
+            history,
+            [("train_loss", label("train"), "-"), ("val_loss", label("validation"), "--")],
+            colour,
+        )
     elif np.isfinite(_column(history, "val_acc")).any():
         # without a validation split the probe stores -train_acc as "val_loss" (to rank C): no loss
         _plot_series(loss_ax, x, history, [("val_loss", label("validation"), "--")], colour)
-    _plot_series(acc_ax, x, history, [("train_acc", label("train"), "-"),
-                                      ("val_acc", label("validation"), "--")], colour)
+    _plot_series(
+        acc_ax,
+        x,
+        history,
+        [("train_acc", label("train"), "-"), ("val_acc", label("validation"), "--")],
+        colour,
+    )
     if best is not None:
         for ax in (loss_ax, acc_ax):
-            ax.axvline(best[x_key], color=colour, linestyle=":", alpha=0.7,
-                       label=None if name else "best")
+            ax.axvline(
+                best[x_key], color=colour, linestyle=":", alpha=0.7, label=None if name else "best"
+            )
 
 
 def plot_history(path: Path, histories: Mapping[str, Sequence[dict]]) -> bool:
@@ -104,7 +125,9 @@ def plot_history(path: Path, histories: Mapping[str, Sequence[dict]]) -> bool:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         xlabel = "C (inverse L2 strength)"
-        title = "Linear probe on frozen features: one fit per C (dotted: best, lowest validation loss)"
+        title = (
+            "Linear probe on frozen features: one fit per C (dotted: best, lowest validation loss)"
+        )
         for ax in (loss_ax, acc_ax):
             ax.set_xscale("log")
     for ax, ylabel in ((loss_ax, "cross-entropy loss"), (acc_ax, "accuracy")):

@@ -7,8 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
-__all__ = ["calibration_bins", "classification_metrics", "expected_calibration_error",
-           "most_confused_pairs", "precision_recall_f1", "top_k_accuracy"]
+__all__ = [
+    "calibration_bins",
+    "classification_metrics",
+    "expected_calibration_error",
+    "most_confused_pairs",
+    "precision_recall_f1",
+    "top_k_accuracy",
+]
 
 
 def top_k_accuracy(y_true: Sequence[int], probs: np.ndarray, *, k: int) -> float | None:
@@ -28,18 +34,26 @@ def top_k_accuracy(y_true: Sequence[int], probs: np.ndarray, *, k: int) -> float
     return float(top_k_accuracy_score(y_true, scores, k=k, labels=list(range(num_classes))))
 
 
-def precision_recall_f1(y_true: Sequence[int], y_pred: Sequence[int],
-                        class_names: Sequence[str]) -> dict:
+def precision_recall_f1(
+    y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]
+) -> dict:
     """Per-class precision/recall/F1/support and their macro and support-weighted averages.
 
     A class never predicted has precision 0 (not an error), one absent from the data recall 0.
     """
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    result: dict = {"per_class": {
-        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-        for i, name in enumerate(class_names)
-    }}
+    result: dict = {
+        "per_class": {
+            name: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
+            for i, name in enumerate(class_names)
+        }
+    }
     for average in ("macro", "weighted"):
         ap, ar, af, _ = precision_recall_fscore_support(
             y_true, y_pred, labels=labels, average=average, zero_division=0
@@ -49,7 +63,9 @@ def precision_recall_f1(y_true: Sequence[int], y_pred: Sequence[int],
 
 
 def classification_metrics(
-    y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str],
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    class_names: Sequence[str],
     probs: np.ndarray | None = None,
 ) -> dict:
     """Accuracy, per-class precision/recall/F1/support, macro and weighted averages, confusion.
@@ -86,15 +102,21 @@ def calibration_bins(y_true: Sequence[int], probs: np.ndarray, *, bins: int = 15
     for b in range(bins):
         members = which == b
         if members.any():
-            table.append({"lower": float(edges[b]), "upper": float(edges[b + 1]),
-                          "count": int(members.sum()),
-                          "confidence": float(confidence[members].mean()),
-                          "accuracy": float(correct[members].mean())})
+            table.append(
+                {
+                    "lower": float(edges[b]),
+                    "upper": float(edges[b + 1]),
+                    "count": int(members.sum()),
+                    "confidence": float(confidence[members].mean()),
+                    "accuracy": float(correct[members].mean()),
+                }
+            )
     return table
 
 
-def expected_calibration_error(y_true: Sequence[int], probs: np.ndarray, *,
-                               bins: int = 15) -> float | None:
+def expected_calibration_error(
+    y_true: Sequence[int], probs: np.ndarray, *, bins: int = 15
+) -> float | None:
     """Expected calibration error (Guo et al., 2017): ``sum_b n_b / N * |accuracy_b -
     confidence_b|`` over ``bins`` equal-width confidence bins (see ``calibration_bins``).
 
@@ -106,11 +128,14 @@ def expected_calibration_error(y_true: Sequence[int], probs: np.ndarray, *,
     if not table:
         return None
     total = sum(row["count"] for row in table)
-    return float(sum(row["count"] / total * abs(row["accuracy"] - row["confidence"]) for row in table))
+    return float(
+        sum(row["count"] / total * abs(row["accuracy"] - row["confidence"]) for row in table)
+    )
 
 
-def most_confused_pairs(confusion: Sequence[Sequence[int]], class_names: Sequence[str], *,
-                        top: int = 10) -> list[dict]:
+def most_confused_pairs(
+    confusion: Sequence[Sequence[int]], class_names: Sequence[str], *, top: int = 10
+) -> list[dict]:
     """The off-diagonal cells of a confusion matrix (rows true, columns predicted) with the most
     images, largest first: ``true``, ``predicted``, ``count`` and ``rate`` (share of the true
     class's images that went to ``predicted``). Empty cells are left out."""
@@ -118,8 +143,19 @@ def most_confused_pairs(confusion: Sequence[Sequence[int]], class_names: Sequenc
     if matrix.size == 0:
         return []
     row_totals = matrix.sum(axis=1)
-    cells = [(int(matrix[i, j]), i, j) for i in range(len(matrix)) for j in range(len(matrix))
-             if i != j and matrix[i, j] > 0]
+    cells = [
+        (int(matrix[i, j]), i, j)
+        for i in range(len(matrix))
+        for j in range(len(matrix))
+        if i != j and matrix[i, j] > 0
+    ]
     cells.sort(key=lambda c: (-c[0], c[1], c[2]))  # ties: class order, so the result is stable
-    return [{"true": class_names[i], "predicted": class_names[j], "count": count,
-             "rate": count / int(row_totals[i])} for count, i, j in cells[:top]]
+    return [
+        {
+            "true": class_names[i],
+            "predicted": class_names[j],
+            "count": count,
+            "rate": count / int(row_totals[i]),
+        }
+        for count, i, j in cells[:top]
+    ]

@@ -31,8 +31,10 @@ class LabelledPredictions:
     def __post_init__(self) -> None:
         n, classes = len(self.paths), len(self.class_names)
         if len(self.y_true) != n or np.shape(self.probs) != (n, classes):
-            raise ValueError(f"{n} paths, {len(self.y_true)} labels and probabilities of shape "
-                             f"{np.shape(self.probs)} do not describe the same {n} images of {classes} classes")
+            raise ValueError(
+                f"{n} paths, {len(self.y_true)} labels and probabilities of shape "
+                f"{np.shape(self.probs)} do not describe the same {n} images of {classes} classes"
+            )
 
     @property
     def y_pred(self) -> np.ndarray:

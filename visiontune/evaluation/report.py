@@ -63,9 +63,16 @@ def _misclassified(p: LabelledPredictions) -> list[dict]:
     """Every wrong image, the most confident mistakes first (the likeliest label errors)."""
     names, probs, y_pred = list(p.class_names), np.asarray(p.probs), p.y_pred
     wrong = [i for i in range(len(p.paths)) if y_pred[i] != p.y_true[i]]
-    items = [{"path": str(p.paths[i]), "true": names[p.y_true[i]], "predicted": names[y_pred[i]],
-              "confidence": float(probs[i, y_pred[i]]), "true_probability": float(probs[i, p.y_true[i]])}
-             for i in wrong]
+    items = [
+        {
+            "path": str(p.paths[i]),
+            "true": names[p.y_true[i]],
+            "predicted": names[y_pred[i]],
+            "confidence": float(probs[i, y_pred[i]]),
+            "true_probability": float(probs[i, p.y_true[i]]),
+        }
+        for i in wrong
+    ]
     return sorted(items, key=lambda item: (-item["confidence"], item["path"]))
 
 
@@ -115,10 +122,15 @@ def _write_gallery(out: Path, misclassified: list[dict], limit: int) -> list[dic
     return gallery
 
 
-def write_report(out_dir: str | Path, predictions: LabelledPredictions, *,
-                 histories: Mapping[str, Sequence[dict] | None] | None = None,
-                 context: Mapping[str, str] | None = None,
-                 gallery_limit: int = GALLERY_LIMIT, bins: int = CALIBRATION_BINS) -> dict:
+def write_report(
+    out_dir: str | Path,
+    predictions: LabelledPredictions,
+    *,
+    histories: Mapping[str, Sequence[dict] | None] | None = None,
+    context: Mapping[str, str] | None = None,
+    gallery_limit: int = GALLERY_LIMIT,
+    bins: int = CALIBRATION_BINS,
+) -> dict:
     """Write the report folder and return its metrics (what ``metrics.json`` holds).
 
     ``histories`` maps a name to a run's ``history.json`` (epochs, or a ``head`` run's C grid):
@@ -127,22 +139,34 @@ def write_report(out_dir: str | Path, predictions: LabelledPredictions, *,
     """
     out = check_report_dir(out_dir)
     if not len(predictions.paths):
-        raise DataError("no image could be evaluated, so there is nothing to report"
-                        + (f" ({len(predictions.skipped)} skipped)" if predictions.skipped else ""))
+        raise DataError(
+            "no image could be evaluated, so there is nothing to report"
+            + (f" ({len(predictions.skipped)} skipped)" if predictions.skipped else "")
+        )
     metrics = report_metrics(predictions, bins=bins)
     metrics["context"] = dict(context or {})
     out.mkdir(parents=True, exist_ok=True)
     gallery = _write_gallery(out, metrics["misclassified"], gallery_limit)
-    plot_confusion_matrix(out / "confusion_matrix.png", metrics["confusion_matrix"], predictions.class_names)
+    plot_confusion_matrix(
+        out / "confusion_matrix.png", metrics["confusion_matrix"], predictions.class_names
+    )
     histories = {name: h for name, h in (histories or {}).items() if h}
     has_curves = bool(histories) and plot_history(out / "curves.png", histories)
     if not has_curves:
         (out / "curves.png").unlink(missing_ok=True)  # an earlier report's
-    curves_note = ("No training history: the run folder has no history.json." if not histories else
-                   "The run's history.json has a shape this report does not know; no curves drawn.")
+    curves_note = (
+        "No training history: the run folder has no history.json."
+        if not histories
+        else "The run's history.json has a shape this report does not know; no curves drawn."
+    )
     _write_utf8(out / "metrics.json", json.dumps(metrics, indent=2, default=_jsonable) + "\n")
-    page = render_page(metrics, context=metrics["context"], gallery=gallery, has_curves=has_curves,
-                       curves_note=curves_note)
+    page = render_page(
+        metrics,
+        context=metrics["context"],
+        gallery=gallery,
+        has_curves=has_curves,
+        curves_note=curves_note,
+    )
     _write_utf8(out / "index.html", page)
     return metrics
 

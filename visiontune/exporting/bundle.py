@@ -31,18 +31,28 @@ def _versions() -> dict:
 
     from .. import __version__
 
-    return {"visiontune": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__}
+    return {
+        "visiontune": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+    }
 
 
-def save_bundle(folder: str | Path, model: Classifier, *, labels: LabelMap, extra: dict | None = None) -> Path:
+def save_bundle(
+    folder: str | Path, model: Classifier, *, labels: LabelMap, extra: dict | None = None
+) -> Path:
     """Write the bundle into ``folder``; ``extra`` (strategy, training settings...) goes into the JSON."""
     folder = Path(folder)
     backbone = model.backbone
     config = {
         "format_version": FORMAT_VERSION,
-        "backbone": {"name": backbone.name, "num_features": backbone.num_features,
-                     "weights_source": backbone.source, "weights_sha256": backbone.weights_sha256},
+        "backbone": {
+            "name": backbone.name,
+            "num_features": backbone.num_features,
+            "weights_source": backbone.source,
+            "weights_sha256": backbone.weights_sha256,
+        },
         "preprocess": backbone.preprocess.to_dict(),
         "classes": list(labels.names),
         "head": {"type": "linear", "dropout": model.head.dropout_p},
@@ -50,7 +60,9 @@ def save_bundle(folder: str | Path, model: Classifier, *, labels: LabelMap, extr
         **(extra or {}),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(
+        folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"})
+    )
     atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return folder
 
@@ -61,7 +73,9 @@ def read_bundle_config(folder: str | Path) -> dict:
     if not folder.is_dir():
         raise BundleError(f"no such run folder: {folder}")
     if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise BundleError(f"{folder} is not a visiontune model: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+        raise BundleError(
+            f"{folder} is not a visiontune model: it needs {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -86,11 +100,15 @@ def load_bundle(folder: str | Path) -> tuple[Classifier, LabelMap, dict]:
     backbone.preprocess = PreprocessSpec.from_dict(config["preprocess"])
     backbone.source = config["backbone"].get("weights_source", "bundle")
     backbone.weights_sha256 = config["backbone"].get("weights_sha256")
-    model = Classifier(backbone, Head(backbone.num_features, len(labels),
-                                      dropout=config["head"].get("dropout", 0.0)))
+    model = Classifier(
+        backbone,
+        Head(backbone.num_features, len(labels), dropout=config["head"].get("dropout", 0.0)),
+    )
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
         model.load_state_dict(state)
     except Exception as exc:
-        raise BundleError(f"cannot load {folder / WEIGHTS_FILE}: {str(exc).splitlines()[0]}") from exc
+        raise BundleError(
+            f"cannot load {folder / WEIGHTS_FILE}: {str(exc).splitlines()[0]}"
+        ) from exc
     return model.eval(), labels, config

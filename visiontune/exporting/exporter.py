@@ -37,13 +37,22 @@ def default_export_name(format: str) -> str:
 
 def check_format(format: str) -> str:
     if format not in EXPORT_FORMATS:
-        raise VisiontuneError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+        raise VisiontuneError(
+            f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}"
+        )
     return format
 
 
-def export_model(model: torch.nn.Module, labels: LabelMap, *, format: str, out: str | Path,
-                 data: str | Path | None = None, tolerance: float = TOLERANCE,
-                 max_images: int = MAX_IMAGES) -> ExportReport:
+def export_model(
+    model: torch.nn.Module,
+    labels: LabelMap,
+    *,
+    format: str,
+    out: str | Path,
+    data: str | Path | None = None,
+    tolerance: float = TOLERANCE,
+    max_images: int = MAX_IMAGES,
+) -> ExportReport:
     """Export a ``Classifier`` (``model.backbone`` carries name and preprocessing) to ``out``.
 
     ``data``: a folder whose images feed the parity check (the run's data); generated images,
@@ -57,15 +66,20 @@ def export_model(model: torch.nn.Module, labels: LabelMap, *, format: str, out: 
     out = Path(out)
     model = model.eval().to("cpu")
     spec = model.backbone.preprocess
-    meta = ExportMetadata(classes=tuple(labels.names), preprocess=spec, backbone=model.backbone.name,
-                          visiontune_version=__version__)
+    meta = ExportMetadata(
+        classes=tuple(labels.names),
+        preprocess=spec,
+        backbone=model.backbone.name,
+        visiontune_version=__version__,
+    )
     inputs = parity_inputs(data, spec, max_images=max_images)
     eager = eager_probabilities(model, inputs)
     measured: dict = {}
 
     def check(run_exported) -> None:
         measured["diff"], measured["agreement"] = check_parity(
-            eager, run_exported, inputs, tolerance=tolerance, what=f"the {format} export")
+            eager, run_exported, inputs, tolerance=tolerance, what=f"the {format} export"
+        )
 
     wrapper = ProbabilityModel(model, spec)
     if format == "onnx":
@@ -76,6 +90,13 @@ def export_model(model: torch.nn.Module, labels: LabelMap, *, format: str, out: 
         from .torchscript import export_torchscript
 
         export_torchscript(wrapper, meta, out, check=check)
-    return ExportReport(path=out, format=format, max_abs_diff=measured["diff"], tolerance=tolerance,
-                        images=len(inputs.images), inputs=inputs.source,
-                        top1_agreement=measured["agreement"], size_bytes=out.stat().st_size)
+    return ExportReport(
+        path=out,
+        format=format,
+        max_abs_diff=measured["diff"],
+        tolerance=tolerance,
+        images=len(inputs.images),
+        inputs=inputs.source,
+        top1_agreement=measured["agreement"],
+        size_bytes=out.stat().st_size,
+    )

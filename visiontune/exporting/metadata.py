@@ -27,8 +27,10 @@ __all__ = ["EXPORT_FORMAT_VERSION", "INPUT_NAME", "OUTPUT_NAME", "ExportMetadata
 EXPORT_FORMAT_VERSION = 1
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
-INPUT_DESCRIPTION = ("uint8 RGB (batch, 3, size, size): resized to size/crop_pct on the short side "
-                     "and centre-cropped to size; normalised inside the model")
+INPUT_DESCRIPTION = (
+    "uint8 RGB (batch, 3, size, size): resized to size/crop_pct on the short side "
+    "and centre-cropped to size; normalised inside the model"
+)
 OUTPUT_DESCRIPTION = "float32 (batch, classes): softmax probabilities in the order of 'classes'"
 
 _JSON_FIELDS = ("format_version", "classes", "preprocess")  # the rest are plain strings
@@ -53,32 +55,48 @@ class ExportMetadata:
         return LabelMap(self.classes)
 
     def to_dict(self) -> dict:
-        return {"format_version": self.format_version, "visiontune_version": self.visiontune_version,
-                "backbone": self.backbone, "classes": list(self.classes),
-                "preprocess": self.preprocess.to_dict(), "input": self.input, "output": self.output,
-                "weights_sha256": self.weights_sha256}
+        return {
+            "format_version": self.format_version,
+            "visiontune_version": self.visiontune_version,
+            "backbone": self.backbone,
+            "classes": list(self.classes),
+            "preprocess": self.preprocess.to_dict(),
+            "input": self.input,
+            "output": self.output,
+            "weights_sha256": self.weights_sha256,
+        }
 
     def to_strings(self) -> dict[str, str]:
         """String values for ONNX ``metadata_props``: JSON where the value is structured."""
-        return {k: json.dumps(v) if k in _JSON_FIELDS else str(v) for k, v in self.to_dict().items()}
+        return {
+            k: json.dumps(v) if k in _JSON_FIELDS else str(v) for k, v in self.to_dict().items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str) -> ExportMetadata:
         """Validate ``data`` read from ``source``; a missing field or a newer format is an error."""
         missing = [k for k in _REQUIRED if k not in data]
         if missing:
-            raise BundleError(f"{source} is not a visiontune export: no {', '.join(missing)} in its metadata")
+            raise BundleError(
+                f"{source} is not a visiontune export: no {', '.join(missing)} in its metadata"
+            )
         version = data["format_version"]
         if not isinstance(version, int):
             raise BundleError(f"{source}: export format_version {version!r} is not an integer")
         if version > EXPORT_FORMAT_VERSION:
-            raise BundleError(f"{source} was exported in format {version}; this visiontune reads up to "
-                              f"{EXPORT_FORMAT_VERSION}. Upgrade visiontune to load it.")
+            raise BundleError(
+                f"{source} was exported in format {version}; this visiontune reads up to "
+                f"{EXPORT_FORMAT_VERSION}. Upgrade visiontune to load it."
+            )
         try:
-            return cls(classes=tuple(data["classes"]), preprocess=PreprocessSpec.from_dict(data["preprocess"]),
-                       backbone=str(data.get("backbone", "")),
-                       visiontune_version=str(data.get("visiontune_version", "")),
-                       weights_sha256=str(data["weights_sha256"]), format_version=version)
+            return cls(
+                classes=tuple(data["classes"]),
+                preprocess=PreprocessSpec.from_dict(data["preprocess"]),
+                backbone=str(data.get("backbone", "")),
+                visiontune_version=str(data.get("visiontune_version", "")),
+                weights_sha256=str(data["weights_sha256"]),
+                format_version=version,
+            )
         except (TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"{source}: invalid export metadata: {exc}") from exc
 
@@ -91,7 +109,9 @@ class ExportMetadata:
                 try:
                     data[key] = json.loads(data[key])
                 except json.JSONDecodeError as exc:
-                    raise BundleError(f"{source}: metadata field {key!r} is not valid JSON") from exc
+                    raise BundleError(
+                        f"{source}: metadata field {key!r} is not valid JSON"
+                    ) from exc
         return cls.from_dict(data, source=source)
 
 

@@ -60,16 +60,21 @@ def read_onnx(path: str | Path) -> tuple[bytes, onnx.ModelProto, ExportMetadata]
     try:
         proto = onnx.load_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends: the message varies by version
-        raise BundleError(f"{path} is not a readable ONNX model (truncated or damaged?): "
-                          f"{_first_line(exc)}") from exc
+        raise BundleError(
+            f"{path} is not a readable ONNX model (truncated or damaged?): {_first_line(exc)}"
+        ) from exc
     props = {p.key: p.value for p in proto.metadata_props}
     if "format_version" not in props:
-        raise BundleError(f"{path} has no visiontune metadata: it was not written by `visiontune "
-                          "export`, or it is truncated")
+        raise BundleError(
+            f"{path} has no visiontune metadata: it was not written by `visiontune "
+            "export`, or it is truncated"
+        )
     meta = ExportMetadata.from_strings(props, source=str(path))
     if onnx_digest(proto) != meta.weights_sha256:
-        raise BundleError(f"{path}: its weights do not match the checksum recorded at export; the "
-                          "file was modified or damaged")
+        raise BundleError(
+            f"{path}: its weights do not match the checksum recorded at export; the "
+            "file was modified or damaged"
+        )
     return data, proto, meta
 
 
@@ -87,8 +92,10 @@ def onnx_session(path: str | Path, *, threads: int | None = None):
         raise BundleError(f"onnxruntime cannot load {path}: {_first_line(exc)}") from exc
     names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
     if names != ([INPUT_NAME], [OUTPUT_NAME]):
-        raise BundleError(f"{path} has inputs/outputs {names}; a visiontune export has "
-                          f"[{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]")
+        raise BundleError(
+            f"{path} has inputs/outputs {names}; a visiontune export has "
+            f"[{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]"
+        )
     return session, meta
 
 
@@ -98,10 +105,19 @@ def _trace_to_onnx(module, size: int) -> onnx.ModelProto:
     # Batch 2: torch.export specialises sizes 0 and 1, so an example batch of 1 would freeze it.
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter chatter; correctness is what the parity check checks
+        warnings.simplefilter(
+            "ignore"
+        )  # exporter chatter; correctness is what the parity check checks
         program = torch.onnx.export(
-            module, (example,), None, dynamo=True, verbose=False, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: torch.export.Dim("batch")}})
+            module,
+            (example,),
+            None,
+            dynamo=True,
+            verbose=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+        )
     return program.model_proto
 
 

@@ -29,8 +29,16 @@ from ..data.transforms import decode_size, eval_geometry, eval_transform
 from ..errors import ExportError
 from ..specs import PreprocessSpec
 
-__all__ = ["MAX_IMAGES", "TOLERANCE", "ExportReport", "ParityInputs", "ParityWarning", "check_parity",
-           "eager_probabilities", "parity_inputs"]
+__all__ = [
+    "MAX_IMAGES",
+    "TOLERANCE",
+    "ExportReport",
+    "ParityInputs",
+    "ParityWarning",
+    "check_parity",
+    "eager_probabilities",
+    "parity_inputs",
+]
 
 TOLERANCE = 1e-4
 MAX_IMAGES = 16
@@ -61,9 +69,11 @@ class ExportReport:
     size_bytes: int
 
     def summary(self) -> str:
-        return (f"wrote {self.path} ({self.format}, {self.size_bytes / 1e6:.1f} MB); parity with the "
-                f"eager model on {self.inputs}: max |dp| = {self.max_abs_diff:.2e} (tolerance "
-                f"{self.tolerance:.0e}), same top-1 on {self.top1_agreement:.0%}")
+        return (
+            f"wrote {self.path} ({self.format}, {self.size_bytes / 1e6:.1f} MB); parity with the "
+            f"eager model on {self.inputs}: max |dp| = {self.max_abs_diff:.2e} (tolerance "
+            f"{self.tolerance:.0e}), same top-1 on {self.top1_agreement:.0%}"
+        )
 
 
 def _pick_evenly(paths: list[Path], count: int) -> list[Path]:
@@ -75,8 +85,11 @@ def _pick_evenly(paths: list[Path], count: int) -> list[Path]:
 
 def _as_inputs(images: list, spec: PreprocessSpec, source: str) -> ParityInputs:
     geometry, full = eval_geometry(spec), eval_transform(spec)
-    return ParityInputs(torch.stack([geometry(im).as_subclass(torch.Tensor) for im in images]),
-                        torch.stack([full(im).as_subclass(torch.Tensor) for im in images]), source)
+    return ParityInputs(
+        torch.stack([geometry(im).as_subclass(torch.Tensor) for im in images]),
+        torch.stack([full(im).as_subclass(torch.Tensor) for im in images]),
+        source,
+    )
 
 
 def _real_inputs(data: Path, spec: PreprocessSpec, max_images: int) -> ParityInputs | None:
@@ -103,7 +116,9 @@ def _generated_inputs(spec: PreprocessSpec, count: int) -> ParityInputs:
     return _as_inputs(images, spec, f"{count} generated images")
 
 
-def parity_inputs(data: str | Path | None, spec: PreprocessSpec, *, max_images: int = MAX_IMAGES) -> ParityInputs:
+def parity_inputs(
+    data: str | Path | None, spec: PreprocessSpec, *, max_images: int = MAX_IMAGES
+) -> ParityInputs:
     """Real images from the run's data folder; generated ones, with a ``ParityWarning``, when it
     is gone or holds nothing decodable."""
     if data is not None and Path(data).is_dir():
@@ -112,9 +127,12 @@ def parity_inputs(data: str | Path | None, spec: PreprocessSpec, *, max_images: 
             return found
         reason = f"no decodable images in the run's data folder {data}"
     else:
-        reason = f"the run's data folder {data} is gone" if data else "the run records no data folder"
-    warnings.warn(f"{reason}; checking the export on generated images instead", ParityWarning,
-                  stacklevel=3)
+        reason = (
+            f"the run's data folder {data} is gone" if data else "the run records no data folder"
+        )
+    warnings.warn(
+        f"{reason}; checking the export on generated images instead", ParityWarning, stacklevel=3
+    )
     return _generated_inputs(spec, max_images)
 
 
@@ -123,8 +141,14 @@ def eager_probabilities(model: torch.nn.Module, inputs: ParityInputs) -> np.ndar
     return torch.softmax(model.eval()(inputs.normalized), dim=1).numpy()
 
 
-def check_parity(eager: np.ndarray, run_exported: Callable[[np.ndarray], np.ndarray], inputs: ParityInputs,
-                 *, tolerance: float, what: str) -> tuple[float, float]:
+def check_parity(
+    eager: np.ndarray,
+    run_exported: Callable[[np.ndarray], np.ndarray],
+    inputs: ParityInputs,
+    *,
+    tolerance: float,
+    what: str,
+) -> tuple[float, float]:
     """Run the export on the whole batch and on the first image alone (a batch size other than
     the one it was traced with, so a batch axis frozen at export shows up here); raise
     ``ExportError`` beyond ``tolerance``. Returns ``(max |dp|, top-1 agreement)``."""
@@ -132,11 +156,15 @@ def check_parity(eager: np.ndarray, run_exported: Callable[[np.ndarray], np.ndar
     batch = np.asarray(run_exported(images))
     single = np.asarray(run_exported(images[:1]))
     if batch.shape != eager.shape or single.shape != eager[:1].shape:
-        raise ExportError(f"{what} returned shapes {batch.shape} and {single.shape}; expected "
-                          f"{eager.shape} and {eager[:1].shape}")
+        raise ExportError(
+            f"{what} returned shapes {batch.shape} and {single.shape}; expected "
+            f"{eager.shape} and {eager[:1].shape}"
+        )
     diff = float(max(np.abs(batch - eager).max(), np.abs(single - eager[:1]).max()))
     agreement = float((batch.argmax(1) == eager.argmax(1)).mean())
     if not diff <= tolerance:  # NaN fails too
-        raise ExportError(f"{what} differs from the eager model by {diff:.2e} in probability on "
-                          f"{inputs.source} (tolerance {tolerance:.0e}); nothing was written")
+        raise ExportError(
+            f"{what} differs from the eager model by {diff:.2e} in probability on "
+            f"{inputs.source} (tolerance {tolerance:.0e}); nothing was written"
+        )
     return diff, agreement

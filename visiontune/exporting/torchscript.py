@@ -41,7 +41,9 @@ def torchscript_digest(module: torch.nn.Module) -> str:
     entries = []
     for name, tensor in module.state_dict().items():
         t = tensor.detach().cpu().contiguous()
-        entries.append((name, str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes()))
+        entries.append(
+            (name, str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        )
     return weights_digest(entries)
 
 
@@ -57,19 +59,24 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ExportMe
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except (RuntimeError, ValueError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BundleError(f"{path} is not a readable TorchScript archive (truncated or damaged?): "
-                          f"{first}") from exc
+        raise BundleError(
+            f"{path} is not a readable TorchScript archive (truncated or damaged?): {first}"
+        ) from exc
     raw = extra[METADATA_FILE]
     if not raw:
-        raise BundleError(f"{path} has no {METADATA_FILE}: it was not written by `visiontune export`")
+        raise BundleError(
+            f"{path} has no {METADATA_FILE}: it was not written by `visiontune export`"
+        )
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: {METADATA_FILE} is not valid JSON") from exc
     meta = ExportMetadata.from_dict(data, source=str(path))
     if torchscript_digest(module) != meta.weights_sha256:
-        raise BundleError(f"{path}: its weights do not match the checksum recorded at export; the "
-                          "file was modified or damaged")
+        raise BundleError(
+            f"{path}: its weights do not match the checksum recorded at export; the "
+            "file was modified or damaged"
+        )
     return module.eval(), meta
 
 

@@ -86,8 +86,9 @@ def _tensor_digest(backbone: Backbone) -> str:
     return digest.hexdigest()
 
 
-def model_description(backbone: Backbone, *, pooling: str | None = None,
-                      view: str | None = None) -> dict:
+def model_description(
+    backbone: Backbone, *, pooling: str | None = None, view: str | None = None
+) -> dict:
     """Everything but the image that decides a stored feature (what ``model_key`` hashes).
 
     Weights are named by ``backbone.weights_sha256``; without one (random init, hub weights) the
@@ -160,8 +161,14 @@ class FeatureCache:
     lets ``extract_features`` check the cache belongs to the backbone it is given.
     """
 
-    def __init__(self, root: str | Path | None, key: str, *, description: dict | None = None,
-                 identity: str = "stat"):
+    def __init__(
+        self,
+        root: str | Path | None,
+        key: str,
+        *,
+        description: dict | None = None,
+        identity: str = "stat",
+    ):
         if not _KEY_RE.fullmatch(key):
             raise ValueError(f"not a feature-cache key: {key!r}")
         if identity not in IDENTITIES:
@@ -172,9 +179,15 @@ class FeatureCache:
         self.identity = identity
 
     @classmethod
-    def for_backbone(cls, root: str | Path | None, backbone: Backbone, *,
-                     pooling: str | None = None, view: str | None = None,
-                     identity: str = "stat") -> FeatureCache:
+    def for_backbone(
+        cls,
+        root: str | Path | None,
+        backbone: Backbone,
+        *,
+        pooling: str | None = None,
+        view: str | None = None,
+        identity: str = "stat",
+    ) -> FeatureCache:
         """The cache of ``model_key(backbone, pooling=..., view=...)``, keeping the description."""
         description = model_description(backbone, pooling=pooling, view=view)
         return cls(root, description_key(description), description=description, identity=identity)
@@ -198,16 +211,20 @@ class FeatureCache:
             manifest = self._read_manifest()
             entries = manifest["entries"]
             shards = self._load_shards(manifest, {entries[k][0] for k in wanted if k in entries})
-        found = {k: shards[entries[k][0]][entries[k][1]] for k in wanted
-                 if k in entries and entries[k][0] in shards}
+        found = {
+            k: shards[entries[k][0]][entries[k][1]]
+            for k in wanted
+            if k in entries and entries[k][0] in shards
+        }
         return found, [k for k in wanted if k not in found]
 
     def store(self, image_keys: Sequence[str], features: torch.Tensor) -> None:
         """Add rows (one per key; a repeated key keeps its last row) as a new shard."""
         keys = list(image_keys)
         if features.ndim != 2 or len(keys) != features.shape[0]:
-            raise ValueError(f"need one feature row per key: {len(keys)} keys, "
-                             f"features {tuple(features.shape)}")
+            raise ValueError(
+                f"need one feature row per key: {len(keys)} keys, features {tuple(features.shape)}"
+            )
         if not keys:
             return
         last = {k: i for i, k in enumerate(keys)}
@@ -216,8 +233,9 @@ class FeatureCache:
             manifest = self._read_manifest()
             self._remove_orphans(manifest)
             if manifest["dim"] not in (None, rows.shape[1]):
-                raise ValueError(f"{self.folder} holds {manifest['dim']}-wide features, "
-                                 f"got {rows.shape[1]}")
+                raise ValueError(
+                    f"{self.folder} holds {manifest['dim']}-wide features, got {rows.shape[1]}"
+                )
             name = f"shard-{manifest['next_shard']}.safetensors"
             manifest["shards"][name] = self._write_shard(name, rows)
             manifest["next_shard"] += 1
@@ -256,8 +274,15 @@ class FeatureCache:
                     fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _empty_manifest(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "key": self.key, "description": self.description,
-                "dim": None, "next_shard": 0, "shards": {}, "entries": {}}
+        return {
+            "format_version": FORMAT_VERSION,
+            "key": self.key,
+            "description": self.description,
+            "dim": None,
+            "next_shard": 0,
+            "shards": {},
+            "entries": {},
+        }
 
     def _read_manifest(self) -> dict:
         path = self.folder / MANIFEST
@@ -347,7 +372,8 @@ class FeatureCache:
     def _remove_orphans(self, manifest: dict) -> None:
         """Shards no manifest names and temporary files: leftovers of a killed write."""
         self._remove_files(
-            p for p in self.folder.iterdir()
+            p
+            for p in self.folder.iterdir()
             if (_SHARD_RE.fullmatch(p.name) and p.name not in manifest["shards"])
             or (p.name.startswith(".") and p.name.endswith(".tmp"))
         )
@@ -375,8 +401,13 @@ def _validate_manifest(manifest, key: str) -> None:
     ):
         raise ValueError("malformed shard table")
     for entry in entries.values():
-        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in shards
-                and isinstance(entry[1], int) and 0 <= entry[1] < shards[entry[0]]["rows"]):
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and entry[0] in shards
+            and isinstance(entry[1], int)
+            and 0 <= entry[1] < shards[entry[0]]["rows"]
+        ):
             raise ValueError(f"entry {entry!r} points outside the shards")
     if shards and not isinstance(manifest.get("dim"), int):
         raise ValueError("feature width missing")
@@ -390,18 +421,35 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def _folder_info(folder: Path) -> dict:
-    info = {"key": folder.name, "path": str(folder), "bytes": _folder_bytes(folder),
-            "description": None, "entries": 0, "shards": 0, "dim": None, "status": "ok"}
+    info = {
+        "key": folder.name,
+        "path": str(folder),
+        "bytes": _folder_bytes(folder),
+        "description": None,
+        "entries": 0,
+        "shards": 0,
+        "dim": None,
+        "status": "ok",
+    }
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         _validate_manifest(manifest, folder.name)
     except (OSError, ValueError) as exc:
         return {**info, "status": f"unreadable manifest ({exc}); rebuilt on next use"}
-    damaged = [n for n, s in manifest["shards"].items()
-               if not (folder / n).is_file() or (folder / n).stat().st_size != s["bytes"]]
+    damaged = [
+        n
+        for n, s in manifest["shards"].items()
+        if not (folder / n).is_file() or (folder / n).stat().st_size != s["bytes"]
+    ]
     status = f"damaged shards {', '.join(damaged)}; rebuilt on next use" if damaged else "ok"
-    return {**info, "description": manifest.get("description"), "entries": len(manifest["entries"]),
-            "shards": len(manifest["shards"]), "dim": manifest["dim"], "status": status}
+    return {
+        **info,
+        "description": manifest.get("description"),
+        "entries": len(manifest["entries"]),
+        "shards": len(manifest["shards"]),
+        "dim": manifest["dim"],
+        "status": status,
+    }
 
 
 def cache_info(root: str | Path | None = None) -> list[dict]:

@@ -70,8 +70,13 @@ class _SeededViews(ImageDataset):
             return super().__getitem__(index)
 
 
-def _dataset(backbone: Backbone, samples: list[Sample], view_seed: int | None,
-             augment: str, pca: PCAStats | None) -> ImageDataset:
+def _dataset(
+    backbone: Backbone,
+    samples: list[Sample],
+    view_seed: int | None,
+    augment: str,
+    pca: PCAStats | None,
+) -> ImageDataset:
     spec = backbone.preprocess
     if view_seed is None:
         return ImageDataset(samples, eval_transform(spec), decode_size=decode_size(spec))
@@ -103,20 +108,39 @@ def extract_features(
     samples = list(samples)
 
     def run(part: list[Sample], label: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _run_backbone(backbone, _dataset(backbone, part, view_seed, augment, pca), part, cfg=cfg,
-                             batch_size=batch_size, workers=workers, skips=skips, desc=label)
+        return _run_backbone(
+            backbone,
+            _dataset(backbone, part, view_seed, augment, pca),
+            part,
+            cfg=cfg,
+            batch_size=batch_size,
+            workers=workers,
+            skips=skips,
+            desc=label,
+        )
 
     if cache is None:
         features, labels, indices = run(samples, desc)
         kept = [samples[i] for i in indices.tolist()]
         return FeatureSet(features, labels, kept, computed=len(kept))
-    view = view_descriptor(describe_view(augment, pca), view_seed) if view_seed is not None else None
+    view = (
+        view_descriptor(describe_view(augment, pca), view_seed) if view_seed is not None else None
+    )
     _check_cache(cache, backbone, view)
     return _extract_cached(backbone, samples, cache, run, desc)
 
 
-def _run_backbone(backbone: Backbone, dataset: ImageDataset, samples: list[Sample], *,
-                  cfg: LoopConfig, batch_size: int, workers: int, skips: SkipLog | None, desc: str):
+def _run_backbone(
+    backbone: Backbone,
+    dataset: ImageDataset,
+    samples: list[Sample],
+    *,
+    cfg: LoopConfig,
+    batch_size: int,
+    workers: int,
+    skips: SkipLog | None,
+    desc: str,
+):
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
     record = (lambda batch: skips.record(batch, samples)) if skips is not None else None
     backbone = backbone.to(cfg.device)
@@ -141,8 +165,9 @@ def _image_key(cache: FeatureCache, sample: Sample) -> str | None:
         return None
 
 
-def _extract_cached(backbone: Backbone, samples: list[Sample], cache: FeatureCache, run,
-                    desc: str) -> FeatureSet:
+def _extract_cached(
+    backbone: Backbone, samples: list[Sample], cache: FeatureCache, run, desc: str
+) -> FeatureSet:
     """Look every sample up, run ``run`` on the misses chunk by chunk, store each chunk."""
     keys = [_image_key(cache, s) for s in samples]
     found, _ = cache.lookup(k for k in keys if k is not None)
@@ -150,7 +175,7 @@ def _extract_cached(backbone: Backbone, samples: list[Sample], cache: FeatureCac
     todo = [i for i, k in enumerate(keys) if k not in found]
     chunks = range(0, len(todo), STORE_EVERY)
     for n, start in enumerate(chunks):
-        chunk = todo[start:start + STORE_EVERY]
+        chunk = todo[start : start + STORE_EVERY]
         label = desc if len(chunks) == 1 else f"{desc} {n + 1}/{len(chunks)}"
         features, _, indices = run([samples[i] for i in chunk], label)
         done = [chunk[j] for j in indices.tolist()]
@@ -162,5 +187,10 @@ def _extract_cached(backbone: Backbone, samples: list[Sample], cache: FeatureCac
     features = torch.stack([rows[i] for i in order]) if order else torch.empty(0, width)
     labels = torch.tensor([samples[i].label for i in order], dtype=torch.long)
     computed = len(order) - sum(1 for i in order if keys[i] in found)
-    return FeatureSet(features, labels, [samples[i] for i in order], computed=computed,
-                      from_cache=len(order) - computed)
+    return FeatureSet(
+        features,
+        labels,
+        [samples[i] for i in order],
+        computed=computed,
+        from_cache=len(order) - computed,
+    )

@@ -34,14 +34,26 @@ class ProbeResult:
     history: list[dict]  # one row per C tried
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, C: float, init: tuple[torch.Tensor, torch.Tensor],
-                 max_iter: int, sample_weight: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    C: float,
+    init: tuple[torch.Tensor, torch.Tensor],
+    max_iter: int,
+    sample_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(weight, bias)`` minimising scikit-learn's ``LogisticRegression(C=C)`` objective / (C n),
     by L-BFGS from ``init``."""
     weight, bias = (t.detach().clone().requires_grad_(True) for t in init)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-5,
-                                  tolerance_change=1e-10, history_size=10, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1,
+        max_iter=max_iter,
+        tolerance_grad=1e-5,
+        tolerance_change=1e-10,
+        history_size=10,
+        line_search_fn="strong_wolfe",
+    )
     penalty = 1.0 / (2.0 * C * len(x))
 
     def closure():
@@ -49,7 +61,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, C: float, init: tuple[torch.T
         if sample_weight is None:
             data_loss = F.cross_entropy(x @ weight.T + bias, y)
         else:  # sklearn's sample_weight: each row's loss counts that many times, still over n
-            data_loss = (F.cross_entropy(x @ weight.T + bias, y, reduction="none") * sample_weight).sum() / len(x)
+            data_loss = (
+                F.cross_entropy(x @ weight.T + bias, y, reduction="none") * sample_weight
+            ).sum() / len(x)
         loss = data_loss + penalty * (weight * weight).sum()
         loss.backward()
         return loss
@@ -59,15 +73,24 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, C: float, init: tuple[torch.T
     return weight.detach(), bias.detach()
 
 
-def _scores(weight, bias, x: torch.Tensor, y: torch.Tensor,
-            class_weight: torch.Tensor | None = None) -> tuple[float, float]:
+def _scores(
+    weight, bias, x: torch.Tensor, y: torch.Tensor, class_weight: torch.Tensor | None = None
+) -> tuple[float, float]:
     logits = x @ weight.T + bias
-    return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y, weight=class_weight))
+    return float((logits.argmax(1) == y).float().mean()), float(
+        F.cross_entropy(logits, y, weight=class_weight)
+    )
 
 
-def fit_linear_probe(head: Head, train: FeatureSet, val: FeatureSet, *,
-                     c_grid=DEFAULT_C_GRID, max_iter: int = 500,
-                     class_weight: torch.Tensor | None = None) -> ProbeResult:
+def fit_linear_probe(
+    head: Head,
+    train: FeatureSet,
+    val: FeatureSet,
+    *,
+    c_grid=DEFAULT_C_GRID,
+    max_iter: int = 500,
+    class_weight: torch.Tensor | None = None,
+) -> ProbeResult:
     """Fit ``head.fc`` as a logistic regression on ``train``; choose C on ``val``.
 
     ``class_weight`` (one per class, e.g. ``data.balance.class_weights``): each training row's
@@ -78,7 +101,9 @@ def fit_linear_probe(head: Head, train: FeatureSet, val: FeatureSet, *,
     num_classes = head.num_classes
     missing = set(range(num_classes)) - set(y.tolist())
     if missing:  # a class with no decodable training image cannot be learnt
-        raise DataError(f"class(es) {sorted(int(c) for c in missing)} have no decodable training image")
+        raise DataError(
+            f"class(es) {sorted(int(c) for c in missing)} have no decodable training image"
+        )
     params = (torch.zeros(num_classes, x.shape[1]), torch.zeros(num_classes))
     sample_weight = None if class_weight is None else class_weight.float()[y]
     history, best = [], None
@@ -86,8 +111,9 @@ def fit_linear_probe(head: Head, train: FeatureSet, val: FeatureSet, *,
         params = fit_logistic(x, y, C, params, max_iter, sample_weight)
         row = {"C": C, "train_acc": _scores(*params, x, y)[0]}
         if len(val):
-            row["val_acc"], row["val_loss"] = _scores(*params, val.features.float(), val.labels.long(),
-                                                      class_weight)
+            row["val_acc"], row["val_loss"] = _scores(
+                *params, val.features.float(), val.labels.long(), class_weight
+            )
         else:
             row["val_acc"], row["val_loss"] = float("nan"), -row["train_acc"]
         history.append(row)

@@ -7,7 +7,9 @@ import torch
 __all__ = ["top_k_similar"]
 
 
-def top_k_similar(query: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k_similar(
+    query: torch.Tensor, gallery: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores, indices)`` of the ``k`` gallery rows most similar to each query row.
 
     ``query``: (Q, D) or (D,); ``gallery``: (N, D). Scores are cosine similarities in [-1, 1].

@@ -36,8 +36,17 @@ from .cache import FeatureCache
 from .extract import _run_backbone, extract_features
 from .probe import fit_logistic
 
-__all__ = ["BN_IMAGES", "MEASURE_PER_CLASS", "PROBE_C", "PROBE_FOLDS", "PROBE_IMAGES", "BatchNormRecorder",
-           "batchnorm_shift", "measure", "probe_accuracy"]
+__all__ = [
+    "BN_IMAGES",
+    "MEASURE_PER_CLASS",
+    "PROBE_C",
+    "PROBE_FOLDS",
+    "PROBE_IMAGES",
+    "BatchNormRecorder",
+    "batchnorm_shift",
+    "measure",
+    "probe_accuracy",
+]
 
 PROBE_FOLDS = 5  # stratified folds (fewer when the smallest class has fewer images)
 PROBE_IMAGES = 2000  # a stratified, seeded subset above this keeps the probe to seconds
@@ -49,9 +58,18 @@ PROBE_C = 0.1  # L2 strength on standardised features; fixed, so the measurement
 BN_IMAGES = 200  # images the BatchNorm statistics are measured on
 
 
-def measure(splits: DatasetSplits, backbone: Backbone, *, cfg: LoopConfig, cache: FeatureCache | None = None,
-            workers: int = 0, skips: SkipLog | None = None, seed: int = 0,
-            bn_images: int = BN_IMAGES, per_class: int = MEASURE_PER_CLASS) -> Measurements:
+def measure(
+    splits: DatasetSplits,
+    backbone: Backbone,
+    *,
+    cfg: LoopConfig,
+    cache: FeatureCache | None = None,
+    workers: int = 0,
+    skips: SkipLog | None = None,
+    seed: int = 0,
+    bn_images: int = BN_IMAGES,
+    per_class: int = MEASURE_PER_CLASS,
+) -> Measurements:
     """Size, class balance, probe accuracy and BatchNorm shift of ``splits`` (train + val; the
     test split is never looked at, so the choice cannot be fitted to it). Sizes count every image;
     the probe and the statistics look at up to ``per_class`` images of each class (seeded).
@@ -64,24 +82,43 @@ def measure(splits: DatasetSplits, backbone: Backbone, *, cfg: LoopConfig, cache
     counts = np.bincount([s.label for s in pool], minlength=len(splits.labels))
     sample = _per_class_sample(pool, per_class, seed)
     with BatchNormRecorder(backbone) as recorder:
-        features = extract_features(backbone, sample, cfg=cfg, batch_size=64, workers=workers, skips=skips,
-                                    desc="features (advise)", cache=cache)
+        features = extract_features(
+            backbone,
+            sample,
+            cfg=cfg,
+            batch_size=64,
+            workers=workers,
+            skips=skips,
+            desc="features (advise)",
+            cache=cache,
+        )
     if recorder.images >= min(bn_images, len(sample)):
         shift, seen = recorder.shift(), recorder.images
     else:
-        shift, seen = batchnorm_shift(backbone, pool, cfg=cfg, workers=workers, skips=skips, seed=seed,
-                                      max_images=bn_images)
+        shift, seen = batchnorm_shift(
+            backbone, pool, cfg=cfg, workers=workers, skips=skips, seed=seed, max_images=bn_images
+        )
     accuracy = probe_accuracy(features.features.numpy(), features.labels.numpy(), seed=seed)
-    return Measurements(num_images=len(pool), num_classes=len(splits.labels),
-                        min_per_class=int(counts.min()), max_per_class=int(counts.max()),
-                        probe_accuracy=accuracy, probe_images=len(features.labels), bn_shift=shift,
-                        bn_images=seen, backbone=backbone.name, num_stages=len(backbone.stages()))
+    return Measurements(
+        num_images=len(pool),
+        num_classes=len(splits.labels),
+        min_per_class=int(counts.min()),
+        max_per_class=int(counts.max()),
+        probe_accuracy=accuracy,
+        probe_images=len(features.labels),
+        bn_shift=shift,
+        bn_images=seen,
+        backbone=backbone.name,
+        num_stages=len(backbone.stages()),
+    )
 
 
 def _per_class_indices(y: np.ndarray, take, seed: int) -> np.ndarray:
     """Sorted indices of a seeded random ``take(c)`` of each class ``c``'s rows of ``y``."""
     rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:take(c)] for c in np.unique(y)]))
+    return np.sort(
+        np.concatenate([rng.permutation(np.flatnonzero(y == c))[: take(c)] for c in np.unique(y)])
+    )
 
 
 def _per_class_sample(samples: list[Sample], per_class: int, seed: int) -> list[Sample]:
@@ -90,8 +127,14 @@ def _per_class_sample(samples: list[Sample], per_class: int, seed: int) -> list[
     return [samples[i] for i in _per_class_indices(labels, lambda c: per_class, seed).tolist()]
 
 
-def probe_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = PROBE_FOLDS, seed: int = 0,
-                   max_images: int = PROBE_IMAGES) -> float | None:
+def probe_accuracy(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    folds: int = PROBE_FOLDS,
+    seed: int = 0,
+    max_images: int = PROBE_IMAGES,
+) -> float | None:
     """Cross-validated balanced accuracy of a linear probe; None with under 2 images in a class.
 
     Balanced accuracy (mean per-class recall), so chance is ``1 / classes`` however unbalanced
@@ -115,14 +158,21 @@ def probe_accuracy(x: np.ndarray, y: np.ndarray, *, folds: int = PROBE_FOLDS, se
         mean = features[train].mean(0)
         std = features[train].std(0, unbiased=False).clamp_min(1e-12)  # as StandardScaler
         init = (torch.zeros(len(classes), features.shape[1]), torch.zeros(len(classes)))
-        weight, bias = fit_logistic((features[train] - mean) / std, targets[train], PROBE_C, init, max_iter=500)
-        predicted[held_out] = (((features[held_out] - mean) / std) @ weight.T + bias).argmax(1).numpy()
+        weight, bias = fit_logistic(
+            (features[train] - mean) / std, targets[train], PROBE_C, init, max_iter=500
+        )
+        predicted[held_out] = (
+            (((features[held_out] - mean) / std) @ weight.T + bias).argmax(1).numpy()
+        )
     return float(balanced_accuracy_score(targets.numpy(), predicted))
 
 
 def _batchnorms(backbone: Backbone) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in backbone.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+    return [
+        m
+        for m in backbone.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    ]
 
 
 def _untrained(layers) -> bool:
@@ -183,9 +233,16 @@ class BatchNormRecorder:
         return float(np.mean(per_layer)) if per_layer else None
 
 
-def batchnorm_shift(backbone: Backbone, samples: Sequence[Sample], *, cfg: LoopConfig, workers: int = 0,
-                    skips: SkipLog | None = None, seed: int = 0,
-                    max_images: int = BN_IMAGES) -> tuple[float | None, int]:
+def batchnorm_shift(
+    backbone: Backbone,
+    samples: Sequence[Sample],
+    *,
+    cfg: LoopConfig,
+    workers: int = 0,
+    skips: SkipLog | None = None,
+    seed: int = 0,
+    max_images: int = BN_IMAGES,
+) -> tuple[float | None, int]:
     """``(shift, images used)``: how far the images' per-channel activation statistics sit from
     the BatchNorm running statistics (see the module docstring), on a seeded sample of at most
     ``max_images``. ``None`` when the backbone has no BatchNorm layer or only untrained
@@ -200,7 +257,15 @@ def batchnorm_shift(backbone: Backbone, samples: Sequence[Sample], *, cfg: LoopC
     spec = backbone.preprocess
     dataset = ImageDataset(samples, eval_transform(spec), decode_size=decode_size(spec))
     with recorder:
-        _, labels, _ = _run_backbone(backbone, dataset, samples, cfg=cfg, batch_size=32, workers=workers,
-                                     skips=skips, desc="BatchNorm statistics")
+        _, labels, _ = _run_backbone(
+            backbone,
+            dataset,
+            samples,
+            cfg=cfg,
+            batch_size=32,
+            workers=workers,
+            skips=skips,
+            desc="BatchNorm statistics",
+        )
     shift = recorder.shift()
     return (shift, int(len(labels))) if shift is not None else (None, 0)

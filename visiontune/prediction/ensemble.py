@@ -29,7 +29,13 @@ from ..specs import LabelMap
 from .predictor import Predictor, TrainedModel
 from .tta import view_count
 
-__all__ = ["ENSEMBLE_FILE", "Ensemble", "is_ensemble_folder", "load_predictor", "write_ensemble_file"]
+__all__ = [
+    "ENSEMBLE_FILE",
+    "Ensemble",
+    "is_ensemble_folder",
+    "load_predictor",
+    "write_ensemble_file",
+]
 
 ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_FORMAT = 1
@@ -49,13 +55,18 @@ def _check_same_classes(members: Sequence[TrainedModel]) -> LabelMap:
         only_a = [n for n in first if n not in names]
         only_b = [n for n in names if n not in first]
         if only_a or only_b:
-            detail = (f"only in {a}: {', '.join(only_a) or '-'}; "
-                      f"only in {b}: {', '.join(only_b) or '-'}")
+            detail = (
+                f"only in {a}: {', '.join(only_a) or '-'}; only in {b}: {', '.join(only_b) or '-'}"
+            )
         else:
             at = next(j for j, (x, y) in enumerate(zip(first, names, strict=True)) if x != y)
-            detail = (f"same classes in another order: output {at} is {first[at]!r} in {a} "
-                      f"but {names[at]!r} in {b}")
-        raise VisiontuneError(f"ensemble members must predict the same classes in the same order; {detail}")
+            detail = (
+                f"same classes in another order: output {at} is {first[at]!r} in {a} "
+                f"but {names[at]!r} in {b}"
+            )
+        raise VisiontuneError(
+            f"ensemble members must predict the same classes in the same order; {detail}"
+        )
     return members[0].labels
 
 
@@ -79,12 +90,26 @@ class Ensemble(Predictor):
     def passes_per_image(self, tta: str = "none") -> int:
         return view_count(tta) * len(self.members)
 
-    def _probabilities(self, samples: list[Sample], *, batch_size: int, workers: int | None,
-                       progress: bool, skips: SkipLog, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    def _probabilities(
+        self,
+        samples: list[Sample],
+        *,
+        batch_size: int,
+        workers: int | None,
+        progress: bool,
+        skips: SkipLog,
+        tta: str = "none",
+    ) -> tuple[np.ndarray, np.ndarray]:
         per_member = []
         for member in self.members:
-            probs, indices = member._probabilities(samples, batch_size=batch_size, workers=workers,
-                                                   progress=progress, skips=skips, tta=tta)
+            probs, indices = member._probabilities(
+                samples,
+                batch_size=batch_size,
+                workers=workers,
+                progress=progress,
+                skips=skips,
+                tta=tta,
+            )
             per_member.append(dict(zip(indices.tolist(), probs, strict=True)))
         # A file one member could not decode (members may decode at different sizes) is left
         # out for all, so every kept image is an average over every member.
@@ -99,7 +124,9 @@ def is_ensemble_folder(folder: str | Path) -> bool:
     return (Path(folder) / ENSEMBLE_FILE).is_file()
 
 
-def write_ensemble_file(folder: str | Path, members: Sequence[str | Path], *, extra: dict | None = None) -> Path:
+def write_ensemble_file(
+    folder: str | Path, members: Sequence[str | Path], *, extra: dict | None = None
+) -> Path:
     """Write ``folder/ensemble.json`` listing ``members`` (run folders inside ``folder``)."""
     folder = Path(folder)
     relative = [str(Path(m).resolve().relative_to(folder.resolve())) for m in members]
@@ -115,8 +142,10 @@ def _member_folders(folder: Path) -> list[Path]:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"cannot read {path}: {exc}") from exc
     if data.get("format_version", 0) > ENSEMBLE_FORMAT:
-        raise BundleError(f"{path} has format {data['format_version']}; this visiontune reads up to "
-                          f"{ENSEMBLE_FORMAT}. Upgrade visiontune to load it.")
+        raise BundleError(
+            f"{path} has format {data['format_version']}; this visiontune reads up to "
+            f"{ENSEMBLE_FORMAT}. Upgrade visiontune to load it."
+        )
     members = data.get("members")
     if not isinstance(members, list) or not members:
         raise BundleError(f"{path} lists no members")
@@ -134,8 +163,9 @@ def _run_folders(runs: str | Path | Sequence[str | Path]) -> list[Path]:
     return folders
 
 
-def load_predictor(runs: str | Path | Sequence[str | Path], *,
-                   device: str | torch.device = "cpu") -> TrainedModel | Ensemble:
+def load_predictor(
+    runs: str | Path | Sequence[str | Path], *, device: str | torch.device = "cpu"
+) -> TrainedModel | Ensemble:
     """A ``TrainedModel`` for one plain run folder; an ``Ensemble`` for an ensemble folder or
     several folders (the members of all of them averaged together)."""
     runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]

@@ -48,23 +48,37 @@ class OnnxModel(Predictor):
         return self.metadata.to_dict()
 
     def __repr__(self) -> str:
-        return (f"OnnxModel(backbone={self.metadata.backbone!r}, classes={list(self.labels.names)}, "
-                f"path={str(self.path) if self.path else None!r})")
+        return (
+            f"OnnxModel(backbone={self.metadata.backbone!r}, classes={list(self.labels.names)}, "
+            f"path={str(self.path) if self.path else None!r})"
+        )
 
     def passes_per_image(self, tta: str = "none") -> int:
         if tta != "none":
-            raise VisiontuneError(f"tta={tta!r} is not available for an ONNX export; use the run "
-                                  "folder for test-time augmentation")
+            raise VisiontuneError(
+                f"tta={tta!r} is not available for an ONNX export; use the run "
+                "folder for test-time augmentation"
+            )
         return 1
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for a uint8 ``(N, 3, size, size)`` batch of eval crops."""
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
 
-    def _probabilities(self, samples: list[Sample], *, batch_size: int, workers: int | None,
-                       progress: bool, skips: SkipLog, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    def _probabilities(
+        self,
+        samples: list[Sample],
+        *,
+        batch_size: int,
+        workers: int | None,
+        progress: bool,
+        skips: SkipLog,
+        tta: str = "none",
+    ) -> tuple[np.ndarray, np.ndarray]:
         self.passes_per_image(tta)
-        dataset = ImageDataset(samples, eval_geometry(self.preprocess), decode_size=decode_size(self.preprocess))
+        dataset = ImageDataset(
+            samples, eval_geometry(self.preprocess), decode_size=decode_size(self.preprocess)
+        )
         workers = default_workers() if workers is None else workers
         workers = min(workers, max(0, len(samples) // batch_size))  # tiny jobs: no process start-up
         loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
@@ -85,5 +99,7 @@ class OnnxModel(Predictor):
     def labelled_predictions(self, folder: str | Path, **_options):
         # What ``evaluate(..., report=DIR)`` calls; the report also shows the run's training
         # curves, which an exported file does not carry.
-        raise VisiontuneError("an evaluation report (--report) needs the run folder; an ONNX export "
-                              "has no training history. Evaluate the .onnx file without --report.")
+        raise VisiontuneError(
+            "an evaluation report (--report) needs the run folder; an ONNX export "
+            "has no training history. Evaluate the .onnx file without --report."
+        )

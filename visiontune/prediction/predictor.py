@@ -34,8 +34,15 @@ class TrainedModel(Predictor):
     0.985
     """
 
-    def __init__(self, model: Classifier, labels: LabelMap, *, config: dict | None = None,
-                 device: str | torch.device = "cpu", run_dir: Path | None = None):
+    def __init__(
+        self,
+        model: Classifier,
+        labels: LabelMap,
+        *,
+        config: dict | None = None,
+        device: str | torch.device = "cpu",
+        run_dir: Path | None = None,
+    ):
         self.model = model.eval().to(device)
         self.labels = labels
         self.config = config or {}
@@ -52,14 +59,24 @@ class TrainedModel(Predictor):
         return self.model.backbone.preprocess
 
     def __repr__(self) -> str:
-        return (f"TrainedModel(backbone={self.model.backbone.name!r}, classes={list(self.labels.names)}, "
-                f"run_dir={str(self.run_dir) if self.run_dir else None!r})")
+        return (
+            f"TrainedModel(backbone={self.model.backbone.name!r}, classes={list(self.labels.names)}, "
+            f"run_dir={str(self.run_dir) if self.run_dir else None!r})"
+        )
 
     def passes_per_image(self, tta: str = "none") -> int:
         return view_count(tta)
 
-    def _probabilities(self, samples: list[Sample], *, batch_size: int, workers: int | None,
-                       progress: bool, skips: SkipLog, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    def _probabilities(
+        self,
+        samples: list[Sample],
+        *,
+        batch_size: int,
+        workers: int | None,
+        progress: bool,
+        skips: SkipLog,
+        tta: str = "none",
+    ) -> tuple[np.ndarray, np.ndarray]:
         views = TTAViews(self.preprocess, tta)
         dataset = ImageDataset(samples, views, decode_size=decode_size(self.preprocess))
         per_batch = max(1, batch_size // view_count(tta))  # a forward pass sees ~batch_size views
@@ -67,7 +84,12 @@ class TrainedModel(Predictor):
         workers = min(workers, max(0, len(samples) // per_batch))  # tiny jobs: no process start-up
         loader = make_loader(dataset, batch_size=per_batch, shuffle=False, workers=workers)
         cfg = LoopConfig(epochs=1, device=self.device, progress=progress)
-        probs, _, indices = run_inference(ViewAverage(self.model), loader, cfg=cfg, desc="predict",
-                                          on_batch=lambda b: skips.record(b, samples))
+        probs, _, indices = run_inference(
+            ViewAverage(self.model),
+            loader,
+            cfg=cfg,
+            desc="predict",
+            on_batch=lambda b: skips.record(b, samples),
+        )
         probs = probs.numpy() if len(indices) else np.zeros((0, len(self.labels)))
         return probs, indices.numpy()

@@ -53,13 +53,19 @@ class TTAViews:
         self.mode = check_tta(mode)
         square = spec.size if mode in ("none", "flip") else spec.resize_size
         # Geometry on uint8 tensors (see data/transforms.py), normalisation once on the stack.
-        self._geometry = v2.Compose([
-            v2.ToImage(),
-            v2.Resize(spec.resize_size, interpolation=interpolation_mode(spec), antialias=True),
-            v2.CenterCrop(square),
-        ])
-        self._normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True),
-                                      v2.Normalize(mean=list(spec.mean), std=list(spec.std))])
+        self._geometry = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(spec.resize_size, interpolation=interpolation_mode(spec), antialias=True),
+                v2.CenterCrop(square),
+            ]
+        )
+        self._normalize = v2.Compose(
+            [
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
+            ]
+        )
 
     def __repr__(self) -> str:
         return f"TTAViews({self.spec!r}, {self.mode!r})"

@@ -105,7 +105,9 @@ class Measurements:
     @property
     def statistics_similarity(self) -> float | None:
         """``exp(-bn_shift / BN_SHIFT_SCALE)``: 1 when the statistics match ImageNet's."""
-        return None if self.bn_shift is None else math.exp(-max(self.bn_shift, 0.0) / BN_SHIFT_SCALE)
+        return (
+            None if self.bn_shift is None else math.exp(-max(self.bn_shift, 0.0) / BN_SHIFT_SCALE)
+        )
 
     @property
     def similarity(self) -> float | None:
@@ -113,13 +115,21 @@ class Measurements:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        for name in ("images_per_class", "balance", "chance", "separability", "statistics_similarity",
-                     "similarity"):
+        for name in (
+            "images_per_class",
+            "balance",
+            "chance",
+            "separability",
+            "statistics_similarity",
+            "similarity",
+        ):
             out[name] = getattr(self, name)
         return out
 
 
-def similarity_score(separability: float | None, statistics_similarity: float | None) -> float | None:
+def similarity_score(
+    separability: float | None, statistics_similarity: float | None
+) -> float | None:
     """The mean of the two measures (either alone where the other is missing), in [0, 1].
 
     Separability says whether the frozen features already carry the classes; the statistics say
@@ -136,7 +146,9 @@ class Advice:
 
     strategy: str
     quadrant: str  # "small+similar", "small+different", "big+similar" or "big+different"
-    settings: dict = field(default_factory=dict)  # TrainConfig fields: epochs, lr, backbone_lr_mult...
+    settings: dict = field(
+        default_factory=dict
+    )  # TrainConfig fields: epochs, lr, backbone_lr_mult...
     reason: str = ""
     measurements: Measurements | None = None
 
@@ -150,8 +162,11 @@ class Advice:
             "num_images": m.num_images if m else None,
             "images_per_class": m.images_per_class if m else None,
             "similarity": m.similarity if m else None,
-            "thresholds": {"small_below_per_class": SMALL_BELOW, "similar_at": SIMILAR_AT,
-                           "bn_shift_scale": BN_SHIFT_SCALE},
+            "thresholds": {
+                "small_below_per_class": SMALL_BELOW,
+                "similar_at": SIMILAR_AT,
+                "bn_shift_scale": BN_SHIFT_SCALE,
+            },
             "measurements": m.to_dict() if m else None,
         }
 
@@ -163,19 +178,25 @@ def _pct(x: float) -> str:
 def _describe_similarity(m: Measurements, similar: bool) -> str:
     bits = []
     if m.probe_accuracy is not None:
-        bits.append(f"a linear probe on the frozen features reaches {_pct(m.probe_accuracy)} "
-                    f"(chance {_pct(m.chance)})")
+        bits.append(
+            f"a linear probe on the frozen features reaches {_pct(m.probe_accuracy)} "
+            f"(chance {_pct(m.chance)})"
+        )
     if m.bn_shift is not None:
         closeness = "close to" if (m.statistics_similarity or 0) >= SIMILAR_AT else "far from"
-        bits.append(f"the images' activation statistics are {closeness} the pretraining data's "
-                    f"(BatchNorm shift {m.bn_shift:.2f})")
+        bits.append(
+            f"the images' activation statistics are {closeness} the pretraining data's "
+            f"(BatchNorm shift {m.bn_shift:.2f})"
+        )
     else:
         bits.append("no pretrained BatchNorm statistics to compare with")
     measured = "; ".join(bits) if bits else "nothing could be measured"
     verdict = "similar to" if similar else "different from"
     score = "n/a" if m.similarity is None else f"{m.similarity:.2f}"
-    return f"{measured}, so the data is {verdict} what {m.backbone or 'the backbone'} learnt on " \
-           f"(similarity {score}, threshold {SIMILAR_AT})"
+    return (
+        f"{measured}, so the data is {verdict} what {m.backbone or 'the backbone'} learnt on "
+        f"(similarity {score}, threshold {SIMILAR_AT})"
+    )
 
 
 def decide(m: Measurements) -> Advice:
@@ -187,36 +208,72 @@ def decide(m: Measurements) -> Advice:
     similar = m.similarity is not None and m.similarity >= SIMILAR_AT
     quadrant = f"{'small' if small else 'big'}+{'similar' if similar else 'different'}"
     top = max(1, math.ceil(m.num_stages * TOP_FRACTION)) if m.num_stages else None
-    size = (f"{m.num_images} images, {m.images_per_class:.0f} per class: "
-            f"{'small' if small else 'big'} (threshold {SMALL_BELOW} per class)")
+    size = (
+        f"{m.num_images} images, {m.images_per_class:.0f} per class: "
+        f"{'small' if small else 'big'} (threshold {SMALL_BELOW} per class)"
+    )
     if quadrant == "small+similar":
         strategy = "head"
-        settings = {"epochs": 60, "lr": 1e-3, "backbone_lr_mult": 0.0, "unfreeze": 0, "warm_start_head": False}
-        action = ("train only a new classifier on the frozen features (a linear probe on cached "
-                  "features); retraining the backbone on this little data would mostly overfit")
+        settings = {
+            "epochs": 60,
+            "lr": 1e-3,
+            "backbone_lr_mult": 0.0,
+            "unfreeze": 0,
+            "warm_start_head": False,
+        }
+        action = (
+            "train only a new classifier on the frozen features (a linear probe on cached "
+            "features); retraining the backbone on this little data would mostly overfit"
+        )
     elif quadrant == "small+different":
         strategy = "gradual"
-        settings = {"epochs": (top or 2) + 4, "lr": 1e-3, "backbone_lr_mult": 0.1, "unfreeze": top,
-                    "warm_start_head": True}
-        action = (f"adapt the features carefully: fit the classifier on cached features first, train it "
-                  f"alone for an epoch, then unfreeze the top {top or 'few'} stage(s) one per epoch, "
-                  f"deeper stages at smaller learning rates, BatchNorm statistics kept")
+        settings = {
+            "epochs": (top or 2) + 4,
+            "lr": 1e-3,
+            "backbone_lr_mult": 0.1,
+            "unfreeze": top,
+            "warm_start_head": True,
+        }
+        action = (
+            f"adapt the features carefully: fit the classifier on cached features first, train it "
+            f"alone for an epoch, then unfreeze the top {top or 'few'} stage(s) one per epoch, "
+            f"deeper stages at smaller learning rates, BatchNorm statistics kept"
+        )
     elif quadrant == "big+similar":
         strategy = "partial"
         # No head warm start: its fitted head expects features normalised by the pretrained
         # BatchNorm statistics, and the retrained stages normalise by each batch's own. On digits
         # (shift 1.4) that cost 3.4 points (92.6 % against 96.0 % without); on yoga it gained 0.4.
-        settings = {"epochs": 6, "lr": 5e-3, "backbone_lr_mult": 0.1, "unfreeze": top, "warm_start_head": False}
-        action = (f"retrain the top {top or 'third of the'} stage(s) and the classifier; the lower, "
-                  f"generic stages stay frozen")
+        settings = {
+            "epochs": 6,
+            "lr": 5e-3,
+            "backbone_lr_mult": 0.1,
+            "unfreeze": top,
+            "warm_start_head": False,
+        }
+        action = (
+            f"retrain the top {top or 'third of the'} stage(s) and the classifier; the lower, "
+            f"generic stages stay frozen"
+        )
     else:
         strategy = "full"
-        settings = {"epochs": 6, "lr": 5e-3, "backbone_lr_mult": 0.1, "unfreeze": None,
-                    "warm_start_head": False}
-        action = ("retrain everything from the pretrained weights: there is enough data, and the "
-                  "features must change")
+        settings = {
+            "epochs": 6,
+            "lr": 5e-3,
+            "backbone_lr_mult": 0.1,
+            "unfreeze": None,
+            "warm_start_head": False,
+        }
+        action = (
+            "retrain everything from the pretrained weights: there is enough data, and the "
+            "features must change"
+        )
     reason = f"{size}; {_describe_similarity(m, similar)}. So: {action}."
     if m.balance < 0.5:
-        reason += (f" Note: classes are imbalanced (smallest/largest = {m.balance:.2f}); "
-                   f"per-class recall in `evaluate` tells more than accuracy.")
-    return Advice(strategy=strategy, quadrant=quadrant, settings=settings, reason=reason, measurements=m)
+        reason += (
+            f" Note: classes are imbalanced (smallest/largest = {m.balance:.2f}); "
+            f"per-class recall in `evaluate` tells more than accuracy."
+        )
+    return Advice(
+        strategy=strategy, quadrant=quadrant, settings=settings, reason=reason, measurements=m
+    )

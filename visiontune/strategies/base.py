@@ -42,7 +42,9 @@ class StageRow:
     num_params: int
     lr: float
     batchnorm: str  # "train" (statistics update), "frozen" (eval mode) or "-" (none)
-    starts: int | None = None  # trains from this epoch on (0-based; gradual unfreezing), else always
+    starts: int | None = (
+        None  # trains from this epoch on (0-based; gradual unfreezing), else always
+    )
 
 
 def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
@@ -50,13 +52,17 @@ def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.endswith(".bias")
 
 
-def _param_groups(label: str, params: list[tuple[str, nn.Parameter]], lr: float,
-                  weight_decay: float) -> list[dict]:
+def _param_groups(
+    label: str, params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float
+) -> list[dict]:
     """AdamW groups for ``params``: decayed weights, then undecayed biases and norm scales."""
     decay = [p for n, p in params if not _no_weight_decay(n, p)]
     no_decay = [p for n, p in params if _no_weight_decay(n, p)]
-    return [{"name": label + suffix, "params": plist, "lr": lr, "base_lr": lr, "weight_decay": wd}
-            for suffix, plist, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0)) if plist]
+    return [
+        {"name": label + suffix, "params": plist, "lr": lr, "base_lr": lr, "weight_decay": wd}
+        for suffix, plist, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0))
+        if plist
+    ]
 
 
 class Strategy:
@@ -99,8 +105,9 @@ class Strategy:
                 self._frozen_module_names += sorted({n.rsplit(".", 1)[0] for n in param_names})
         for param in model.head.parameters():
             param.requires_grad_(True)
-        return (_param_groups("backbone", backbone_params, lr * backbone_lr_mult, weight_decay)
-                + _param_groups("head", list(model.head.named_parameters()), lr, weight_decay))
+        return _param_groups(
+            "backbone", backbone_params, lr * backbone_lr_mult, weight_decay
+        ) + _param_groups("head", list(model.head.named_parameters()), lr, weight_decay)
 
     def set_train_mode(self, model: Classifier) -> None:
         """``model.train()``, then frozen stages back to eval so their BatchNorm stays fixed."""
@@ -119,19 +126,22 @@ class Strategy:
     def on_epoch_start(self, epoch: int, model: Classifier, optimizer) -> None:
         """Called before each training epoch (0-based); a fixed plan does nothing here."""
 
-    def _planned(self, index: int, num_stages: int, *, lr: float, backbone_lr_mult: float,
-                 epochs: int | None) -> tuple[bool, float, int | None]:
+    def _planned(
+        self, index: int, num_stages: int, *, lr: float, backbone_lr_mult: float, epochs: int | None
+    ) -> tuple[bool, float, int | None]:
         """For ``describe``: (trains at some point, its LR, first epoch if not from the start)."""
         return index in self.trainable_stages(num_stages), lr * backbone_lr_mult, None
 
-    def describe(self, model: Classifier, *, lr: float, backbone_lr_mult: float,
-                 epochs: int | None = None) -> list[StageRow]:
+    def describe(
+        self, model: Classifier, *, lr: float, backbone_lr_mult: float, epochs: int | None = None
+    ) -> list[StageRow]:
         """One row per stage and one for the head: the plan printed before training."""
         rows = []
         stages = model.backbone.stages()
         for index, (stage, param_names) in enumerate(stages):
-            trainable, stage_lr, starts = self._planned(index, len(stages), lr=lr,
-                                                        backbone_lr_mult=backbone_lr_mult, epochs=epochs)
+            trainable, stage_lr, starts = self._planned(
+                index, len(stages), lr=lr, backbone_lr_mult=backbone_lr_mult, epochs=epochs
+            )
             prefixes = {n.rsplit(".", 1)[0] for n in param_names}
             has_bn = any(
                 isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -140,8 +150,16 @@ class Strategy:
             )
             count = sum(model.backbone.get_parameter(n).numel() for n in param_names)
             bn_trains = trainable and not self.fixed_batchnorm_statistics
-            rows.append(StageRow(stage, trainable, count, stage_lr if trainable else 0.0,
-                                 ("train" if bn_trains else "frozen") if has_bn else "-", starts))
+            rows.append(
+                StageRow(
+                    stage,
+                    trainable,
+                    count,
+                    stage_lr if trainable else 0.0,
+                    ("train" if bn_trains else "frozen") if has_bn else "-",
+                    starts,
+                )
+            )
         head_count = sum(p.numel() for p in model.head.parameters())
         rows.append(StageRow("head (new)", True, head_count, lr, "-"))
         return rows
@@ -172,7 +190,8 @@ class PartialStrategy(Strategy):
         count = self.unfreeze if self.unfreeze is not None else math.ceil(num_stages / 3)
         if not 0 <= count <= num_stages:
             raise VisiontuneError(
-                f"--unfreeze must be between 0 and {num_stages} for this backbone, got {count}")
+                f"--unfreeze must be between 0 and {num_stages} for this backbone, got {count}"
+            )
         return set(range(num_stages - count, num_stages))
 
 
@@ -226,7 +245,8 @@ class GradualStrategy(Strategy):
         count = num_stages if self.unfreeze is None else self.unfreeze
         if not 0 <= count <= num_stages:
             raise VisiontuneError(
-                f"--unfreeze must be between 0 and {num_stages} for this backbone, got {count}")
+                f"--unfreeze must be between 0 and {num_stages} for this backbone, got {count}"
+            )
         return count
 
     def trainable_stages(self, num_stages: int) -> set[int]:
@@ -235,13 +255,20 @@ class GradualStrategy(Strategy):
 
     def stage_lr(self, depth: int, *, lr: float, backbone_lr_mult: float) -> float:
         """LR of the stage ``depth`` places below the top (0 = the one under the head)."""
-        return lr * backbone_lr_mult * self.lr_decay ** depth
+        return lr * backbone_lr_mult * self.lr_decay**depth
 
-    def setup(self, model: Classifier, *, lr: float, backbone_lr_mult: float,
-              weight_decay: float) -> list[dict]:
+    def setup(
+        self, model: Classifier, *, lr: float, backbone_lr_mult: float, weight_decay: float
+    ) -> list[dict]:
         self.unfrozen = 0
-        self._hparams = {"lr": lr, "backbone_lr_mult": backbone_lr_mult, "weight_decay": weight_decay}
-        return super().setup(model, lr=lr, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay)
+        self._hparams = {
+            "lr": lr,
+            "backbone_lr_mult": backbone_lr_mult,
+            "weight_decay": weight_decay,
+        }
+        return super().setup(
+            model, lr=lr, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay
+        )
 
     def on_epoch_start(self, epoch: int, model: Classifier, optimizer) -> None:
         """Unfreeze stages from the top until ``epoch`` of them (capped at ``limit``) train."""
@@ -258,24 +285,34 @@ class GradualStrategy(Strategy):
                 param.requires_grad_(True)
             modules = {n.rsplit(".", 1)[0] for n in param_names}
             self._frozen_module_names = [n for n in self._frozen_module_names if n not in modules]
-            group_lr = self.stage_lr(depth, lr=self._hparams["lr"],
-                                     backbone_lr_mult=self._hparams["backbone_lr_mult"])
-            for group in _param_groups(f"backbone.{stage}", params, group_lr, self._hparams["weight_decay"]):
+            group_lr = self.stage_lr(
+                depth, lr=self._hparams["lr"], backbone_lr_mult=self._hparams["backbone_lr_mult"]
+            )
+            for group in _param_groups(
+                f"backbone.{stage}", params, group_lr, self._hparams["weight_decay"]
+            ):
                 optimizer.add_param_group(group)
             self.unfrozen += 1
 
-    def _planned(self, index: int, num_stages: int, *, lr: float, backbone_lr_mult: float,
-                 epochs: int | None) -> tuple[bool, float, int | None]:
+    def _planned(
+        self, index: int, num_stages: int, *, lr: float, backbone_lr_mult: float, epochs: int | None
+    ) -> tuple[bool, float, int | None]:
         depth = num_stages - 1 - index
         trains = depth < self.limit(num_stages) and (epochs is None or depth + 1 < epochs)
         return trains, self.stage_lr(depth, lr=lr, backbone_lr_mult=backbone_lr_mult), depth + 1
 
     def state_dict(self) -> dict:
-        return {"name": self.name, "unfreeze": self.unfreeze, "lr_decay": self.lr_decay,
-                "unfrozen": self.unfrozen}
+        return {
+            "name": self.name,
+            "unfreeze": self.unfreeze,
+            "lr_decay": self.lr_decay,
+            "unfrozen": self.unfrozen,
+        }
 
 
-STRATEGIES = {cls.name: cls for cls in (HeadStrategy, PartialStrategy, FullStrategy, GradualStrategy)}
+STRATEGIES = {
+    cls.name: cls for cls in (HeadStrategy, PartialStrategy, FullStrategy, GradualStrategy)
+}
 
 
 def make_strategy(name: str, *, unfreeze: int | None = None) -> Strategy:
