@@ -76,7 +76,7 @@ def child_extract_visiontune() -> dict:
     from visiontune.backbones import create_backbone
     from visiontune.data.folder import Sample
     from visiontune.data.loader import default_workers
-    from visiontune.engine.loop import LoopConfig
+    from visiontune.engine.loop import Runtime
     from visiontune.features.extract import extract_features
 
     _runtime.tune_allocator()
@@ -87,7 +87,7 @@ def child_extract_visiontune() -> dict:
     fs = extract_features(
         backbone,
         samples,
-        cfg=LoopConfig(epochs=1, progress=False),
+        runtime=Runtime(progress=False),
         batch_size=BATCH,
         workers=default_workers(),
     )
@@ -198,7 +198,7 @@ def child_head_epoch() -> dict:
     from visiontune import _runtime
     from visiontune.backbones import Head, create_backbone
     from visiontune.data.folder import scan_folder
-    from visiontune.engine.loop import LoopConfig
+    from visiontune.engine.loop import Runtime
     from visiontune.features.extract import extract_features
 
     _runtime.tune_allocator()
@@ -206,7 +206,7 @@ def child_head_epoch() -> dict:
     train = scan_folder(YOGA).train
     start = time.perf_counter()
     fs = extract_features(
-        backbone, train, cfg=LoopConfig(epochs=1, progress=False), batch_size=BATCH, workers=1
+        backbone, train, runtime=Runtime(progress=False), batch_size=BATCH, workers=1
     )
     backbone_epoch = time.perf_counter() - start
     head = Head(backbone.num_features, 5)

@@ -19,13 +19,13 @@ from visiontune.cli import main
 from visiontune.data.folder import scan_folder
 from visiontune.data.loader import ImageDataset
 from visiontune.data.transforms import decode_size, eval_transform
-from visiontune.engine.loop import LoopConfig
+from visiontune.engine.loop import Runtime
 from visiontune.features.similarity import batchnorm_shift, measure, probe_accuracy
 from visiontune.strategies import STRATEGIES, Measurements, decide
 from visiontune.strategies.advisor import BN_SHIFT_SCALE, SIMILAR_AT, SMALL_BELOW, similarity_score
 
 TINY_ARGS = ["--backbone", "test_efficientnet", "--weights", "none", "--workers", "0"]
-CFG = LoopConfig(epochs=1, progress=False)
+CFG = Runtime(progress=False)
 
 
 def _m(
@@ -187,7 +187,7 @@ def test_batchnorm_shift_is_none_for_random_weights(tmp_path):
     data = make_class_folder(tmp_path / "data", {"cat": 3, "dog": 3})
     backbone = create_backbone("test_efficientnet", weights="none")
     samples = scan_folder(data, val_fraction=0.0).train
-    assert batchnorm_shift(backbone, samples, cfg=CFG) == (None, 0)
+    assert batchnorm_shift(backbone, samples, runtime=CFG) == (None, 0)
 
 
 def _fit_statistics(backbone, samples) -> None:
@@ -223,15 +223,15 @@ def test_batchnorm_shift_is_small_on_the_data_the_statistics_came_from(tmp_path)
     other = scan_folder(_noise_folder(tmp_path / "noise"), val_fraction=0.0).train
     backbone = create_backbone("test_efficientnet", weights="none")
     _fit_statistics(backbone, own)
-    shift_own, seen = batchnorm_shift(backbone, own, cfg=CFG)
-    shift_other, _ = batchnorm_shift(backbone, other, cfg=CFG)
+    shift_own, seen = batchnorm_shift(backbone, own, runtime=CFG)
+    shift_other, _ = batchnorm_shift(backbone, other, runtime=CFG)
     assert seen == len(own)
     assert shift_own < 0.05
     assert shift_other > 10 * shift_own and shift_other > 0.3
     # a sample of at most max_images images, seeded
-    assert batchnorm_shift(backbone, own, cfg=CFG, max_images=5)[1] == 5
+    assert batchnorm_shift(backbone, own, runtime=CFG, max_images=5)[1] == 5
     state = {k: v.clone() for k, v in backbone.state_dict().items()}
-    batchnorm_shift(backbone, other, cfg=CFG)
+    batchnorm_shift(backbone, other, runtime=CFG)
     assert all(
         torch.equal(v, backbone.state_dict()[k]) for k, v in state.items()
     )  # measuring changes nothing
@@ -251,13 +251,13 @@ def test_measure_takes_batchnorm_statistics_from_the_extraction_pass(tmp_path):
         backbone, scan_folder(_noise_folder(tmp_path / "noise"), val_fraction=0.0).train
     )
     cache = FeatureCache.for_backbone(tmp_path / "cache", backbone)
-    cold = measure(splits, backbone, cfg=CFG, cache=cache)
-    separate, seen = batchnorm_shift(backbone, splits.train, cfg=CFG)
+    cold = measure(splits, backbone, runtime=CFG, cache=cache)
+    separate, seen = batchnorm_shift(backbone, splits.train, runtime=CFG)
     assert cold.bn_images == seen == 16
     assert cold.bn_shift == pytest.approx(separate, rel=1e-4) and cold.bn_shift > 0.1
     assert cold.probe_images == cold.num_images == 16
     capped = measure(
-        splits, backbone, cfg=CFG, per_class=3
+        splits, backbone, runtime=CFG, per_class=3
     )  # sizes count all; the probe sees 3 a class
     assert (capped.num_images, capped.min_per_class, capped.probe_images, capped.bn_images) == (
         16,
@@ -265,9 +265,9 @@ def test_measure_takes_batchnorm_statistics_from_the_extraction_pass(tmp_path):
         6,
         6,
     )
-    warm = measure(splits, backbone, cfg=CFG, cache=cache, bn_images=5)
+    warm = measure(splits, backbone, runtime=CFG, cache=cache, bn_images=5)
     assert warm.bn_images == 5 and warm.bn_shift == pytest.approx(
-        batchnorm_shift(backbone, splits.train, cfg=CFG, max_images=5)[0], rel=1e-4
+        batchnorm_shift(backbone, splits.train, runtime=CFG, max_images=5)[0], rel=1e-4
     )
 
 
@@ -316,10 +316,12 @@ def lite0():
 
 def test_similar_and_different_by_construction(tmp_path, lite0):
     similar = measure(
-        scan_folder(_photo_folder(tmp_path / "photos"), val_fraction=0.0), lite0, cfg=CFG
+        scan_folder(_photo_folder(tmp_path / "photos"), val_fraction=0.0), lite0, runtime=CFG
     )
     different = measure(
-        scan_folder(_secret_pattern_folder(tmp_path / "noise"), val_fraction=0.0), lite0, cfg=CFG
+        scan_folder(_secret_pattern_folder(tmp_path / "noise"), val_fraction=0.0),
+        lite0,
+        runtime=CFG,
     )
     assert similar.separability > 0.8 and different.separability < 0.6
     assert similar.bn_shift < 0.5 < 1.5 < different.bn_shift

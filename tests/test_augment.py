@@ -32,7 +32,7 @@ from visiontune.data.augment import (
 from visiontune.data.folder import Sample
 from visiontune.data.loader import Batch, ImageDataset, make_loader
 from visiontune.data.transforms import decode_size, eval_transform, train_transform
-from visiontune.engine.loop import LoopConfig, train_one_epoch
+from visiontune.engine.loop import LoopConfig, Runtime, train_one_epoch
 from visiontune.errors import VisiontuneError
 from visiontune.specs import PreprocessSpec
 
@@ -365,13 +365,14 @@ def test_train_one_epoch_takes_soft_targets_from_a_batch_transform():
         seen.append(out[1])
         return out
 
-    cfg = LoopConfig(epochs=1, progress=False, batch_transform=mix)
+    cfg = LoopConfig(epochs=1, batch_transform=mix)
     optimizer = torch.optim.SGD([{"params": list(model.parameters()), "lr": 0.1, "base_lr": 0.1}])
     stats, step = train_one_epoch(
         model,
         batches,
         optimizer,
         cfg=cfg,
+        runtime=Runtime(progress=False),
         step=0,
         total_steps=3,
         warmup_steps=0,

@@ -18,7 +18,7 @@ from visiontune.backbones import Head
 from visiontune.config import TrainConfig
 from visiontune.data.balance import balancing, class_weights, sample_weights
 from visiontune.data.loader import Batch, make_loader
-from visiontune.engine.loop import LoopConfig, train_one_epoch
+from visiontune.engine.loop import LoopConfig, Runtime, train_one_epoch
 from visiontune.engine.optim import build_optimizer
 from visiontune.errors import VisiontuneError
 from visiontune.features.extract import FeatureDataset, FeatureSet
@@ -100,8 +100,6 @@ def test_weighted_training_loss_equals_the_hand_computed_one():
         epochs=1,
         warmup_epochs=0.0,
         label_smoothing=0.0,
-        channels_last=False,
-        progress=False,
         class_weights=weights,
     )
     stats, _ = train_one_epoch(
@@ -109,6 +107,7 @@ def test_weighted_training_loss_equals_the_hand_computed_one():
         [Batch(x, y, torch.arange(8))],
         optimizer,
         cfg=cfg,
+        runtime=Runtime(channels_last=False, progress=False),
         step=0,
         total_steps=1,
         warmup_steps=0,

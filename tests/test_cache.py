@@ -16,7 +16,7 @@ from PIL import Image
 from visiontune.backbones import create_backbone
 from visiontune.data.folder import Sample
 from visiontune.data.loader import SkipLog
-from visiontune.engine.loop import LoopConfig
+from visiontune.engine.loop import Runtime
 from visiontune.features import cache as cache_mod
 from visiontune.features.cache import (
     CacheWarning,
@@ -29,7 +29,7 @@ from visiontune.features.cache import (
 )
 from visiontune.features.extract import extract_features
 
-CFG = LoopConfig(epochs=1, progress=False, channels_last=False)
+CFG = Runtime(progress=False, channels_last=False)
 ATOL = 1e-5  # a row computed alone may differ from the same row in a batch by rounding only
 
 
@@ -64,7 +64,7 @@ def root(tmp_path) -> Path:
 
 def _extract(backbone, samples, cache=None, **kwargs):
     return extract_features(
-        backbone, samples, cfg=CFG, batch_size=4, workers=0, cache=cache, **kwargs
+        backbone, samples, runtime=CFG, batch_size=4, workers=0, cache=cache, **kwargs
     )
 
 

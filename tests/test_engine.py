@@ -14,6 +14,7 @@ from visiontune.data.loader import Batch
 from visiontune.engine.loop import (
     EvalOutput,
     LoopConfig,
+    Runtime,
     StopTraining,
     evaluate_epoch,
     fit,
@@ -68,7 +69,8 @@ def test_apply_lr_scales_each_group_from_its_base():
 
 # ------------------------------------------------------------------------------- the loop
 
-CFG = dict(warmup_epochs=0.0, label_smoothing=0.0, channels_last=False, progress=False)
+CFG = dict(warmup_epochs=0.0, label_smoothing=0.0)
+RUNTIME = Runtime(channels_last=False, progress=False)
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[Batch]:
@@ -113,6 +115,7 @@ def test_fit_learns_and_keeps_the_lowest_val_loss():
         val,
         _optimizer(model),
         cfg=LoopConfig(epochs=5, **CFG),
+        runtime=RUNTIME,
         set_train_mode=lambda m: m.train(),
     )
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
@@ -134,6 +137,7 @@ def test_early_stopping_after_patience_epochs_and_best_weights_restored():
         val,
         _optimizer(model),
         cfg=LoopConfig(epochs=20, patience=2, **CFG),
+        runtime=RUNTIME,
         set_train_mode=lambda m: m.train(),
         on_epoch_end=lambda row: states.append(copy.deepcopy(model.state_dict())),
     )
@@ -155,6 +159,7 @@ def test_no_patience_runs_every_epoch():
         val,
         _optimizer(model),
         cfg=LoopConfig(epochs=6, patience=None, **CFG),
+        runtime=RUNTIME,
         set_train_mode=lambda m: m.train(),
     )
     assert len(history) == 6
@@ -169,6 +174,7 @@ def test_patience_counts_epochs_since_the_last_improvement():
         val,
         _optimizer(model, lr=0.05),
         cfg=LoopConfig(epochs=8, patience=1, **CFG),
+        runtime=RUNTIME,
         set_train_mode=lambda m: m.train(),
     )
     assert len(history) == 8  # improving every epoch never triggers patience 1
@@ -188,6 +194,7 @@ def test_a_callback_can_stop_training():
         val,
         _optimizer(model),
         cfg=LoopConfig(epochs=10, **CFG),
+        runtime=RUNTIME,
         set_train_mode=lambda m: m.train(),
         on_epoch_end=stop_at_two,
     )
@@ -211,6 +218,7 @@ def test_schedule_is_applied_per_step():
         val,
         opt,
         cfg=LoopConfig(epochs=3, **{**CFG, "warmup_epochs": 1.0}),
+        runtime=RUNTIME,
         set_train_mode=lambda m: m.train(),
     )
     steps = len(train)
@@ -236,6 +244,7 @@ def test_empty_batches_are_skipped():
         [empty, *val],
         _optimizer(model),
         cfg=LoopConfig(epochs=2, **CFG),
+        runtime=RUNTIME,
         set_train_mode=lambda m: m.train(),
     )
     assert history[-1]["train_acc"] > 0.8
@@ -250,6 +259,7 @@ def test_no_validation_data_keeps_the_last_epoch():
         [],
         _optimizer(model),
         cfg=LoopConfig(epochs=3, **CFG),
+        runtime=RUNTIME,
         set_train_mode=lambda m: m.train(),
     )
     assert math.isnan(history[0]["val_loss"])
@@ -259,7 +269,7 @@ def test_no_validation_data_keeps_the_last_epoch():
 def test_inference_outputs_can_be_trained_on():
     _, val = _problem()
     model = _linear()
-    out, labels, indices = run_inference(model, val, cfg=LoopConfig(epochs=1, **CFG))
+    out, labels, indices = run_inference(model, val, runtime=RUNTIME)
     assert out.shape == (64, 2) and labels.shape == (64,) and indices.tolist() == list(range(64))
     assert not out.is_inference()
     head = nn.Linear(2, 2)
@@ -272,9 +282,7 @@ def test_evaluate_epoch_accuracy_and_loss():
     model = _linear()
     with torch.no_grad():
         model.bias.copy_(torch.tensor([1.0, 0.0]))  # always predicts class 0
-    out = evaluate_epoch(
-        model, _batches(x, torch.tensor([0, 0, 0, 1]), 2), cfg=LoopConfig(epochs=1, **CFG)
-    )
+    out = evaluate_epoch(model, _batches(x, torch.tensor([0, 0, 0, 1]), 2), runtime=RUNTIME)
     assert out.accuracy == pytest.approx(0.75)
     p0 = math.exp(1) / (math.exp(1) + 1)
     assert out.loss == pytest.approx(-(3 * math.log(p0) + math.log(1 - p0)) / 4, rel=1e-5)

@@ -185,13 +185,11 @@ def test_inference_outputs_can_be_trained_on(split_data):
     """Features come out of inference mode as ordinary tensors (a head can train on them)."""
     from visiontune.backbones import create_backbone
     from visiontune.data.folder import scan_folder
-    from visiontune.engine.loop import LoopConfig
+    from visiontune.engine.loop import Runtime
     from visiontune.features.extract import extract_features
 
     backbone = create_backbone("test_efficientnet", weights="none")
-    fs = extract_features(
-        backbone, scan_folder(split_data).train, cfg=LoopConfig(epochs=1, progress=False)
-    )
+    fs = extract_features(backbone, scan_folder(split_data).train, runtime=Runtime(progress=False))
     head = torch.nn.Linear(fs.features.shape[1], 2)
     torch.nn.functional.cross_entropy(head(fs.features), fs.labels).backward()
     assert head.weight.grad is not None

@@ -41,7 +41,7 @@ def test_batches_drop_undecodable_files_and_report_them(samples, workers):
     skips = SkipLog()
     seen = []
     for batch in loader:
-        skips.record(batch, samples)
+        skips.record(batch)
         assert batch.images.shape[1:] == (3, 32, 32)
         assert len(batch.images) == len(batch.labels) == len(batch.indices)
         assert batch.labels.tolist() == [samples[i].label for i in batch.indices.tolist()]

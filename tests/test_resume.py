@@ -230,15 +230,13 @@ def _loop_model():
 
 
 def _loop_fit(model, optimizer, *, state=None, on_checkpoint=None):
-    from visiontune.engine.loop import LoopConfig, fit
+    from visiontune.engine.loop import LoopConfig, Runtime, fit
 
     cfg = LoopConfig(
         epochs=8,
         warmup_epochs=1.0,
         label_smoothing=0.1,
         patience=3,
-        channels_last=False,
-        progress=False,
         seed=5,
     )
     train, val = _loop_problem()
@@ -248,6 +246,7 @@ def _loop_fit(model, optimizer, *, state=None, on_checkpoint=None):
         val,
         optimizer,
         cfg=cfg,
+        runtime=Runtime(channels_last=False, progress=False),
         set_train_mode=lambda m: m.train(),
         state=state,
         on_checkpoint=on_checkpoint,

@@ -1,28 +1,33 @@
 """visiontune: transfer learning for image classification, fast on the machine you have.
 
-The public surface; importing it does no heavy work (torch loads on first use).
+The public surface, exactly the Python API the README documents. Importing it does no heavy
+work: torch loads on first use of a workflow.
 """
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "TrainConfig",
-    "__version__",
+# Workflows (visiontune.api) and the one config class, imported on first use.
+_API = (
     "advise",
+    "augment_preview",
+    "check",
     "evaluate",
     "export",
+    "extract",
     "fit",
     "fit_ensemble",
-    "list_backbones",
     "load",
     "predict",
     "resume",
-]
+    "similar",
+)
+
+__all__ = ["TrainConfig", "__version__", "list_backbones", *_API]
 
 
 def __getattr__(name):
     # Lazy re-exports keep `visiontune --help` and `import visiontune` fast.
-    if name in ("fit", "fit_ensemble", "load", "evaluate", "predict", "advise", "resume", "export"):
+    if name in _API:
         from . import api
 
         return getattr(api, name)
@@ -35,3 +40,7 @@ def __getattr__(name):
 
         return TrainConfig
     raise AttributeError(f"module 'visiontune' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

@@ -1,14 +1,31 @@
-"""``TrainConfig``: every option of ``visiontune train`` as one frozen, validated dataclass."""
+"""``TrainConfig``: every option of ``visiontune train``, declared once.
+
+Each field carries its command-line help (and choices) as metadata, so the ``train`` command is
+generated from this class (``visiontune.cli.options``) and the CLI, the Python API, the run
+folder and the checkpoint all derive from the same declaration. ``None`` means "the strategy's
+default"; ``resolve()`` turns those into concrete values once, after ``auto`` has been replaced by
+the advisor's choice.
+
+>>> config = TrainConfig(data="photos/", strategy="head")
+>>> config.resolve().epochs, config.resolve().lr
+(60, 0.001)
+>>> TrainConfig(data="photos/", strategy="fast")
+Traceback (most recent call last):
+...
+visiontune.errors.VisiontuneError: --strategy must be one of head, partial, full, gradual, auto, got 'fast'
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 
-from .data.augment import parse_augment
+from .choices import BALANCE_MODES, DEVICES, HEAD_SOLVERS, STRATEGY_CHOICES
+from .data.augment import AugmentSpec, augment_help, parse_augment
 from .errors import VisiontuneError
-from .strategies import STRATEGIES
 
-__all__ = ["BALANCE_CHOICES", "STRATEGY_CHOICES", "STRATEGY_DEFAULTS", "TrainConfig"]
+__all__ = ["MAX_SEED", "STRATEGY_DEFAULTS", "TrainConfig", "changed_options", "option"]
 
 # Per-strategy defaults, chosen so each finishes in minutes on a 2-core CPU. A frozen backbone's
 # head trains on cached features, where an epoch costs milliseconds, so it gets many.
@@ -18,98 +35,223 @@ STRATEGY_DEFAULTS = {
     "full": {"epochs": 6, "lr": 5e-3, "patience": None},
     # Head fitted on cached features first, then one more stage per epoch: 6 epochs reach 6 stages.
     "gradual": {"epochs": 6, "lr": 5e-3, "patience": None},
-    # Replaced, before training, by the strategy and settings ``visiontune advise`` chooses.
-    "auto": {"epochs": None, "lr": None, "patience": None},
 }
-STRATEGY_CHOICES = (*STRATEGIES, "auto")
-DEVICES = ("auto", "cpu", "cuda")
-HEAD_SOLVERS = ("lbfgs", "adamw")
-BALANCE_CHOICES = ("none", "weights", "sampler")
+# Seeds are mixed into 64-bit keys (``visiontune._seeding``); torch's generator takes < 2**64.
+MAX_SEED = 2**63 - 1
+
+STRATEGY_HELP = """fine-tuning strategy:
+head    - freeze the whole backbone (BatchNorm statistics too), train only the new classifier;
+          features are computed once, so this is fast. Small data similar to ImageNet.
+partial - freeze the first stages, train the last --unfreeze stages and the classifier.
+full    - train everything, starting from the pretrained weights. Larger or different data.
+gradual - fit the classifier on cached features first, then unfreeze one more stage per epoch
+          from the top (up to --unfreeze, default all), each deeper stage at half the LR.
+auto    - measure the data (`visiontune advise`) and run the strategy and settings it chooses;
+          options you give explicitly are kept. The advice is saved in the run folder."""
+
+
+def option(default, help: str, *, choices=None, metavar=None, flag=None, cli: bool = True):
+    """A ``TrainConfig`` field with its command-line declaration as metadata.
+
+    ``help`` ending in ``(default: ...)`` keeps its own wording; otherwise the default is added.
+    ``flag``: the option's spelling when it is not ``--field-name`` (``--no-cache``).
+    """
+    meta = {"help": help, "choices": choices, "metavar": metavar, "flag": flag, "cli": cli}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str
-    backbone: str = "efficientnet_lite0"
-    weights: str | None = None  # None: embedded package or hub; "none": random; else a path
-    strategy: str = "full"
-    epochs: int | None = None  # None: the strategy's default
-    batch_size: int = 32
-    lr: float | None = None  # head LR; None: the strategy's default
-    backbone_lr_mult: float = 0.1
-    unfreeze: int | None = None
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    dropout: float = 0.2
-    augment: str = "standard"  # preset or op list (visiontune.data.augment); training only
-    warmup_epochs: float = 0.5
-    patience: int | None = None
-    warm_start_head: bool = False  # partial/full: fit the head as a linear probe first (LP-FT)
-    cache: bool = True  # frozen-backbone features go to / come from the on-disk feature cache
-    cache_dir: str | None = None  # None: the per-user cache folder
-    cache_views: int = 0  # head strategy: augmented views per training image, cached too
-    head_solver: str = "lbfgs"  # head strategy: full-batch linear probe, or "adamw" mini-batches
-    balance: str = (
-        "none"  # class imbalance: "weights" (weighted loss) or "sampler" (balanced draws)
+    """The options of one training run; invalid values raise ``VisiontuneError`` at once."""
+
+    # The positional DATA argument of ``train``, declared by the CLI itself (it is optional there,
+    # for ``--resume RUN``).
+    data: str = field(metadata={"cli": False})
+    backbone: str = option(
+        "efficientnet_lite0",
+        "registered name (see `visiontune backbones`) or any timm model name;\n"
+        "a comma-separated list a,b,c trains an ensemble with one member per backbone",
     )
-    exclude_duplicates: bool = False  # val/test images with a byte-identical copy in train left out
-    val_fraction: float = 0.15
-    seed: int = 0
-    workers: int | None = None  # None: one per spare core
-    device: str = "auto"
-    out: str | None = None
-    progress: bool = True
+    weights: str | None = option(
+        None,
+        "local weights file (.safetensors/.pth) or folder; 'none' for random init\n"
+        "(default: the embedded package, else the model hub)",
+        metavar="PATH|none",
+    )
+    strategy: str = option("full", STRATEGY_HELP, choices=STRATEGY_CHOICES)
+    epochs: int | None = option(
+        None, "training epochs (default: 6; 60 for --strategy head), or what auto chooses"
+    )
+    batch_size: int = option(32, "images per optimizer step (the global batch under torchrun)")
+    lr: float | None = option(
+        None, "learning rate of the new head (default: 5e-3; 1e-3 for --strategy head)"
+    )
+    backbone_lr_mult: float = option(
+        0.1, "pretrained layers train at lr x this, so their knowledge is not erased"
+    )
+    unfreeze: int | None = option(
+        None,
+        "with --strategy partial: how many of the last stages train (default: a third);\n"
+        "with gradual: how many are unfrozen in all (default: every stage)",
+        metavar="N",
+    )
+    weight_decay: float = option(0.05, "AdamW weight decay")
+    label_smoothing: float = option(0.1, "label smoothing of the training loss")
+    dropout: float = option(0.2, "dropout before the new head")
+    augment: str = option("standard", augment_help(), metavar="PRESET|OPS")
+    warmup_epochs: float = option(0.5, "linear LR warm-up before the cosine decay, in epochs")
+    patience: int | None = option(
+        None, "stop after N epochs without validation improvement (default: off)", metavar="N"
+    )
+    warm_start_head: bool = option(
+        False,
+        "partial/full: before fine-tuning, fit the new head as a linear probe on the\n"
+        "pretrained features (linear-probe-then-fine-tune) instead of random init",
+    )
+    cache: bool = option(
+        True, "bypass the on-disk feature cache (default: use it)", flag="--no-cache"
+    )
+    cache_dir: str | None = option(
+        None,
+        "feature cache folder (default: $VISIONTUNE_CACHE or ~/.cache/visiontune)",
+        metavar="DIR",
+    )
+    cache_views: int = option(
+        0,
+        "with --strategy head: also cache K augmented views of each training image\n"
+        "and train the head on them too",
+        metavar="K",
+    )
+    head_solver: str = option(
+        "lbfgs",
+        "with --strategy head: 'lbfgs' fits the head as a logistic regression on the\n"
+        "cached features, its L2 strength chosen on validation; 'adamw' trains it in\n"
+        "mini-batches for --epochs",
+        choices=HEAD_SOLVERS,
+    )
+    balance: str = option(
+        "none",
+        "for imbalanced classes (`visiontune check` shows the counts):\n"
+        "weights - the loss weighs each class by n_train / (classes x its count)\n"
+        "sampler - training batches draw every class equally often (with\n"
+        "          replacement); the L-BFGS head solver uses weights either way",
+        choices=BALANCE_MODES,
+    )
+    exclude_duplicates: bool = option(
+        False,
+        "leave val/test images that have a byte-identical copy in train out of the\n"
+        "evaluation (they inflate its accuracy); metrics.json says how many",
+    )
+    val_fraction: float = option(
+        0.15, "share of train held out (stratified, seeded) when DATA has no val split"
+    )
+    seed: int = option(0, "seed for the split, initialisation, shuffling and augmentation")
+    workers: int | None = option(
+        None, "image-loading worker processes (default: one per spare core, max 4)"
+    )
+    device: str = option("auto", "auto, cpu, cuda or cuda:N; a GPU uses mixed precision")
+    out: str | None = option(
+        None, "run folder (default: runs/<time>-<backbone>-<strategy>)", metavar="DIR"
+    )
+    progress: bool = option(
+        True, "no progress bars or tables on stderr (default: show them)", flag="--no-progress"
+    )
 
     def __post_init__(self) -> None:
-        def bad(message: str) -> None:
-            raise VisiontuneError(message)
-
-        if self.strategy not in STRATEGY_CHOICES:
-            bad(f"--strategy must be one of {', '.join(STRATEGY_CHOICES)}, got {self.strategy!r}")
-        if self.epochs is not None and self.epochs < 1:
-            bad(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            bad(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.lr is not None and not self.lr > 0:
-            bad(f"--lr must be positive, got {self.lr}")
-        if not 0 <= self.backbone_lr_mult <= 1:
-            bad(f"--backbone-lr-mult must be in [0, 1], got {self.backbone_lr_mult}")
-        if self.unfreeze is not None and self.unfreeze < 0:
-            bad(f"--unfreeze must be 0 or more, got {self.unfreeze}")
-        if not 0 <= self.val_fraction < 1:
-            bad(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0 <= self.label_smoothing < 1:
-            bad(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.dropout < 1:
-            bad(f"--dropout must be in [0, 1), got {self.dropout}")
-        try:
-            augment = parse_augment(self.augment)
-        except ValueError as exc:
-            bad(f"--augment: {exc}")
-        if augment.batch_ops and self.strategy == "head":
-            bad(
-                f"--augment {', '.join(augment.batch_ops)} mixes whole images, so it needs --strategy "
-                "partial or full (a frozen backbone trains its head on cached features)"
+        for problem in _problems(self):
+            raise VisiontuneError(problem)
+        if self.augment_spec.batch_ops and self.strategy == "head":
+            raise VisiontuneError(
+                f"--augment {', '.join(self.augment_spec.batch_ops)} mixes whole images, so it "
+                "needs --strategy partial or full (a frozen backbone trains its head on cached "
+                "features)"
             )
-        if self.head_solver not in HEAD_SOLVERS:
-            bad(f"--head-solver must be one of {', '.join(HEAD_SOLVERS)}, got {self.head_solver!r}")
-        if self.balance not in BALANCE_CHOICES:
-            bad(f"--balance must be one of {', '.join(BALANCE_CHOICES)}, got {self.balance!r}")
-        if self.cache_views < 0:
-            bad(f"--cache-views must be 0 or more, got {self.cache_views}")
-        if self.workers is not None and self.workers < 0:
-            bad(f"--workers must be 0 or more, got {self.workers}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            bad(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
-    def resolved(self, name: str):
-        """The option's value, or the strategy's default where left unset."""
-        value = getattr(self, name)
-        return STRATEGY_DEFAULTS[self.strategy].get(name) if value is None else value
+    @cached_property
+    def augment_spec(self) -> AugmentSpec:
+        """``augment`` parsed, once (validated by the constructor)."""
+        try:
+            return parse_augment(self.augment)
+        except ValueError as exc:
+            raise VisiontuneError(f"--augment: {exc}") from None
+
+    def resolve(self) -> TrainConfig:
+        """The same options with the strategy's defaults filled in where left unset."""
+        if self.strategy not in STRATEGY_DEFAULTS:
+            raise ValueError(f"resolve the strategy {self.strategy!r} first (the advisor's)")
+        defaults = STRATEGY_DEFAULTS[self.strategy]
+        unset = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return replace(self, **unset)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """A config from ``to_dict()`` output (a run folder's or checkpoint's); unknown keys
+        written by other versions are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def changed_options(config: TrainConfig) -> set[str]:
+    """The fields of ``config`` that differ from their defaults (the ones a user set)."""
+    return {f.name for f in fields(config) if getattr(config, f.name) != f.default}
+
+
+def _at_least(name: str, value, low, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"--{name} must be an integer of at least {low}, got {value!r}"
+    if value < low:
+        return f"--{name} must be at least {low}, got {value}"
+    return None
+
+
+def _in_range(name: str, value, low, high, *, high_open: bool) -> str | None:
+    ok = isinstance(value, int | float) and math.isfinite(value) and value >= low
+    ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        return f"--{name} must be in [{low}, {high}{')' if high_open else ']'}, got {value!r}"
+    return None
+
+
+def _problems(c: TrainConfig) -> list[str]:
+    """Every invalid value of ``c``, as the message naming the valid ones."""
+    found = [
+        f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, got {value!r}"
+        for name, value, valid in (
+            ("strategy", c.strategy, STRATEGY_CHOICES),
+            ("head_solver", c.head_solver, HEAD_SOLVERS),
+            ("balance", c.balance, BALANCE_MODES),
+        )
+        if value not in valid
+    ]
+    if c.device not in DEVICES and not str(c.device).startswith("cuda:"):
+        found.append(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {c.device!r}")
+    if c.lr is not None and not (isinstance(c.lr, int | float) and 0 < c.lr < math.inf):
+        found.append(f"--lr must be a positive finite number, got {c.lr!r}")
+    checks = (
+        _at_least("epochs", c.epochs, 1, optional=True),
+        _at_least("batch-size", c.batch_size, 1),
+        _at_least("unfreeze", c.unfreeze, 0, optional=True),
+        _at_least("patience", c.patience, 1, optional=True),
+        _at_least("cache-views", c.cache_views, 0),
+        _at_least("workers", c.workers, 0, optional=True),
+        _at_least("seed", c.seed, 0),
+        None
+        if c.seed is None or c.seed <= MAX_SEED
+        else f"--seed must be below 2**63, got {c.seed}",
+        _in_range("backbone-lr-mult", c.backbone_lr_mult, 0, 1, high_open=False),
+        _in_range("val-fraction", c.val_fraction, 0, 1, high_open=True),
+        _in_range("label-smoothing", c.label_smoothing, 0, 1, high_open=True),
+        _in_range("dropout", c.dropout, 0, 1, high_open=True),
+        _in_range("weight-decay", c.weight_decay, 0, math.inf, high_open=True),
+        _in_range("warmup-epochs", c.warmup_epochs, 0, math.inf, high_open=True),
+    )
+    return found + [problem for problem in checks if problem]

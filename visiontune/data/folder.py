@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DatasetSplits",
     "Sample",
+    "expand_image_paths",
     "list_images",
     "scan_class_folder",
     "scan_folder",
@@ -215,3 +217,23 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.15, seed: int = 0) 
         return DatasetSplits(root, "splits", labels, train, val, test, val_source="folder")
     train, val = stratified_split(train, val_fraction, seed)
     return DatasetSplits(root, "splits", labels, train, val, test)
+
+
+def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders expanded recursively to their image files."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found += list_images(path)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DataError(f"no such file or folder: {path}")
+    if not found:
+        raise DataError(
+            "no image files found in: "
+            + ", ".join(str(p) for p in paths)
+            + f" (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return found

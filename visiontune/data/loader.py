@@ -33,7 +33,8 @@ __all__ = [
 
 
 class ImageDataset(Dataset):
-    """``(image tensor, label, index)`` per sample, or a failure marker for unreadable files."""
+    """``(image tensor, label, index, note, path)`` per sample; for an unreadable file the image
+    is ``None`` and the note says why. The path travels so a batch can say which files failed."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable, *, decode_size: int | None):
         self.samples = list(samples)
@@ -48,8 +49,8 @@ class ImageDataset(Dataset):
         try:
             decoded = decode_image(sample.path, min_short_side=self.decode_size)
         except ImageDecodeError as exc:
-            return None, sample.label, index, str(exc)
-        return self.transform(decoded.image), sample.label, index, decoded.note
+            return None, sample.label, index, str(exc), str(sample.path)
+        return self.transform(decoded.image), sample.label, index, decoded.note, str(sample.path)
 
 
 @dataclass
@@ -57,14 +58,14 @@ class Batch:
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
-    failures: list[tuple[int, str]] = field(default_factory=list)  # (index, reason): skipped
-    notes: list[tuple[int, str]] = field(default_factory=list)  # (index, note): loaded, but odd
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): skipped
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (path, note): loaded, but odd
 
 
 def collate_skipping_failures(items) -> Batch:
     good = [it for it in items if it[0] is not None]
-    failures = [(it[2], it[3]) for it in items if it[0] is None]
-    notes = [(it[2], it[3]) for it in good if it[3]]
+    failures = [(it[4], it[3]) for it in items if it[0] is None]
+    notes = [(it[4], it[3]) for it in good if it[3]]
     if good:
         images = torch.stack([it[0] for it in good])
     else:
@@ -81,11 +82,15 @@ class SkipLog:
         self.skipped: dict[str, str] = {}
         self.notes: dict[str, str] = {}
 
-    def record(self, batch: Batch, samples: Sequence[Sample]) -> None:
-        for index, reason in batch.failures:
-            self.skipped[str(samples[index].path)] = reason
-        for index, note in batch.notes:
-            self.notes[str(samples[index].path)] = note
+    def record(self, batch: Batch) -> None:
+        """Note the batch's skipped files and caveats (pass it as a loop's ``on_batch``)."""
+        self.skipped.update(batch.failures)
+        self.notes.update(batch.notes)
+
+    def update(self, found: dict) -> None:
+        """Add a ``to_dict()`` record: another rank's, or an interrupted run's."""
+        self.skipped.update(found.get("skipped", {}))
+        self.notes.update(found.get("notes", {}))
 
     def to_dict(self) -> dict:
         return {

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .._io import atomic_write
+from ..errors import VisiontuneError
 from ..specs import PreprocessSpec
 from .augment import (
     AugmentSpec,
     PCAStats,
     build_batch_transform,
     build_train_transform,
+    compute_pca_stats,
     parse_augment,
 )
-from .folder import Sample
+from .folder import Sample, scan_folder
 from .images import ImageDecodeError, decode_image
 from .transforms import decode_size, eval_transform
 
-__all__ = ["pick_preview_samples", "render_preview"]
+__all__ = ["pick_preview_samples", "render_preview", "write_augment_preview"]
 
 _MARGIN, _HEADER, _GAP = 8, 22, 4
 
@@ -125,3 +129,62 @@ def _compose(columns: list[np.ndarray], row_names: list[str], tile: int) -> Imag
         y = _HEADER + r * (tile + _GAP) + tile // 2
         draw.text((_MARGIN, y), name, fill="black", font=font, anchor="lm")
     return canvas
+
+
+def write_augment_preview(
+    data: str | Path,
+    out: str | Path,
+    *,
+    augment: str = "standard",
+    rows: int = 4,
+    cols: int = 6,
+    seed: int = 0,
+    size: int = 224,
+    tile: int | None = None,
+) -> dict:
+    """Write a PNG grid of what training sees: ``rows`` training images of ``data`` (classes in
+    turn), each as its eval view and then ``cols`` seeded augmented draws at ``size`` pixels."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise VisiontuneError(f"--out must end in .png, got {out.name}")
+    for name, value, low in (
+        ("--rows", rows, 1),
+        ("--cols", cols, 1),
+        ("--size", size, 8),
+        ("--tile", tile, 8),
+    ):
+        if value is not None and value < low:
+            raise VisiontuneError(f"{name} must be at least {low}, got {value}")
+    try:
+        spec = parse_augment(augment)
+    except ValueError as exc:
+        raise VisiontuneError(f"--augment: {exc}") from None
+    splits = scan_folder(data, val_fraction=0.0)
+    pca = compute_pca_stats(splits.train, seed=seed) if spec.uses_pca else None
+    preprocess = PreprocessSpec(size=size)
+    try:
+        grid, shown = render_preview(
+            splits.train,
+            splits.labels.names,
+            preprocess,
+            spec,
+            pca=pca,
+            rows=rows,
+            cols=cols,
+            seed=seed,
+            tile=tile,
+        )
+    except ValueError as exc:
+        raise VisiontuneError(f"{data}: {exc}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: grid.save(tmp, format="PNG", optimize=True))
+    return {
+        "out": str(out),
+        "augment": str(spec),
+        "ops": spec.text,
+        "rows": len(shown),
+        "cols": cols,
+        "size": list(grid.size),
+        "images": [str(s.path) for s in shown],
+        "pca": pca.to_dict() if pca else None,
+    }

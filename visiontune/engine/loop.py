@@ -2,6 +2,9 @@
 
 The same loop trains a whole ``Classifier`` on image batches and a lone head on cached feature
 batches: it only needs a module, batches of ``(inputs, labels)`` and a strategy that sets modes.
+Two frozen settings objects drive it: ``LoopConfig`` says *what* is computed (epochs, schedule,
+loss), ``Runtime`` says *where* (device, memory format, progress bars, the torchrun group), so
+the same ``LoopConfig`` gives the same numbers on any ``Runtime`` up to floating point.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import _faults
 from .._seeding import derive_seed, seed_all
 from .checkpoint import TrainingState
 from .distributed import Distributed
@@ -25,6 +29,7 @@ from .optim import apply_lr, lr_multiplier
 __all__ = [
     "EvalOutput",
     "LoopConfig",
+    "Runtime",
     "StopTraining",
     "evaluate_epoch",
     "fit",
@@ -37,15 +42,14 @@ class StopTraining(Exception):
     """Raised by a callback to end ``fit`` after the current epoch."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopConfig:
+    """What the loop computes: how long, the LR schedule, the loss, the per-epoch seeding."""
+
     epochs: int
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.1
     patience: int | None = None  # epochs without val improvement before stopping; None: never
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    channels_last: bool = True
-    progress: bool = True
     desc: str = "train"
     # (images, labels) -> (images, soft labels), applied to each training batch before the
     # forward pass: mixup / cutmix (``visiontune.data.augment.build_batch_transform``).
@@ -55,8 +59,22 @@ class LoopConfig:
     # Set: each epoch reseeds every generator from (seed, epoch) and tells the train loader's
     # sampler its epoch, so an epoch re-run after a resume draws exactly the same numbers.
     seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where the loop runs: device, memory format, progress bars, and the torchrun group."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    channels_last: bool = True
+    progress: bool = False
     # Under torchrun: training steps run through DistributedDataParallel.
     distributed: Distributed | None = None
+
+    @classmethod
+    def on(cls, device: torch.device, *, progress: bool, distributed=None) -> Runtime:
+        """The default for ``device``: ``channels_last`` on the CPU, where oneDNN prefers it."""
+        return cls(device, device.type == "cpu", progress, distributed)
 
 
 @dataclass
@@ -73,9 +91,9 @@ class EvalOutput:
         return float((self.logits.argmax(1) == self.labels).float().mean())
 
 
-def _bar_disabled(cfg: LoopConfig, num_batches: int) -> bool | None:
+def _bar_disabled(runtime: Runtime, num_batches: int) -> bool | None:
     """Batch bars only for passes long enough to watch; None lets tqdm hide them off a terminal."""
-    return True if not cfg.progress or num_batches < 8 else None
+    return True if not runtime.progress or num_batches < 8 else None
 
 
 def _autocast(device: torch.device):
@@ -85,11 +103,23 @@ def _autocast(device: torch.device):
     return nullcontext()
 
 
-def _to_device(x: torch.Tensor, cfg: LoopConfig) -> torch.Tensor:
-    x = x.to(cfg.device, non_blocking=True)
-    if cfg.channels_last and x.ndim == 4:
+def _to_device(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    x = x.to(runtime.device, non_blocking=True)
+    if runtime.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+@dataclass
+class _Totals:
+    loss: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+    def add(self, loss: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss += loss * len(labels)
+        self.correct += int((logits.argmax(1) == labels).sum())
+        self.seen += len(labels)
 
 
 def train_one_epoch(
@@ -98,6 +128,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     *,
     cfg: LoopConfig,
+    runtime: Runtime,
     step: int,
     total_steps: int,
     warmup_steps: int,
@@ -113,33 +144,33 @@ def train_one_epoch(
     """
     set_train_mode(model)
     forward = wrapped if wrapped is not None else model
-    weight = None if cfg.class_weights is None else cfg.class_weights.to(cfg.device)
+    dist = runtime.distributed
+    weight = None if cfg.class_weights is None else cfg.class_weights.to(runtime.device)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    total_loss, correct, seen = 0.0, 0, 0
+    totals = _Totals()
     bar = tqdm(
         loader,
         desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}",
         leave=False,
-        disable=_bar_disabled(cfg, len(loader)),
         unit="batch",
+        disable=_bar_disabled(runtime, len(loader)),
         dynamic_ncols=True,
     )
-    for batch in bar:
+    for index, batch in enumerate(bar):
+        _faults.at_batch(epoch, index)
         if on_batch:
             on_batch(batch)
         empty = len(batch.labels) == 0
-        if cfg.distributed is not None:  # ranks step together or not at all, else DDP hangs
-            empty = cfg.distributed.any(empty)
-        if empty:
+        if dist.any(empty) if dist is not None else empty:  # ranks step together, or DDP hangs
             continue
         apply_lr(optimizer, lr_multiplier(step, total_steps=total_steps, warmup_steps=warmup_steps))
         inputs, targets = batch.images, batch.labels
         if cfg.batch_transform is not None:
             inputs, targets = cfg.batch_transform(inputs, targets)
-        inputs, targets = _to_device(inputs, cfg), targets.to(cfg.device)
+        inputs, targets = _to_device(inputs, runtime), targets.to(runtime.device)
         # Soft (mixed) targets count as their largest share for accuracy.
         labels = targets.argmax(1) if targets.ndim == 2 else targets
-        with _autocast(cfg.device):
+        with _autocast(runtime.device):
             logits = forward(inputs)
             loss = loss_fn(
                 logits.float(), targets
@@ -148,40 +179,37 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         step += 1
-        total_loss += loss.item() * len(labels)
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += len(labels)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-    if cfg.distributed is not None:  # every rank saw its share: report the whole epoch
-        total_loss, correct, seen = cfg.distributed.all_sum([total_loss, correct, seen])
-    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}, step
+        totals.add(loss.item(), logits, labels)
+        bar.set_postfix(
+            loss=f"{totals.loss / totals.seen:.3f}", acc=f"{totals.correct / totals.seen:.3f}"
+        )
+    loss, correct, seen = totals.loss, totals.correct, totals.seen
+    if dist is not None:  # every rank saw its share: report the whole epoch
+        loss, correct, seen = dist.all_sum([loss, correct, seen])
+    return {"train_loss": loss / max(seen, 1), "train_acc": correct / max(seen, 1)}, step
 
 
 def run_inference(
     model: nn.Module,
     loader,
     *,
-    cfg: LoopConfig,
+    runtime: Runtime,
     on_batch: Callable | None = None,
     desc: str = "eval",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(outputs, labels, indices)`` for every decodable sample in ``loader``, in loader order."""
     model.eval()
     outputs, labels, indices = [], [], []
+    disable = _bar_disabled(runtime, len(loader))
     for batch in tqdm(
-        loader,
-        desc=desc,
-        leave=False,
-        disable=_bar_disabled(cfg, len(loader)),
-        unit="batch",
-        dynamic_ncols=True,
+        loader, desc=desc, leave=False, disable=disable, unit="batch", dynamic_ncols=True
     ):
         if on_batch:
             on_batch(batch)
         if len(batch.labels) == 0:
             continue
-        with torch.inference_mode(), _autocast(cfg.device):
-            out = model(_to_device(batch.images, cfg))
+        with torch.inference_mode(), _autocast(runtime.device):
+            out = model(_to_device(batch.images, runtime))
         outputs.append(out.float().cpu())
         labels.append(batch.labels)
         indices.append(batch.indices)
@@ -196,12 +224,14 @@ def evaluate_epoch(
     model: nn.Module,
     loader,
     *,
-    cfg: LoopConfig,
+    runtime: Runtime,
     on_batch: Callable | None = None,
     desc: str = "eval",
 ) -> EvalOutput:
     """Logits, labels and mean cross-entropy over ``loader``."""
-    logits, labels, indices = run_inference(model, loader, cfg=cfg, on_batch=on_batch, desc=desc)
+    logits, labels, indices = run_inference(
+        model, loader, runtime=runtime, on_batch=on_batch, desc=desc
+    )
     loss = float(nn.functional.cross_entropy(logits, labels)) if len(labels) else float("nan")
     return EvalOutput(logits, labels, indices, loss)
 
@@ -224,6 +254,43 @@ def _start_epoch(loader, cfg: LoopConfig, epoch: int) -> None:
         sampler.set_epoch(epoch)
 
 
+def _record_epoch(state: TrainingState, row: dict, model: nn.Module, cfg: LoopConfig) -> None:
+    """Append ``row`` to the history; keep the weights when it is the best epoch so far."""
+    best = state.history[state.best_epoch] if state.best_epoch is not None else None
+    state.history.append(row)
+    if _better(row, best):
+        state.best_epoch, state.stale = len(state.history) - 1, 0
+        state.best_weights = copy.deepcopy(model.state_dict())
+    else:
+        state.stale += 1
+    state.epoch += 1
+    state.done = state.epoch == cfg.epochs or (
+        cfg.patience is not None and state.stale >= cfg.patience
+    )
+
+
+def _schedule(steps_per_epoch: int, cfg: LoopConfig) -> dict:
+    """The LR schedule's length and warm-up, in optimizer steps."""
+    steps_per_epoch = max(1, steps_per_epoch)
+    return {
+        "total_steps": steps_per_epoch * cfg.epochs,
+        "warmup_steps": int(round(cfg.warmup_epochs * steps_per_epoch)),
+    }
+
+
+def _epochs_bar(state: TrainingState, cfg: LoopConfig, runtime: Runtime):
+    """The epochs still to run (none once ``state.done``), as a progress bar."""
+    return tqdm(
+        range(state.epoch, state.epoch if state.done else cfg.epochs),
+        unit="epoch",
+        desc=cfg.desc,
+        dynamic_ncols=True,
+        disable=None if runtime.progress else True,
+        initial=state.epoch,
+        total=cfg.epochs,
+    )
+
+
 def fit(
     model: nn.Module,
     train_loader,
@@ -231,6 +298,7 @@ def fit(
     optimizer: torch.optim.Optimizer,
     *,
     cfg: LoopConfig,
+    runtime: Runtime,
     set_train_mode: Callable[[nn.Module], None],
     on_batch: Callable | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
@@ -240,90 +308,55 @@ def fit(
 ) -> list[dict]:
     """Train for ``cfg.epochs`` with early stopping; leaves the best epoch's weights in ``model``.
 
-    "Best" is the lowest validation loss. Returns the
-    per-epoch history. ``on_epoch_end`` may raise ``StopTraining``. ``on_epoch_start(epoch,
-    model, optimizer)`` runs before each epoch's training (a strategy's, e.g. to unfreeze).
-    ``state`` continues a run from a checkpoint (model and optimizer already restored);
-    ``on_checkpoint(state)`` is called after every epoch, to save one.
+    "Best" is the lowest validation loss. Returns the per-epoch history. ``on_epoch_end`` may
+    raise ``StopTraining``. ``on_epoch_start(epoch, model, optimizer)`` runs before each epoch's
+    training (a strategy's, e.g. to unfreeze). ``state`` continues a run from a checkpoint (model
+    and optimizer already restored); ``on_checkpoint(state)`` is called after every epoch.
     """
-    steps_per_epoch = max(1, len(train_loader))
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
-    state = state or TrainingState()
-    history, step, stale = list(state.history), state.step, state.stale
-    best, best_state = state.best_epoch, state.best_weights
-    epochs_bar = tqdm(
-        range(state.epoch, cfg.epochs if not state.done else state.epoch),
-        desc=cfg.desc,
-        unit="epoch",
-        dynamic_ncols=True,
-        disable=None if cfg.progress else True,
-        initial=state.epoch,
-        total=cfg.epochs,
-    )
+    schedule = _schedule(len(train_loader), cfg)
+    state = copy.copy(state) if state is not None else TrainingState()
+    state.history = list(state.history)
+    dist = runtime.distributed
+    epochs_bar = _epochs_bar(state, cfg, runtime)
     for epoch in epochs_bar:
         start = time.perf_counter()
         _start_epoch(train_loader, cfg, epoch)
         if on_epoch_start:
             on_epoch_start(epoch, model, optimizer)
-        wrapped = cfg.distributed.wrap(model) if cfg.distributed else None
-        train_stats, step = train_one_epoch(
+        train_stats, state.step = train_one_epoch(
             model,
             train_loader,
             optimizer,
             cfg=cfg,
-            step=step,
-            total_steps=total_steps,
-            warmup_steps=warmup_steps,
+            runtime=runtime,
+            step=state.step,
+            epoch=epoch,
             set_train_mode=set_train_mode,
             on_batch=on_batch,
-            epoch=epoch,
-            wrapped=wrapped,
+            **schedule,
+            wrapped=dist.wrap(model) if dist else None,
         )
-        if cfg.distributed:
-            cfg.distributed.sync_buffers(model)
-        val = evaluate_epoch(model, val_loader, cfg=cfg, on_batch=on_batch, desc="validate")
-        row = {
-            "epoch": epoch + 1,
-            **train_stats,
-            "val_loss": val.loss,
-            "val_acc": val.accuracy,
-            "lr": max(g["lr"] for g in optimizer.param_groups),
-            "seconds": time.perf_counter() - start,
-        }
-        history.append(row)
-        if _better(row, history[best] if best is not None else None):
-            best, stale = len(history) - 1, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
+        if dist:
+            dist.sync_buffers(model)
+        val = evaluate_epoch(model, val_loader, runtime=runtime, on_batch=on_batch, desc="validate")
+        lr = max(g["lr"] for g in optimizer.param_groups)
+        row = {"epoch": epoch + 1, **train_stats, "val_loss": val.loss, "val_acc": val.accuracy}
+        row.update(lr=lr, seconds=time.perf_counter() - start)
+        _record_epoch(state, row, model, cfg)
+        best = state.history[state.best_epoch]["val_acc"]
         epochs_bar.set_postfix(
-            loss=f"{row['train_loss']:.3f}",
-            val_acc=f"{row['val_acc']:.3f}",
-            best=f"{history[best]['val_acc']:.3f}",
+            loss=f"{row['train_loss']:.3f}", val_acc=f"{val.accuracy:.3f}", best=f"{best:.3f}"
         )
         try:
             if on_epoch_end:
                 on_epoch_end(row)
-            done = epoch + 1 == cfg.epochs or (cfg.patience is not None and stale >= cfg.patience)
         except StopTraining:
-            done = True
+            state.done = True
         if on_checkpoint:
-            on_checkpoint(
-                TrainingState(
-                    epoch=epoch + 1,
-                    step=step,
-                    history=history,
-                    best_epoch=best,
-                    best_weights=best_state,
-                    stale=stale,
-                    done=done,
-                )
-            )
-        if done:
+            on_checkpoint(copy.copy(state))
+        if state.done:
             break
     epochs_bar.close()
-    history = [{**row, "best": i == best} for i, row in enumerate(history)]
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return history
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    return [{**row, "best": i == state.best_epoch} for i, row in enumerate(state.history)]

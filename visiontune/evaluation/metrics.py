@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
 __all__ = [
+    "metrics_from_logits",
     "calibration_bins",
     "classification_metrics",
     "expected_calibration_error",
@@ -159,3 +160,10 @@ def most_confused_pairs(
         }
         for count, i, j in cells[:top]
     ]
+
+
+def metrics_from_logits(logits, labels, names: Sequence[str]) -> dict:
+    """``classification_metrics`` of a model's raw outputs (torch tensors) against ``labels``."""
+    probs = logits.softmax(1).numpy() if len(labels) else None
+    preds = logits.argmax(1).numpy() if len(labels) else []
+    return classification_metrics(labels.numpy(), preds, names, probs)

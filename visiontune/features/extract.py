@@ -15,7 +15,7 @@ from ..data.augment import PCAStats, describe_view
 from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, make_loader
 from ..data.transforms import decode_size, eval_transform, train_transform
-from ..engine.loop import LoopConfig, run_inference
+from ..engine.loop import Runtime, run_inference
 from .cache import FeatureCache, description_key, model_description, view_descriptor
 
 __all__ = ["STORE_EVERY", "FeatureDataset", "FeatureSet", "extract_features"]
@@ -39,7 +39,7 @@ class FeatureSet:
 
 
 class FeatureDataset(Dataset):
-    """Cached features in the same ``(input, label, index, note)`` form as ``ImageDataset``."""
+    """Cached features in the same ``(input, label, index, note, path)`` form as ``ImageDataset``."""
 
     def __init__(self, features: FeatureSet):
         self.features = features
@@ -48,7 +48,7 @@ class FeatureDataset(Dataset):
         return len(self.features)
 
     def __getitem__(self, index: int):
-        return self.features.features[index], int(self.features.labels[index]), index, None
+        return self.features.features[index], int(self.features.labels[index]), index, None, None
 
 
 class _SeededViews(ImageDataset):
@@ -88,7 +88,7 @@ def extract_features(
     backbone: Backbone,
     samples: Sequence[Sample],
     *,
-    cfg: LoopConfig,
+    runtime: Runtime,
     batch_size: int = 64,
     workers: int = 0,
     skips: SkipLog | None = None,
@@ -112,7 +112,7 @@ def extract_features(
             backbone,
             _dataset(backbone, part, view_seed, augment, pca),
             part,
-            cfg=cfg,
+            runtime=runtime,
             batch_size=batch_size,
             workers=workers,
             skips=skips,
@@ -135,18 +135,18 @@ def _run_backbone(
     dataset: ImageDataset,
     samples: list[Sample],
     *,
-    cfg: LoopConfig,
+    runtime: Runtime,
     batch_size: int,
     workers: int,
     skips: SkipLog | None,
     desc: str,
 ):
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
-    record = (lambda batch: skips.record(batch, samples)) if skips is not None else None
-    backbone = backbone.to(cfg.device)
-    if cfg.channels_last:
+    record = skips.record if skips is not None else None
+    backbone = backbone.to(runtime.device)
+    if runtime.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
-    return run_inference(backbone, loader, cfg=cfg, on_batch=record, desc=desc)
+    return run_inference(backbone, loader, runtime=runtime, on_batch=record, desc=desc)
 
 
 def _check_cache(cache: FeatureCache, backbone: Backbone, view: str | None) -> None:

@@ -30,7 +30,7 @@ from ..backbones import Backbone
 from ..data.folder import DatasetSplits, Sample
 from ..data.loader import ImageDataset, SkipLog
 from ..data.transforms import decode_size, eval_transform
-from ..engine.loop import LoopConfig
+from ..engine.loop import Runtime
 from ..strategies.advisor import Measurements
 from .cache import FeatureCache
 from .extract import _run_backbone, extract_features
@@ -62,7 +62,7 @@ def measure(
     splits: DatasetSplits,
     backbone: Backbone,
     *,
-    cfg: LoopConfig,
+    runtime: Runtime,
     cache: FeatureCache | None = None,
     workers: int = 0,
     skips: SkipLog | None = None,
@@ -85,7 +85,7 @@ def measure(
         features = extract_features(
             backbone,
             sample,
-            cfg=cfg,
+            runtime=runtime,
             batch_size=64,
             workers=workers,
             skips=skips,
@@ -96,7 +96,13 @@ def measure(
         shift, seen = recorder.shift(), recorder.images
     else:
         shift, seen = batchnorm_shift(
-            backbone, pool, cfg=cfg, workers=workers, skips=skips, seed=seed, max_images=bn_images
+            backbone,
+            pool,
+            runtime=runtime,
+            workers=workers,
+            skips=skips,
+            seed=seed,
+            max_images=bn_images,
         )
     accuracy = probe_accuracy(features.features.numpy(), features.labels.numpy(), seed=seed)
     return Measurements(
@@ -237,7 +243,7 @@ def batchnorm_shift(
     backbone: Backbone,
     samples: Sequence[Sample],
     *,
-    cfg: LoopConfig,
+    runtime: Runtime,
     workers: int = 0,
     skips: SkipLog | None = None,
     seed: int = 0,
@@ -261,7 +267,7 @@ def batchnorm_shift(
             backbone,
             dataset,
             samples,
-            cfg=cfg,
+            runtime=runtime,
             batch_size=32,
             workers=workers,
             skips=skips,

@@ -8,34 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.folder import IMAGE_EXTENSIONS, Sample, list_images, scan_class_folder
+from ..data.folder import Sample, expand_image_paths, scan_class_folder
 from ..data.loader import SkipLog
-from ..errors import DataError
 from ..evaluation.metrics import classification_metrics
 from ..evaluation.predictions import LabelledPredictions
 from ..specs import LabelMap
 
 __all__ = ["Predictor", "expand_image_paths"]
-
-
-def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders expanded recursively to their image files."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            found += list_images(path)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise DataError(f"no such file or folder: {path}")
-    if not found:
-        raise DataError(
-            "no image files found in: "
-            + ", ".join(str(p) for p in paths)
-            + f" (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    return found
 
 
 class Predictor:

@@ -88,7 +88,7 @@ class OnnxModel(Predictor):
             loader = tqdm(loader, desc="predict", unit="batch", leave=False)
         probs, indices = [], []
         for batch in loader:
-            skips.record(batch, samples)
+            skips.record(batch)
             if len(batch.indices):
                 probs.append(self.run(batch.images.numpy()))
                 indices.append(batch.indices.numpy())

@@ -15,7 +15,7 @@ from ..backbones import Classifier
 from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size
-from ..engine.loop import LoopConfig, run_inference
+from ..engine.loop import Runtime, run_inference
 from ..exporting.bundle import load_bundle
 from ..specs import LabelMap
 from .base import Predictor, expand_image_paths
@@ -83,13 +83,12 @@ class TrainedModel(Predictor):
         workers = default_workers() if workers is None else workers
         workers = min(workers, max(0, len(samples) // per_batch))  # tiny jobs: no process start-up
         loader = make_loader(dataset, batch_size=per_batch, shuffle=False, workers=workers)
-        cfg = LoopConfig(epochs=1, device=self.device, progress=progress)
         probs, _, indices = run_inference(
             ViewAverage(self.model),
             loader,
-            cfg=cfg,
+            runtime=Runtime(self.device, progress=progress),
             desc="predict",
-            on_batch=lambda b: skips.record(b, samples),
+            on_batch=skips.record,
         )
         probs = probs.numpy() if len(indices) else np.zeros((0, len(self.labels)))
         return probs, indices.numpy()

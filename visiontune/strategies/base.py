@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..backbones import Classifier
+from ..choices import STRATEGIES as STRATEGY_NAMES
 from ..errors import VisiontuneError
 
 __all__ = [
@@ -165,7 +166,14 @@ class Strategy:
         return rows
 
     def state_dict(self) -> dict:
+        """The plan's settings and progress, for the run's config and checkpoint."""
         return {"name": self.name, "unfreeze": self.unfreeze}
+
+    def load_state_dict(self, state: dict, *, model: Classifier, optimizer) -> None:
+        """Put a set-up plan (``setup`` done) where ``state`` says it was, without replaying
+        epochs: a fixed plan only checks that ``state`` describes it."""
+        if state != self.state_dict():
+            raise VisiontuneError(f"strategy state {state} does not describe {self!r}")
 
 
 class HeadStrategy(Strategy):
@@ -272,10 +280,13 @@ class GradualStrategy(Strategy):
 
     def on_epoch_start(self, epoch: int, model: Classifier, optimizer) -> None:
         """Unfreeze stages from the top until ``epoch`` of them (capped at ``limit``) train."""
+        self._unfreeze_to(min(epoch, self.limit(len(model.backbone.stages()))), model, optimizer)
+
+    def _unfreeze_to(self, target: int, model: Classifier, optimizer) -> None:
+        """Make the top ``target`` stages trainable, each a new optimizer group at its LR."""
         if self._hparams is None:
-            raise RuntimeError("call setup(model, ...) before on_epoch_start")
+            raise RuntimeError("call setup(model, ...) before unfreezing")
         stages = model.backbone.stages()
-        target = min(epoch, self.limit(len(stages)))
         named = dict(model.backbone.named_parameters())
         while self.unfrozen < target:
             depth = self.unfrozen
@@ -309,10 +320,19 @@ class GradualStrategy(Strategy):
             "unfrozen": self.unfrozen,
         }
 
+    def load_state_dict(self, state: dict, *, model: Classifier, optimizer) -> None:
+        """Restore the plan's progress: unfreeze the stages ``state`` had unfrozen (adding their
+        optimizer groups, so the optimizer's saved state can then be loaded)."""
+        settings = {k: state.get(k) for k in ("name", "unfreeze", "lr_decay")}
+        if settings != {"name": self.name, "unfreeze": self.unfreeze, "lr_decay": self.lr_decay}:
+            raise VisiontuneError(f"strategy state {state} does not describe {self!r}")
+        self._unfreeze_to(int(state.get("unfrozen", 0)), model, optimizer)
+
 
 STRATEGIES = {
     cls.name: cls for cls in (HeadStrategy, PartialStrategy, FullStrategy, GradualStrategy)
 }
+assert tuple(STRATEGIES) == STRATEGY_NAMES, "visiontune.choices.STRATEGIES lists these"
 
 
 def make_strategy(name: str, *, unfreeze: int | None = None) -> Strategy:

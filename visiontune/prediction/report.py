@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..evaluation.report import load_history, write_report
-from ..prediction.predictor import Predictor
+from .base import Predictor
 
 
 def _histories(predictor: Predictor) -> dict[str, list[dict] | None]:

@@ -1,4 +1,4 @@
-"""A run's checkpoint: saved after setup and after every epoch, restored by ``resume``."""
+"""A run's checkpoint: saved after set-up and after every epoch, restored by ``resume``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from ..data.folder import DatasetSplits
 from ..data.loader import SkipLog
 from ..engine.checkpoint import CHECKPOINT_FILE, Checkpoint, TrainingState, save_checkpoint
-from ..engine.distributed import Distributed
 from ..errors import DataError, VisiontuneError
 
 
@@ -41,69 +40,53 @@ def refuse_interrupted(run_dir: Path) -> None:
 
 
 class RunCheckpoints:
-    """Writes ``RUN/checkpoint.safetensors`` (rank 0 only) and puts a resumed run back."""
+    """Writes ``RUN/checkpoint.safetensors`` after set-up and after every epoch (rank 0 only).
 
-    def __init__(
-        self,
-        run_dir: Path,
-        *,
-        dist: Distributed | None,
-        resumed: Checkpoint | None,
-        extra: dict,
-        skips: SkipLog,
-    ):
+    ``record`` is the run's part that does not change between epochs (its options, the advice,
+    the data fingerprint, the warm start); each save adds the strategy's state and the files
+    skipped so far, so a resumed run reports them too.
+    """
+
+    def __init__(self, run_dir: Path, *, writes: bool, record: dict):
         self.path = Path(run_dir) / CHECKPOINT_FILE
-        self.dist, self.resumed, self.extra, self.skips = dist, resumed, extra, skips
-        if resumed is not None:
-            saved = resumed.extra.get("data_fingerprint")
-            if saved != extra["data_fingerprint"]:
-                raise DataError(
-                    f"the data changed since {run_dir} was checkpointed (files added, removed "
-                    "or resized); resuming would not continue the same run"
-                )
-            skips.skipped.update(resumed.extra.get("skips", {}).get("skipped", {}))
-            skips.notes.update(resumed.extra.get("skips", {}).get("notes", {}))
+        self.writes, self.record = writes, record
 
-    @property
-    def writes(self) -> bool:
-        return self.dist is None or self.dist.is_main
-
-    def save(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        state: TrainingState,
-        strategy,
-    ) -> None:
+    def save(self, model, optimizer, state: TrainingState, strategy, skips: SkipLog) -> None:
         if self.writes:
-            extra = {**self.extra, "strategy": strategy.state_dict(), "skips": self.skips.to_dict()}
+            extra = {**self.record, "strategy": strategy.state_dict(), "skips": skips.to_dict()}
             save_checkpoint(self.path, model=model, optimizer=optimizer, state=state, extra=extra)
-
-    def restore(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, strategy
-    ) -> TrainingState | None:
-        """Load weights, strategy progress and optimizer state; ``None`` for a fresh run."""
-        if self.resumed is None:
-            return None
-        checkpoint = self.resumed
-        model.load_state_dict(checkpoint.model_state)
-        if checkpoint.state.epoch > 0:
-            # Replaying the last epoch's start puts a gradual plan (frozen stages, optimizer
-            # groups) where it was; fixed plans do nothing.
-            strategy.on_epoch_start(checkpoint.state.epoch - 1, model, optimizer)
-        if strategy.state_dict() != checkpoint.extra.get("strategy"):
-            raise VisiontuneError(
-                f"{self.path}: strategy state {checkpoint.extra.get('strategy')} "
-                f"cannot be rebuilt (got {strategy.state_dict()})"
-            )
-        optimizer.load_state_dict(checkpoint.optimizer_state)
-        _match_memory_format(optimizer)
-        return checkpoint.state
 
     def finish(self) -> None:
         """The bundle is written: the checkpoint has served."""
         if self.writes:
             self.path.unlink(missing_ok=True)
+
+
+def check_same_data(checkpoint: Checkpoint, fingerprint: str, run_dir: Path) -> None:
+    """A resumed run must train on the files it was checkpointed with."""
+    if checkpoint.extra.get("data_fingerprint") != fingerprint:
+        raise DataError(
+            f"the data changed since {run_dir} was checkpointed (files added, removed or "
+            "resized); resuming would not continue the same run"
+        )
+
+
+def restore(checkpoint: Checkpoint, model, optimizer, strategy) -> TrainingState:
+    """Put weights, the strategy's progress and the optimizer's state back; where to go on."""
+    model.load_state_dict(checkpoint.model_state)
+    # The strategy's progress (a gradual plan's unfrozen stages and their optimizer groups)
+    # comes back before the optimizer's state, whose groups it must match.
+    saved = checkpoint.extra.get("strategy") or {}
+    strategy.load_state_dict(saved, model=model, optimizer=optimizer)
+    optimizer.load_state_dict(checkpoint.optimizer_state)
+    _match_memory_format(optimizer)
+    return checkpoint.state
+
+
+def skipped_before(checkpoint: Checkpoint | None) -> dict:
+    """The files an interrupted run had skipped (``SkipLog.to_dict()`` form)."""
+    saved = (checkpoint.extra.get("skips") if checkpoint else None) or {}
+    return {"skipped": saved.get("skipped", {}), "notes": saved.get("notes", {})}
 
 
 def _match_memory_format(optimizer: torch.optim.Optimizer) -> None:

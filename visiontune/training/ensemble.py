@@ -23,9 +23,10 @@ from ..config import TrainConfig
 from ..data.folder import scan_folder
 from ..errors import VisiontuneError
 from ..prediction.ensemble import Ensemble, write_ensemble_file
-from ._training import FitResult, _new_run_dir, fit
+from .plan import default_run_dir
+from .run import FitResult, run_training
 
-__all__ = ["EnsembleFitResult", "fit_ensemble", "member_configs"]
+__all__ = ["EnsembleFitResult", "member_configs", "train_ensemble"]
 
 
 @dataclass
@@ -62,27 +63,19 @@ def _check_backbones(configs: list[TrainConfig]) -> None:
         create_backbone(name, weights=configs[0].weights or "default")
 
 
-def fit_ensemble(
-    data: str | Path,
+def train_ensemble(
+    config: TrainConfig,
     *,
     members: int | None = None,
     backbones: Sequence[str] | None = None,
-    config: TrainConfig | None = None,
-    **options,
+    explicit: frozenset[str] = frozenset(),
 ) -> EnsembleFitResult:
-    """Train an ensemble on ``data`` and save it as one run folder; options are ``TrainConfig``'s.
-
-    >>> result = visiontune.fit_ensemble("photos/", members=3, strategy="full")      # doctest: +SKIP
-    >>> result = visiontune.fit_ensemble("photos/", backbones=["efficientnet_lite0",
-    ...                                  "efficientnet_lite1"])                      # doctest: +SKIP
-    >>> visiontune.load(result.run_dir).evaluate("photos/test", tta="10crop")        # doctest: +SKIP
-    """
-    config = config or TrainConfig(data=str(data), **options)
+    """Train an ensemble described by ``config`` and save it as one run folder."""
     configs = member_configs(config, members=members, backbones=backbones)
     splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
     if len(set(c.backbone for c in configs)) > 1:
         _check_backbones(configs)
-    root = _new_run_dir(replace(config, backbone="ensemble"))
+    root = default_run_dir(replace(config, backbone="ensemble"))
     results = []
     for i, member in enumerate(configs):
         if config.progress:
@@ -90,7 +83,8 @@ def fit_ensemble(
                 f"[bold]ensemble member {i + 1}/{len(configs)}[/]: {member.backbone}, "
                 f"seed {member.seed}"
             )
-        results.append(fit(member.data, config=replace(member, out=str(root / "members" / str(i)))))
+        out = str(root / "members" / str(i))
+        results.append(run_training(replace(member, out=out), explicit=explicit))
     ensemble = Ensemble([r.model for r in results], run_dir=root)
     write_ensemble_file(
         root,

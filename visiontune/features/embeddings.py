@@ -1,4 +1,4 @@
-"""``extract`` and ``similar``: the backbone as an embedding model."""
+"""The backbone as an embedding model: every image's features to a file, and similar images."""
 
 from __future__ import annotations
 
@@ -6,62 +6,61 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _runtime
 from .._io import atomic_write
 from ..backbones import Backbone, create_backbone
-from ..config import TrainConfig
-from ..data.folder import Sample, scan_folder
-from ..data.loader import SkipLog, default_workers
-from ..engine.loop import LoopConfig
+from ..data.folder import Sample, expand_image_paths, scan_folder
+from ..data.loader import SkipLog
+from ..engine.loop import Runtime
 from ..errors import VisiontuneError
-from ..features.similar import top_k_similar
-from ..prediction.predictor import expand_image_paths
-from ._features import _features
-from ._inference import load
+from ..exporting.bundle import load_bundle
+from .cache import FeatureCache
+from .similar import top_k_similar
+from .splits import extract_parts
+
+__all__ = ["backbone_from", "similar_images", "write_embeddings"]
 
 
-def _backbone_from(run_or_backbone: str | Path, weights: str | None) -> Backbone:
+def backbone_from(run_or_backbone: str | Path, weights: str | None) -> Backbone:
     """A run folder's backbone (its fine-tuned weights) or a backbone by name."""
     if (Path(run_or_backbone) / "config.json").is_file():
-        backbone = load(run_or_backbone).model.backbone
+        model, _, _ = load_bundle(run_or_backbone)
         # Fine-tuned: the pretrained file's hash no longer describes these weights, so the feature
         # cache keys on a hash of the tensors themselves.
-        backbone.weights_sha256 = None
-        return backbone
+        model.backbone.weights_sha256 = None
+        return model.backbone
     return create_backbone(str(run_or_backbone), weights=weights or "default")
 
 
-def extract(
+def write_embeddings(
     data: str | Path,
     out: str | Path,
+    backbone: Backbone,
     *,
-    backbone: str = "efficientnet_lite0",
-    weights: str | None = None,
-    cache: bool = True,
-    cache_dir: str | None = None,
-    batch_size: int = 64,
-    workers: int | None = None,
-    progress: bool = False,
+    cache: FeatureCache | None,
+    batch_size: int,
+    workers: int,
+    progress: bool,
 ) -> dict:
-    """Write every image's pooled features to ``out`` (``.npz``, or ``.parquet`` with pyarrow).
+    """Every image's pooled features under ``data`` to ``out`` (``.npz`` or ``.parquet``).
 
-    Columns: ``path``, ``label`` (class index), ``class_name``, ``split``, ``embedding``. Uses and
-    fills the feature cache. Returns a summary (rows, dimension, computed vs cached, skipped).
-    """
-    _runtime.tune_allocator()
+    ``cache``: where features are read from and stored. Returns a summary (rows, dimension, computed
+    vs cached, skipped files)."""
     out = Path(out)
     if out.suffix not in (".npz", ".parquet"):
         raise VisiontuneError(f"--out must end in .npz or .parquet, got {out.name}")
     splits = scan_folder(data, val_fraction=0.0)
-    model = _backbone_from(backbone, weights)
-    config = TrainConfig(data=str(data), cache=cache, cache_dir=cache_dir)
-    cfg = LoopConfig(epochs=1, progress=progress)
     skips = SkipLog()
     parts = {"train": splits.train, "val": splits.val, "test": splits.test}
-    features = _features(
-        model, parts, config, cfg, skips, default_workers() if workers is None else workers
+    features = extract_parts(
+        backbone,
+        parts,
+        runtime=Runtime(progress=progress),
+        cache=cache,
+        workers=workers,
+        skips=skips,
+        batch_size=batch_size,
     )
-    rows = [(name, fs) for name, fs in features.items()]
+    rows = list(features.items())
     table = {
         "path": np.array([str(s.path) for _, fs in rows for s in fs.samples]),
         "label": np.concatenate([fs.labels.numpy() for _, fs in rows]),
@@ -101,42 +100,36 @@ def _write_table(out: Path, table: dict, class_names) -> None:
     atomic_write(out, lambda tmp: pq.write_table(pa.table(columns), tmp))
 
 
-def similar(
-    run_or_backbone: str | Path,
+def similar_images(
+    backbone: Backbone,
     query: str | Path,
     folder: str | Path,
     *,
-    k: int = 5,
-    weights: str | None = None,
-    cache: bool = True,
-    cache_dir: str | None = None,
-    workers: int | None = None,
-    progress: bool = False,
+    k: int,
+    cache: FeatureCache | None,
+    workers: int,
+    progress: bool,
 ) -> list[dict]:
     """The ``k`` images under ``folder`` most similar to ``query`` (cosine on pooled features)."""
-    _runtime.tune_allocator()
     if k < 1:
         raise VisiontuneError(f"--k must be at least 1, got {k}")
     query = Path(query)
     if not query.is_file():
         raise VisiontuneError(f"no such query image: {query}")
     gallery = [Sample(p, 0) for p in expand_image_paths([folder])]
-    model = _backbone_from(run_or_backbone, weights)
-    config = TrainConfig(data=str(folder), cache=cache, cache_dir=cache_dir)
-    cfg = LoopConfig(epochs=1, progress=progress)
     skips = SkipLog()
-    feats = _features(
-        model,
-        {"gallery": gallery, "query": [Sample(query, 0)]},
-        config,
-        cfg,
-        skips,
-        default_workers() if workers is None else workers,
+    parts = {"gallery": gallery, "query": [Sample(query, 0)]}
+    feats = extract_parts(
+        backbone,
+        parts,
+        runtime=Runtime(progress=progress),
+        cache=cache,
+        workers=workers,
+        skips=skips,
     )
     if "query" not in feats or not len(feats["query"]):
-        raise VisiontuneError(
-            f"cannot decode the query image {query}: {skips.skipped.get(str(query), '')}"
-        )
+        reason = skips.skipped.get(str(query), "")
+        raise VisiontuneError(f"cannot decode the query image {query}: {reason}")
     scores, indices = top_k_similar(feats["query"].features[0], feats["gallery"].features, k)
     return [
         {"path": str(feats["gallery"].samples[i].path), "score": float(s)}

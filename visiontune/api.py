@@ -1,0 +1,345 @@
+"""The public workflows: each validates its arguments and calls one layer below.
+
+>>> result = visiontune.fit(photos, strategy="head", progress=False, **TINY)
+>>> sorted(result.metrics["test"])[:3]
+['accuracy', 'confusion_matrix', 'ece']
+>>> model = visiontune.load(result.run_dir)
+>>> [row["top"][0]["class"] for row in model.predict([photos / "test" / "cat"])][:1]
+['cat']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+
+from . import _runtime
+from .backbones import create_backbone
+from .config import TrainConfig, changed_options
+from .data.checks import CheckReport, check_folder
+from .data.duplicates import DEFAULT_NEAR_DISTANCE
+from .data.folder import scan_folder
+from .data.loader import default_workers
+from .data.preview import write_augment_preview
+from .engine.loop import Runtime
+from .errors import VisiontuneError
+from .evaluation.report import check_report_dir
+from .exporting.bundle import load_bundle
+from .exporting.exporter import check_format, default_export_name, export_model
+from .exporting.parity import MAX_IMAGES, TOLERANCE, ExportReport
+from .features.cache import FeatureCache
+from .features.embeddings import backbone_from, similar_images, write_embeddings
+from .prediction.ensemble import Ensemble, load_predictor
+from .prediction.predictor import TrainedModel
+from .prediction.report import evaluation_report
+from .strategies import Advice
+from .training import EnsembleFitResult, FitResult, resumed_config, run_training, train_ensemble
+from .training.advice import measure_and_decide
+
+__all__ = [
+    "EnsembleFitResult",
+    "ExportReport",
+    "FitResult",
+    "advise",
+    "augment_preview",
+    "check",
+    "evaluate",
+    "export",
+    "extract",
+    "fit",
+    "fit_ensemble",
+    "load",
+    "predict",
+    "resume",
+    "similar",
+]
+
+Runs = str | Path | Sequence[str | Path]
+
+
+def _train_config(data, config: TrainConfig | None, options: dict) -> tuple[TrainConfig, set]:
+    """``config`` (or the defaults) with ``data`` and ``options`` on top; and the options the
+    caller set, which ``--strategy auto`` keeps."""
+    unknown = sorted(set(options) - {f.name for f in fields(TrainConfig)} - {"data"})
+    if unknown:
+        valid = ", ".join(TrainConfig.field_names())
+        raise VisiontuneError(f"unknown training option(s) {', '.join(unknown)}; valid: {valid}")
+    base = config if config is not None else TrainConfig(data=str(data))
+    merged = replace(base, **{**options, "data": str(data)})
+    return merged, set(options) | (changed_options(config) if config is not None else set())
+
+
+def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> FitResult:
+    """Fine-tune a pretrained backbone on ``data`` (a folder of class folders, optionally inside
+    train/val/test split folders) and save the run. Options are ``TrainConfig``'s fields, given
+    as keywords, on top of ``config`` when one is given.
+
+    Started by ``torchrun``, each process trains its share with DistributedDataParallel
+    (``visiontune.engine.distributed``) and only rank 0 writes the run."""
+    config, explicit = _train_config(data, config, options)
+    return run_training(config, explicit=frozenset(explicit))
+
+
+def fit_ensemble(
+    data: str | Path,
+    *,
+    members: int | None = None,
+    backbones: Sequence[str] | None = None,
+    config: TrainConfig | None = None,
+    **options,
+) -> EnsembleFitResult:
+    """Train ``members`` seeds (or one member per name in ``backbones``) into one run folder
+    that loads as one model, averaging probabilities. Options as ``fit``'s.
+
+    >>> result = visiontune.fit_ensemble(photos, members=2, strategy="head", progress=False,
+    ...                                  **TINY)
+    >>> len(visiontune.load(result.run_dir).members)
+    2
+    """
+    config, explicit = _train_config(data, config, options)
+    return train_ensemble(
+        config, members=members, backbones=backbones, explicit=frozenset(explicit)
+    )
+
+
+def resume(
+    run: str | Path,
+    *,
+    workers: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    **options,
+) -> FitResult:
+    """Continue the run in folder ``run`` from its last checkpoint, with its own options.
+
+    The run ends exactly as it would have without the interruption (on the CPU, where arithmetic
+    is deterministic): the interrupted epoch is trained again from its start, drawing the same
+    random numbers. ``options`` may repeat the run's options but not change them; ``workers``,
+    ``device`` and ``progress`` may change."""
+    changeable = {"workers": workers, "device": device, "progress": progress}
+    config, checkpoint = resumed_config(run, {**options, **changeable})
+    return run_training(config, resume=checkpoint)
+
+
+def advise(
+    data: str | Path,
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: str | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    device: str = "auto",
+    progress: bool = False,
+) -> Advice:
+    """Measure ``data`` (train and val splits, never test) against ``backbone`` and choose a
+    fine-tuning strategy, as ``--strategy auto`` does (``visiontune.strategies.advisor``).
+
+    >>> advice = visiontune.advise(photos, **TINY)
+    >>> advice.strategy in ("head", "partial", "full", "gradual")
+    True
+    """
+    _runtime.tune_allocator()
+    _runtime.configure_threads()
+    splits = scan_folder(data, val_fraction=0.0, seed=seed)
+    model = create_backbone(backbone, weights=weights or "default")
+    runtime = Runtime.on(_runtime.resolve_device(device), progress=progress)
+    store = FeatureCache.for_backbone(cache_dir, model) if cache else None
+    workers = default_workers() if workers is None else workers
+    return measure_and_decide(
+        splits, model, runtime=runtime, cache=store, workers=workers, seed=seed
+    )
+
+
+def check(
+    data: str | Path,
+    *,
+    near_duplicates: bool = True,
+    near_distance: int = DEFAULT_NEAR_DISTANCE,
+    min_side: int = 32,
+    max_pixels: int = 50_000_000,
+    imbalance_ratio: float = 3.0,
+    workers: int | None = None,
+) -> CheckReport:
+    """Every finding about the images under ``data`` (any layout ``train`` accepts): unreadable
+    and truncated files, odd formats, tiny and huge images, class counts and imbalance, exact and
+    near duplicates, leakage across splits, images filed under two classes.
+
+    >>> report = visiontune.check(photos)
+    >>> report.has_errors
+    False
+    """
+    limits = (
+        ("--near-distance", near_distance, 0),
+        ("--min-side", min_side, 1),
+        ("--max-pixels", max_pixels, 1),
+        ("--imbalance-ratio", imbalance_ratio, 1),
+        ("--workers", 0 if workers is None else workers, 0),
+    )
+    for name, value, low in limits:
+        if value < low:
+            raise VisiontuneError(f"{name} must be at least {low}, got {value}")
+    return check_folder(
+        data,
+        near_distance=near_distance if near_duplicates else None,
+        min_side=min_side,
+        max_pixels=max_pixels,
+        imbalance_ratio=imbalance_ratio,
+        workers=workers,
+    )
+
+
+def load(run: Runs, *, device: str = "cpu") -> TrainedModel | Ensemble:
+    """A saved run folder for prediction; an ensemble folder (``train --ensemble``) or a list of
+    folders loads as one ``Ensemble`` that averages its members' probabilities; an ``.onnx``
+    file from ``visiontune export`` as an ``OnnxModel`` (same ``predict``/``evaluate``)."""
+    _runtime.tune_allocator()
+    single = run if isinstance(run, str | Path) else (run[0] if len(run) == 1 else None)
+    if single is not None and str(single).lower().endswith(".onnx"):
+        from .prediction.onnx_predictor import OnnxModel  # onnxruntime only when asked for
+
+        return OnnxModel.from_file(single)
+    return load_predictor(run, device=device)
+
+
+def evaluate(
+    run: Runs,
+    folder: str | Path,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = False,
+    tta: str = "none",
+    report: str | Path | None = None,
+) -> dict:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on ``folder/<class>/``.
+    ``tta``: ``none``, ``flip``, ``5crop`` or ``10crop`` views per image, probabilities averaged.
+    ``report``: a folder to write ``index.html``, ``metrics.json`` and figures into."""
+    options = {"batch_size": batch_size, "workers": workers, "progress": progress, "tta": tta}
+    if report is None:
+        return load(run).evaluate(folder, **options)
+    check_report_dir(report)  # before any work: a bad folder writes nothing
+    return evaluation_report(load(run), run, folder, report, **options)
+
+
+def predict(
+    run: Runs,
+    paths,
+    *,
+    top_k: int = 1,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = False,
+    tta: str = "none",
+) -> list[dict]:
+    """Top-k classes with probabilities for each image file (folders are expanded)."""
+    return load(run).predict(
+        paths, top_k=top_k, batch_size=batch_size, workers=workers, progress=progress, tta=tta
+    )
+
+
+def export(
+    run: str | Path,
+    *,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    tolerance: float = TOLERANCE,
+    max_images: int = MAX_IMAGES,
+) -> ExportReport:
+    """Export the model of ``run`` to ``out`` (default ``RUN/model.onnx`` or
+    ``RUN/model.torchscript.pt``; a folder gets that name inside it): uint8 RGB crops in, class
+    probabilities out, class names and preprocessing embedded. It is first compared with the run's
+    own model on up to ``max_images`` of its images; a difference above ``tolerance`` raises
+    ``ExportError`` and writes nothing."""
+    check_format(format)
+    _runtime.tune_allocator()
+    model, labels, config = load_bundle(run)
+    target = Path(run) / default_export_name(format) if out is None else Path(out)
+    if target.is_dir():
+        target = target / default_export_name(format)
+    data = (config.get("training") or {}).get("data")
+    return export_model(
+        model,
+        labels,
+        format=format,
+        out=target,
+        data=data,
+        tolerance=tolerance,
+        max_images=max_images,
+    )
+
+
+def extract(
+    data: str | Path,
+    out: str | Path,
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: str | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """Write every image's pooled features to ``out`` (``.npz``, or ``.parquet`` with pyarrow):
+    columns ``path``, ``label``, ``class_name``, ``split``, ``embedding``. ``backbone`` may be a
+    run folder (its fine-tuned backbone). Uses and fills the feature cache.
+
+    >>> summary = visiontune.extract(photos, "emb.npz", **TINY)
+    >>> summary["rows"], summary["dim"] > 0
+    (24, True)
+    """
+    _runtime.tune_allocator()
+    model = backbone_from(backbone, weights)
+    store = FeatureCache.for_backbone(cache_dir, model) if cache else None
+    workers = default_workers() if workers is None else workers
+    return write_embeddings(
+        data, out, model, cache=store, batch_size=batch_size, workers=workers, progress=progress
+    )
+
+
+def similar(
+    run_or_backbone: str | Path,
+    query: str | Path,
+    folder: str | Path,
+    *,
+    k: int = 5,
+    weights: str | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """The ``k`` images under ``folder`` most similar to ``query`` (cosine on pooled features).
+
+    >>> query = next((photos / "test" / "cat").iterdir())
+    >>> visiontune.similar(TINY["backbone"], query, photos, k=1, weights="none")[0]["score"] > 0.99
+    True
+    """
+    _runtime.tune_allocator()
+    model = backbone_from(run_or_backbone, weights)
+    store = FeatureCache.for_backbone(cache_dir, model) if cache else None
+    workers = default_workers() if workers is None else workers
+    return similar_images(
+        model, query, folder, k=k, cache=store, workers=workers, progress=progress
+    )
+
+
+def augment_preview(
+    data: str | Path,
+    out: str | Path,
+    *,
+    augment: str = "standard",
+    rows: int = 4,
+    cols: int = 6,
+    seed: int = 0,
+    size: int = 224,
+    tile: int | None = None,
+) -> dict:
+    """Write a PNG grid of what training sees: ``rows`` training images of ``data`` (classes in
+    turn), each as its eval view and then ``cols`` seeded augmented draws at ``size`` pixels."""
+    return write_augment_preview(
+        data, out, augment=augment, rows=rows, cols=cols, seed=seed, size=size, tile=tile
+    )

@@ -1,0 +1,57 @@
+"""Command-line options generated from a config dataclass's fields (``TrainConfig``).
+
+Every option is declared once, on the field: its help, choices and spelling are the field's
+metadata, its type and default the field's own. Arguments default to ``argparse.SUPPRESS``, so
+the parsed namespace holds exactly the options given on the command line: "given explicitly" is
+presence, which ``--strategy auto`` (keep what the user set) and ``--resume`` (refuse a changed
+option) both need.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, Field, fields
+
+__all__ = ["add_config_options", "given_options"]
+
+# Annotation (as written, under ``from __future__ import annotations``) -> argparse type.
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _value_type(annotation: str):
+    base = annotation.replace("| None", "").strip()
+    return _TYPES.get(base, str)
+
+
+def _help(f: Field) -> str:
+    text = f.metadata["help"]
+    if "(default:" in text or f.default is None or f.type == "bool":
+        return text
+    return f"{text} (default: {f.default})"
+
+
+def _add(parser: argparse.ArgumentParser, f: Field) -> None:
+    meta = f.metadata
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    common = {"dest": f.name, "default": argparse.SUPPRESS, "help": _help(f)}
+    if f.type == "bool":  # a switch that flips the default: --warm-start-head, --no-cache
+        action = "store_false" if f.default else "store_true"
+        parser.add_argument(flag, action=action, **common)
+        return
+    extra = {"choices": meta["choices"]} if meta.get("choices") else {}
+    if meta.get("metavar"):
+        extra["metavar"] = meta["metavar"]
+    parser.add_argument(flag, type=_value_type(f.type), **extra, **common)
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_class) -> None:
+    """One ``--option`` per field of ``config_class`` whose metadata does not say ``cli=False``."""
+    for f in fields(config_class):
+        if f.metadata.get("cli", True) and f.default is not MISSING:
+            _add(parser, f)
+
+
+def given_options(args: argparse.Namespace, config_class) -> dict:
+    """The ``config_class`` options present in ``args``: those given on the command line."""
+    names = {f.name for f in fields(config_class) if f.metadata.get("cli", True)}
+    return {k: v for k, v in vars(args).items() if k in names}

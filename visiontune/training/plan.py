@@ -1,0 +1,174 @@
+"""``make_plan``: everything a run will do, decided before anything is written.
+
+The data is scanned and split, the backbone loaded, ``auto`` replaced by the advisor's choice,
+the strategy's defaults filled in, the model built and the parameter groups made. Every error
+a user's input can cause is raised here, while the disk is untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+from .._console import console, stage_table
+from .._seeding import seed_all
+from ..backbones import Classifier, Head, create_backbone
+from ..config import TrainConfig
+from ..data.folder import DatasetSplits, scan_folder
+from ..data.loader import default_workers
+from ..engine import distributed
+from ..engine.checkpoint import Checkpoint
+from ..engine.distributed import Distributed
+from ..engine.loop import LoopConfig, Runtime
+from ..errors import VisiontuneError
+from ..features.cache import FeatureCache
+from ..strategies import Strategy, make_strategy
+from .advice import apply_advice, measure_and_decide
+from .checkpoints import refuse_interrupted
+
+__all__ = ["Plan", "feature_cache", "make_plan", "print_plan"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One run, decided: what trains on what, how, where, and into which folder."""
+
+    config: TrainConfig  # resolved: a concrete strategy, every default filled in
+    splits: DatasetSplits  # as scanned; ``prepare_data`` screens them
+    model: Classifier
+    strategy: Strategy  # set up on ``model``: frozen parts frozen
+    param_groups: list[dict]
+    loop: LoopConfig
+    runtime: Runtime
+    run_dir: Path
+    workers: int
+    advice: dict | None = None  # ``auto``: what the advisor measured, chose and applied
+    resume: Checkpoint | None = None  # set when continuing an interrupted run
+
+    @property
+    def writes(self) -> bool:
+        """Only one process writes the run folder: rank 0 under torchrun."""
+        return self.runtime.distributed is None or self.runtime.distributed.is_main
+
+
+def feature_cache(config: TrainConfig, backbone, *, view: str | None = None):
+    """The on-disk feature cache of ``backbone`` (and ``view``), unless ``--no-cache``."""
+    if not config.cache:
+        return None
+    return FeatureCache.for_backbone(config.cache_dir, backbone, view=view)
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    """``--out``, or a new ``runs/<time>-<backbone>-<strategy>`` folder name."""
+    if config.out:
+        return Path(config.out).expanduser()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{config.backbone}-{config.strategy}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
+
+
+def _name_run_dir(config: TrainConfig, dist: Distributed | None, *, resuming: bool) -> Path:
+    """Rank 0 names the run folder (refusing an interrupted run's); the others learn its name,
+    or the error, so every rank stops alike. Nothing is created yet."""
+    run_dir, problem = None, None
+    if dist is None or dist.is_main:
+        run_dir = default_run_dir(config)
+        try:
+            if not resuming:
+                refuse_interrupted(run_dir)
+        except VisiontuneError as exc:
+            problem = str(exc)
+    if dist:
+        run_dir, problem = dist.broadcast((run_dir, problem))
+    if problem:
+        raise VisiontuneError(problem)
+    return run_dir
+
+
+def _advise(config, splits, backbone, runtime, workers, explicit) -> tuple[TrainConfig, dict]:
+    """``--strategy auto``: measure train + val, decide, print why; the config it chose."""
+    advice = measure_and_decide(
+        splits,
+        backbone,
+        runtime=runtime,
+        workers=workers,
+        cache=feature_cache(config, backbone),
+        seed=config.seed,
+    )
+    if runtime.progress:
+        console.print(
+            f"[bold]advice[/] {advice.quadrant} -> strategy {advice.strategy}: {advice.reason}"
+        )
+    return apply_advice(config, advice.to_dict(), explicit=explicit)
+
+
+def make_plan(
+    config: TrainConfig,
+    *,
+    dist: Distributed | None = None,
+    device=None,
+    explicit: frozenset[str] = frozenset(),
+    resume: Checkpoint | None = None,
+) -> Plan:
+    """Decide the run ``config`` describes; ``explicit``: the options the user gave (``auto``
+    keeps them); ``resume``: the checkpoint of the interrupted run it continues."""
+    if dist and config.batch_size % dist.world_size:
+        raise VisiontuneError(
+            f"--batch-size {config.batch_size} is the global batch and must divide evenly "
+            f"between the {dist.world_size} processes"
+        )
+    seed_all(config.seed)
+    progress = config.progress and (dist is None or dist.is_main)
+    runtime = Runtime.on(dist.device if dist else device, progress=progress, distributed=dist)
+    workers = default_workers() if config.workers is None else config.workers
+    splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    backbone = create_backbone(config.backbone, weights=config.weights or "default")
+    advice = resume.extra.get("advice") if resume else None
+    if config.strategy == "auto":  # rank 0 measures; every rank trains what it chose
+        solo = replace(runtime, distributed=None)
+        config, advice = distributed.on_main_rank(
+            dist, lambda: _advise(config, splits, backbone, solo, workers, explicit)
+        )
+    config = config.resolve()
+    head = Head(backbone.num_features, len(splits.labels), dropout=config.dropout)
+    model = Classifier(backbone, head)
+    strategy = make_strategy(config.strategy, unfreeze=config.unfreeze)
+    groups = strategy.setup(
+        model,
+        lr=config.lr,
+        backbone_lr_mult=config.backbone_lr_mult,
+        weight_decay=config.weight_decay,
+    )
+    loop = LoopConfig(
+        epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs,
+        label_smoothing=config.label_smoothing,
+        patience=config.patience,
+        seed=config.seed,
+    )
+    run_dir = _name_run_dir(config, dist, resuming=resume is not None)
+    return Plan(
+        config, splits, model, strategy, groups, loop, runtime, run_dir, workers, advice, resume
+    )
+
+
+def print_plan(plan: Plan) -> None:
+    """The data, backbone, strategy and device, and the table of what trains at which LR."""
+    s, model, config = plan.splits.summary(), plan.model, plan.config
+    console.print(
+        f"[bold]data[/] {s['root']} ({s['layout']} layout): {len(plan.splits.labels)} classes, "
+        f"train {s['train']}, val {s['val']} ({s['val_source']}), test {s['test']}"
+    )
+    console.print(
+        f"[bold]backbone[/] {model.backbone.name} from {model.backbone.source}; "
+        f"[bold]strategy[/] {plan.strategy.name}; [bold]device[/] {plan.runtime.device}"
+    )
+    rows = plan.strategy.describe(
+        model, lr=config.lr, backbone_lr_mult=config.backbone_lr_mult, epochs=config.epochs
+    )
+    console.print(stage_table(rows, title="parameter groups"))

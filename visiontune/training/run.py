@@ -1,0 +1,148 @@
+"""One training run, top to bottom: ``make_plan -> prepare_data -> train -> write_run``.
+
+Each phase takes values and returns values; nothing is written before ``train`` (which makes the
+run folder and its checkpoints) and ``write_run`` (the bundle, history and metrics).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import _runtime
+from .._io import atomic_write_text
+from ..config import TrainConfig
+from ..data.loader import SkipLog
+from ..engine import distributed
+from ..engine.checkpoint import CHECKPOINT_FILE, Checkpoint
+from ..exporting.bundle import save_bundle
+from ..prediction.predictor import TrainedModel
+from .checkpoints import check_same_data, skipped_before, splits_fingerprint
+from .finetune import finetune
+from .frozen import train_head_on_features
+from .plan import Plan, make_plan, print_plan
+from .prepare import PreparedData, prepare_data
+
+__all__ = ["FitResult", "Outcome", "run_training", "train", "write_run"]
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    model: TrainedModel
+    history: list[dict]
+    metrics: dict  # "val", "test" (if DATA has a test split), "skipped", "timing"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What training produced, besides the weights left in ``plan.model``."""
+
+    history: list[dict]
+    test: dict | None
+    skips: dict  # ``SkipLog.to_dict()``: every file skipped or noted, on every rank
+    warm_start: dict | None = None
+    extraction: dict | None = None  # the frozen path: features computed vs from the cache
+
+
+def train(plan: Plan, data: PreparedData) -> Outcome:
+    """Train ``plan.model`` on ``data``: the head on cached features for a frozen backbone
+    (rank 0 alone, seconds; never checkpointed, the cache makes a rerun cheap), else end to end."""
+    dist = plan.runtime.distributed
+    skips = SkipLog()
+    skips.update({"skipped": data.screening.skipped, "notes": data.screening.notes})
+    if plan.resume is not None:
+        check_same_data(plan.resume, splits_fingerprint(data.splits), plan.run_dir)
+        skips.update(skipped_before(plan.resume))
+    if plan.writes:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+    if plan.strategy.uses_frozen_backbone:
+        head = distributed.on_main_rank(
+            dist, lambda: train_head_on_features(plan, data, skips), plan.model.head
+        )
+        history, test, warm_start, extraction = head.history, head.test, None, head.extraction
+    else:
+        tuned = finetune(plan, data, skips)
+        history, test, warm_start, extraction = tuned.history, tuned.test, tuned.warm_start, None
+    if dist:  # each rank decoded its own share of the images
+        for found in dist.gather(skips.to_dict()):
+            skips.update(found)
+    return Outcome(history, test, skips.to_dict(), warm_start, extraction)
+
+
+def _history_csv(history: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float) -> dict:
+    """``metrics.json``: the chosen epoch's (or probe's) validation scores, TEST, the data."""
+    best = next((r for r in outcome.history if r.get("best")), outcome.history[-1])
+    chosen = {"C": best["C"]} if "C" in best else {"best_epoch": best["epoch"]}
+    dist = plan.runtime.distributed
+    return {
+        "val": {"accuracy": best["val_acc"], "loss": best["val_loss"], **chosen},
+        "test": outcome.test,
+        "head_warm_start": outcome.warm_start,
+        "feature_extraction": outcome.extraction,
+        "data_checks": data.screening.record,
+        **({"advice": plan.advice} if plan.advice else {}),
+        **outcome.skips,
+        "timing": {
+            "total_s": seconds,
+            "device": str(plan.runtime.device),
+            **({"processes": dist.world_size} if dist else {}),
+        },
+    }
+
+
+def write_run(plan: Plan, data: PreparedData, outcome: Outcome, metrics: dict) -> None:
+    """The bundle, history and metrics into the run folder; then the checkpoint has served."""
+    extra = {
+        "strategy": plan.strategy.state_dict(),
+        "training": plan.config.to_dict(),
+        "augment": data.augment_record,
+        "data": data.splits.summary(),
+        **({"advice": plan.advice} if plan.advice else {}),
+    }
+    run_dir = plan.run_dir
+    save_bundle(run_dir, plan.model, labels=data.splits.labels, extra=extra)
+    atomic_write_text(run_dir / "history.json", json.dumps(outcome.history, indent=2) + "\n")
+    atomic_write_text(run_dir / "history.csv", _history_csv(outcome.history))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
+def run_training(
+    config: TrainConfig,
+    *,
+    explicit: frozenset[str] = frozenset(),
+    resume: Checkpoint | None = None,
+) -> FitResult:
+    """Plan, prepare, train and save one run, in one process or as a rank under torchrun."""
+    started = time.perf_counter()
+    _runtime.tune_allocator()
+    with distributed.session(config.device) as dist:
+        if dist is None:  # under torchrun the cores are shared between the node's processes
+            _runtime.configure_threads()
+        device = None if dist else _runtime.resolve_device(config.device)
+        plan = make_plan(config, dist=dist, device=device, explicit=explicit, resume=resume)
+        if plan.runtime.progress:
+            print_plan(plan)
+        data = prepare_data(plan)
+        outcome = train(plan, data)
+        model = plan.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+        metrics = run_metrics(plan, data, outcome, time.perf_counter() - started)
+        if plan.writes:
+            write_run(plan, data, outcome, metrics)
+    trained = TrainedModel(model, data.splits.labels, config=None, run_dir=plan.run_dir)
+    return FitResult(plan.run_dir, trained, outcome.history, metrics)
