@@ -358,3 +358,43 @@ def test_gradual_end_to_end_warm_starts_the_head_then_unfreezes(tmp_path):
     saved = json.loads((result.run_dir / "config.json").read_text())
     assert saved["strategy"] == {"name": "gradual", "unfreeze": 2, "lr_decay": 0.5, "unfrozen": 2}
     assert len(result.history) == 3
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_state_dict_round_trip_restores_the_plan_without_replaying_epochs(name):
+    """A plan restored from ``state_dict`` has the same trainable parameters and optimizer
+    groups (names, LRs, sizes) as the one that reached that state epoch by epoch."""
+    trained, restored = _model(), _model()
+    strategy = make_strategy(name, unfreeze=2 if name in ("partial", "gradual") else None)
+    optimizer = build_optimizer(_setup(strategy, trained), weight_decay=WD)
+    for epoch in range(3):
+        strategy.on_epoch_start(epoch, trained, optimizer)
+    again = make_strategy(name, unfreeze=strategy.unfreeze)
+    optimizer_again = build_optimizer(_setup(again, restored), weight_decay=WD)
+    again.load_state_dict(strategy.state_dict(), model=restored, optimizer=optimizer_again)
+    assert again.state_dict() == strategy.state_dict()
+    grads = [p.requires_grad for p in trained.parameters()]
+    assert [p.requires_grad for p in restored.parameters()] == grads
+
+    def shape(opt):
+        return [(g["name"], g["lr"], sum(p.numel() for p in g["params"])) for g in opt.param_groups]
+
+    assert shape(optimizer_again) == shape(optimizer)
+    optimizer_again.load_state_dict(optimizer.state_dict())  # the saved state fits the groups
+
+
+def test_load_state_dict_refuses_another_plan(model):
+    strategy = make_strategy("partial", unfreeze=1)
+    optimizer = build_optimizer(_setup(strategy, model), weight_decay=WD)
+    with pytest.raises(VisiontuneError, match="does not describe"):
+        strategy.load_state_dict(
+            {"name": "partial", "unfreeze": 2}, model=model, optimizer=optimizer
+        )
+    gradual = GradualStrategy(unfreeze=2)
+    optimizer = build_optimizer(_setup(gradual, _model()), weight_decay=WD)
+    with pytest.raises(VisiontuneError, match="does not describe"):
+        gradual.load_state_dict(
+            {"name": "gradual", "unfreeze": 3, "lr_decay": 0.5, "unfrozen": 1},
+            model=model,
+            optimizer=optimizer,
+        )

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-TTA_CHOICES = ("none", "flip", "5crop", "10crop")
+from ..choices import TTA_MODES
+
 TTA_HELP = """test-time augmentation: views per image, their probabilities averaged
 (default: none). The image is resized as for evaluation (short side size/crop_pct):
 none   - the centre crop: 1 forward pass per image and model
@@ -44,7 +45,7 @@ def _add_evaluate(sub) -> None:
     )
     p.add_argument("run_dir", metavar="RUN", nargs="+", help=RUNS_HELP)
     p.add_argument("dir", metavar="DIR", help="folder of class sub-folders")
-    p.add_argument("--tta", choices=TTA_CHOICES, default="none", help=TTA_HELP)
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(
         "--report",

@@ -7,6 +7,8 @@ import json
 import sys
 import warnings
 
+from ..choices import EXPORT_FORMATS
+
 DESCRIPTION = """\
 Export the model of RUN to one file that runs without visiontune's training code: ONNX (for
 onnxruntime, and `visiontune predict MODEL.onnx`) or TorchScript (LibTorch; deprecated upstream).
@@ -40,7 +42,7 @@ def _add_export(sub) -> None:
     p.add_argument("run_dir", metavar="RUN", help="run folder written by `visiontune train`")
     p.add_argument(
         "--format",
-        choices=["onnx", "torchscript"],
+        choices=EXPORT_FORMATS,
         default="onnx",
         help="file format (default: %(default)s)",
     )

@@ -7,8 +7,9 @@ import csv
 import json
 import sys
 
+from ..choices import PREDICTION_FORMATS, TTA_MODES
 from ..errors import VisiontuneError
-from .evaluate import TTA_CHOICES, TTA_HELP, split_runs
+from .evaluate import TTA_HELP, split_runs
 
 
 def _add_predict(sub) -> None:
@@ -39,11 +40,11 @@ def _add_predict(sub) -> None:
     )
     p.add_argument(
         "--format",
-        choices=["table", "csv", "json"],
+        choices=PREDICTION_FORMATS,
         default="table",
         help="output format (default: %(default)s)",
     )
-    p.add_argument("--tta", choices=TTA_CHOICES, default="none", help=TTA_HELP)
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument(
         "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
