@@ -14,7 +14,7 @@ import visiontune
 from visiontune.backbones import Classifier, Head, create_backbone
 from visiontune.data.folder import list_images
 from visiontune.errors import BundleError
-from visiontune.exporting.bundle import FORMAT_VERSION, load_bundle, read_bundle_config, save_bundle
+from visiontune.formats.bundle import FORMAT_VERSION, load_bundle, read_bundle_config, save_bundle
 from visiontune.specs import LabelMap
 
 

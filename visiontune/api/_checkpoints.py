@@ -10,7 +10,7 @@ import torch
 
 from ..data.folder import DatasetSplits
 from ..data.loader import SkipLog
-from ..engine.checkpoint import CHECKPOINT_FILE, Checkpoint, TrainingState, save_checkpoint
+from ..formats.checkpoint import CHECKPOINT_FILE, Checkpoint, TrainingState, save_checkpoint
 from ..engine.distributed import Distributed
 from ..errors import DataError, VisiontuneError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import _runtime
-from ..exporting.bundle import load_bundle
+from ..formats.bundle import load_bundle
 from ..exporting.exporter import check_format, default_export_name, export_model
 from ..exporting.parity import MAX_IMAGES, TOLERANCE, ExportReport
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..engine import distributed
-from ..engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from ..formats.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from ..errors import VisiontuneError
 from ._checkpoints import saved_options
 from ._training import FitResult, _fit

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._seeding import derive_seed, seed_all
-from .checkpoint import TrainingState
+from ..formats.checkpoint import TrainingState
 from .distributed import Distributed
 from .optim import apply_lr, lr_multiplier
 

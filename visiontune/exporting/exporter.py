@@ -14,7 +14,7 @@ import torch
 from .. import __version__
 from ..errors import VisiontuneError
 from ..specs import LabelMap
-from .metadata import ExportMetadata
+from ..formats.export_metadata import ExportMetadata
 from .parity import (
     MAX_IMAGES,
     TOLERANCE,

@@ -16,7 +16,7 @@ from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size
 from ..engine.loop import LoopConfig, run_inference
-from ..exporting.bundle import load_bundle
+from ..formats.bundle import load_bundle
 from ..specs import LabelMap
 from .base import Predictor, expand_image_paths
 from .tta import TTAViews, ViewAverage, view_count
