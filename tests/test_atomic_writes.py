@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from visiontune.formats.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from visiontune.formats.bundle import load_bundle
 from visiontune.features.cache import FeatureCache
+from visiontune.formats.bundle import load_bundle
+from visiontune.formats.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 KEYS = [f"image-{i}" for i in range(64)]
 

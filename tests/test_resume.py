@@ -17,8 +17,8 @@ from conftest import TINY, make_class_folder
 from safetensors.torch import load_file
 
 import visiontune
-from visiontune.formats.checkpoint import CHECKPOINT_FILE, read_checkpoint_meta
 from visiontune.errors import BundleError, VisiontuneError
+from visiontune.formats.checkpoint import CHECKPOINT_FILE, read_checkpoint_meta
 
 EPOCHS = 2
 OPTIONS = [

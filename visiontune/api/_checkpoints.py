@@ -10,9 +10,9 @@ import torch
 
 from ..data.folder import DatasetSplits
 from ..data.loader import SkipLog
-from ..formats.checkpoint import CHECKPOINT_FILE, Checkpoint, TrainingState, save_checkpoint
 from ..engine.distributed import Distributed
 from ..errors import DataError, VisiontuneError
+from ..formats.checkpoint import CHECKPOINT_FILE, Checkpoint, TrainingState, save_checkpoint
 
 
 def splits_fingerprint(splits: DatasetSplits) -> str:

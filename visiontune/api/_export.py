@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import _runtime
-from ..formats.bundle import load_bundle
 from ..exporting.exporter import check_format, default_export_name, export_model
 from ..exporting.parity import MAX_IMAGES, TOLERANCE, ExportReport
+from ..formats.bundle import load_bundle
 
 __all__ = ["ExportReport", "export"]
 

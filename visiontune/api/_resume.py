@@ -6,8 +6,8 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..engine import distributed
-from ..formats.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from ..errors import VisiontuneError
+from ..formats.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from ._checkpoints import saved_options
 from ._training import FitResult, _fit
 

@@ -27,12 +27,12 @@ from ..data.folder import DatasetSplits, scan_folder
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size, eval_transform, train_transform
 from ..engine import distributed
-from ..formats.checkpoint import Checkpoint, TrainingState
 from ..engine.loop import LoopConfig, evaluate_epoch
 from ..engine.loop import fit as fit_loop
 from ..engine.optim import build_optimizer
 from ..errors import VisiontuneError
 from ..formats.bundle import save_bundle
+from ..formats.checkpoint import Checkpoint, TrainingState
 from ..prediction.predictor import TrainedModel
 from ..strategies import make_strategy
 from ._advice import _advise, _apply_advice
