@@ -23,11 +23,8 @@ from ._inference import load
 def _backbone_from(run_or_backbone: str | Path, weights: str | None) -> Backbone:
     """A run folder's backbone (its fine-tuned weights) or a backbone by name."""
     if (Path(run_or_backbone) / "config.json").is_file():
-        backbone = load(run_or_backbone).model.backbone
-        # Fine-tuned: the pretrained file's hash no longer describes these weights, so the feature
-        # cache keys on a hash of the tensors themselves.
-        backbone.weights_sha256 = None
-        return backbone
+        # Its spec says fine-tuned (``load_bundle``): the feature cache hashes the tensors.
+        return load(run_or_backbone).model.backbone
     return create_backbone(str(run_or_backbone), weights=weights or "default")
 
 
