@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from visiontune.engine.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from visiontune.exporting.bundle import load_bundle
 from visiontune.features.cache import FeatureCache
+from visiontune.formats.bundle import load_bundle
+from visiontune.formats.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 KEYS = [f"image-{i}" for i in range(64)]
 
@@ -26,8 +26,8 @@ SAVER = textwrap.dedent("""
     from pathlib import Path
     import torch
     from visiontune.backbones import Classifier, Head, create_backbone
-    from visiontune.engine.checkpoint import TrainingState, save_checkpoint
-    from visiontune.exporting.bundle import save_bundle
+    from visiontune.formats.checkpoint import TrainingState, save_checkpoint
+    from visiontune.formats.bundle import save_bundle
     from visiontune.features.cache import FeatureCache
     from visiontune.specs import LabelMap
 

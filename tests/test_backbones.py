@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import time
@@ -26,6 +27,7 @@ from visiontune.backbones.sources import file_sha256, load_timm_model, map_state
 from visiontune.data.images import decode_image
 from visiontune.data.transforms import eval_transform
 from visiontune.errors import WeightsNotFoundError
+from visiontune.specs import WeightsSpec
 
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -62,6 +64,25 @@ def test_tiny_backbone_anatomy():
     assert len(names) == len(set(names))  # every parameter in exactly one stage
     assert set(names) == {n for n, _ in backbone.named_parameters()}
     assert len(stages) >= 3
+
+
+def test_weights_spec_is_set_once_and_never_patched():
+    backbone = create_backbone("test_efficientnet", weights="none")
+    assert backbone.weights.source == backbone.source == "random initialisation"
+    assert backbone.weights.preprocess == backbone.preprocess
+    assert backbone.weights_sha256 is None and not backbone.weights.fine_tuned
+    for attribute in ("weights", "preprocess", "source", "weights_sha256"):
+        with pytest.raises(AttributeError):
+            setattr(backbone, attribute, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        backbone.weights.sha256 = "a" * 64
+    spec = dataclasses.replace(backbone.weights, sha256="a" * 64, fine_tuned=True)
+    tuned = backbone.eval().with_weights(spec)
+    assert tuned.weights is spec and tuned.weights_sha256 == "a" * 64
+    assert tuned.weights.identity is None  # fine-tuned: the file's hash no longer names them
+    assert backbone.weights_sha256 is None  # the original is untouched
+    assert tuned.body is backbone.body and not tuned.training  # same network, same mode
+    assert WeightsSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
 
 def test_classifier_outputs_logits_per_class():

@@ -14,7 +14,7 @@ import visiontune
 from visiontune.backbones import Classifier, Head, create_backbone
 from visiontune.data.folder import list_images
 from visiontune.errors import BundleError
-from visiontune.exporting.bundle import FORMAT_VERSION, load_bundle, read_bundle_config, save_bundle
+from visiontune.formats.bundle import FORMAT_VERSION, load_bundle, read_bundle_config, save_bundle
 from visiontune.specs import LabelMap
 
 
@@ -134,6 +134,10 @@ def test_save_and_load_a_fresh_classifier(tmp_path):
     loaded, labels, config = load_bundle(tmp_path / "b")
     assert labels.names == ("no", "yes") and config["note"] == "hi"
     assert loaded.head.dropout_p == 0.4
+    # The loaded backbone says what its weights are, without anyone patching it afterwards.
+    weights = loaded.backbone.weights
+    assert weights.fine_tuned and weights.identity is None
+    assert weights.preprocess == backbone.preprocess and weights.source == backbone.source
     x = torch.randn(3, 3, 48, 48)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))

@@ -37,8 +37,13 @@ ATOL = 1e-5  # a row computed alone may differ from the same row in a batch by r
 def backbone():
     torch.manual_seed(0)
     model = create_backbone("test_efficientnet", weights="none")
-    model.preprocess = dataclasses.replace(model.preprocess, size=48)  # small images, fast tests
-    return model.eval()
+    small = dataclasses.replace(model.preprocess, size=48)  # small images, fast tests
+    return _with(model, preprocess=small).eval()
+
+
+def _with(backbone, **changes):
+    """The same network under a weights spec with ``changes`` (the spec itself is frozen)."""
+    return backbone.with_weights(dataclasses.replace(backbone.weights, **changes))
 
 
 def _write_png(path: Path, seed: int) -> None:
@@ -270,26 +275,26 @@ def test_key_changes_with_everything_that_changes_a_feature(backbone):
     assert model_key(backbone) == base and len(base) == 16
     resized = create_backbone("test_efficientnet", weights="none")
     resized.load_state_dict(backbone.state_dict())
-    resized.preprocess = backbone.preprocess
+    resized = _with(resized, preprocess=backbone.preprocess)
     assert model_key(resized) == base  # same weights, same preprocessing: same features
 
-    resized.preprocess = dataclasses.replace(backbone.preprocess, size=56)
-    assert model_key(resized) != base
-    resized.preprocess = dataclasses.replace(backbone.preprocess, crop_pct=0.8)
-    assert model_key(resized) != base
+    size = dataclasses.replace(backbone.preprocess, size=56)
+    assert model_key(_with(resized, preprocess=size)) != base
+    crop = dataclasses.replace(backbone.preprocess, crop_pct=0.8)
+    assert model_key(_with(resized, preprocess=crop)) != base
 
     other_init = create_backbone("test_efficientnet", weights="none")
-    other_init.preprocess = backbone.preprocess
+    other_init = _with(other_init, preprocess=backbone.preprocess)
     assert model_key(other_init) != base  # no weights hash: the tensors themselves are hashed
 
-    other_init.weights_sha256 = "a" * 64
-    hashed = model_key(other_init)
-    other_init.weights_sha256 = "b" * 64
-    assert len({base, hashed, model_key(other_init)}) == 3
+    hashed = model_key(_with(other_init, sha256="a" * 64))
+    assert len({base, hashed, model_key(_with(other_init, sha256="b" * 64))}) == 3
+    # Fine-tuned (a run's bundle): the file's hash no longer names the tensors, they are hashed.
+    fine_tuned = _with(other_init, sha256="a" * 64, fine_tuned=True)
+    assert model_key(fine_tuned) == model_key(other_init)
 
     other_arch = create_backbone("test_resnet", weights="none")
-    other_arch.weights_sha256 = "a" * 64
-    other_arch.preprocess = backbone.preprocess
+    other_arch = _with(other_arch, sha256="a" * 64, preprocess=backbone.preprocess)
     assert model_key(other_arch) != hashed
 
     assert model_key(backbone, pooling="max") != base
@@ -303,7 +308,7 @@ def test_changed_preprocessing_misses_the_cache(backbone, images, root):
     _extract(backbone, images, _cache(root, backbone))
     other = create_backbone("test_efficientnet", weights="none")
     other.load_state_dict(backbone.state_dict())
-    other.preprocess = dataclasses.replace(backbone.preprocess, size=40)
+    other = _with(other, preprocess=dataclasses.replace(backbone.preprocess, size=40))
     result = _extract(other, images, _cache(root, other))
     assert result.computed == 6
     assert len(cache_info(root)) == 2

@@ -22,11 +22,11 @@ from visiontune.data.folder import list_images
 from visiontune.data.images import decode_image
 from visiontune.data.transforms import decode_size, eval_geometry, eval_transform
 from visiontune.errors import BundleError, ExportError, VisiontuneError
-from visiontune.exporting.bundle import load_bundle
-from visiontune.exporting.metadata import EXPORT_FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
-from visiontune.exporting.onnx import onnx_session, read_onnx
 from visiontune.exporting.parity import TOLERANCE, ParityWarning
 from visiontune.exporting.torchscript import METADATA_FILE, load_torchscript
+from visiontune.formats.bundle import load_bundle
+from visiontune.formats.export_metadata import EXPORT_FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
+from visiontune.formats.onnx_reader import onnx_session, read_onnx
 from visiontune.prediction.onnx_predictor import OnnxModel
 from visiontune.specs import PreprocessSpec
 

@@ -17,8 +17,8 @@ from conftest import TINY, make_class_folder
 from safetensors.torch import load_file
 
 import visiontune
-from visiontune.engine.checkpoint import CHECKPOINT_FILE, read_checkpoint_meta
 from visiontune.errors import BundleError, VisiontuneError
+from visiontune.formats.checkpoint import CHECKPOINT_FILE, read_checkpoint_meta
 
 EPOCHS = 2
 OPTIONS = [
@@ -265,7 +265,7 @@ def _loop_optimizer(model):
 def test_fit_resumed_from_any_saved_epoch_equals_the_straight_run(tmp_path, stop_after):
     """Through a checkpoint file: model, BatchNorm buffers, AdamW moments, LR step, best weights,
     patience counter and the done flag (patience stops this run before its 8 epochs)."""
-    from visiontune.engine.checkpoint import load_checkpoint, save_checkpoint
+    from visiontune.formats.checkpoint import load_checkpoint, save_checkpoint
 
     model = _loop_model()
     optimizer = _loop_optimizer(model)

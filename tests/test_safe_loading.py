@@ -14,9 +14,9 @@ import torch
 from conftest import TINY, make_class_folder
 
 import visiontune
-from visiontune.engine.checkpoint import CHECKPOINT_FILE
 from visiontune.errors import BundleError, WeightsNotFoundError
-from visiontune.exporting.bundle import load_bundle
+from visiontune.formats.bundle import load_bundle
+from visiontune.formats.checkpoint import CHECKPOINT_FILE
 
 PACKAGE = Path(visiontune.__file__).parent
 

@@ -25,11 +25,11 @@ from .data.preview import write_augment_preview
 from .engine.loop import Runtime
 from .errors import VisiontuneError
 from .evaluation.report import check_report_dir
-from .exporting.bundle import load_bundle
 from .exporting.exporter import check_format, default_export_name, export_model
 from .exporting.parity import MAX_IMAGES, TOLERANCE, ExportReport
 from .features.cache import FeatureCache
 from .features.embeddings import backbone_from, similar_images, write_embeddings
+from .formats.bundle import load_bundle
 from .prediction.ensemble import Ensemble, load_predictor
 from .prediction.predictor import TrainedModel
 from .prediction.report import evaluation_report

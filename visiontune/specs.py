@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-__all__ = ["INTERPOLATIONS", "LabelMap", "PreprocessSpec"]
+__all__ = ["INTERPOLATIONS", "LabelMap", "PreprocessSpec", "WeightsSpec"]
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
@@ -65,6 +65,48 @@ class PreprocessSpec:
             std=tuple(cfg.get("std", cls.std)),
             interpolation=interpolation,
             crop_pct=float(cfg.get("crop_pct", 0.875)),
+        )
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """What a backbone's weights are: how to feed them, where they came from, which file.
+
+    One frozen object per ``Backbone``, given at construction and never patched: a backbone with
+    other weights is a new ``Backbone`` (``Backbone.with_weights``). ``sha256`` is the hash of
+    the weights file they were loaded from (None for random initialisation or hub weights).
+    ``fine_tuned``: the tensors were trained after that file was loaded (a run's bundle), so the
+    file's hash no longer names them; ``identity`` is then None and whoever needs to name these
+    weights (the feature cache) hashes the tensors themselves.
+    """
+
+    preprocess: PreprocessSpec
+    source: (
+        str  # human-readable: "embedded package ...", "local file PATH", "random initialisation"
+    )
+    sha256: str | None = None
+    fine_tuned: bool = False
+
+    @property
+    def identity(self) -> str | None:
+        """A hash naming exactly these weights, or None when only their tensors can."""
+        return None if self.fine_tuned else self.sha256
+
+    def to_dict(self) -> dict:
+        return {
+            "preprocess": self.preprocess.to_dict(),
+            "source": self.source,
+            "sha256": self.sha256,
+            "fine_tuned": self.fine_tuned,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WeightsSpec:
+        return cls(
+            preprocess=PreprocessSpec.from_dict(data["preprocess"]),
+            source=str(data["source"]),
+            sha256=data.get("sha256"),
+            fine_tuned=bool(data.get("fine_tuned", False)),
         )
 
 

@@ -12,7 +12,7 @@ import re
 import torch
 from torch import nn
 
-from ..specs import PreprocessSpec
+from ..specs import PreprocessSpec, WeightsSpec
 
 __all__ = ["Backbone", "Classifier", "Head"]
 
@@ -20,29 +20,47 @@ __all__ = ["Backbone", "Classifier", "Head"]
 class Backbone(nn.Module):
     """A pretrained feature extractor plus what it needs to be fed correctly.
 
+    ``weights`` (a frozen ``WeightsSpec``: preprocessing, source, file hash) is set here and
+    never patched: ``preprocess``, ``source`` and ``weights_sha256`` read it and cannot be
+    assigned; ``with_weights`` gives a backbone over the same network with another spec.
+
     ``forward`` returns pooled features of width ``num_features``. ``stages()`` lists the
     network's coarse layer groups from input to output (stem, blocks..., final conv), taken from
     timm's ``group_matcher`` so ``partial`` fine-tuning works the same on every architecture.
     """
 
-    def __init__(
-        self,
-        body: nn.Module,
-        *,
-        name: str,
-        preprocess: PreprocessSpec,
-        source: str,
-        weights_sha256: str | None = None,
-    ):
+    def __init__(self, body: nn.Module, *, name: str, weights: WeightsSpec):
         super().__init__()
         self.body = body
         self.name = name
-        self.preprocess = preprocess
-        self.source = source
-        self.weights_sha256 = weights_sha256
+        self._weights = weights
         # The pooled output's width: timm's ``head_hidden_size`` where a head conv stays after
         # ``reset_classifier(0)`` (MobileNetV3: 960 -> 1280), else ``num_features``.
         self.num_features = int(getattr(body, "head_hidden_size", None) or body.num_features)
+
+    @property
+    def weights(self) -> WeightsSpec:
+        return self._weights
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return self._weights.preprocess
+
+    @property
+    def source(self) -> str:
+        return self._weights.source
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """The hash of the weights file these were loaded from (kept when fine-tuned)."""
+        return self._weights.sha256
+
+    def with_weights(self, weights: WeightsSpec) -> Backbone:
+        """A new ``Backbone`` sharing this one's network (the same parameters, not a copy) and
+        its train/eval mode, described by ``weights``."""
+        other = Backbone(self.body, name=self.name, weights=weights)
+        other.training = self.training
+        return other
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

@@ -10,6 +10,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from ..errors import WeightsNotFoundError
+from ..specs import WeightsSpec
 from .classifier import Backbone
 from .sources import embedded_weights_path, load_timm_model
 
@@ -122,10 +123,7 @@ def create_backbone(name: str, *, weights: str | None = "default") -> Backbone:
     info = get_backbone_info(name)
     loaded = load_timm_model(info.timm_name, weights=weights, embedded_module=info.embedded_module)
     loaded.model.reset_classifier(0)
-    return Backbone(
-        loaded.model,
-        name=name,
-        preprocess=loaded.preprocess,
-        source=loaded.source,
-        weights_sha256=loaded.sha256,
+    weights_spec = WeightsSpec(
+        preprocess=loaded.preprocess, source=loaded.source, sha256=loaded.sha256
     )
+    return Backbone(loaded.model, name=name, weights=weights_spec)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import _faults
 from .._seeding import derive_seed, seed_all
-from .checkpoint import TrainingState
+from ..formats.checkpoint import TrainingState
 from .distributed import Distributed
 from .optim import apply_lr, lr_multiplier
 

@@ -1,8 +1,9 @@
 """``export_model``: a classifier to a self-describing ONNX or TorchScript file, parity-checked.
 
-Order of work: parity inputs and eager probabilities first (cheap, and they fail on bad input
-before anything is written), then the export to a temporary file, the check against that file
-through the same reader users get, and only then the rename onto ``out``.
+Order of work: parity inputs and the run's own ``TrainedModel`` probabilities for them first
+(cheap, and they fail on bad input before anything is written), then the export to a temporary
+file, the check against that file through the same reader users get, and only then the rename
+onto ``out``.
 """
 
 from __future__ import annotations
@@ -12,22 +13,23 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..choices import EXPORT_FORMATS
 from ..errors import VisiontuneError
+from ..formats.export_metadata import ExportMetadata
+from ..prediction.predictor import TrainedModel
 from ..specs import LabelMap
-from .metadata import ExportMetadata
 from .parity import (
     MAX_IMAGES,
     TOLERANCE,
     ExportReport,
     check_parity,
-    eager_probabilities,
     parity_inputs,
+    reference_probabilities,
 )
 from .wrapper import ProbabilityModel
 
 __all__ = ["EXPORT_FORMATS", "default_export_name", "export_model"]
 
-EXPORT_FORMATS = ("onnx", "torchscript")
 _DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 
 
@@ -64,8 +66,9 @@ def export_model(
     if max_images < 1:
         raise VisiontuneError(f"max_images must be at least 1, got {max_images}")
     out = Path(out)
-    model = model.eval().to("cpu")
-    spec = model.backbone.preprocess
+    predictor = TrainedModel(model, labels, device="cpu")  # eval mode, on the CPU
+    model = predictor.model
+    spec = predictor.preprocess
     meta = ExportMetadata(
         classes=tuple(labels.names),
         preprocess=spec,
@@ -73,7 +76,7 @@ def export_model(
         visiontune_version=__version__,
     )
     inputs = parity_inputs(data, spec, max_images=max_images)
-    eager = eager_probabilities(model, inputs)
+    eager = reference_probabilities(predictor, inputs)
     measured: dict = {}
 
     def check(run_exported) -> None:

@@ -1,8 +1,8 @@
 """Export-time check: the exported model must give the eager model's probabilities.
 
-Both see the same decoded images: the eager model through the run's eval transform (float,
-normalised), the export through its documented input (uint8 crop, normalised inside). So the
-check covers the graph, the embedded normalisation and the dynamic batch axis at once.
+Both see the same decoded images: the run's own ``TrainedModel`` through its eval transform
+(float, normalised), the export through its documented input (uint8 crop, normalised inside). So
+the check covers the graph, the embedded normalisation and the dynamic batch axis at once.
 
 Tolerance: 1e-4 on probabilities. Float32 kernels that differ only in summation order (oneDNN
 in eager PyTorch, MLAS in onnxruntime, fused BatchNorm) measured at most ~1e-6 here on
@@ -25,8 +25,9 @@ from PIL import Image
 
 from ..data.folder import list_images
 from ..data.images import ImageDecodeError, decode_image
-from ..data.transforms import decode_size, eval_geometry, eval_transform
+from ..data.transforms import decode_size, eval_geometry
 from ..errors import ExportError
+from ..prediction.predictor import TrainedModel
 from ..specs import PreprocessSpec
 
 __all__ = [
@@ -36,8 +37,8 @@ __all__ = [
     "ParityInputs",
     "ParityWarning",
     "check_parity",
-    "eager_probabilities",
     "parity_inputs",
+    "reference_probabilities",
 ]
 
 TOLERANCE = 1e-4
@@ -51,7 +52,7 @@ class ParityWarning(UserWarning):
 @dataclass(frozen=True)
 class ParityInputs:
     images: torch.Tensor  # uint8 (N, 3, size, size): what the exported model is fed
-    normalized: torch.Tensor  # float32 (N, 3, size, size): what the eager model is fed
+    decoded: tuple  # the decoded images themselves: what the run's TrainedModel is fed
     source: str  # where they came from, for the report
 
 
@@ -84,10 +85,10 @@ def _pick_evenly(paths: list[Path], count: int) -> list[Path]:
 
 
 def _as_inputs(images: list, spec: PreprocessSpec, source: str) -> ParityInputs:
-    geometry, full = eval_geometry(spec), eval_transform(spec)
+    geometry = eval_geometry(spec)
     return ParityInputs(
         torch.stack([geometry(im).as_subclass(torch.Tensor) for im in images]),
-        torch.stack([full(im).as_subclass(torch.Tensor) for im in images]),
+        tuple(images),
         source,
     )
 
@@ -136,9 +137,9 @@ def parity_inputs(
     return _generated_inputs(spec, max_images)
 
 
-@torch.inference_mode()
-def eager_probabilities(model: torch.nn.Module, inputs: ParityInputs) -> np.ndarray:
-    return torch.softmax(model.eval()(inputs.normalized), dim=1).numpy()
+def reference_probabilities(predictor: TrainedModel, inputs: ParityInputs) -> np.ndarray:
+    """What the export must reproduce: the run's predictor on the same decoded images."""
+    return predictor.image_probabilities(inputs.decoded)
 
 
 def check_parity(

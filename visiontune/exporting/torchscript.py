@@ -21,7 +21,7 @@ import torch
 
 from .._io import atomic_write
 from ..errors import BundleError
-from .metadata import ExportMetadata, weights_digest
+from ..formats.export_metadata import ExportMetadata, weights_digest
 
 __all__ = ["METADATA_FILE", "export_torchscript", "load_torchscript"]
 

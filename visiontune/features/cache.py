@@ -91,11 +91,12 @@ def model_description(
 ) -> dict:
     """Everything but the image that decides a stored feature (what ``model_key`` hashes).
 
-    Weights are named by ``backbone.weights_sha256``; without one (random init, hub weights) the
-    tensors are hashed, because a source string such as "random initialisation" would make two
-    different networks share a key. ``pooling`` defaults to the body's own pool type.
+    Weights are named by ``backbone.weights.identity`` (the weights file's hash); without one
+    (random init, hub weights, fine-tuned weights from a run's bundle) the tensors are hashed,
+    because a source string such as "random initialisation" would make two different networks
+    share a key. ``pooling`` defaults to the body's own pool type.
     """
-    weights = backbone.weights_sha256 or f"tensors:{_tensor_digest(backbone)}"
+    weights = backbone.weights.identity or f"tensors:{_tensor_digest(backbone)}"
     return {
         "format_version": FORMAT_VERSION,
         "backbone": backbone.name,

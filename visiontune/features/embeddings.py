@@ -12,7 +12,7 @@ from ..data.folder import Sample, expand_image_paths, scan_folder
 from ..data.loader import SkipLog
 from ..engine.loop import Runtime
 from ..errors import VisiontuneError
-from ..exporting.bundle import load_bundle
+from ..formats.bundle import load_bundle
 from .cache import FeatureCache
 from .similar import top_k_similar
 from .splits import extract_parts
@@ -24,9 +24,7 @@ def backbone_from(run_or_backbone: str | Path, weights: str | None) -> Backbone:
     """A run folder's backbone (its fine-tuned weights) or a backbone by name."""
     if (Path(run_or_backbone) / "config.json").is_file():
         model, _, _ = load_bundle(run_or_backbone)
-        # Fine-tuned: the pretrained file's hash no longer describes these weights, so the feature
-        # cache keys on a hash of the tensors themselves.
-        model.backbone.weights_sha256 = None
+        # Its spec says fine-tuned (``load_bundle``): the feature cache hashes the tensors.
         return model.backbone
     return create_backbone(str(run_or_backbone), weights=weights or "default")
 

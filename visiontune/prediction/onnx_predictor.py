@@ -20,8 +20,8 @@ from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size, eval_geometry
 from ..errors import VisiontuneError
-from ..exporting.metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata
-from ..exporting.onnx import onnx_session
+from ..formats.export_metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata
+from ..formats.onnx_reader import onnx_session
 from .base import Predictor
 
 __all__ = ["OnnxModel"]

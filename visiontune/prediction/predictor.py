@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,9 @@ import torch
 from ..backbones import Classifier
 from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
-from ..data.transforms import decode_size
+from ..data.transforms import decode_size, eval_transform
 from ..engine.loop import Runtime, run_inference
-from ..exporting.bundle import load_bundle
+from ..formats.bundle import load_bundle
 from ..specs import LabelMap
 from .base import Predictor, expand_image_paths
 from .tta import TTAViews, ViewAverage, view_count
@@ -66,6 +67,15 @@ class TrainedModel(Predictor):
 
     def passes_per_image(self, tta: str = "none") -> int:
         return view_count(tta)
+
+    @torch.inference_mode()
+    def image_probabilities(self, images: Sequence) -> np.ndarray:
+        """Class probabilities ``(N, classes)`` of already decoded images (PIL or uint8
+        tensors), each through the run's eval transform, in one batch and without TTA: what
+        the export parity check compares an exported file with."""
+        transform = eval_transform(self.preprocess)
+        batch = torch.stack([transform(im).as_subclass(torch.Tensor) for im in images])
+        return torch.softmax(self.model(batch.to(self.device)), dim=1).cpu().numpy()
 
     def _probabilities(
         self,

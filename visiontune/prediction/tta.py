@@ -24,13 +24,13 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..choices import TTA_MODES
 from ..data.transforms import interpolation_mode
 from ..errors import VisiontuneError
 from ..specs import PreprocessSpec
 
 __all__ = ["TTA_MODES", "TTAViews", "ViewAverage", "check_tta", "view_count"]
 
-TTA_MODES = ("none", "flip", "5crop", "10crop")
 _VIEWS = {"none": 1, "flip": 2, "5crop": 5, "10crop": 10}
 
 

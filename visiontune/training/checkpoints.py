@@ -10,8 +10,8 @@ import torch
 
 from ..data.folder import DatasetSplits
 from ..data.loader import SkipLog
-from ..engine.checkpoint import CHECKPOINT_FILE, Checkpoint, TrainingState, save_checkpoint
 from ..errors import DataError, VisiontuneError
+from ..formats.checkpoint import CHECKPOINT_FILE, Checkpoint, TrainingState, save_checkpoint
 
 
 def splits_fingerprint(splits: DatasetSplits) -> str:

@@ -12,11 +12,11 @@ from ..data.balance import balancing
 from ..data.loader import ImageDataset, SkipLog, make_loader
 from ..data.transforms import decode_size, eval_transform, train_transform
 from ..engine import distributed
-from ..engine.checkpoint import TrainingState
 from ..engine.loop import evaluate_epoch
 from ..engine.loop import fit as fit_loop
 from ..engine.optim import build_optimizer
 from ..evaluation.metrics import metrics_from_logits
+from ..formats.checkpoint import TrainingState
 from .checkpoints import RunCheckpoints, restore, splits_fingerprint
 from .frozen import warm_start_head
 from .plan import Plan

@@ -18,11 +18,11 @@ from ..config import TrainConfig
 from ..data.folder import DatasetSplits, scan_folder
 from ..data.loader import default_workers
 from ..engine import distributed
-from ..engine.checkpoint import Checkpoint
 from ..engine.distributed import Distributed
 from ..engine.loop import LoopConfig, Runtime
 from ..errors import VisiontuneError
 from ..features.cache import FeatureCache
+from ..formats.checkpoint import Checkpoint
 from ..strategies import Strategy, make_strategy
 from .advice import apply_advice, measure_and_decide
 from .checkpoints import refuse_interrupted

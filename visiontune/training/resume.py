@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..engine.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from ..errors import VisiontuneError
+from ..formats.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from .checkpoints import saved_options
 
 __all__ = ["CHANGEABLE", "resumed_config"]

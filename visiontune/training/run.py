@@ -20,8 +20,8 @@ from .._io import atomic_write_text
 from ..config import TrainConfig
 from ..data.loader import SkipLog
 from ..engine import distributed
-from ..engine.checkpoint import CHECKPOINT_FILE, Checkpoint
-from ..exporting.bundle import save_bundle
+from ..formats.bundle import save_bundle
+from ..formats.checkpoint import CHECKPOINT_FILE, Checkpoint
 from ..prediction.predictor import TrainedModel
 from .checkpoints import check_same_data, skipped_before, splits_fingerprint
 from .finetune import finetune

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from .._io import atomic_write, atomic_write_text
 from ..backbones import Classifier, Head, create_backbone
 from ..errors import BundleError
-from ..specs import LabelMap, PreprocessSpec
+from ..specs import LabelMap, PreprocessSpec, WeightsSpec
 
 __all__ = ["FORMAT_VERSION", "load_bundle", "read_bundle_config", "save_bundle"]
 
@@ -96,10 +96,15 @@ def load_bundle(folder: str | Path) -> tuple[Classifier, LabelMap, dict]:
     folder = Path(folder)
     config = read_bundle_config(folder)
     labels = LabelMap(tuple(config["classes"]))
-    backbone = create_backbone(config["backbone"]["name"], weights="none")
-    backbone.preprocess = PreprocessSpec.from_dict(config["preprocess"])
-    backbone.source = config["backbone"].get("weights_source", "bundle")
-    backbone.weights_sha256 = config["backbone"].get("weights_sha256")
+    # Trained weights: the recorded hash names the file training started from, not these
+    # tensors, so the spec says fine-tuned and the feature cache hashes the tensors instead.
+    weights = WeightsSpec(
+        preprocess=PreprocessSpec.from_dict(config["preprocess"]),
+        source=config["backbone"].get("weights_source", "bundle"),
+        sha256=config["backbone"].get("weights_sha256"),
+        fine_tuned=True,
+    )
+    backbone = create_backbone(config["backbone"]["name"], weights="none").with_weights(weights)
     model = Classifier(
         backbone,
         Head(backbone.num_features, len(labels), dropout=config["head"].get("dropout", 0.0)),

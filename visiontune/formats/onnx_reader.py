@@ -1,0 +1,91 @@
+"""Reading an ONNX export back, verified: its metadata, its weights checksum, a session.
+
+Needs onnx and onnxruntime only, no model code, so a deployment that only runs the exported file
+can use it. The writer (``visiontune.exporting.onnx``) hashes weights with ``onnx_digest`` too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import BundleError
+from .export_metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata, weights_digest
+
+__all__ = ["onnx_digest", "onnx_session", "read_onnx"]
+
+
+def _tensors(proto: onnx.ModelProto):
+    """Every stored tensor: initializers and the values of Constant nodes."""
+    for init in proto.graph.initializer:
+        yield init.name, init
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield f"{node.output[0]}:{attr.name}", attr.t
+
+
+def onnx_digest(proto: onnx.ModelProto) -> str:
+    entries = []
+    for name, tensor in _tensors(proto):
+        array = np.ascontiguousarray(numpy_helper.to_array(tensor))
+        entries.append((name, str(array.dtype), array.shape, array.tobytes()))
+    return weights_digest(entries)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_onnx(path: str | Path) -> tuple[bytes, onnx.ModelProto, ExportMetadata]:
+    """``(file bytes, parsed model, metadata)``; refuses a file that is not a visiontune export,
+    is truncated or damaged, has weights that changed since export, or is from a newer format."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"no such ONNX file: {path}")
+    data = path.read_bytes()
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf's DecodeError and friends: the message varies by version
+        raise BundleError(
+            f"{path} is not a readable ONNX model (truncated or damaged?): {_first_line(exc)}"
+        ) from exc
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "format_version" not in props:
+        raise BundleError(
+            f"{path} has no visiontune metadata: it was not written by `visiontune "
+            "export`, or it is truncated"
+        )
+    meta = ExportMetadata.from_strings(props, source=str(path))
+    if onnx_digest(proto) != meta.weights_sha256:
+        raise BundleError(
+            f"{path}: its weights do not match the checksum recorded at export; the "
+            "file was modified or damaged"
+        )
+    return data, proto, meta
+
+
+def onnx_session(path: str | Path, *, threads: int | None = None):
+    """``(onnxruntime.InferenceSession, ExportMetadata)`` for a verified export, on the CPU."""
+    import onnxruntime as ort
+
+    data, proto, meta = read_onnx(path)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types per failure
+        raise BundleError(f"onnxruntime cannot load {path}: {_first_line(exc)}") from exc
+    names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+        raise BundleError(
+            f"{path} has inputs/outputs {names}; a visiontune export has "
+            f"[{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]"
+        )
+    return session, meta
