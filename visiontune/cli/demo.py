@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .train import _print_summary
+from .summary import print_summary
 
 
 def _add_demo(sub) -> None:
@@ -41,7 +41,7 @@ def _run_demo(args) -> int:
     data = build_demo_dataset(args.data_dir)
     print(f"demo data: {data} (scikit-image lfw_subset: face vs not_face)")
     result = fit(data, strategy=args.strategy, out=args.out, progress=not args.no_progress)
-    _print_summary(result)
+    print_summary(result)
     return 0
 
 
