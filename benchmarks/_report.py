@@ -62,8 +62,8 @@ def write_section(name: str, body: str, *, command: str) -> None:
         BENCHMARKS_MD.read_text()
         if BENCHMARKS_MD.exists()
         else (
-            "# Benchmarks\n\nMeasured numbers only, each with the command that produced it. Ratios compare "
-            "against a baseline measured in the same run.\n"
+            "# Benchmarks\n\nMeasured numbers only, each with the command that produced it. Ratios "
+            "compare against a baseline measured in the same run.\n"
         )
     )
     pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.DOTALL)

@@ -29,8 +29,8 @@ CHILD = r"""
 import json, sys, time
 import visiontune
 start = time.perf_counter()
-result = visiontune.fit(sys.argv[1], strategy=sys.argv[2], augment=sys.argv[3], seed=0, out=sys.argv[4],
-                        progress=False)
+result = visiontune.fit(sys.argv[1], strategy=sys.argv[2], augment=sys.argv[3], seed=0,
+                        out=sys.argv[4], progress=False)
 wall = time.perf_counter() - start
 preds = result.model.predict([sys.argv[1] + "/TEST"], workers=1)
 print(json.dumps({"wall_s": wall, "val_acc": result.metrics["val"]["accuracy"],
@@ -112,14 +112,15 @@ def main() -> None:
                 print(rows[-1], flush=True)
         delta = [100 * (s - z) for s, z in zip(accs["standard"], accs["none"], strict=True)]
         body += (
-            f'`visiontune.fit(yoga, strategy="{STRATEGY}", augment=..., seed=0)`, every other option at '
-            "its default (EfficientNet-Lite0, 6 epochs, 15 % of TRAIN held out for validation), then "
-            f"TEST. The second column leaves out the {len(leaked)} TEST images with a byte-identical copy "
-            "in TRAIN.\n\n"
-            "| `--augment` | TEST accuracy (images) | without TRAIN copies | validation | wall time |\n"
+            f'`visiontune.fit(yoga, strategy="{STRATEGY}", augment=..., seed=0)`, every other '
+            "option at its default (EfficientNet-Lite0, 6 epochs, 15 % of TRAIN held out for "
+            f"validation), then TEST. The second column leaves out the {len(leaked)} TEST images "
+            "with a byte-identical copy in TRAIN.\n\n"
+            "| `--augment` | TEST accuracy (images) | without TRAIN copies "
+            "| validation | wall time |\n"
             "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-            f"`standard` minus `none`: {delta[0]:+.2f} points on TEST ({delta[1]:+.2f} without the copies); "
-            f"one TEST image is {100 / n:.2f} points, and this is one seed.\n\n"
+            f"`standard` minus `none`: {delta[0]:+.2f} points on TEST ({delta[1]:+.2f} without the "
+            f"copies); one TEST image is {100 / n:.2f} points, and this is one seed.\n\n"
         )
     throughput, pca_s = loader_throughput()
     by = {(r["preset"], r["workers"]): r for r in throughput}
@@ -130,13 +131,13 @@ def main() -> None:
         for p in presets
     )
     body += (
-        f"Loader throughput: one shuffled epoch over the {throughput[0]['images']} yoga TRAIN images, "
-        f"batch {BATCH}, JPEG decode (draft mode) and the preset's transforms at 224 px included; "
-        "with workers, the time includes starting them. Images per second:\n\n"
+        f"Loader throughput: one shuffled epoch over the {throughput[0]['images']} yoga TRAIN "
+        f"images, batch {BATCH}, JPEG decode (draft mode) and the preset's transforms at 224 px "
+        "included; with workers, the time includes starting them. Images per second:\n\n"
         "| preset | 0 workers | 2 workers | ratio |\n|---|---|---|---|\n" + table + "\n\n"
-        f"`strong` includes `pca-color`; its PCA statistics (256 TRAIN images at 64 px) took "
-        f"{pca_s:.1f} s, once per run. Compare with the training-step rate in the throughput section: "
-        "the loader only limits training where it is slower than the model.\n"
+        "`strong` includes `pca-color`; its PCA statistics (256 TRAIN images at 64 px) took "
+        f"{pca_s:.1f} s, once per run. Compare with the training-step rate in the throughput "
+        "section: the loader only limits training where it is slower than the model.\n"
     )
     write_section("augment", body, command="python benchmarks/augment.py")
 

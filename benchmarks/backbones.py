@@ -47,7 +47,8 @@ def main() -> None:
             )
         if proc.returncode != 0:
             rows.append(
-                f"| `{name}` | - | - | - | - | not run: {proc.stderr.strip().splitlines()[-1][:120]} |"
+                f"| `{name}` | - | - | - | - | not run: "
+                f"{proc.stderr.strip().splitlines()[-1][:120]} |"
             )
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -35,8 +35,8 @@ def main() -> None:
             )
     body = (
         "## `visiontune demo`\n\n"
-        f"Wall time of the whole command, process start included: {times[0]:.1f} s with an empty cache "
-        f"(builds the lfw_subset image folder, extracts features, fits the head, evaluates), "
+        f"Wall time of the whole command, process start included: {times[0]:.1f} s with an empty "
+        "cache (builds the lfw_subset image folder, extracts features, fits the head, evaluates), "
         f"{times[1]:.1f} s when run again. Last run: {accuracy}. Target: under 3 minutes.\n"
     )
     write_section("demo", body, command="python benchmarks/demo.py")

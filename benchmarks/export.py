@@ -154,6 +154,14 @@ def main() -> None:
         if busy
         else "a quiet machine"
     )
+    end_to_end = (
+        "| predict, end to end (decode + crop + model), images/s "
+        f"| {rate_run:.1f} | {rate_onnx:.1f} | {rate_onnx / rate_run:.2f}x |"
+    )
+    model_only = (
+        "| model only, pre-cropped batches, images/s "
+        f"| {fwd_eager:.1f} | {fwd_onnx:.1f} | {fwd_onnx / fwd_eager:.2f}x |"
+    )
     body = f"""## Export: prediction throughput, run folder vs. ONNX (issue 7)
 
 {backbone} `--strategy head` run, {len(files)} yoga TEST files ({len(p_run)} decodable), batch
@@ -161,8 +169,8 @@ def main() -> None:
 
 | | run folder (eager PyTorch) | ONNX export (onnxruntime {_ort_version()}) | ONNX / run |
 |---|---:|---:|---:|
-| predict, end to end (decode + crop + model), images/s | {rate_run:.1f} | {rate_onnx:.1f} | {rate_onnx / rate_run:.2f}x |
-| model only, pre-cropped batches, images/s | {fwd_eager:.1f} | {fwd_onnx:.1f} | {fwd_onnx / fwd_eager:.2f}x |
+{end_to_end}
+{model_only}
 
 Same top-1 class on {same_top1} of {len(p_run)} images; largest probability difference
 {np.abs(p_run - p_onnx).max():.1e}. Export (torch.onnx dynamo exporter + parity check on

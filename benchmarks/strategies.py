@@ -56,8 +56,9 @@ start = time.perf_counter()
 result = visiontune.fit(data, strategy=strategy, out=out, cache_dir=cache, progress=False)
 wall = time.perf_counter() - start
 m = result.metrics
-print(json.dumps({"wall_s": wall, "test_acc": m["test"]["accuracy"], "test_n": m["test"]["num_images"],
-                  "val_acc": m["val"]["accuracy"], "advice": m.get("advice")}))
+print(json.dumps({"wall_s": wall, "test_acc": m["test"]["accuracy"],
+                  "test_n": m["test"]["num_images"], "val_acc": m["val"]["accuracy"],
+                  "advice": m.get("advice")}))
 """
 
 
@@ -177,9 +178,8 @@ def _pct(x) -> str:
 
 def _table(results: dict, datasets, strategies) -> str:
     head = (
-        "| dataset | train imgs | advise: per class, probe (chance), BN shift, similarity | quadrant | "
-        + " | ".join(f"`{s}`" for s in strategies)
-        + " | auto vs best |"
+        "| dataset | train imgs | advise: per class, probe (chance), BN shift, similarity | "
+        "quadrant | " + " | ".join(f"`{s}`" for s in strategies) + " | auto vs best |"
     )
     rows = [head, "|" + "---|" * (len(strategies) + 5)]
     for name in datasets:
@@ -264,18 +264,19 @@ def main() -> None:
             )
     body = (
         "## Strategies across datasets: does `--strategy auto` choose well?\n\n"
-        "`visiontune.fit(data, strategy=...)` with every other option at its default (EfficientNet-Lite0, "
-        "seed 0, 15 % of TRAIN held out for validation), then TEST; each run in its own process with a cold "
-        "feature cache, so `auto`'s wall time includes its measurements. Cells: TEST accuracy, wall time. "
-        "The advise columns are what `auto` measured on TRAIN (never TEST): images per class, cross-validated "
-        "linear-probe balanced accuracy (chance), BatchNorm shift, and the similarity score they give.\n\n"
-        "Datasets: yoga = the real Yoga Poses photos (all of TRAIN; yoga-small: 20 per class); fashion = "
-        "Debian's `dataset-fashion-mnist` (160 or 20 per class; TEST 50 per class); digits = scikit-learn's "
-        "8x8 digits (TEST 50 per class); lfw = scikit-image's `lfw_subset` (faces vs. not, TEST 25 per class). "
-        "Target: `auto` within 1.0 point of the best strategy on every dataset. † marks a run kept from "
-        "an earlier session, when other jobs shared the 2 cores: its accuracy stands, its wall time is "
-        "inflated, so time ratios involving it are not comparable. Unmarked runs had the machine to "
-        "themselves, one after another.\n\n"
+        "`visiontune.fit(data, strategy=...)` with every other option at its default "
+        "(EfficientNet-Lite0, seed 0, 15 % of TRAIN held out for validation), then TEST; each run "
+        "in its own process with a cold feature cache, so `auto`'s wall time includes its "
+        "measurements. Cells: TEST accuracy, wall time. The advise columns are what `auto` "
+        "measured on TRAIN (never TEST): images per class, cross-validated linear-probe balanced "
+        "accuracy (chance), BatchNorm shift, and the similarity score they give.\n\n"
+        "Datasets: yoga = the real Yoga Poses photos (all of TRAIN; yoga-small: 20 per class); "
+        "fashion = Debian's `dataset-fashion-mnist` (160 or 20 per class; TEST 50 per class); "
+        "digits = scikit-learn's 8x8 digits (TEST 50 per class); lfw = scikit-image's `lfw_subset` "
+        "(faces vs. not, TEST 25 per class). Target: `auto` within 1.0 point of the best strategy "
+        "on every dataset. † marks a run kept from an earlier session, when other jobs shared the "
+        "2 cores: its accuracy stands, its wall time is inflated, so time ratios involving it are "
+        "not comparable. Unmarked runs had the machine to themselves, one after another.\n\n"
         + _table(results, datasets, strategies)
         + "\n"
         + (

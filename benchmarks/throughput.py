@@ -341,28 +341,30 @@ def main() -> None:
     he = r["head_epoch"]
     head_ratio = he["backbone_epoch_s"] / he["head_epoch_s"]
     rows = [
-        f"| feature extraction, whole yoga set, decode included ({r['extract_visiontune']['images']} images) | "
-        f"{eb:.1f} | {ev:.1f} | {ev / eb:.2f}× | {100 * ev / PHYSICAL_LIMIT:.0f}% | ≥ 100 img/s and ≥ 4×: "
-        f"{_verdict(ev, 100, ' img/s')}; ratio {_verdict(ev / eb, 4, '×')} |",
+        "| feature extraction, whole yoga set, decode included "
+        f"({r['extract_visiontune']['images']} images) | {eb:.1f} | {ev:.1f} | {ev / eb:.2f}× | "
+        f"{100 * ev / PHYSICAL_LIMIT:.0f}% | ≥ 100 img/s and ≥ 4×: {_verdict(ev, 100, ' img/s')}; "
+        f"ratio {_verdict(ev / eb, 4, '×')} |",
         f"| forward on preloaded tensors, batch {BATCH} | {fb:.1f} | {fv:.1f} | {fv / fb:.2f}× | "
         f"{100 * fv / PHYSICAL_LIMIT:.0f}% | ≥ 150 img/s: {_verdict(fv, 150, ' img/s')} |",
-        f"| full fine-tune training step, batch {BATCH} | {tb:.1f} | {tv:.1f} | {tv / tb:.2f}× | - | "
-        f"≥ 2.5×: {_verdict(tv / tb, 2.5, '×')} |",
-        f"| one epoch: frozen backbone over the {he['images']} training images (baseline) vs the head on "
-        f"their cached features, full-batch (the L-BFGS probe's unit of work) | "
-        f"{he['backbone_epoch_s']:.1f} s | {1000 * he['head_epoch_s']:.2f} ms | {head_ratio:,.0f}× | - | "
-        f"≥ 1,000×: {_verdict(head_ratio, 1000, '×')} |",
+        f"| full fine-tune training step, batch {BATCH} | {tb:.1f} | {tv:.1f} | {tv / tb:.2f}× | - "
+        f"| ≥ 2.5×: {_verdict(tv / tb, 2.5, '×')} |",
+        f"| one epoch: frozen backbone over the {he['images']} training images (baseline) vs the "
+        "head on their cached features, full-batch (the L-BFGS probe's unit of work) | "
+        f"{he['backbone_epoch_s']:.1f} s | {1000 * he['head_epoch_s']:.2f} ms | {head_ratio:,.0f}× "
+        f"| - | ≥ 1,000×: {_verdict(head_ratio, 1000, '×')} |",
         f"| the same, head in mini-batches of {BATCH} (`--head-solver adamw`) | "
         f"{he['backbone_epoch_s']:.1f} s | {1000 * he['head_epoch_minibatch_s']:.2f} ms | "
         f"{he['backbone_epoch_s'] / he['head_epoch_minibatch_s']:,.0f}× | - | - |",
     ]
     fvar = r["forward_variants"]
     rows.append(
-        f"| other runtimes tried, forward batch {BATCH}: TorchScript freeze + optimize_for_inference "
-        f"(max abs diff {fvar['jit_max_abs_diff']:.1e}) / bf16 autocast (max abs diff "
-        f"{fvar['bf16_max_abs_diff']:.2f} on outputs up to {fvar['output_max']:.1f}) | eager "
-        f"{fvar['eager']:.1f} | {fvar['jit_freeze']:.1f} / {fvar['bf16_autocast']:.1f} | "
-        f"{fvar['jit_freeze'] / fvar['eager']:.2f}× / {fvar['bf16_autocast'] / fvar['eager']:.2f}× | - | "
+        f"| other runtimes tried, forward batch {BATCH}: TorchScript freeze + "
+        f"optimize_for_inference (max abs diff {fvar['jit_max_abs_diff']:.1e}) / bf16 autocast "
+        f"(max abs diff {fvar['bf16_max_abs_diff']:.2f} on outputs up to {fvar['output_max']:.1f}) "
+        f"| eager {fvar['eager']:.1f} | {fvar['jit_freeze']:.1f} / {fvar['bf16_autocast']:.1f} | "
+        f"{fvar['jit_freeze'] / fvar['eager']:.2f}× / {fvar['bf16_autocast'] / fvar['eager']:.2f}× "
+        "| - | "
         + (
             "TorchScript wins by > 10%: consider it"
             if fvar["jit_freeze"] > 1.1 * fvar["eager"]
@@ -372,10 +374,11 @@ def main() -> None:
     )
     cw = head_cold_then_warm()
     rows.append(
-        f"| `visiontune train yoga --strategy head`, cold feature cache then warm (wall, process start "
-        f"included; images through the backbone: {cw['cold']['computed']} then {cw['warm']['computed']}) | "
-        f"{cw['cold']['wall_s']:.1f} s | {cw['warm']['wall_s']:.1f} s | {cw['cold']['wall_s'] / cw['warm']['wall_s']:.1f}× | - | "
-        f"warm < ¼ of cold (≥ 4×): {_verdict(cw['cold']['wall_s'] / cw['warm']['wall_s'], 4, '×')} |"
+        "| `visiontune train yoga --strategy head`, cold feature cache then warm (wall, process "
+        f"start included; images through the backbone: {cw['cold']['computed']} then "
+        f"{cw['warm']['computed']}) | {cw['cold']['wall_s']:.1f} s | {cw['warm']['wall_s']:.1f} s "
+        f"| {cw['cold']['wall_s'] / cw['warm']['wall_s']:.1f}× | - | warm < ¼ of cold (≥ 4×): "
+        f"{_verdict(cw['cold']['wall_s'] / cw['warm']['wall_s'], 4, '×')} |"
     )
     body = (
         "## Throughput (EfficientNet-Lite0, 224 px)\n\n"
@@ -383,17 +386,16 @@ def main() -> None:
         "contiguous tensors; visiontune = its default path (mallopt-tuned allocator, "
         "`channels_last`, `inference_mode`, draft-mode JPEG decode in worker processes). Fraction "
         f"of the fp32 physical limit ({PHYSICAL_LIMIT:.0f} images/s forward).\n\n"
-        "| measurement | baseline | visiontune | ratio | of limit | target |\n|---|---|---|---|---|---|\n"
-        + "\n".join(rows)
-        + "\n"
+        "| measurement | baseline | visiontune | ratio | of limit | target |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
     if "train_to_target" in r:
         t = r["train_to_target"]
         body += (
-            f"\nTime to accuracy: `visiontune train yoga --strategy full` with its defaults took "
-            f"{t['wall_s']:.0f} s wall (decode included) for {100 * t['test_acc']:.2f}% TEST accuracy "
-            f"({100 * t['clean_acc']:.2f}% without the TEST images copied in TRAIN). Target ≤ 180 s "
-            f"for ≥ 98.9%: time {_verdict(180, t['wall_s'], ' s')}, accuracy "
+            "\nTime to accuracy: `visiontune train yoga --strategy full` with its defaults took "
+            f"{t['wall_s']:.0f} s wall (decode included) for {100 * t['test_acc']:.2f}% TEST "
+            f"accuracy ({100 * t['clean_acc']:.2f}% without the TEST images copied in TRAIN). "
+            f"Target ≤ 180 s for ≥ 98.9%: time {_verdict(180, t['wall_s'], ' s')}, accuracy "
             f"{_verdict(100 * t['test_acc'], 98.9, ' points')}.\n"
         )
     write_section("throughput", body, command="python benchmarks/throughput.py")

@@ -66,7 +66,8 @@ def main() -> None:
             rows.append(
                 f"| `{strategy}` | {100 * acc:.2f}% ({n}) | {100 * acc_clean:.2f}% ({n_clean}) | "
                 f"{100 * r['val_acc']:.2f}% | {r['wall_s']:.0f} s | {r['peak_mib']:.0f} MiB "
-                f"(largest child: {r['peak_worker_mib']:.0f} MiB, pages shared with the parent included) |"
+                f"(largest child: {r['peak_worker_mib']:.0f} MiB, pages shared with the parent "
+                "included) |"
             )
             print(rows[-1], flush=True)
     body = (
@@ -76,10 +77,11 @@ def main() -> None:
         f"{len(leaked)} TEST images have a byte-identical copy in TRAIN; the second column leaves "
         "them out. Wall time covers scanning, feature extraction or training, validation and the "
         "TEST evaluation inside `fit`.\n\n"
-        "| strategy | TEST accuracy (images) | without TRAIN copies | validation | wall time | peak memory |\n"
+        "| strategy | TEST accuracy (images) | without TRAIN copies "
+        "| validation | wall time | peak memory |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-        "Anchors measured on this machine by the issue: logistic regression on frozen Lite0 features "
-        "96.4 %; a plain 60-line full fine-tune 98.9 % in under 6 minutes."
+        "Anchors measured on this machine by the issue: logistic regression on frozen Lite0 "
+        "features 96.4 %; a plain 60-line full fine-tune 98.9 % in under 6 minutes."
     )
     write_section("yoga", body, command="python benchmarks/yoga.py")
 

@@ -90,7 +90,8 @@ def test_thresholds_are_inclusive_at_the_boundary():
     at = {"probe": 1.0, "shift": None}
     assert decide(_m(SMALL_BELOW, **at)).quadrant.startswith("big")
     assert decide(_m(SMALL_BELOW - 1, **at)).quadrant.startswith("small")
-    # similarity exactly at the threshold counts as similar: 4 classes, probe 62.5 % -> separability 0.5
+    # similarity exactly at the threshold counts as similar:
+    # 4 classes, probe 62.5 % -> separability 0.5
     m = _m(SMALL, probe=0.625)
     assert m.similarity == pytest.approx(SIMILAR_AT)
     assert decide(m).quadrant == "small+similar"
@@ -191,7 +192,8 @@ def test_batchnorm_shift_is_none_for_random_weights(tmp_path):
 
 
 def _fit_statistics(backbone, samples) -> None:
-    """Make ``samples`` the backbone's "pretraining data": its BatchNorm statistics become theirs."""
+    """Make ``samples`` the backbone's "pretraining data": its BatchNorm statistics become
+    theirs."""
     spec = backbone.preprocess
     dataset = ImageDataset(samples, eval_transform(spec), decode_size=decode_size(spec))
     batch = torch.stack([dataset[i][0] for i in range(len(dataset))])

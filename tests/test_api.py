@@ -190,8 +190,9 @@ def test_real_lite0_head_learns_a_simple_task(tmp_path):
 
 
 def test_public_functions_survive_importing_their_namesake_subpackages():
-    """``visiontune.evaluate``/``predict`` are functions even after ``visiontune.evaluation.metrics``
-    or ``visiontune.prediction.predictor`` were imported (which binds those names to modules)."""
+    """``visiontune.evaluate``/``predict`` are functions even after
+    ``visiontune.evaluation.metrics`` or ``visiontune.prediction.predictor`` were imported (which
+    binds those names to modules)."""
     code = (
         "import visiontune\n"
         "visiontune.fit\n"

@@ -15,8 +15,7 @@ from torchvision.transforms.v2 import functional as F
 import visiontune
 from visiontune.cli import main
 from visiontune.config import TrainConfig
-from visiontune.data import _augment_ops
-from visiontune.data._augment_ops import ColorShift, PCALighting
+from visiontune.data import augment_ops
 from visiontune.data.augment import (
     OPS,
     PRESETS,
@@ -29,6 +28,7 @@ from visiontune.data.augment import (
     describe_view,
     parse_augment,
 )
+from visiontune.data.augment_ops import ColorShift, PCALighting
 from visiontune.data.folder import Sample
 from visiontune.data.loader import Batch, ImageDataset, make_loader
 from visiontune.data.transforms import decode_size, eval_transform, train_transform
@@ -416,8 +416,8 @@ def test_fit_records_the_pipeline_and_evaluation_never_augments(
     def refuse(*args, **kwargs):
         raise AssertionError("evaluation or prediction built an augmentation")
 
-    monkeypatch.setattr(_augment_ops, "build_image_pipeline", refuse)
-    monkeypatch.setattr(_augment_ops, "build_batch_pipeline", refuse)
+    monkeypatch.setattr(augment_ops, "build_image_pipeline", refuse)
+    monkeypatch.setattr(augment_ops, "build_batch_pipeline", refuse)
     model = visiontune.load(out)
     test_dir = trained_data / "test"
     rows = model.predict([test_dir], top_k=3, workers=0)

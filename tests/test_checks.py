@@ -245,8 +245,8 @@ def test_cli_bad_options_and_paths_exit_2(tmp_path, capsys, argv, match):
 def test_check_does_not_import_torch(tmp_path):
     data = make_class_folder(tmp_path / "data", {"a": 2, "b": 2})
     code = (
-        "import sys; from visiontune.cli import main; main(['check', sys.argv[1], '--workers', '0']); "
-        "assert 'torch' not in sys.modules, 'torch imported'"
+        "import sys; from visiontune.cli import main; main(['check', sys.argv[1], '--workers', "
+        "'0']); assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code, str(data)], check=True, capture_output=True)
 

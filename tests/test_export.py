@@ -252,7 +252,8 @@ def test_onnx_prediction_imports_no_model_code(exports, export_data):
         f"rows = OnnxModel.from_file({str(exports[('lite0', 'onnx')].path)!r}).predict("
         f"[{str(export_data / 'test')!r}], workers=0)\n"
         "assert len(rows) == 6 and all('top' in r for r in rows), rows\n"
-        "loaded = [m for m in ('timm', 'visiontune.backbones', 'visiontune.engine') if m in sys.modules]\n"
+        "loaded = [m for m in ('timm', 'visiontune.backbones', 'visiontune.engine') if m in "
+        "sys.modules]\n"
         "assert not loaded, loaded\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -1,4 +1,5 @@
-"""The feature cache wired into training, and the embedding products: extract, similar, cache CLI."""
+"""The feature cache wired into training, and the embedding products: extract, similar, the
+cache CLI."""
 
 from __future__ import annotations
 

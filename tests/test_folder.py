@@ -21,7 +21,8 @@ from visiontune.specs import LabelMap
 
 
 def _names(samples, labels) -> Counter:
-    """(class name, file's parent folder name lowered) pairs: checks each label points at its folder."""
+    """(class name, file's parent folder name lowered) pairs: checks each label points at its
+    folder."""
     return Counter((labels.names[s.label], s.path.parent.name.lower()) for s in samples)
 
 

@@ -17,7 +17,8 @@ from visiontune.prediction.predictor import TrainedModel
 from visiontune.prediction.tta import TTA_MODES, TTAViews, view_count
 from visiontune.specs import LabelMap, PreprocessSpec
 
-# 64 px crops from an 80 px square (crop_pct 0.8); identity normalisation, so views are pixels / 255.
+# 64 px crops from an 80 px square (crop_pct 0.8); identity normalisation, so views are
+# pixels / 255.
 SPEC = PreprocessSpec(size=64, crop_pct=0.8, mean=(0, 0, 0), std=(1, 1, 1))
 RED, GREEN, BLUE, YELLOW = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
 

@@ -4,7 +4,7 @@ The public surface, exactly the Python API the README documents. Importing it do
 work: torch loads on first use of a workflow.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Workflows (visiontune.api) and the one config class, imported on first use.
 _API = (

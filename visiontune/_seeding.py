@@ -21,7 +21,8 @@ _MASK64 = (1 << 64) - 1
 
 
 def derive_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integer keys (``SeedSequence``, so nearby keys do not collide)."""
+    """A well-mixed 63-bit seed from integer keys (``SeedSequence``, so nearby keys do not
+    collide)."""
     words = np.random.SeedSequence([k & _MASK64 for k in keys]).generate_state(2, np.uint32)
     return (int(words[0]) << 31 ^ int(words[1])) & ((1 << 63) - 1)
 

@@ -18,6 +18,10 @@ class PreprocessSpec:
 
     Evaluation resizes the short side to ``size / crop_pct`` and centre-crops ``size`` pixels,
     then normalises with ``mean``/``std`` (timm's and torchvision's convention).
+
+    >>> spec = PreprocessSpec(size=224, crop_pct=0.875)
+    >>> spec.resize_size, PreprocessSpec.from_dict(spec.to_dict()) == spec
+    (256, True)
     """
 
     size: int = 224

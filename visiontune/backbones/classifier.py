@@ -77,7 +77,10 @@ class Backbone(nn.Module):
         return ordered
 
     def __repr__(self) -> str:  # the full module tree is hundreds of lines
-        return f"Backbone(name={self.name!r}, num_features={self.num_features}, source={self.source!r})"
+        return (
+            f"Backbone(name={self.name!r}, num_features={self.num_features}, "
+            f"source={self.source!r})"
+        )
 
 
 def _stage_label(i: int, count: int, names: list[str]) -> str:

@@ -99,7 +99,8 @@ def map_state_dict_in_order(source: dict, target: dict) -> dict:
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=False):
         if tuple(tensor.shape) != tuple(expected.shape):
             raise WeightsNotFoundError(
-                f"tensor {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}"
+                f"tensor {src_key} {tuple(tensor.shape)} does not fit "
+                f"{dst_key} {tuple(expected.shape)}"
             )
         mapped[dst_key] = tensor
     return mapped

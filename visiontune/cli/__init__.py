@@ -1,4 +1,5 @@
-"""The ``visiontune`` command. One module per subcommand, each with ``register(sub)``; each subcommand: parse -> config -> one api call -> print/exit code.
+"""The ``visiontune`` command. One module per subcommand, each with ``register(sub)``; each
+subcommand: parse -> config -> one api call -> print / exit code.
 
 Exit codes: 0 success, 2 a problem with the input (bad path, empty class, unknown backbone...),
 printed as one line on stderr; 130 interrupted.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import __version__
+from .._version import __version__
 from ..errors import VisiontuneError
 
 __all__ = ["build_parser", "main"]
@@ -32,7 +33,7 @@ examples:
   visiontune evaluate runs/poses photos/test --json
   visiontune predict runs/poses new_photos/ --top-k 3
   visiontune export runs/poses --format onnx        # one self-contained file, parity-checked
-  visiontune train photos/ --augment strong         # or ops: --augment flip,crop,rotate=15,pca-color=0.1
+  visiontune train photos/ --augment strong         # or ops: flip,crop,rotate=15,pca-color=0.1
   visiontune augment-preview photos/ --augment strong --out grid.png   # see what training sees
   visiontune extract photos/ --out embeddings.npz   # backbone embeddings of every image
   visiontune similar efficientnet_lite0 query.jpg photos/ --k 5

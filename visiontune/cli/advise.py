@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 
-from .features import _add_cache_options
+from .options import add_cache_options
 
 
 def _add_advise(sub) -> None:
@@ -31,7 +31,7 @@ def _add_advise(sub) -> None:
         "--weights", default=None, metavar="PATH|none", help="local weights file or folder"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_cache_options(p)
+    add_cache_options(p)
     p.add_argument(
         "--seed",
         type=int,

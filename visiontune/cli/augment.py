@@ -59,8 +59,8 @@ def _run_augment_preview(args) -> int:
     )
     ops = "" if info["augment"] == info["ops"] else f" ({info['ops']})"
     print(
-        f"wrote {info['out']}: {info['rows']} images x {info['cols']} draws of {info['augment']}{ops}, "
-        f"{info['size'][0]}x{info['size'][1]} px"
+        f"wrote {info['out']}: {info['rows']} images x {info['cols']} draws of "
+        f"{info['augment']}{ops}, {info['size'][0]}x{info['size'][1]} px"
     )
     return 0
 

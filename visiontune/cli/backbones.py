@@ -30,7 +30,8 @@ def _run_backbones(args) -> int:
     for r in rows:
         top1 = f"{r['imagenet_top1']:.1f}%" if r["imagenet_top1"] else "-"
         print(
-            f"{r['name']:<24} {top1:>14}  {r['weights_now'] or 'not offline (needs internet or --weights PATH)'}"
+            f"{r['name']:<24} {top1:>14}  "
+            f"{r['weights_now'] or 'not offline (needs internet or --weights PATH)'}"
         )
     return 0
 

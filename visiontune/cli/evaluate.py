@@ -21,7 +21,8 @@ their probabilities (they must have the same classes in the same order)"""
 
 
 def split_runs(values: list[str]) -> list[str]:
-    """Run folders from arguments that may be comma-separated lists (an existing path is kept whole)."""
+    """Run folders from arguments that may be comma-separated lists (an existing path is kept
+    whole)."""
     runs = []
     for value in values:
         runs += [value] if Path(value).exists() else [v for v in value.split(",") if v]
@@ -40,7 +41,8 @@ def _add_evaluate(sub) -> None:
         "  visiontune evaluate runs/a runs/b runs/c photos/test    # ensemble of 3 runs\n"
         "  visiontune evaluate runs/a,runs/b,runs/c photos/test    # the same\n"
         "  visiontune evaluate runs/ens photos/test --json         # train --ensemble folder\n"
-        "  visiontune evaluate runs/poses photos/test --report report/  # then open report/index.html",
+        "  visiontune evaluate runs/poses photos/test --report report/  # then open "
+        "report/index.html",
         formatter_class=argparse.RawTextHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN", nargs="+", help=RUNS_HELP)
@@ -85,7 +87,8 @@ def _run_evaluate(args) -> int:
     print(f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
     for name, row in metrics["per_class"].items():
         print(
-            f"{name:<20} {row['precision']:>9.3f} {row['recall']:>9.3f} {row['f1']:>9.3f} {row['support']:>8}"
+            f"{name:<20} {row['precision']:>9.3f} {row['recall']:>9.3f} {row['f1']:>9.3f} "
+            f"{row['support']:>8}"
         )
     macro = metrics["macro_avg"]
     print(

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .options import add_cache_options
+
 
 def _add_extract(sub) -> None:
     p = sub.add_parser(
@@ -23,23 +25,11 @@ def _add_extract(sub) -> None:
         help="backbone name, or a run folder to use its fine-tuned backbone (default: %(default)s)",
     )
     p.add_argument("--weights", default=None, metavar="PATH", help="local weights file or folder")
-    _add_cache_options(p)
+    add_cache_options(p)
     p.add_argument(
         "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
     )
     p.set_defaults(run=_run_extract)
-
-
-def _add_cache_options(p) -> None:
-    p.add_argument(
-        "--cache-dir",
-        default=None,
-        metavar="DIR",
-        help="feature cache folder (default: $VISIONTUNE_CACHE or ~/.cache/visiontune)",
-    )
-    p.add_argument(
-        "--no-cache", dest="cache", action="store_false", help="bypass the feature cache"
-    )
 
 
 def _run_extract(args) -> int:
@@ -79,7 +69,7 @@ def _add_similar(sub) -> None:
         "--weights", default=None, metavar="PATH", help="local weights for a backbone name"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    _add_cache_options(p)
+    add_cache_options(p)
     p.set_defaults(run=_run_similar)
 
 
@@ -141,7 +131,8 @@ def _run_cache(args) -> int:
         described = row.get("description") or {}
         view = described.get("view") or "eval view"
         print(
-            f"  {row['key']}  {described.get('backbone', '?'):<22} {view:<40} {row.get('entries', 0):>7} images "
+            f"  {row['key']}  {described.get('backbone', '?'):<22} {view:<40} "
+            f"{row.get('entries', 0):>7} images "
             f"{row.get('bytes', 0) / 2**20:>8.1f} MiB  {row.get('status', '')}"
         )
     return 0

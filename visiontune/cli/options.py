@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, Field, fields
 
-__all__ = ["add_config_options", "given_options"]
+__all__ = ["add_cache_options", "add_config_options", "given_options"]
 
 # Annotation (as written, under ``from __future__ import annotations``) -> argparse type.
 _TYPES = {"int": int, "float": float, "str": str}
@@ -55,3 +55,17 @@ def given_options(args: argparse.Namespace, config_class) -> dict:
     """The ``config_class`` options present in ``args``: those given on the command line."""
     names = {f.name for f in fields(config_class) if f.metadata.get("cli", True)}
     return {k: v for k, v in vars(args).items() if k in names}
+
+
+def add_cache_options(p) -> None:
+    """``--cache-dir DIR`` and ``--no-cache`` (``args.cache_dir``, ``args.cache``), for the
+    commands that take them without the rest of ``TrainConfig`` (advise, extract, similar)."""
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="feature cache folder (default: $VISIONTUNE_CACHE or ~/.cache/visiontune)",
+    )
+    p.add_argument(
+        "--no-cache", dest="cache", action="store_false", help="bypass the feature cache"
+    )

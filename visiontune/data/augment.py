@@ -29,7 +29,7 @@ Presets:
   ``pca-color=0.1``.
 
 This module imports no torch at import time, so the CLI can list the ops in its help cheaply;
-the transforms themselves live in ``_augment_ops``.
+the transforms themselves live in ``augment_ops``.
 """
 
 from __future__ import annotations
@@ -459,7 +459,7 @@ def build_train_transform(
     ``pca``: the training set's ``PCAStats`` (``compute_pca_stats``), needed by ``pca-color``.
     Batch-level ops (``mixup``, ``cutmix``) are left to ``build_batch_transform``.
     """
-    from ._augment_ops import build_image_pipeline
+    from .augment_ops import build_image_pipeline
 
     return build_image_pipeline(spec, parse_augment(augment), pca)
 
@@ -467,6 +467,6 @@ def build_train_transform(
 def build_batch_transform(augment: str | AugmentSpec, *, num_classes: int):
     """``(images, labels) -> (images, soft labels)`` for ``mixup``/``cutmix`` (one of the two,
     chosen at random per batch, when both are listed); ``None`` when the pipeline has neither."""
-    from ._augment_ops import build_batch_pipeline
+    from .augment_ops import build_batch_pipeline
 
     return build_batch_pipeline(parse_augment(augment), num_classes)

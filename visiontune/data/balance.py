@@ -14,6 +14,9 @@ __all__ = ["balancing", "class_weights", "sample_weights"]
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
     """scikit-learn's "balanced" weights, ``n / (classes present * count)``: every class then
     carries the same total weight. A class with no training sample gets 0 (it has nothing to weigh).
+
+    >>> class_weights([0, 0, 0, 1], 3)
+    tensor([0.6667, 2.0000, 0.0000])
     """
     labels = np.asarray(labels, dtype=np.int64)
     present = np.unique(labels)

@@ -458,7 +458,12 @@ def check_folder(
     workers: int | None = None,
 ) -> CheckReport:
     """Scan ``root`` (any layout ``scan_folder`` accepts; nothing held out of train) and check
-    it with ``check_splits``."""
+    it with ``check_splits``.
+
+    >>> report = check_folder(photos, workers=0)
+    >>> report.has_errors, report.summary()
+    (False, {'class-counts': 1})
+    """
     return check_splits(
         scan_folder(root, val_fraction=0.0),
         decode=decode,

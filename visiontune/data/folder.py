@@ -7,6 +7,10 @@ Two layouts are recognised::
                                                in any letter case (e.g. TRAIN, TEST)
 
 Class names are matched across splits without regard to case.
+
+>>> splits = scan_folder(photos)
+>>> splits.layout, splits.labels.names, len(splits.train), len(splits.val), len(splits.test)
+('splits', ('cat', 'dog'), 12, 4, 6)
 """
 
 from __future__ import annotations
@@ -140,7 +144,8 @@ def scan_class_folder(
         labels = LabelMap(tuple(class_dirs[k].name for k in sorted(class_dirs)))
         if len(labels) < 2:
             raise DataError(
-                f"{folder} has a single class ({labels.names[0]!r}); a classifier needs at least two"
+                f"{folder} has a single class ({labels.names[0]!r}); a classifier needs at least "
+                "two"
             )
     known = {n.lower(): i for i, n in enumerate(labels.names)}
     unknown = [class_dirs[k].name for k in images if k not in known and images[k]]

@@ -23,7 +23,8 @@ th{background:#eef1f5} tr.avg td{font-style:italic}
 .row{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
 img.figure{max-width:100%;background:#fff;border:1px solid #dde1e7;border-radius:6px}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:12px}
-.gallery figure{margin:0;background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:6px;font-size:.8rem}
+.gallery figure{margin:0;background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:6px;
+  font-size:.8rem}
 .gallery img{display:block;margin:0 auto 4px;max-width:100%;height:auto}
 .gallery .path{color:#5a6372;word-break:break-all} .wrong{color:#b3261e;font-weight:600}
 .note{color:#5a6372;font-size:.9rem}
@@ -61,19 +62,21 @@ def _tiles(metrics: Mapping) -> str:
 
 def _per_class_table(metrics: Mapping) -> str:
     rows = [
-        f"<tr><td class=l>{escape(name)}</td><td>{r['precision']:.3f}</td><td>{r['recall']:.3f}</td>"
-        f"<td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
+        f"<tr><td class=l>{escape(name)}</td><td>{r['precision']:.3f}</td>"
+        f"<td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td><td>{r['support']}</td></tr>"
         for name, r in metrics["per_class"].items()
     ]
     for avg in ("macro_avg", "weighted_avg"):
         if avg in metrics:
             r = metrics[avg]
             rows.append(
-                f'<tr class="avg"><td class=l>{avg.replace("_avg", " average")}</td><td>{r["precision"]:.3f}'
-                f"</td><td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td><td></td></tr>"
+                f'<tr class="avg"><td class=l>{avg.replace("_avg", " average")}</td>'
+                f"<td>{r['precision']:.3f}</td><td>{r['recall']:.3f}</td><td>{r['f1']:.3f}</td>"
+                "<td></td></tr>"
             )
     return (
-        "<table><tr><th class=l>class</th><th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>"
+        "<table><tr><th class=l>class</th>"
+        "<th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>"
         + "".join(rows)
         + "</table>"
     )
@@ -83,13 +86,13 @@ def _confused_table(pairs: Sequence[Mapping]) -> str:
     if not pairs:
         return '<p class="note">No image was misclassified.</p>'
     rows = "".join(
-        f"<tr><td class=l>{escape(p['true'])}</td><td class=l>{escape(p['predicted'])}</td><td>{p['count']}</td>"
-        f"<td>{_pct(p['rate'])}</td></tr>"
+        f"<tr><td class=l>{escape(p['true'])}</td><td class=l>{escape(p['predicted'])}</td>"
+        f"<td>{p['count']}</td><td>{_pct(p['rate'])}</td></tr>"
         for p in pairs
     )
     return (
-        "<table><tr><th class=l>true class</th><th class=l>predicted as</th><th>images</th><th>of the true class</th>"
-        "</tr>" + rows + "</table>"
+        "<table><tr><th class=l>true class</th><th class=l>predicted as</th><th>images</th>"
+        "<th>of the true class</th></tr>" + rows + "</table>"
     )
 
 
@@ -100,9 +103,8 @@ def _calibration_table(rows: Sequence[Mapping]) -> str:
         for r in rows
     )
     return (
-        "<table><tr><th class=l>confidence</th><th>images</th><th>mean confidence</th><th>accuracy</th></tr>"
-        + body
-        + "</table>"
+        "<table><tr><th class=l>confidence</th><th>images</th><th>mean confidence</th>"
+        "<th>accuracy</th></tr>" + body + "</table>"
     )
 
 
@@ -112,8 +114,8 @@ def _gallery(shown: Sequence[Mapping], total: int) -> str:
     note = (
         f"All {total} misclassified images"
         if len(shown) == total
-        else f"The {len(shown)} most confident of {total} misclassified images (the rest are listed in "
-        "metrics.json)"
+        else f"The {len(shown)} most confident of {total} misclassified images "
+        "(the rest are listed in metrics.json)"
     )
     cards = []
     for item in shown:
@@ -171,8 +173,9 @@ def render_page(
 <h2>Misclassified images</h2>
 {_gallery(gallery, len(metrics["misclassified"]))}
 <h2>Calibration</h2>
-<p class="note">Images grouped by the model's confidence in its answer; a calibrated model's accuracy
-matches its confidence in every row. The expected calibration error is the image-weighted mean gap.</p>
+<p class="note">Images grouped by the model's confidence in its answer; a calibrated model's
+accuracy matches its confidence in every row. The expected calibration error is the
+image-weighted mean gap.</p>
 {_calibration_table(metrics["calibration"])}
 <footer>Written by visiontune. All numbers are in <a href="metrics.json">metrics.json</a>.</footer>
 </main></body></html>

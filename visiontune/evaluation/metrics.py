@@ -1,4 +1,9 @@
-"""Classification metrics as pure functions of labels, predictions and probabilities."""
+"""Classification metrics as pure functions of labels, predictions and probabilities.
+
+>>> m = classification_metrics([0, 0, 1, 1], [0, 1, 1, 1], ["cat", "dog"])
+>>> m["accuracy"], m["per_class"]["cat"]["recall"], m["confusion_matrix"]
+(0.75, 0.5, [[1, 1], [0, 2]])
+"""
 
 from __future__ import annotations
 

@@ -5,8 +5,12 @@ The folder holds ``metrics.json`` (every number), ``confusion_matrix.png``, ``cu
 ``index.html``, one page with all of it that refers to the other files by relative paths.
 ``index.html`` is written last, so its presence means the report is complete.
 
->>> predictions = model.labelled_predictions("photos/test")            # doctest: +SKIP
->>> write_report("report/", predictions, histories={"run": load_history(run)})  # doctest: +SKIP
+>>> result = visiontune.fit(photos, **TINY, strategy="head", epochs=1, workers=0, progress=False)
+>>> predictions = visiontune.load(result.run_dir).labelled_predictions(photos / "test", workers=0)
+>>> history = load_history(result.run_dir)
+>>> metrics = write_report("report/", predictions, histories={"run": history})
+>>> metrics["num_images"], (Path("report") / "index.html").is_file()
+(6, True)
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..choices import EXPORT_FORMATS
 from ..errors import VisiontuneError
 from ..formats.export_metadata import ExportMetadata

@@ -18,7 +18,7 @@ from ..data.transforms import decode_size, eval_transform, train_transform
 from ..engine.loop import Runtime, run_inference
 from .cache import FeatureCache, description_key, model_description, view_descriptor
 
-__all__ = ["STORE_EVERY", "FeatureDataset", "FeatureSet", "extract_features"]
+__all__ = ["STORE_EVERY", "FeatureDataset", "FeatureSet", "extract_features", "run_backbone"]
 
 # Images per cache write: a killed extraction keeps what it finished, at one shard per chunk.
 STORE_EVERY = 8192
@@ -39,7 +39,7 @@ class FeatureSet:
 
 
 class FeatureDataset(Dataset):
-    """Cached features in the same ``(input, label, index, note, path)`` form as ``ImageDataset``."""
+    """Cached features in ``ImageDataset``'s ``(input, label, index, note, path)`` form."""
 
     def __init__(self, features: FeatureSet):
         self.features = features
@@ -104,11 +104,21 @@ def extract_features(
     are then stored. ``view_seed``: instead of the eval view, augmented view ``view_seed`` of each
     image (``train_transform(augment=..., pca=...)``, seeded per image); a cache for it must be
     made with ``view=view_descriptor(describe_view(augment, pca), view_seed)``.
+
+    >>> from visiontune.backbones import create_backbone
+    >>> from visiontune.data.folder import scan_folder
+    >>> backbone = create_backbone(TINY["backbone"], weights=TINY["weights"])
+    >>> cache = FeatureCache.for_backbone(None, backbone)  # under $VISIONTUNE_CACHE
+    >>> cfg, test = LoopConfig(epochs=1, progress=False), scan_folder(photos).test
+    >>> first = extract_features(backbone, test, cfg=cfg, cache=cache)
+    >>> again = extract_features(backbone, test, cfg=cfg, cache=cache)
+    >>> first.features.shape, first.computed, again.from_cache
+    (torch.Size([6, 256]), 6, 6)
     """
     samples = list(samples)
 
     def run(part: list[Sample], label: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _run_backbone(
+        return run_backbone(
             backbone,
             _dataset(backbone, part, view_seed, augment, pca),
             part,
@@ -130,7 +140,7 @@ def extract_features(
     return _extract_cached(backbone, samples, cache, run, desc)
 
 
-def _run_backbone(
+def run_backbone(
     backbone: Backbone,
     dataset: ImageDataset,
     samples: list[Sample],
@@ -141,6 +151,8 @@ def _run_backbone(
     skips: SkipLog | None,
     desc: str,
 ):
+    """``(features, labels, indices)`` of ``dataset``'s decodable images, in order, through
+    ``backbone`` on ``cfg.device``; undecodable ones are recorded in ``skips``."""
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
     record = skips.record if skips is not None else None
     backbone = backbone.to(runtime.device)

@@ -13,6 +13,11 @@ def top_k_similar(
     """``(scores, indices)`` of the ``k`` gallery rows most similar to each query row.
 
     ``query``: (Q, D) or (D,); ``gallery``: (N, D). Scores are cosine similarities in [-1, 1].
+
+    >>> gallery = torch.tensor([[0.0, 1.0], [2.0, 0.1], [1.0, 1.0]])
+    >>> scores, indices = top_k_similar(torch.tensor([1.0, 0.0]), gallery, k=2)
+    >>> indices.tolist(), [round(s, 3) for s in scores[0].tolist()]
+    ([[1, 2]], [0.999, 0.707])
     """
     if query.ndim == 1:
         query = query.unsqueeze(0)

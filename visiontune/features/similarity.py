@@ -33,7 +33,7 @@ from ..data.transforms import decode_size, eval_transform
 from ..engine.loop import Runtime
 from ..strategies.advisor import Measurements
 from .cache import FeatureCache
-from .extract import _run_backbone, extract_features
+from .extract import extract_features, run_backbone
 from .probe import fit_logistic
 
 __all__ = [
@@ -263,7 +263,7 @@ def batchnorm_shift(
     spec = backbone.preprocess
     dataset = ImageDataset(samples, eval_transform(spec), decode_size=decode_size(spec))
     with recorder:
-        _, labels, _ = _run_backbone(
+        _, labels, _ = run_backbone(
             backbone,
             dataset,
             samples,

@@ -29,7 +29,7 @@ def _versions() -> dict:
     import timm
     import torchvision
 
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "visiontune": __version__,
@@ -42,7 +42,8 @@ def _versions() -> dict:
 def save_bundle(
     folder: str | Path, model: Classifier, *, labels: LabelMap, extra: dict | None = None
 ) -> Path:
-    """Write the bundle into ``folder``; ``extra`` (strategy, training settings...) goes into the JSON."""
+    """Write the bundle into ``folder``; ``extra`` (strategy, training settings...) goes into
+    the JSON."""
     folder = Path(folder)
     backbone = model.backbone
     config = {

@@ -89,7 +89,7 @@ class Predictor:
         progress: bool = False,
         tta: str = "none",
     ) -> dict:
-        """Metrics on ``folder/<class>/<images>``; class folders must be among the model's classes."""
+        """Metrics on ``folder/<class>/<images>``; the class folders must be model classes."""
         _, samples = scan_class_folder(Path(folder), self.labels)
         return self.evaluate_samples(
             samples, batch_size=batch_size, workers=workers, progress=progress, tta=tta

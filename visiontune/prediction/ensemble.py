@@ -82,7 +82,8 @@ class Ensemble(Predictor):
 
     def __repr__(self) -> str:
         names = [m.model.backbone.name for m in self.members]
-        return f"Ensemble(members={len(self.members)}, backbones={names}, classes={list(self.labels.names)})"
+        classes = list(self.labels.names)
+        return f"Ensemble(members={len(self.members)}, backbones={names}, classes={classes})"
 
     def __len__(self) -> int:
         return len(self.members)

@@ -61,7 +61,8 @@ class TrainedModel(Predictor):
 
     def __repr__(self) -> str:
         return (
-            f"TrainedModel(backbone={self.model.backbone.name!r}, classes={list(self.labels.names)}, "
+            f"TrainedModel(backbone={self.model.backbone.name!r}, "
+            f"classes={list(self.labels.names)}, "
             f"run_dir={str(self.run_dir) if self.run_dir else None!r})"
         )
 

@@ -18,11 +18,19 @@ big + different     ``full``                         enough data, and the featur
                                                      change: retrain everything
 ==================  ===============================  ====================================
 
-Pretrained layers always train at ``lr * backbone_lr_mult`` (0.1), deeper stages less under ``gradual``.
+Pretrained layers always train at ``lr * backbone_lr_mult`` (0.1), deeper stages less under
+``gradual``.
 
 ``decide`` takes ``Measurements`` (what ``visiontune.features.similarity.measure`` computes from a
 folder of images) and returns ``Advice``; it reads no files, so the table is testable on hand-made
 numbers. The thresholds are the module constants below, each with its reason.
+
+>>> few = Measurements(40, 2, 20, 20, probe_accuracy=0.95, bn_shift=0.1, num_stages=7)
+>>> decide(few).quadrant, decide(few).strategy
+('small+similar', 'head')
+>>> many = Measurements(4000, 2, 2000, 2000, probe_accuracy=0.6, bn_shift=3.0, num_stages=7)
+>>> decide(many).quadrant, decide(many).strategy
+('big+different', 'full')
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ class HeadStrategy(Strategy):
 
 
 class PartialStrategy(Strategy):
-    """The first stages stay frozen; the last ``unfreeze`` stages (default: a third) and the head train."""
+    """The first stages stay frozen; the last ``unfreeze`` (default: a third) and the head train."""
 
     name = "partial"
 
@@ -228,9 +228,9 @@ class GradualStrategy(Strategy):
     BatchNorm layers keep their pretrained running statistics throughout, unfrozen stages too (the
     Keras fine-tuning guide's rule; their scale and shift train). The fitted head expects features
     normalised by those statistics; in training mode each batch would be normalised by its own,
-    which on data far from ImageNet is a different feature space: on scikit-learn's digits (BatchNorm
-    shift 1.4) the first epoch's training loss rose above chance level and TEST accuracy fell from
-    the probe's 94 % to 78 %.
+    which on data far from ImageNet is a different feature space: on scikit-learn's digits
+    (BatchNorm shift 1.4) the first epoch's training loss rose above chance level and TEST
+    accuracy fell from the probe's 94 % to 78 %.
     """
 
     name = "gradual"

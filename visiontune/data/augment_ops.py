@@ -1,9 +1,10 @@
-"""The transforms behind ``augment.py``'s names (imported lazily: this module loads torch)."""
+"""The transforms behind ``augment.py``'s names (imported lazily: this module loads torch), built
+on the eval view's pieces in ``preprocess``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import PIL.Image
 import torch
@@ -12,8 +13,10 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from ..specs import PreprocessSpec
-from .augment import AugmentSpec, PCAStats
-from .transforms import _normalize, interpolation_mode
+from .preprocess import interpolation_mode, normalize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .augment import AugmentSpec, PCAStats
 
 __all__ = ["ColorShift", "LocalWarp", "PCALighting", "build_batch_pipeline", "build_image_pipeline"]
 
@@ -134,23 +137,38 @@ def _fill(spec: PreprocessSpec) -> list[int]:
 def build_image_pipeline(
     spec: PreprocessSpec, augment: AugmentSpec, pca: PCAStats | None
 ) -> v2.Compose:
-    s = dict(augment.image_ops.ops)
+    """uint8 ops (geometry, then policies and jitter), float conversion, float colour ops,
+    normalisation: the fixed order ``augment.py`` documents."""
+    ops = dict(augment.image_ops.ops)
     fill = _fill(spec)
-    steps: list = [v2.ToImage()]
-    # Geometry on uint8 tensors (see transforms.py); crop first, so later ops work at the
+    to_float, normalise = normalize(spec)  # ToDtype(float32, scale=True), Normalize
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            *_geometry(spec, ops, fill),
+            *_policies_and_jitter(ops, fill),
+            to_float,
+            *_float_colour(ops, pca),
+            normalise,
+        ]
+    )
+
+
+def _geometry(spec: PreprocessSpec, s: dict, fill: list[int]) -> list:
+    # Geometry on uint8 tensors (see preprocess.py); crop first, so later ops work at the
     # model's input size. Rotation, shear and warping resample bilinearly (bicubic is slower and
     # buys nothing for a random distortion).
     if "crop" in s:
-        steps.append(
+        steps: list = [
             v2.RandomResizedCrop(
                 spec.size,
                 scale=(s["crop"], 1.0),
                 interpolation=interpolation_mode(spec),
                 antialias=True,
             )
-        )
+        ]
     else:
-        steps += [
+        steps = [
             v2.Resize(spec.resize_size, interpolation=interpolation_mode(spec), antialias=True),
             v2.CenterCrop(spec.size),
         ]
@@ -168,6 +186,11 @@ def build_image_pipeline(
         )
     if "warp" in s:
         steps.append(LocalWarp(s["warp"], fill=fill))
+    return steps
+
+
+def _policies_and_jitter(s: dict, fill: list[int]) -> list:
+    steps: list = []
     if "randaugment" in s:
         steps.append(v2.RandAugment(num_ops=2, magnitude=int(s["randaugment"]), fill=fill))
     if "trivialaugment" in s:
@@ -180,8 +203,11 @@ def build_image_pipeline(
     if "jitter" in s:
         j = s["jitter"]
         steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4)))
-    normalize = _normalize(spec)  # [ToDtype(float32, scale=True), Normalize]
-    steps.append(normalize[0])
+    return steps
+
+
+def _float_colour(s: dict, pca: PCAStats | None) -> list:
+    steps: list = []
     if "color-shift" in s:
         steps.append(ColorShift(s["color-shift"]))
     if "pca-color" in s:
@@ -191,8 +217,7 @@ def build_image_pipeline(
                 "pca=compute_pca_stats(training samples)"
             )
         steps.append(PCALighting(pca, s["pca-color"]))
-    steps.append(normalize[1])
-    return v2.Compose(steps)
+    return steps
 
 
 def build_batch_pipeline(augment: AugmentSpec, num_classes: int):
