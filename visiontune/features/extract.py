@@ -109,9 +109,9 @@ def extract_features(
     >>> from visiontune.data.folder import scan_folder
     >>> backbone = create_backbone(TINY["backbone"], weights=TINY["weights"])
     >>> cache = FeatureCache.for_backbone(None, backbone)  # under $VISIONTUNE_CACHE
-    >>> cfg, test = LoopConfig(epochs=1, progress=False), scan_folder(photos).test
-    >>> first = extract_features(backbone, test, cfg=cfg, cache=cache)
-    >>> again = extract_features(backbone, test, cfg=cfg, cache=cache)
+    >>> runtime, test = Runtime(progress=False), scan_folder(photos).test
+    >>> first = extract_features(backbone, test, runtime=runtime, cache=cache)
+    >>> again = extract_features(backbone, test, runtime=runtime, cache=cache)
     >>> first.features.shape, first.computed, again.from_cache
     (torch.Size([6, 256]), 6, 6)
     """
