@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import _faults
 from .._seeding import derive_seed, seed_all
 from .checkpoint import TrainingState
 from .distributed import Distributed
@@ -124,7 +125,8 @@ def train_one_epoch(
         unit="batch",
         dynamic_ncols=True,
     )
-    for batch in bar:
+    for index, batch in enumerate(bar):
+        _faults.at_batch(epoch, index)  # test hook: no-op unless $VISIONTUNE_FAULT says
         if on_batch:
             on_batch(batch)
         empty = len(batch.labels) == 0
