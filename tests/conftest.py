@@ -13,6 +13,31 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+# The real Yoga Poses copy in ../shared (beside the checkout), used by the slow integration tests.
+YOGA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "yoga-poses"
+
+
+def in_ci() -> bool:
+    """``$CI`` is set (to anything but empty, ``0`` or ``false``), as CI services set it."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def require_or_skip(reason: str) -> None:
+    """Skip the test for a missing resource (a dataset, a browser) -- but fail it under ``$CI``,
+    where everything must be present and a skip would hide a test that never ran."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: this must be present, so it fails, not skips)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def yoga() -> Path:
+    """The shared Yoga Poses folder; skips where it is absent (fails under ``$CI``)."""
+    if not YOGA.is_dir():
+        require_or_skip(f"shared yoga dataset not present at {YOGA}")
+    return YOGA
+
+
 # The tiny random timm model used for fast loops (~100k parameters, 160 px input).
 TINY = {"backbone": "test_efficientnet", "weights": "none"}
 

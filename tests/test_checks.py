@@ -14,7 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, make_class_folder, make_split_folder, shape_image, solid_image
+from conftest import (
+    TINY,
+    YOGA,
+    make_class_folder,
+    make_split_folder,
+    shape_image,
+    solid_image,
+)
 from fuzz_files import png_header_only
 from PIL import Image
 
@@ -22,7 +29,6 @@ import visiontune
 from visiontune.api import check
 from visiontune.cli import main
 
-YOGA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "yoga-poses"
 OPTIONS = {"workers": 0, "max_pixels": 10_000, "imbalance_ratio": 2.5}
 
 
@@ -324,7 +330,7 @@ def test_train_exclude_duplicates_leaves_leaked_test_images_out(leaky, tmp_path,
 # --------------------------------------------------------------------------- the yoga set
 
 
-@pytest.mark.skipif(not YOGA.is_dir(), reason="shared yoga dataset not present")
+@pytest.mark.usefixtures("yoga")  # skips where it is absent; fails under $CI
 def test_yoga_check_reports_every_documented_defect(capsys):
     """Counts from ../shared/datasets/yoga-poses/README.md (this size-reduced copy: 37 leaked
     TEST images, 301 duplicate groups, 313 redundant copies)."""

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from _chromium import check_page, find_chromium
-from conftest import TINY, make_split_folder, solid_image
+from conftest import TINY, make_split_folder, require_or_skip, solid_image
 from PIL import Image
 
 import visiontune
@@ -379,7 +379,7 @@ def chromium() -> str:
     """Debian's chromium, installed with apt-get when missing (CI: root on a clean machine)."""
     path, reason = find_chromium()
     if path is None:
-        pytest.skip(f"headless Chromium unavailable: {reason}")
+        require_or_skip(f"headless Chromium unavailable: {reason}")
     return path
 
 

@@ -1,5 +1,9 @@
 """Resumable runs: a training process killed with SIGKILL mid-epoch and resumed ends exactly as an
-uninterrupted run; checkpoints refuse anything that is not theirs."""
+uninterrupted run; checkpoints refuse anything that is not theirs.
+
+The kills are ``$VISIONTUNE_FAULT`` (``visiontune/_faults.py``): the run kills itself at a given
+batch or write, so where it dies does not depend on how busy the machine is.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from conftest import TINY, make_class_folder
 from safetensors.torch import load_file
 
 import visiontune
+from visiontune._faults import ENV as FAULT_ENV
 from visiontune.errors import BundleError, VisiontuneError
 from visiontune.formats.checkpoint import CHECKPOINT_FILE, read_checkpoint_meta
 
@@ -38,8 +42,13 @@ OPTIONS = [
 ]
 
 
-def _train(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _train(*args: str, fault: str | None = None) -> subprocess.Popen:
+    """``visiontune train ARGS`` in a subprocess; ``fault``: its ``$VISIONTUNE_FAULT`` (none
+    otherwise, even if this process has one)."""
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
+    if fault:
+        env[FAULT_ENV] = fault
     return subprocess.Popen(
         [sys.executable, "-m", "visiontune", "train", *args],
         env=env,
@@ -52,6 +61,13 @@ def _train(*args: str) -> subprocess.Popen:
 def _finish(process: subprocess.Popen) -> None:
     out, err = process.communicate(timeout=600)
     assert process.returncode == 0, err[-3000:]
+
+
+def _killed(process: subprocess.Popen) -> None:
+    """The run died by its own ``$VISIONTUNE_FAULT`` (not by finishing, or failing)."""
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == -signal.SIGKILL, f"exit {process.returncode}: {err[-3000:]}"
+    assert f"{FAULT_ENV}: kill-" in err, err[-3000:]
 
 
 def _without_seconds(value):
@@ -80,7 +96,7 @@ def _assert_same(a: tuple, b: tuple) -> None:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    # Enough images that an epoch lasts a while: the kill has to land inside one.
+    # 16 training images at batch size 4: four batches an epoch, so batch 3 is mid-epoch.
     return make_class_folder(tmp_path_factory.mktemp("resume") / "data", {"cat": 10, "dog": 10})
 
 
@@ -97,34 +113,15 @@ def uninterrupted(reference_run) -> tuple:
     return _outcome(reference_run)
 
 
-def _kill_mid_epoch(
-    process: subprocess.Popen,
-    checkpoint: Path,
-    *,
-    after_epochs: int,
-    epoch_seconds: float | None = None,
-) -> None:
-    """SIGKILL halfway through the epoch that follows checkpoint ``after_epochs`` (0: the one
-    written after set-up), judging an epoch's length by the last one or ``epoch_seconds``."""
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and process.poll() is None:
-        if checkpoint.exists():
-            meta = read_checkpoint_meta(checkpoint)
-            if meta["epoch"] >= after_epochs:
-                break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run ended before it could be killed"
-    time.sleep(0.5 * (epoch_seconds or meta["history"][-1]["seconds"]))
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-
-
 def test_run_killed_mid_epoch_and_resumed_ends_exactly_as_an_uninterrupted_one(
     data, uninterrupted, tmp_path
 ):
     run = tmp_path / "run"
-    process = _train(str(data), *OPTIONS, "--workers", "0", "--out", str(run))
-    _kill_mid_epoch(process, run / CHECKPOINT_FILE, after_epochs=1)
+    # Dies at the start of epoch 2's third batch: two of its batches trained, nothing saved.
+    process = _train(
+        str(data), *OPTIONS, "--workers", "0", "--out", str(run), fault="kill-at-batch:2:3"
+    )
+    _killed(process)
     meta = read_checkpoint_meta(run / CHECKPOINT_FILE)
     assert meta["epoch"] == 1 and not meta["done"], "the kill should land inside epoch 2"
     assert not (run / "metrics.json").exists()
@@ -134,16 +131,15 @@ def test_run_killed_mid_epoch_and_resumed_ends_exactly_as_an_uninterrupted_one(
     assert not (run / CHECKPOINT_FILE).exists()
 
 
-def test_loader_workers_change_nothing_and_a_resume_may_change_them(
-    data, reference_run, uninterrupted, tmp_path
-):
+def test_loader_workers_change_nothing_and_a_resume_may_change_them(data, uninterrupted, tmp_path):
     """Each image is augmented under its own (seed, epoch, index) seed, so worker processes
     (and how many) do not change the batches: killed in epoch 1 with 1 worker, resumed with none
     from the checkpoint written after set-up."""
     run = tmp_path / "run"
-    process = _train(str(data), *OPTIONS, "--workers", "1", "--out", str(run))
-    first_epoch = json.loads((reference_run / "history.json").read_text())[0]["seconds"]
-    _kill_mid_epoch(process, run / CHECKPOINT_FILE, after_epochs=0, epoch_seconds=first_epoch)
+    process = _train(
+        str(data), *OPTIONS, "--workers", "1", "--out", str(run), fault="kill-at-batch:1:3"
+    )
+    _killed(process)
     assert read_checkpoint_meta(run / CHECKPOINT_FILE)["epoch"] == 0, (
         "the kill should land inside epoch 1"
     )
@@ -152,19 +148,12 @@ def test_loader_workers_change_nothing_and_a_resume_may_change_them(
 
 
 def _checkpointed_run(data: Path, tmp_path: Path) -> Path:
-    """A run folder left as a kill leaves it: a checkpoint, no bundle."""
+    """A run folder left as a kill leaves it: a checkpoint (the one after set-up), no bundle."""
     run = tmp_path / "run"
-    process = _train(str(data), *OPTIONS, "--workers", "0", "--out", str(run))
-    deadline = time.monotonic() + 600
-    while (
-        not (run / CHECKPOINT_FILE).exists()
-        and process.poll() is None
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-    assert (run / CHECKPOINT_FILE).exists()
+    fault = f"kill-after-write:{CHECKPOINT_FILE}:1"
+    _killed(_train(str(data), *OPTIONS, "--workers", "0", "--out", str(run), fault=fault))
+    assert read_checkpoint_meta(run / CHECKPOINT_FILE)["epoch"] == 0
+    assert not (run / "model.safetensors").exists()
     return run
 
 

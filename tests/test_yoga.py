@@ -1,18 +1,17 @@
-"""Integration on the real Yoga Poses copy in ../shared (skipped where it is absent): its layout and
-its real-world defects (a truncated JPEG, wrong extensions, RGBA/CMYK/palette images)."""
+"""Integration on the real Yoga Poses copy in ../shared (skipped where it is absent, failed then
+under $CI): its layout and its real-world defects (a truncated JPEG, wrong extensions,
+RGBA/CMYK/palette images)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import YOGA
 from PIL import Image
 
 from visiontune.data.folder import scan_folder
 from visiontune.data.images import decode_image, header_problem
 
-YOGA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "yoga-poses"
-pytestmark = pytest.mark.skipif(not YOGA.is_dir(), reason="shared yoga dataset not present")
+pytestmark = pytest.mark.usefixtures("yoga")  # skips where it is absent; fails under $CI
 
 
 def test_layout_classes_and_counts():

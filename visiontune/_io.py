@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from . import _faults
+
 __all__ = ["atomic_write", "atomic_write_text"]
 
 
@@ -24,10 +26,12 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        _faults.before_rename(path)  # test hook: no-op unless $VISIONTUNE_FAULT says
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _faults.after_write(path)
 
 
 def _umask() -> int:
