@@ -1,4 +1,4 @@
-"""Fault injection for tests: kill this process at an exact point, chosen by an environment variable.
+"""Fault injection for tests: kill this process at an exact point, named by an env variable.
 
 Tests that check what a crash leaves behind (a resumed run ends as an uninterrupted one; an
 atomic write is never torn) used to SIGKILL a subprocess after sleeping and hoped it landed in
