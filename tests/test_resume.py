@@ -167,7 +167,8 @@ def test_resume_refuses_changed_options_and_a_fresh_run_refuses_to_overwrite(dat
         timeout=300,
     )
     assert done.returncode == 2
-    assert "--lr 0.5 (the run used the default)" in done.stderr
+    # The run folder keeps the options resolved: the strategy's default LR, as a number.
+    assert "--lr 0.5 (the run used 0.005)" in done.stderr
     done = subprocess.run(
         [sys.executable, "-m", "visiontune", "train", str(data), *OPTIONS, "--out", str(run)],
         capture_output=True,
@@ -289,7 +290,7 @@ def test_fit_resumed_from_any_saved_epoch_equals_the_straight_run(tmp_path, stop
 
 def test_gradual_run_resumes_with_its_unfrozen_stages_and_optimizer_groups(tmp_path, monkeypatch):
     """Stopped after epoch 2 (one stage unfrozen, more optimizer groups), resumed in process."""
-    from visiontune.api import _checkpoints
+    from visiontune.training import checkpoints
 
     data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6})
     options = dict(
@@ -304,14 +305,14 @@ def test_gradual_run_resumes_with_its_unfrozen_stages_and_optimizer_groups(tmp_p
     )
     straight = visiontune.fit(data, out=str(tmp_path / "straight"), **options)
 
-    save = _checkpoints.RunCheckpoints.save
+    save = checkpoints.RunCheckpoints.save
 
-    def save_then_die(self, model, optimizer, state, strategy):
-        save(self, model, optimizer, state, strategy)
+    def save_then_die(self, model, optimizer, state, strategy, skips):
+        save(self, model, optimizer, state, strategy, skips)
         if state.epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_checkpoints.RunCheckpoints, "save", save_then_die)
+    monkeypatch.setattr(checkpoints.RunCheckpoints, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         visiontune.fit(data, out=str(tmp_path / "run"), **options)
     monkeypatch.undo()
