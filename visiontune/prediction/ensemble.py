@@ -8,8 +8,11 @@ it was trained to.
 A folder with an ``ensemble.json`` (written by ``visiontune train --ensemble N``) loads as one
 model; ``load_predictor`` takes such folders, ordinary run folders, or a list of either.
 
->>> model = load_predictor(["runs/a", "runs/b", "runs/c"])          # doctest: +SKIP
->>> model.evaluate("photos/test", tta="10crop")["accuracy"]         # doctest: +SKIP
+>>> runs = [visiontune.fit(photos, strategy="head", seed=seed, out=f"run{seed}", progress=False,
+...                        **TINY).run_dir for seed in (0, 1)]
+>>> model = load_predictor(runs)
+>>> len(model.members), model.evaluate(photos / "test", tta="flip")["num_images"]
+(2, 6)
 """
 
 from __future__ import annotations

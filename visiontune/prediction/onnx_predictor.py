@@ -5,9 +5,11 @@ visiontune's data code (the same decoder and eval geometry as the run folder) an
 graph in onnxruntime. It imports no model code (no backbones, no timm), so a deployment needs
 the exported file and the data transforms only.
 
->>> model = visiontune.load("runs/poses/model.onnx")                  # doctest: +SKIP
->>> model.predict(["photo.jpg"], top_k=2)[0]["top"]                    # doctest: +SKIP
-[{'class': 'tree', 'probability': 0.97}, {'class': 'warrior2', 'probability': 0.02}]
+>>> run = visiontune.fit(photos, strategy="head", out="run", progress=False, **TINY).run_dir
+>>> report = visiontune.export(run, format="onnx")
+>>> model = visiontune.load(run / "model.onnx")
+>>> [row["top"][0]["class"] for row in model.predict([photos / "test" / "dog"])][:1]
+['dog']
 """
 
 from __future__ import annotations

@@ -28,11 +28,13 @@ __all__ = ["Predictor", "TrainedModel", "expand_image_paths"]
 class TrainedModel(Predictor):
     """A classifier with its labels and preprocessing. Build with ``visiontune.load(run)``.
 
-    >>> model = visiontune.load("runs/my-run")                       # doctest: +SKIP
-    >>> model.predict(["photo.jpg"], top_k=3)[0]["top"][0]            # doctest: +SKIP
-    {'class': 'tree', 'probability': 0.97}
-    >>> model.evaluate("photos/test", tta="10crop")["accuracy"]       # doctest: +SKIP
-    0.985
+    >>> run = visiontune.fit(photos, strategy="head", out="run", progress=False, **TINY).run_dir
+    >>> model = visiontune.load(run)
+    >>> top = model.predict([photos / "test" / "cat"], top_k=2)[0]["top"]
+    >>> [sorted(t) for t in top], top[0]["probability"] >= top[1]["probability"]
+    ([['class', 'probability'], ['class', 'probability']], True)
+    >>> model.evaluate(photos / "test", tta="10crop")["num_images"]
+    6
     """
 
     def __init__(
