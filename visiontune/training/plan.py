@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+from .. import _runtime
 from .._console import console, stage_table
 from .._seeding import seed_all
 from ..backbones import Classifier, Head, create_backbone
@@ -115,8 +116,9 @@ def make_plan(
     explicit: frozenset[str] = frozenset(),
     resume: Checkpoint | None = None,
 ) -> Plan:
-    """Decide the run ``config`` describes; ``explicit``: the options the user gave (``auto``
-    keeps them); ``resume``: the checkpoint of the interrupted run it continues."""
+    """Decide the run ``config`` describes. ``device``: default ``config.device`` resolved (under
+    torchrun, the rank's own); ``explicit``: the options the user gave (``auto`` keeps them);
+    ``resume``: the checkpoint of the interrupted run it continues."""
     if dist and config.batch_size % dist.world_size:
         raise VisiontuneError(
             f"--batch-size {config.batch_size} is the global batch and must divide evenly "
@@ -124,7 +126,11 @@ def make_plan(
         )
     seed_all(config.seed)
     progress = config.progress and (dist is None or dist.is_main)
-    runtime = Runtime.on(dist.device if dist else device, progress=progress, distributed=dist)
+    if dist:
+        device = dist.device
+    elif device is None:
+        device = _runtime.resolve_device(config.device)
+    runtime = Runtime.on(device, progress=progress, distributed=dist)
     workers = default_workers() if config.workers is None else config.workers
     splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
     backbone = create_backbone(config.backbone, weights=config.weights or "default")
