@@ -306,15 +306,9 @@ def extract(
     >>> summary["rows"], summary["dim"] > 0
     (22, True)
     """
-    from . import _runtime
-    from .data.loader import default_workers
-    from .features.cache import FeatureCache
-    from .features.embeddings import backbone_from, write_embeddings
+    from .features.embeddings import embedding_model, write_embeddings
 
-    _runtime.tune_allocator()
-    model = backbone_from(backbone, weights)
-    store = FeatureCache.for_backbone(cache_dir, model) if cache else None
-    workers = default_workers() if workers is None else workers
+    model, store, workers = embedding_model(backbone, weights, cache, cache_dir, workers)
     return write_embeddings(
         data, out, model, cache=store, batch_size=batch_size, workers=workers, progress=progress
     )
@@ -338,15 +332,9 @@ def similar(
     >>> visiontune.similar(TINY["backbone"], query, photos, k=1, weights="none")[0]["score"] > 0.99
     True
     """
-    from . import _runtime
-    from .data.loader import default_workers
-    from .features.cache import FeatureCache
-    from .features.embeddings import backbone_from, similar_images
+    from .features.embeddings import embedding_model, similar_images
 
-    _runtime.tune_allocator()
-    model = backbone_from(run_or_backbone, weights)
-    store = FeatureCache.for_backbone(cache_dir, model) if cache else None
-    workers = default_workers() if workers is None else workers
+    model, store, workers = embedding_model(run_or_backbone, weights, cache, cache_dir, workers)
     return similar_images(
         model, query, folder, k=k, cache=store, workers=workers, progress=progress
     )

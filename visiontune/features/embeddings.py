@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _runtime
 from .._io import atomic_write
 from ..backbones import Backbone, create_backbone
 from ..data.folder import Sample, expand_image_paths, scan_folder
-from ..data.loader import SkipLog
+from ..data.loader import SkipLog, default_workers
 from ..engine.loop import Runtime
 from ..errors import VisiontuneError
 from ..formats.bundle import load_bundle
@@ -17,7 +18,7 @@ from .cache import FeatureCache
 from .similar import top_k_similar
 from .splits import extract_parts
 
-__all__ = ["backbone_from", "similar_images", "write_embeddings"]
+__all__ = ["backbone_from", "embedding_model", "similar_images", "write_embeddings"]
 
 
 def backbone_from(run_or_backbone: str | Path, weights: str | None) -> Backbone:
@@ -27,6 +28,20 @@ def backbone_from(run_or_backbone: str | Path, weights: str | None) -> Backbone:
         # Its spec says fine-tuned (``load_bundle``): the feature cache hashes the tensors.
         return model.backbone
     return create_backbone(str(run_or_backbone), weights=weights or "default")
+
+
+def embedding_model(
+    run_or_backbone: str | Path,
+    weights: str | None,
+    cache: bool,
+    cache_dir: str | None,
+    workers: int | None,
+) -> tuple[Backbone, FeatureCache | None, int]:
+    """The backbone, its feature cache (unless ``cache`` is false) and the loader processes."""
+    _runtime.tune_allocator()
+    backbone = backbone_from(run_or_backbone, weights)
+    store = FeatureCache.for_backbone(cache_dir, backbone) if cache else None
+    return backbone, store, default_workers() if workers is None else workers
 
 
 def write_embeddings(
