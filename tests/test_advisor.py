@@ -20,6 +20,7 @@ from visiontune.data.folder import scan_folder
 from visiontune.data.loader import ImageDataset
 from visiontune.data.transforms import decode_size, eval_transform
 from visiontune.engine.loop import Runtime
+from visiontune.errors import VisiontuneError
 from visiontune.features.similarity import batchnorm_shift, measure, probe_accuracy
 from visiontune.strategies import STRATEGIES, Measurements, decide
 from visiontune.strategies.advisor import BN_SHIFT_SCALE, SIMILAR_AT, SMALL_BELOW, similarity_score
@@ -389,6 +390,16 @@ def test_advise_never_reads_the_test_split(tmp_path):
     make_class_folder(root / "test", {"cat": 7, "dog": 7}, seed=3)
     advice = visiontune.advise(root, **TINY, workers=0)
     assert advice.measurements.num_images == 10
+
+
+def test_advise_takes_every_seed_train_takes():
+    # Before: a seed of 2**32 or more reached scikit-learn's random_state: a numpy traceback.
+    x = np.random.default_rng(0).normal(size=(20, 3)) + np.repeat([[0.0], [3.0]], 10, axis=0)
+    y = np.repeat([0, 1], 10)
+    assert probe_accuracy(x, y, seed=2**63 - 1) == probe_accuracy(x, y, seed=2**63 - 1)
+    assert probe_accuracy(x, y, seed=2**40) is not None
+    with pytest.raises(VisiontuneError, match="--seed must be at least 0, got -1"):
+        visiontune.advise("anywhere", seed=-1)
 
 
 def test_train_auto_records_the_advice(colours, tmp_path, capsys):

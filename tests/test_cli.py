@@ -92,6 +92,11 @@ TRAIN_ERRORS = [
     ("good", ["--lr", "-1"], "--lr"),
     ("good", ["--backbone-lr-mult", "2"], "--backbone-lr-mult"),
     ("good", ["--workers", "-1"], "--workers"),
+    ("good", ["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+    ("good", ["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    ("good", ["--patience", "-1"], "--patience must be at least 1, got -1"),
+    ("good", ["--seed", "-1"], "--seed must be at least 0, got -1"),
+    ("good", ["--seed", str(2**63)], "--seed must be below 2**63"),
     ("good", ["--strategy", "partial", "--unfreeze", "99"], "--unfreeze"),
     ("good", ["--weights", "/no/such/weights.safetensors"], "no such file or folder"),
 ]
@@ -140,6 +145,74 @@ def test_bad_option_values_are_argparse_errors(workspace, capsys):
     assert files_under(workspace / "cwd") == set()
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--strategy", "head", "--head-solver", "adamw", "--lr", "1e30", "--epochs", "2"],
+        ["--strategy", "full", "--lr", "1e30", "--epochs", "2"],
+    ],
+    ids=["head-adamw", "full"],
+)
+def test_a_diverged_training_exits_2_and_saves_no_model(workspace, capsys, extra):
+    # Before: the NaN epoch counted as the best one and its weights were saved, exit 0.
+    data = _data(workspace / "inputs", "good")
+    out_dir = workspace / "cwd" / "run"
+    code, out, err = _run(["train", data, *TINY_ARGS, *extra, "--out", out_dir], capsys)
+    _assert_user_error(code, out, err, "training diverged in epoch")
+    assert "lower --lr" in err
+    assert not (out_dir / "model.safetensors").exists()
+    assert not (out_dir / "metrics.json").exists()
+
+
+def _strict_json(path: Path):
+    """``path`` parsed as JSON that other languages accept: a bare NaN or Infinity fails."""
+
+    def refuse(constant):
+        raise AssertionError(f"{path.name} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "extra, chosen",
+    [
+        (["--strategy", "head"], "chosen by cross-validation on train"),
+        (["--strategy", "head", "--head-solver", "adamw", "--epochs", "3"], "last epoch was kept"),
+    ],
+    ids=["lbfgs", "adamw"],
+)
+def test_no_validation_data_writes_null_prints_n_a_and_warns(workspace, capsys, extra, chosen):
+    data = _data(workspace / "inputs", "good")
+    out_dir = workspace / "cwd" / "run"
+    args = ["train", data, *TINY_ARGS, *extra, "--val-fraction", "0", "--out", out_dir]
+    code, out, err = _run(args, capsys)
+    assert code == 0, err
+    assert "validation accuracy n/a" in out and "nan" not in out
+    warnings = [line for line in err.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("visiontune: warning: no validation")
+    assert chosen in warnings[0]
+    metrics = _strict_json(out_dir / "metrics.json")
+    assert metrics["val"]["accuracy"] is None and metrics["val"]["loss"] is None
+    history = _strict_json(out_dir / "history.json")
+    assert all(row["val_acc"] is None and row["val_loss"] is None for row in history)
+    rows = list(csv.DictReader(io.StringIO((out_dir / "history.csv").read_text())))
+    assert rows and all(row["val_loss"] == "" for row in rows)
+
+
+def test_cache_warnings_are_one_clean_line(workspace, capsys):
+    data = _data(workspace / "inputs", "good")
+    args = ["train", data, *TINY_ARGS, "--strategy", "head", "--out", workspace / "run"]
+    assert _run(args, capsys)[0] == 0
+    (shard, *_) = sorted((workspace / "cache").rglob("shard-*.safetensors"))
+    shard.write_bytes(b"damaged")
+    code, out, err = _run([*args, "--out", workspace / "run2"], capsys)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err  # no "warnings.warn(...)" source line after it
+    assert lines[0].startswith("visiontune: warning: feature cache ")
+    assert "damaged shard-" in lines[0] and "CacheWarning" not in err
+
+
 # ----------------------------------------------------------- evaluate / predict error paths
 
 
@@ -179,6 +252,30 @@ def test_predict_and_evaluate_bad_paths(workspace, capsys, trained_run, trained_
         "history.csv",
         "metrics.json",
     }
+
+
+def test_batch_size_workers_and_seed_are_validated_by_every_command(
+    workspace, capsys, trained_run, trained_data
+):
+    # Before: predict/evaluate/advise/extract --workers -1 were tracebacks from the DataLoader,
+    # predict/evaluate --batch-size 0 were accepted, advise --seed -1 a numpy traceback.
+    run, test = trained_run.run_dir, trained_data / "test"
+    tiny = ["--backbone", "test_efficientnet", "--weights", "none"]
+    for argv, match in (
+        (["predict", run, test, "--workers", "-1"], "--workers must be at least 0, got -1"),
+        (["predict", run, test, "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["evaluate", run, test, "--workers", "-1"], "--workers must be at least 0, got -1"),
+        (["evaluate", run, test, "--batch-size", "-3"], "--batch-size must be at least 1, got -3"),
+        (["advise", trained_data, *tiny, "--workers", "-1"], "--workers must be at least 0"),
+        (["advise", trained_data, *tiny, "--seed", "-1"], "--seed must be at least 0, got -1"),
+        (["advise", trained_data, *tiny, "--seed", str(2**63)], "--seed must be below 2**63"),
+        (["extract", test, "--out", "e.npz", *tiny, "--workers", "-1"], "--workers must be"),
+        (["check", test, "--workers", "-1"], "--workers must be at least 0, got -1"),
+    ):
+        before = files_under(workspace)
+        code, out, err = _run(argv, capsys)
+        _assert_user_error(code, out, err, match)
+        assert files_under(workspace) == before
 
 
 def test_predict_on_only_unreadable_files_exits_1(workspace, capsys, trained_run):

@@ -11,16 +11,20 @@ import torch
 from torch import nn
 
 from visiontune.data.loader import Batch
+from visiontune.engine.distributed import on_main_rank
 from visiontune.engine.loop import (
     EvalOutput,
     LoopConfig,
     Runtime,
     StopTraining,
+    check_finite,
     evaluate_epoch,
     fit,
+    non_finite,
     run_inference,
 )
 from visiontune.engine.optim import apply_lr, build_optimizer, lr_multiplier
+from visiontune.errors import TrainingDiverged
 
 # ------------------------------------------------------------------------------- schedule
 
@@ -290,3 +294,88 @@ def test_evaluate_epoch_accuracy_and_loss():
         torch.empty(0, 2), torch.empty(0, dtype=torch.long), torch.empty(0), float("nan")
     )
     assert math.isnan(empty.accuracy)
+
+
+# ------------------------------------------------------------------------- divergence
+
+
+def _fit(model, train, val, epochs=3, **kwargs):
+    return fit(
+        model,
+        train,
+        val,
+        _optimizer(model),
+        cfg=LoopConfig(epochs=epochs, **CFG),
+        runtime=RUNTIME,
+        set_train_mode=lambda m: m.train(),
+        **kwargs,
+    )
+
+
+def _poison_at(epoch: int):
+    """An ``on_epoch_start`` that sets the weights to NaN before ``epoch`` (0-based) trains."""
+
+    def poison(current, model, optimizer):
+        if current == epoch:
+            with torch.no_grad():
+                model.weight.fill_(float("nan"))
+
+    return poison
+
+
+def test_a_nan_training_loss_stops_the_run_naming_the_epoch():
+    train, val = _problem()
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 2: the training loss is nan"):
+        _fit(_linear(), train, val, on_epoch_start=_poison_at(1))
+
+
+def test_a_nan_validation_loss_is_divergence_not_missing_validation_data():
+    # Before: a NaN validation loss counted as "no validation data: the latest is best", so the
+    # epoch replaced the finite best one and the run was saved.
+    train, val = _problem()
+    nan_val = [Batch(b.images.clone().fill_(float("nan")), b.labels, b.indices) for b in val]
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: the validation loss is nan.*lower --lr"):
+        _fit(_linear(), train, nan_val)
+
+
+def test_non_finite_weights_are_divergence_even_when_the_losses_are_finite():
+    model = nn.Sequential(nn.Linear(4, 2))
+    model.register_buffer("running", torch.tensor([1.0, float("inf")]))  # never in the loss
+    row = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "lr": 0.1}
+    assert non_finite(row, model, validated=True) == (
+        "1 weight tensor(s) hold inf or NaN (the first: running)"
+    )
+    with pytest.raises(TrainingDiverged, match="the model was not saved"):
+        check_finite(row, model, validated=True)
+    assert non_finite({**row, "val_loss": float("nan")}, nn.Linear(4, 2), validated=False) is None
+
+
+def test_no_validation_data_is_still_not_divergence():
+    train, _ = _problem()
+    history = _fit(_linear(), train, [], epochs=2)
+    assert [r["best"] for r in history] == [False, True]
+    assert all(math.isfinite(r["train_loss"]) for r in history)
+
+
+class _Rank:
+    """Stands in for a torchrun group's ``Distributed``: rank 0's broadcast reaches the others."""
+
+    sent: list = []
+
+    def __init__(self, is_main: bool):
+        self.is_main = is_main
+
+    def broadcast(self, obj):
+        if self.is_main:
+            _Rank.sent[:] = [obj]
+        return _Rank.sent[0]
+
+
+def test_a_user_error_of_rank_0_is_raised_on_every_rank():
+    # Otherwise the other ranks wait at the broadcast for a result that never comes.
+    def diverge():
+        raise TrainingDiverged("training diverged in epoch 2")
+
+    for is_main in (True, False):
+        with pytest.raises(TrainingDiverged, match="epoch 2"):
+            on_main_rank(_Rank(is_main), diverge if is_main else None, nn.Linear(2, 2))

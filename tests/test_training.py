@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -15,9 +17,10 @@ import visiontune
 from visiontune.cli import build_parser
 from visiontune.cli.options import add_config_options, given_options
 from visiontune.config import STRATEGY_DEFAULTS, TrainConfig
-from visiontune.errors import VisiontuneError
+from visiontune.errors import TrainingDiverged, VisiontuneError
 from visiontune.training import make_plan, prepare_data, run_training, train, write_run
 from visiontune.training.advice import apply_advice
+from visiontune.training.run import json_text
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -84,6 +87,45 @@ def test_seeds_of_2_to_the_32_or_more_train(data, tmp_path, seed):
 def test_seeds_outside_the_range_are_refused_at_construction(data, seed):
     with pytest.raises(VisiontuneError, match="--seed"):
         TrainConfig(data=str(data), seed=seed)
+
+
+@pytest.mark.parametrize(
+    "option, value, match",
+    [
+        ("lr", math.inf, "--lr must be a positive finite number, got inf"),
+        ("lr", -math.inf, "--lr must be a positive finite number, got -inf"),
+        ("lr", math.nan, "--lr must be a positive finite number, got nan"),
+        ("patience", -1, "--patience must be at least 1, got -1"),
+        ("patience", 0, "--patience must be at least 1, got 0"),
+    ],
+)
+def test_non_finite_lr_and_patience_below_one_are_refused_at_construction(
+    data, option, value, match
+):
+    with pytest.raises(VisiontuneError, match=re.escape(match)):
+        TrainConfig(data=str(data), **{option: value})
+
+
+def test_write_run_never_saves_non_finite_weights(data, tmp_path):
+    plan = make_plan(_config(data, tmp_path, strategy="head"), device=torch.device("cpu"))
+    prepared = prepare_data(plan)
+    outcome = train(plan, prepared)
+    with torch.no_grad():
+        plan.model.head.fc.bias[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="hold inf or NaN.*not saved"):
+        write_run(plan, prepared, outcome, {"val": {}})
+    assert not (plan.run_dir / "model.safetensors").exists()
+
+
+def test_json_text_writes_null_for_non_finite_numbers():
+    value = {"a": math.nan, "b": [1.5, math.inf, {"c": -math.inf}], "d": "nan", "e": 2}
+    assert json.loads(json_text(value)) == {
+        "a": None,
+        "b": [1.5, None, {"c": None}],
+        "d": "nan",
+        "e": 2,
+    }
+    assert "NaN" not in json_text(value) and "Infinity" not in json_text(value)
 
 
 def _options(tmp_path) -> dict:

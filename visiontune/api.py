@@ -15,7 +15,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import TrainConfig, changed_options
+from .config import TrainConfig, changed_options, check_run_options
 from .data.checks import CheckReport, check_folder
 from .data.duplicates import DEFAULT_NEAR_DISTANCE
 from .errors import VisiontuneError
@@ -142,6 +142,7 @@ def advise(
     from .features.cache import FeatureCache
     from .training.advice import measure_and_decide
 
+    check_run_options(workers=workers, seed=seed)
     _runtime.tune_allocator()
     _runtime.configure_threads()
     splits = scan_folder(data, val_fraction=0.0, seed=seed)
@@ -177,8 +178,8 @@ def check(
         ("--min-side", min_side, 1),
         ("--max-pixels", max_pixels, 1),
         ("--imbalance-ratio", imbalance_ratio, 1),
-        ("--workers", 0 if workers is None else workers, 0),
     )
+    check_run_options(workers=workers)
     for name, value, low in limits:
         if value < low:
             raise VisiontuneError(f"{name} must be at least {low}, got {value}")
@@ -224,6 +225,7 @@ def evaluate(
     from .evaluation.report import check_report_dir
     from .prediction.report import evaluation_report
 
+    check_run_options(batch_size=batch_size, workers=workers)
     options = {"batch_size": batch_size, "workers": workers, "progress": progress, "tta": tta}
     if report is None:
         return load(run).evaluate(folder, **options)
@@ -242,6 +244,7 @@ def predict(
     tta: str = "none",
 ) -> list[dict]:
     """Top-k classes with probabilities for each image file (folders are expanded)."""
+    check_run_options(batch_size=batch_size, workers=workers)
     return load(run).predict(
         paths, top_k=top_k, batch_size=batch_size, workers=workers, progress=progress, tta=tta
     )
@@ -308,6 +311,7 @@ def extract(
     """
     from .features.embeddings import embedding_model, write_embeddings
 
+    check_run_options(batch_size=batch_size, workers=workers)
     model, store, workers = embedding_model(backbone, weights, cache, cache_dir, workers)
     return write_embeddings(
         data, out, model, cache=store, batch_size=batch_size, workers=workers, progress=progress
@@ -334,6 +338,7 @@ def similar(
     """
     from .features.embeddings import embedding_model, similar_images
 
+    check_run_options(workers=workers)
     model, store, workers = embedding_model(run_or_backbone, weights, cache, cache_dir, workers)
     return similar_images(
         model, query, folder, k=k, cache=store, workers=workers, progress=progress

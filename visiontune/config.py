@@ -25,7 +25,14 @@ from .choices import BALANCE_MODES, DEVICES, HEAD_SOLVERS, STRATEGY_CHOICES
 from .data.augment import AugmentSpec, augment_help, parse_augment
 from .errors import VisiontuneError
 
-__all__ = ["MAX_SEED", "STRATEGY_DEFAULTS", "TrainConfig", "changed_options", "option"]
+__all__ = [
+    "MAX_SEED",
+    "STRATEGY_DEFAULTS",
+    "TrainConfig",
+    "changed_options",
+    "check_run_options",
+    "option",
+]
 
 # Per-strategy defaults, chosen so each finishes in minutes on a 2-core CPU. A frozen backbone's
 # head trains on cached features, where an epoch costs milliseconds, so it gets many.
@@ -221,6 +228,35 @@ def _in_range(name: str, value, low, high, *, high_open: bool) -> str | None:
     return None
 
 
+def _seed_problem(seed, *, optional: bool = False) -> str | None:
+    problem = _at_least("seed", seed, 0, optional=optional)
+    if problem is None and seed is not None and seed > MAX_SEED:
+        return f"--seed must be below 2**63, got {seed}"
+    return problem
+
+
+def check_run_options(
+    *, batch_size: int | None = None, workers: int | None = None, seed: int | None = None
+) -> None:
+    """Raise ``VisiontuneError`` for an invalid ``--batch-size``, ``--workers`` or ``--seed``
+    (None: not given), with ``TrainConfig``'s messages: every command that takes them checks
+    them here, before any work.
+
+    >>> check_run_options(batch_size=32, workers=0, seed=7)
+    >>> check_run_options(workers=-1)
+    Traceback (most recent call last):
+    ...
+    visiontune.errors.VisiontuneError: --workers must be at least 0, got -1
+    """
+    for problem in (
+        _at_least("batch-size", batch_size, 1, optional=True),
+        _at_least("workers", workers, 0, optional=True),
+        _seed_problem(seed, optional=True),
+    ):
+        if problem:
+            raise VisiontuneError(problem)
+
+
 def _problems(c: TrainConfig) -> list[str]:
     """Every invalid value of ``c``, as the message naming the valid ones."""
     found = [
@@ -243,10 +279,7 @@ def _problems(c: TrainConfig) -> list[str]:
         _at_least("patience", c.patience, 1, optional=True),
         _at_least("cache-views", c.cache_views, 0),
         _at_least("workers", c.workers, 0, optional=True),
-        _at_least("seed", c.seed, 0),
-        None
-        if c.seed is None or c.seed <= MAX_SEED
-        else f"--seed must be below 2**63, got {c.seed}",
+        _seed_problem(c.seed),
         _in_range("backbone-lr-mult", c.backbone_lr_mult, 0, 1, high_open=False),
         _in_range("val-fraction", c.val_fraction, 0, 1, high_open=True),
         _in_range("label-smoothing", c.label_smoothing, 0, 1, high_open=True),

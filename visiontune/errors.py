@@ -1,6 +1,14 @@
 """Errors a user can fix; the CLI turns them into one line on stderr and exit code 2."""
 
-__all__ = ["BundleError", "DataError", "ExportError", "VisiontuneError", "WeightsNotFoundError"]
+__all__ = [
+    "BundleError",
+    "DataError",
+    "ExportError",
+    "TrainingDiverged",
+    "VisiontuneError",
+    "VisiontuneWarning",
+    "WeightsNotFoundError",
+]
 
 
 class VisiontuneError(Exception):
@@ -21,3 +29,11 @@ class BundleError(VisiontuneError):
 
 class ExportError(VisiontuneError):
     """An exported model disagrees with the eager one, or could not be written."""
+
+
+class TrainingDiverged(VisiontuneError):
+    """A loss or the weights became non-finite (inf or NaN): the model is not saved."""
+
+
+class VisiontuneWarning(UserWarning):
+    """Base of the package's warnings; the CLI shows them as one ``visiontune: warning:`` line."""

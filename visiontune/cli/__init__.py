@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .._version import __version__
-from ..errors import VisiontuneError
+from ..errors import VisiontuneError, VisiontuneWarning
 
 __all__ = ["build_parser", "main"]
 
@@ -61,10 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _clean_warnings() -> Iterator[None]:
+    """Show the package's own warnings as one ``visiontune: warning: ...`` line on stderr
+    (no source file or line); any other warning as Python shows it."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, VisiontuneWarning):
+            print(f"visiontune: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = default
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with _clean_warnings():
+            return args.run(args)
     except VisiontuneError as exc:
         print(f"visiontune: error: {exc}", file=sys.stderr)
         return 2

@@ -165,16 +165,26 @@ def session(device_name: str = "auto") -> Iterator[Distributed | None]:
 def on_main_rank(
     ctx: Distributed | None, work: Callable[[], object], module: nn.Module | None = None
 ):
-    """Run ``work`` on rank 0 only and give every rank its result (and ``module``'s weights)."""
+    """Run ``work`` on rank 0 only and give every rank its result (and ``module``'s weights).
+
+    A ``VisiontuneError`` of rank 0's (a diverged head, say) is raised on every rank, so none
+    waits for a result that never comes."""
     if ctx is None:
         return work()
-    result = work() if ctx.is_main else None
+    result, failure = None, None
+    if ctx.is_main:
+        try:
+            result = work()
+        except VisiontuneError as exc:
+            failure = exc
     state = (
         {k: v.cpu() for k, v in module.state_dict().items()}
-        if ctx.is_main and module is not None
+        if ctx.is_main and module is not None and failure is None
         else None
     )
-    result, state = ctx.broadcast((result, state))
+    result, state, failure = ctx.broadcast((result, state, failure))
+    if failure is not None:
+        raise failure
     if module is not None and not ctx.is_main:
         module.load_state_dict(state)
     return result

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import _faults
 from .._seeding import derive_seed, seed_all
+from ..errors import TrainingDiverged
 from ..formats.checkpoint import TrainingState
 from .distributed import Distributed
 from .optim import apply_lr, lr_multiplier
@@ -31,8 +32,10 @@ __all__ = [
     "LoopConfig",
     "Runtime",
     "StopTraining",
+    "check_finite",
     "evaluate_epoch",
     "fit",
+    "non_finite",
     "run_inference",
     "train_one_epoch",
 ]
@@ -236,12 +239,43 @@ def evaluate_epoch(
     return EvalOutput(logits, labels, indices, loss)
 
 
-def _better(current: dict, best: dict | None) -> bool:
+def _better(current: dict, best: dict | None, *, validated: bool) -> bool:
     # Validation loss, not accuracy: on a few hundred validation images accuracy moves in steps
     # of one image and ties often, and picking its maximum mostly picks noise.
-    if best is None or math.isnan(current["val_loss"]):  # no validation data: the latest is best
+    if best is None or not validated:  # no validation data (an empty loader): the latest is best
         return True
     return current["val_loss"] < best["val_loss"]
+
+
+def non_finite(row: dict, model: nn.Module, *, validated: bool) -> str | None:
+    """What became inf or NaN in this epoch (its losses, then ``model``'s weights), or None."""
+    losses = [("train_loss", "training loss")]
+    if validated:  # without validation data its loss is NaN by definition
+        losses.append(("val_loss", "validation loss"))
+    for key, what in losses:
+        if not math.isfinite(row[key]):
+            return f"the {what} is {row[key]}"
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        return f"{len(bad)} weight tensor(s) hold inf or NaN (the first: {bad[0]})"
+    return None
+
+
+def check_finite(row: dict, model: nn.Module, *, validated: bool) -> None:
+    """Raise ``TrainingDiverged`` when the epoch of ``row`` left a non-finite loss or weight.
+
+    Every rank of a torchrun group sees the same summed losses and the same weights, so all of
+    them stop together."""
+    problem = non_finite(row, model, validated=validated)
+    if problem is not None:
+        raise TrainingDiverged(
+            f"training diverged in epoch {row['epoch']}: {problem}; the model was not saved - "
+            f"try a lower --lr (it was {row['lr']:.3g} at the epoch's end)"
+        )
 
 
 def _start_epoch(loader, cfg: LoopConfig, epoch: int) -> None:
@@ -254,11 +288,13 @@ def _start_epoch(loader, cfg: LoopConfig, epoch: int) -> None:
         sampler.set_epoch(epoch)
 
 
-def _record_epoch(state: TrainingState, row: dict, model: nn.Module, cfg: LoopConfig) -> None:
+def _record_epoch(
+    state: TrainingState, row: dict, model: nn.Module, cfg: LoopConfig, *, validated: bool
+) -> None:
     """Append ``row`` to the history; keep the weights when it is the best epoch so far."""
     best = state.history[state.best_epoch] if state.best_epoch is not None else None
     state.history.append(row)
-    if _better(row, best):
+    if _better(row, best, validated=validated):
         state.best_epoch, state.stale = len(state.history) - 1, 0
         state.best_weights = copy.deepcopy(model.state_dict())
     else:
@@ -342,7 +378,9 @@ def fit(
         lr = max(g["lr"] for g in optimizer.param_groups)
         row = {"epoch": epoch + 1, **train_stats, "val_loss": val.loss, "val_acc": val.accuracy}
         row.update(lr=lr, seconds=time.perf_counter() - start)
-        _record_epoch(state, row, model, cfg)
+        validated = len(val.labels) > 0
+        check_finite(row, model, validated=validated)  # a diverged epoch is never kept
+        _record_epoch(state, row, model, cfg, validated=validated)
         best = state.history[state.best_epoch]["val_acc"]
         epochs_bar.set_postfix(
             loss=f"{row['train_loss']:.3f}", val_acc=f"{val.accuracy:.3f}", best=f"{best:.3f}"

@@ -26,7 +26,7 @@ from PIL import Image
 from ..data.folder import list_images
 from ..data.images import ImageDecodeError, decode_image
 from ..data.transforms import decode_size, eval_geometry
-from ..errors import ExportError
+from ..errors import ExportError, VisiontuneWarning
 from ..prediction.predictor import TrainedModel
 from ..specs import PreprocessSpec
 
@@ -45,7 +45,7 @@ TOLERANCE = 1e-4
 MAX_IMAGES = 16
 
 
-class ParityWarning(UserWarning):
+class ParityWarning(VisiontuneWarning):
     """The check ran on generated images because the run's data could not be read."""
 
 

@@ -34,6 +34,7 @@ from .._io import atomic_write, atomic_write_text
 from .._paths import default_cache_dir
 from ..backbones import Backbone
 from ..backbones.sources import file_sha256
+from ..errors import VisiontuneWarning
 
 try:  # POSIX; elsewhere concurrent runs on one cache folder are not serialised
     import fcntl
@@ -62,7 +63,7 @@ _KEY_RE = re.compile(r"[0-9a-f]{16}")
 _SHARD_RE = re.compile(r"shard-\d+\.safetensors")
 
 
-class CacheWarning(UserWarning):
+class CacheWarning(VisiontuneWarning):
     """A damaged part of the feature cache was found and will be rebuilt."""
 
 

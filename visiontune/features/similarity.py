@@ -160,7 +160,9 @@ def probe_accuracy(
     targets = torch.tensor([index[c] for c in y], dtype=torch.long)
     features = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     predicted = np.empty(len(y), dtype=np.int64)
-    for train, held_out in StratifiedKFold(k, shuffle=True, random_state=seed).split(features, y):
+    for train, held_out in StratifiedKFold(k, shuffle=True, random_state=seed % 2**32).split(
+        features, y
+    ):
         mean = features[train].mean(0)
         std = features[train].std(0, unbiased=False).clamp_min(1e-12)  # as StandardScaler
         init = (torch.zeros(len(classes), features.shape[1]), torch.zeros(len(classes)))

@@ -11,7 +11,6 @@ see all of the training images), or one member per backbone with the same seed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..data.folder import scan_folder
 from ..errors import VisiontuneError
 from ..prediction.ensemble import Ensemble, write_ensemble_file
 from .plan import default_run_dir
-from .run import FitResult, run_training
+from .run import FitResult, json_text, run_training
 
 __all__ = ["EnsembleFitResult", "member_configs", "train_ensemble"]
 
@@ -117,5 +116,5 @@ def train_ensemble(
             for i, (c, r) in enumerate(zip(configs, results, strict=True))
         ],
     }
-    atomic_write_text(root / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(root / "metrics.json", json_text(metrics))
     return EnsembleFitResult(root, ensemble, results, metrics)

@@ -116,7 +116,9 @@ def train_head_on_features(plan: Plan, data: PreparedData, skips: SkipLog) -> He
     if plan.config.head_solver == "lbfgs":  # full batch: --balance sampler means weights here
         val = features.get("val", empty_feature_set(head.in_features))
         weight = _probe_class_weight(plan, features["train"])
-        history = fit_linear_probe(head, features["train"], val, class_weight=weight).history
+        seed = plan.config.seed
+        probe = fit_linear_probe(head, features["train"], val, class_weight=weight, seed=seed)
+        history = probe.history
     else:
         history = _fit_head_minibatch(plan, features)
     test = None
@@ -140,6 +142,7 @@ def warm_start_head(plan: Plan, data: PreparedData, skips: SkipLog) -> dict:
     head = plan.model.head
     val = features.get("val", empty_feature_set(head.in_features))
     weight = _probe_class_weight(plan, features["train"])
-    probe = fit_linear_probe(head, features["train"], val, class_weight=weight)
+    seed = plan.config.seed
+    probe = fit_linear_probe(head, features["train"], val, class_weight=weight, seed=seed)
     best = next(r for r in probe.history if r["best"])
     return {"C": probe.C, "val_acc": best["val_acc"], "val_loss": best["val_loss"]}

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from .._io import atomic_write_text
 from ..config import TrainConfig
 from ..data.loader import SkipLog
 from ..engine import distributed
+from ..errors import TrainingDiverged, VisiontuneWarning
 from ..formats.bundle import save_bundle
 from ..formats.checkpoint import CHECKPOINT_FILE, Checkpoint
 from ..prediction.predictor import TrainedModel
@@ -29,7 +32,16 @@ from .frozen import train_head_on_features
 from .plan import Plan, make_plan, print_plan
 from .prepare import PreparedData, prepare_data
 
-__all__ = ["FitResult", "Outcome", "run_training", "train", "write_run"]
+__all__ = [
+    "FitResult",
+    "Outcome",
+    "finite_or_null",
+    "json_text",
+    "no_validation_warning",
+    "run_training",
+    "train",
+    "write_run",
+]
 
 
 @dataclass
@@ -76,33 +88,100 @@ def train(plan: Plan, data: PreparedData) -> Outcome:
     return Outcome(history, test, skips.to_dict(), warm_start, extraction)
 
 
+def finite_or_null(value):
+    """``value`` with every inf or NaN float (at any depth) replaced by None, for JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def json_text(value) -> str:
+    """Strict JSON (``null`` where a number is inf or NaN, never a bare ``NaN``), indented."""
+    return json.dumps(finite_or_null(value), indent=2, allow_nan=False) + "\n"
+
+
 def _history_csv(history: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
     writer.writeheader()
-    writer.writerows(history)
+    writer.writerows(finite_or_null(history))  # an empty cell where JSON has null
     return buffer.getvalue()
 
 
-def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float) -> dict:
-    """``metrics.json``: the chosen epoch's (or probe's) validation scores, TEST, the data."""
-    best = next((r for r in outcome.history if r.get("best")), outcome.history[-1])
-    chosen = {"C": best["C"]} if "C" in best else {"best_epoch": best["epoch"]}
-    dist = plan.runtime.distributed
+def _best_row(history: list[dict]) -> dict:
+    return next((r for r in history if r.get("best")), history[-1])
+
+
+def _chosen(best: dict) -> dict:
+    """What was chosen: the probe's C (and its cross-validated scores), or the epoch."""
+    if "C" not in best:
+        return {"best_epoch": best["epoch"]}
+    if "cv_loss" not in best:
+        return {"C": best["C"]}
     return {
-        "val": {"accuracy": best["val_acc"], "loss": best["val_loss"], **chosen},
-        "test": outcome.test,
-        "head_warm_start": outcome.warm_start,
-        "feature_extraction": outcome.extraction,
-        "data_checks": data.screening.record,
-        **({"advice": plan.advice} if plan.advice else {}),
-        **outcome.skips,
-        "timing": {
-            "total_s": seconds,
-            "device": str(plan.runtime.device),
-            **({"processes": dist.world_size} if dist else {}),
-        },
+        "C": best["C"],
+        "cross_validation": {"accuracy": best["cv_acc"], "loss": best["cv_loss"]},
     }
+
+
+def no_validation_warning(history: list[dict]) -> str | None:
+    """The warning for a run without validation images (how it chose its result), or None."""
+    best = _best_row(history)
+    accuracy = best.get("val_acc")
+    if accuracy is not None and math.isfinite(accuracy):
+        return None
+    if "cv_loss" in best:
+        how = f"the L2 strength C={best['C']:g} was chosen by cross-validation on train"
+    elif "C" in best:
+        how = f"C={best['C']:g} was used (a class has too few images to cross-validate)"
+    else:
+        how = "the last epoch was kept (no early stopping)"
+    return (
+        f"no validation images (no val split, or --val-fraction 0): validation accuracy is "
+        f"n/a; {how}"
+    )
+
+
+def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float) -> dict:
+    """``metrics.json``: the chosen epoch's (or probe's) validation scores, TEST, the data; a
+    score that does not exist (no validation images) is None."""
+    best = _best_row(outcome.history)
+    chosen = _chosen(best)
+    dist = plan.runtime.distributed
+    return finite_or_null(
+        {
+            "val": {"accuracy": best["val_acc"], "loss": best["val_loss"], **chosen},
+            "test": outcome.test,
+            "head_warm_start": outcome.warm_start,
+            "feature_extraction": outcome.extraction,
+            "data_checks": data.screening.record,
+            **({"advice": plan.advice} if plan.advice else {}),
+            **outcome.skips,
+            "timing": {
+                "total_s": seconds,
+                "device": str(plan.runtime.device),
+                **({"processes": dist.world_size} if dist else {}),
+            },
+        }
+    )
+
+
+def _check_weights(model: torch.nn.Module) -> None:
+    """The last guard before the bundle: never save inf or NaN weights."""
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise TrainingDiverged(
+            f"training diverged: {len(bad)} weight tensor(s) hold inf or NaN (the first: "
+            f"{bad[0]}); the model was not saved - try a lower --lr"
+        )
 
 
 def write_run(plan: Plan, data: PreparedData, outcome: Outcome, metrics: dict) -> None:
@@ -115,10 +194,11 @@ def write_run(plan: Plan, data: PreparedData, outcome: Outcome, metrics: dict) -
         **({"advice": plan.advice} if plan.advice else {}),
     }
     run_dir = plan.run_dir
+    _check_weights(plan.model)
     save_bundle(run_dir, plan.model, labels=data.splits.labels, extra=extra)
-    atomic_write_text(run_dir / "history.json", json.dumps(outcome.history, indent=2) + "\n")
+    atomic_write_text(run_dir / "history.json", json_text(outcome.history))
     atomic_write_text(run_dir / "history.csv", _history_csv(outcome.history))
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(run_dir / "metrics.json", json_text(metrics))
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
@@ -144,5 +224,8 @@ def run_training(
         metrics = run_metrics(plan, data, outcome, time.perf_counter() - started)
         if plan.writes:
             write_run(plan, data, outcome, metrics)
+            warning = no_validation_warning(outcome.history)
+            if warning:
+                warnings.warn(warning, VisiontuneWarning, stacklevel=2)
     trained = TrainedModel(model, data.splits.labels, config=None, run_dir=plan.run_dir)
     return FitResult(plan.run_dir, trained, outcome.history, metrics)
