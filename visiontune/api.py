@@ -15,6 +15,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._paths import check_writable_file
 from .config import TrainConfig, changed_options
 from .data.checks import CheckReport, check_folder
 from .data.duplicates import DEFAULT_NEAR_DISTANCE
@@ -272,6 +273,7 @@ def export(
     target = Path(run) / default_export_name(format) if out is None else Path(out)
     if target.is_dir():
         target = target / default_export_name(format)
+    check_writable_file(target, "export --out")  # before the parity check: a bad target fails fast
     data = (config.get("training") or {}).get("data")
     tolerance = TOLERANCE if tolerance is None else tolerance
     max_images = MAX_IMAGES if max_images is None else max_images
@@ -311,6 +313,7 @@ def extract(
     from .features.cache import FeatureCache
     from .features.embeddings import backbone_from, write_embeddings
 
+    check_writable_file(out, "extract --out")
     _runtime.tune_allocator()
     model = backbone_from(backbone, weights)
     store = FeatureCache.for_backbone(cache_dir, model) if cache else None
@@ -367,6 +370,7 @@ def augment_preview(
     turn), each as its eval view and then ``cols`` seeded augmented draws at ``size`` pixels."""
     from .data.preview import write_augment_preview
 
+    check_writable_file(out, "augment-preview --out")
     return write_augment_preview(
         data, out, augment=augment, rows=rows, cols=cols, seed=seed, size=size, tile=tile
     )

@@ -26,6 +26,7 @@ from ..prediction.predictor import TrainedModel
 from .checkpoints import check_same_data, skipped_before, splits_fingerprint
 from .finetune import finetune
 from .frozen import train_head_on_features
+from .outdir import missing_folders, remove_empty, remove_old_run
 from .plan import Plan, make_plan, print_plan
 from .prepare import PreparedData, prepare_data
 
@@ -115,6 +116,7 @@ def write_run(plan: Plan, data: PreparedData, outcome: Outcome, metrics: dict) -
         **({"advice": plan.advice} if plan.advice else {}),
     }
     run_dir = plan.run_dir
+    remove_old_run(run_dir)  # --overwrite: no model.onnx of the old run beside the new model
     save_bundle(run_dir, plan.model, labels=data.splits.labels, extra=extra)
     atomic_write_text(run_dir / "history.json", json.dumps(outcome.history, indent=2) + "\n")
     atomic_write_text(run_dir / "history.csv", _history_csv(outcome.history))
@@ -139,10 +141,15 @@ def run_training(
         if plan.runtime.progress:
             print_plan(plan)
         data = prepare_data(plan)
-        outcome = train(plan, data)
-        model = plan.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-        metrics = run_metrics(plan, data, outcome, time.perf_counter() - started)
-        if plan.writes:
-            write_run(plan, data, outcome, metrics)
+        created = missing_folders(plan.run_dir) if plan.writes else []
+        try:
+            outcome = train(plan, data)
+            model = plan.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+            metrics = run_metrics(plan, data, outcome, time.perf_counter() - started)
+            if plan.writes:
+                write_run(plan, data, outcome, metrics)
+        except BaseException:  # a failed or interrupted run leaves no empty folder behind
+            remove_empty(created)
+            raise
     trained = TrainedModel(model, data.splits.labels, config=None, run_dir=plan.run_dir)
     return FitResult(plan.run_dir, trained, outcome.history, metrics)
