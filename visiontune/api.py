@@ -2,7 +2,7 @@
 
 >>> result = visiontune.fit(photos, strategy="head", progress=False, **TINY)
 >>> result.metrics["test"]["num_images"], sorted(result.metrics["test"])[:2]
-(6, ['accuracy', 'class_names'])
+(6, ['absent_classes', 'accuracy'])
 >>> model = visiontune.load(result.run_dir)
 >>> [row["top"][0]["class"] for row in model.predict([photos / "test" / "cat"])][:1]
 ['cat']
