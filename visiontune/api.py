@@ -2,7 +2,7 @@
 
 >>> result = visiontune.fit(photos, strategy="head", progress=False, **TINY)
 >>> result.metrics["test"]["num_images"], sorted(result.metrics["test"])[:2]
-(6, ['accuracy', 'class_names'])
+(6, ['absent_classes', 'accuracy'])
 >>> model = visiontune.load(result.run_dir)
 >>> [row["top"][0]["class"] for row in model.predict([photos / "test" / "cat"])][:1]
 ['cat']
@@ -15,6 +15,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._paths import check_writable_file
 from .config import TrainConfig, changed_options, check_run_options
 from .data.checks import CheckReport, check_folder
 from .data.duplicates import DEFAULT_NEAR_DISTANCE
@@ -275,6 +276,7 @@ def export(
     target = Path(run) / default_export_name(format) if out is None else Path(out)
     if target.is_dir():
         target = target / default_export_name(format)
+    check_writable_file(target, "export --out")  # before the parity check: a bad target fails fast
     data = (config.get("training") or {}).get("data")
     tolerance = TOLERANCE if tolerance is None else tolerance
     max_images = MAX_IMAGES if max_images is None else max_images
@@ -312,6 +314,7 @@ def extract(
     from .features.embeddings import embedding_model, write_embeddings
 
     check_run_options(batch_size=batch_size, workers=workers)
+    check_writable_file(out, "extract --out")
     model, store, workers = embedding_model(backbone, weights, cache, cache_dir, workers)
     return write_embeddings(
         data, out, model, cache=store, batch_size=batch_size, workers=workers, progress=progress
@@ -360,6 +363,7 @@ def augment_preview(
     turn), each as its eval view and then ``cols`` seeded augmented draws at ``size`` pixels."""
     from .data.preview import write_augment_preview
 
+    check_writable_file(out, "augment-preview --out")
     return write_augment_preview(
         data, out, augment=augment, rows=rows, cols=cols, seed=seed, size=size, tile=tile
     )

@@ -160,6 +160,12 @@ class TrainConfig:
     out: str | None = option(
         None, "run folder (default: runs/<time>-<backbone>-<strategy>)", metavar="DIR"
     )
+    overwrite: bool = option(
+        False,
+        "replace the finished run (or ensemble) in --out: its model, exports, history,\n"
+        "metrics and report folders are removed before the new run is written\n"
+        "(default: a finished run is refused)",
+    )
     progress: bool = option(
         True, "no progress bars or tables on stderr (default: show them)", flag="--no-progress"
     )

@@ -2,7 +2,8 @@
 subcommand: parse -> config -> one api call -> print / exit code.
 
 Exit codes: 0 success, 2 a problem with the input (bad path, empty class, unknown backbone...),
-printed as one line on stderr; 130 interrupted.
+printed as one line on stderr - an operating-system error while reading or writing (a full
+disk, a read-only folder, no permission) too, naming the path; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ def _clean_warnings() -> Iterator[None]:
         warnings.showwarning = default
 
 
+def _os_error(exc: OSError) -> str:
+    """``<strerror>: <path>``, as the shell says it."""
+    reason = exc.strerror or str(exc)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{reason}: {' -> '.join(str(p) for p in paths)}" if paths else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -90,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args)
     except VisiontuneError as exc:
         print(f"visiontune: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # ENOSPC, EROFS, EACCES...: the user's disk, not a bug
+        print(f"visiontune: error: {_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("visiontune: interrupted", file=sys.stderr)

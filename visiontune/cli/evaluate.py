@@ -94,6 +94,8 @@ def _run_evaluate(args) -> int:
     print(
         f"{'macro avg':<20} {macro['precision']:>9.3f} {macro['recall']:>9.3f} {macro['f1']:>9.3f}"
     )
+    if metrics.get("absent_classes"):
+        print(f"no images of (left out of the averages): {', '.join(metrics['absent_classes'])}")
     names = metrics["class_names"]
     print("confusion matrix (rows: true, columns: predicted)")
     print(" " * 12 + "".join(f"{n[:8]:>9}" for n in names))

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .duplicates import DEFAULT_NEAR_DISTANCE, exact_groups, near_groups
-from .folder import IMAGE_EXTENSIONS, DatasetSplits, scan_folder
+from .folder import IMAGE_EXTENSIONS, DatasetSplits, ignored_name, scan_folder
 from .inspect import EXPECTED_FORMATS, MIN_USABLE_SIDE, FileInfo, decode_file, inspect_file
 
 __all__ = [
@@ -44,6 +44,11 @@ FINDING_TYPES = {
         "never decoded, train skips it",
     ),
     "not-a-file": ("warning", "a folder named like an image file"),
+    "unsupported-file": (
+        "warning",
+        "a file whose extension is not an image type visiontune reads (.heic, .txt...); left out",
+    ),
+    "stray-image": ("warning", "an image outside any class folder (in DATA or a split); left out"),
     "truncated": ("warning", "the file ends early; train loads what there is"),
     "extension-mismatch": (
         "warning",
@@ -237,7 +242,7 @@ def _mode_findings(infos: list[FileInfo], where: _Where) -> list[Finding]:
 def _folders_named_like_images(root: Path) -> list[Finding]:
     found = []
     for dirpath, dirnames, _ in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not ignored_name(d))
         for name in dirnames:
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 path = Path(dirpath) / name
@@ -246,6 +251,16 @@ def _folders_named_like_images(root: Path) -> list[Finding]:
                     "file (not an image; images inside it, if any, are read as usual)"
                 )
                 found.append(Finding("not-a-file", "warning", message, [str(path)]))
+    return found
+
+
+def _left_out_findings(splits: DatasetSplits, where: _Where) -> list[Finding]:
+    """The files scanning did not use: other extensions, images outside any class folder."""
+    found = []
+    for path, info in sorted(splits.left_out.items()):
+        kind = info["type"]
+        message = info["reason"].replace(path, where.rel(path), 1)
+        found.append(Finding(kind, FINDING_TYPES[kind][0], message, [path]))
     return found
 
 
@@ -434,7 +449,7 @@ def check_splits(
         if decode:
             infos = _decode_each_content(pool, infos)
     counts = _class_counts(splits)
-    findings = _folders_named_like_images(Path(splits.root))
+    findings = _folders_named_like_images(Path(splits.root)) + _left_out_findings(splits, where)
     for info in infos:
         findings += _file_findings(info, where, min_side=min_side, max_pixels=max_pixels)
     findings += _mode_findings(infos, where)

@@ -29,6 +29,7 @@ __all__ = [
     "DatasetSplits",
     "Sample",
     "expand_image_paths",
+    "ignored_name",
     "list_images",
     "scan_class_folder",
     "scan_folder",
@@ -55,6 +56,25 @@ IMAGE_EXTENSIONS = frozenset(
         ".ico",
     ]
 )
+
+
+def _register_heif() -> frozenset[str]:
+    """HEIC/HEIF (iPhone photos) when the optional ``pillow-heif`` is installed
+    (``pip install visiontune[heif]``): registered with Pillow, so decoding reads them too."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return frozenset()
+    register_heif_opener()
+    return frozenset([".heic", ".heif"])
+
+
+IMAGE_EXTENSIONS = IMAGE_EXTENSIONS | _register_heif()
+# Left behind by operating systems, never data: a macOS zip's __MACOSX/ (AppleDouble copies of
+# every file), Finder's .DS_Store, Windows' Thumbs.db and desktop.ini. Hidden names (".x") too.
+IGNORED_NAMES = frozenset(["__macosx", ".ds_store", "thumbs.db", "desktop.ini", "@eadir"])
+# Image formats people have that Pillow does not read without a plugin
+PLUGIN_FORMATS = {".heic": "pillow-heif", ".heif": "pillow-heif", ".avif": "pillow-avif-plugin"}
 SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -83,6 +103,9 @@ class DatasetSplits:
     val: list[Sample]
     test: list[Sample] = field(default_factory=list)
     val_source: str = "held-out"  # "held-out" fraction of train, or "folder"
+    # files under DATA that are not used, path -> {"type", "reason"}: "unsupported-file" (an
+    # extension that is not an image type we read), "stray-image" (an image outside any class)
+    left_out: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {
@@ -96,19 +119,53 @@ class DatasetSplits:
         }
 
 
+def ignored_name(name: str) -> bool:
+    """Hidden names and what operating systems leave behind (``__MACOSX``, ``Thumbs.db``...)."""
+    return name.startswith(".") or name.lower() in IGNORED_NAMES
+
+
 def _is_visible_dir(path: Path) -> bool:
-    return path.is_dir() and not path.name.startswith(".")
+    return path.is_dir() and not ignored_name(path.name)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively), sorted, hidden files and folders skipped."""
+def _unsupported(path: Path) -> dict:
+    suffix = path.suffix.lower()
+    what = f"{suffix} is not an image type visiontune reads" if suffix else "no file extension"
+    plugin = PLUGIN_FORMATS.get(suffix)
+    hint = f" (`pip install {plugin}` adds it)" if plugin else ""
+    return {"type": "unsupported-file", "reason": f"{path}: {what}{hint}; left out"}
+
+
+def _stray(path: Path, where: str) -> dict:
+    reason = f"{path}: an image in {where}, outside any class folder; left out"
+    return {"type": "stray-image", "reason": reason}
+
+
+def list_images(folder: Path, *, left_out: dict[str, dict] | None = None) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted; hidden and system files and folders
+    skipped. ``left_out``: gets the other files, with why (``DatasetSplits.left_out``)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not ignored_name(d))
         for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath) / name)
+            if ignored_name(name):
+                continue
+            path = Path(dirpath) / name
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(path)
+            elif left_out is not None:
+                left_out[str(path)] = _unsupported(path)
     return found
+
+
+def _stray_images(folder: Path, where: str, left_out: dict[str, dict] | None) -> None:
+    """Image files directly in ``folder`` (the dataset root, a split folder): no class."""
+    if left_out is None:
+        return
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not ignored_name(path.name):
+            if path.is_file():
+                left_out[str(path)] = _stray(path, where)
 
 
 def _class_dirs(folder: Path) -> dict[str, Path]:
@@ -124,10 +181,31 @@ def _class_dirs(folder: Path) -> dict[str, Path]:
     return by_key
 
 
+def _new_labels(folder: Path, class_dirs: dict[str, Path], min_classes: int) -> LabelMap:
+    labels = LabelMap(tuple(class_dirs[k].name for k in sorted(class_dirs)))
+    if len(labels) < min_classes:
+        raise DataError(
+            f"{folder} has a single class ({labels.names[0]!r}); a classifier needs at least two"
+        )
+    return labels
+
+
+def _empty_classes(folder: Path, empty: list[str], left_out: dict[str, dict]) -> DataError:
+    unused = [info for path, info in left_out.items() if Path(path).parent.name in empty]
+    aside = f" ({len(unused)} file(s) left out, e.g. {unused[0]['reason']})" if unused else ""
+    return DataError(f"class folder(s) with no images in {folder}: {', '.join(empty)}{aside}")
+
+
 def scan_class_folder(
-    folder: Path, labels: LabelMap | None = None
+    folder: Path,
+    labels: LabelMap | None = None,
+    *,
+    min_classes: int = 2,
+    left_out: dict[str, dict] | None = None,
 ) -> tuple[LabelMap, list[Sample]]:
-    """Read ``folder/<class>/<images>``. With ``labels`` given, class names must be among them."""
+    """Read ``folder/<class>/<images>``. With ``labels`` given, class names must be among them.
+    ``min_classes``: without ``labels``, fewer classes are refused (a classifier needs two).
+    ``left_out``: gets the files that are not used, with why."""
     folder = Path(folder)
     if not folder.exists():
         raise DataError(f"no such folder: {folder}")
@@ -136,17 +214,16 @@ def scan_class_folder(
     class_dirs = _class_dirs(folder)
     if not class_dirs:
         raise DataError(f"{folder} has no class sub-folders (expected {folder}/<class>/<image>)")
-    images = {key: list_images(d) for key, d in class_dirs.items()}
+    unused: dict[str, dict] = {}
+    _stray_images(folder, f"{folder}", unused)
+    images = {key: list_images(d, left_out=unused) for key, d in class_dirs.items()}
+    if left_out is not None:
+        left_out.update(unused)
     empty = [class_dirs[k].name for k, files in images.items() if not files]
     if empty and labels is None:
-        raise DataError(f"class folder(s) with no images in {folder}: {', '.join(empty)}")
+        raise _empty_classes(folder, empty, unused)
     if labels is None:
-        labels = LabelMap(tuple(class_dirs[k].name for k in sorted(class_dirs)))
-        if len(labels) < 2:
-            raise DataError(
-                f"{folder} has a single class ({labels.names[0]!r}); a classifier needs at least "
-                "two"
-            )
+        labels = _new_labels(folder, class_dirs, min_classes)
     known = {n.lower(): i for i, n in enumerate(labels.names)}
     unknown = [class_dirs[k].name for k in images if k not in known and images[k]]
     if unknown:
@@ -196,8 +273,12 @@ def _path_key(sample: Sample) -> str:
     return str(sample.path)
 
 
-def scan_folder(root: str | Path, *, val_fraction: float = 0.15, seed: int = 0) -> DatasetSplits:
-    """Detect the layout of ``root`` and return its splits, holding out validation if needed."""
+def scan_folder(
+    root: str | Path, *, val_fraction: float = 0.15, seed: int = 0, min_classes: int = 2
+) -> DatasetSplits:
+    """Detect the layout of ``root`` and return its splits, holding out validation if needed.
+    ``min_classes``: 1 where no classifier is trained (``extract``). Files that are not used
+    (other extensions, images outside a class folder) are listed in ``left_out``."""
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"no such folder: {root}")
@@ -205,23 +286,28 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.15, seed: int = 0) 
         raise DataError(f"not a folder: {root}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    splits = _split_dirs(root)
+    splits, left_out = _split_dirs(root), {}
     if not splits:
-        labels, samples = scan_class_folder(root)
+        labels, samples = scan_class_folder(root, min_classes=min_classes, left_out=left_out)
         train, val = stratified_split(samples, val_fraction, seed)
-        return DatasetSplits(root, "classes", labels, train, val)
+        return DatasetSplits(root, "classes", labels, train, val, left_out=left_out)
     if "train" not in splits:
         raise DataError(
             f"{root} has split folders ({', '.join(d.name for d in splits.values())}) but no train "
             "folder"
         )
-    labels, train = scan_class_folder(splits["train"])
-    test = scan_class_folder(splits["test"], labels)[1] if "test" in splits else []
+    _stray_images(root, f"the dataset root {root}", left_out)
+    labels, train = scan_class_folder(splits["train"], min_classes=min_classes, left_out=left_out)
+    test = []
+    if "test" in splits:
+        test = scan_class_folder(splits["test"], labels, left_out=left_out)[1]
     if "val" in splits:
-        val = scan_class_folder(splits["val"], labels)[1]
-        return DatasetSplits(root, "splits", labels, train, val, test, val_source="folder")
+        val = scan_class_folder(splits["val"], labels, left_out=left_out)[1]
+        return DatasetSplits(
+            root, "splits", labels, train, val, test, val_source="folder", left_out=left_out
+        )
     train, val = stratified_split(train, val_fraction, seed)
-    return DatasetSplits(root, "splits", labels, train, val, test)
+    return DatasetSplits(root, "splits", labels, train, val, test, left_out=left_out)
 
 
 def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:

@@ -43,7 +43,11 @@ def _tiles(metrics: Mapping) -> str:
         if k != "1":
             tiles.append((f"top-{k} accuracy", _pct(value), ""))
     tiles += [
-        ("macro F1", f"{metrics['macro_avg']['f1']:.3f}" if n else "n/a", "mean over classes"),
+        (
+            "macro F1",
+            f"{metrics['macro_avg']['f1']:.3f}" if n else "n/a",
+            "mean over the classes present",
+        ),
         (
             "calibration error (ECE)",
             _pct(metrics["expected_calibration_error"]),

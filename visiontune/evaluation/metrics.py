@@ -46,8 +46,17 @@ def precision_recall_f1(
     """Per-class precision/recall/F1/support and their macro and support-weighted averages.
 
     A class never predicted has precision 0 (not an error), one absent from the data recall 0.
+    Averages are over the classes present in ``y_true`` or ``y_pred`` (scikit-learn's default),
+    so a folder holding some of the model's classes is not marked down for the others; those
+    absent from ``y_true`` are listed under ``absent_classes``.
+
+    >>> m = precision_recall_f1([0, 0], [0, 0], ["cat", "dog", "bird"])
+    >>> m["macro_avg"]["f1"], m["absent_classes"]
+    (1.0, ['dog', 'bird'])
     """
     labels = list(range(len(class_names)))
+    in_data = {int(y) for y in y_true}
+    present = sorted(in_data | {int(y) for y in y_pred}) or labels
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     result: dict = {
         "per_class": {
@@ -58,11 +67,12 @@ def precision_recall_f1(
                 "support": int(s[i]),
             }
             for i, name in enumerate(class_names)
-        }
+        },
+        "absent_classes": [name for i, name in enumerate(class_names) if i not in in_data],
     }
     for average in ("macro", "weighted"):
         ap, ar, af, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=0
+            y_true, y_pred, labels=present, average=average, zero_division=0
         )
         result[f"{average}_avg"] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
     return result

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write
+from .._paths import check_writable_dir
 from ..data.images import ImageDecodeError, decode_image
-from ..errors import DataError, VisiontuneError
+from ..errors import DataError
 from ._html import render_page
 from ._plots import plot_confusion_matrix, plot_history
 from .metrics import (
@@ -44,11 +45,9 @@ THUMB_PREFIX = "miss-"
 
 
 def check_report_dir(out_dir: str | Path) -> Path:
-    """The report folder as a path; refuses one that exists as a file (before any work)."""
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise VisiontuneError(f"report folder {out} exists and is not a folder")
-    return out
+    """The report folder as a path; refuses one that exists as a file or cannot be written
+    (before any work; nothing is created)."""
+    return check_writable_dir(out_dir, "report folder")
 
 
 def load_history(run_dir: str | Path | None) -> list[dict] | None:

@@ -61,6 +61,7 @@ MANIFEST = "manifest.json"
 IDENTITIES = ("stat", "content")
 _KEY_RE = re.compile(r"[0-9a-f]{16}")
 _SHARD_RE = re.compile(r"shard-\d+\.safetensors")
+_UNWRITABLE: set[str] = set()  # cache roots found read-only or full: bypassed from then on
 
 
 class CacheWarning(VisiontuneWarning):
@@ -209,10 +210,18 @@ class FeatureCache:
     def lookup(self, image_keys: Iterable[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
         """``(found: image key -> 1-D float32 feature, missing image keys in first-seen order)``."""
         wanted = list(dict.fromkeys(image_keys))
-        with self._locked():
-            manifest = self._read_manifest()
-            entries = manifest["entries"]
-            shards = self._load_shards(manifest, {entries[k][0] for k in wanted if k in entries})
+        if str(self.root) in _UNWRITABLE:
+            return {}, wanted
+        try:
+            with self._locked():
+                manifest = self._read_manifest()
+                entries = manifest["entries"]
+                shards = self._load_shards(
+                    manifest, {entries[k][0] for k in wanted if k in entries}
+                )
+        except OSError as exc:  # a read-only or full cache folder: work without the cache
+            self._give_up(exc)
+            return {}, wanted
         found = {
             k: shards[entries[k][0]][entries[k][1]]
             for k in wanted
@@ -231,6 +240,14 @@ class FeatureCache:
             return
         last = {k: i for i, k in enumerate(keys)}
         rows = features.detach().float().cpu()[list(last.values())].contiguous()
+        if str(self.root) in _UNWRITABLE:
+            return
+        try:
+            self._store_rows(last, rows)
+        except OSError as exc:  # ENOSPC, EROFS, EACCES: the cache is optional, go on without it
+            self._give_up(exc)
+
+    def _store_rows(self, last: dict[str, int], rows: torch.Tensor) -> None:
         with self._locked():
             manifest = self._read_manifest()
             self._remove_orphans(manifest)
@@ -384,6 +401,13 @@ class FeatureCache:
     def _remove_files(paths: Iterable[Path]) -> None:
         for path in list(paths):
             path.unlink(missing_ok=True)
+
+    def _give_up(self, exc: OSError) -> None:
+        """Warn once (per cache root and process) that the cache cannot be used; then bypass it."""
+        if str(self.root) not in _UNWRITABLE:
+            _UNWRITABLE.add(str(self.root))
+            where = f": {exc.filename}" if exc.filename else ""
+            self._warn(f"cannot be written ({exc.strerror or exc}{where}); going on without it")
 
     def _warn(self, message: str) -> None:
         warnings.warn(f"feature cache {self.folder}: {message}", CacheWarning, stacklevel=4)

@@ -61,7 +61,7 @@ def write_embeddings(
     out = Path(out)
     if out.suffix not in (".npz", ".parquet"):
         raise VisiontuneError(f"--out must end in .npz or .parquet, got {out.name}")
-    splits = scan_folder(data, val_fraction=0.0)
+    splits = scan_folder(data, val_fraction=0.0, min_classes=1)  # no classifier: one class is fine
     skips = SkipLog()
     parts = {"train": splits.train, "val": splits.val, "test": splits.test}
     features = extract_parts(

@@ -22,6 +22,7 @@ from ..config import TrainConfig
 from ..data.folder import scan_folder
 from ..errors import VisiontuneError
 from ..prediction.ensemble import Ensemble, write_ensemble_file
+from .outdir import check_out, remove_old_run
 from .plan import default_run_dir
 from .run import FitResult, json_text, run_training
 
@@ -71,6 +72,8 @@ def train_ensemble(
 ) -> EnsembleFitResult:
     """Train an ensemble described by ``config`` and save it as one run folder."""
     configs = member_configs(config, members=members, backbones=backbones)
+    if config.out:  # before any work: writable, and not a finished ensemble unless --overwrite
+        check_out(Path(config.out).expanduser(), overwrite=config.overwrite)
     splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
     if len(set(c.backbone for c in configs)) > 1:
         _check_backbones(configs)
@@ -85,6 +88,7 @@ def train_ensemble(
         out = str(root / "members" / str(i))
         results.append(run_training(replace(member, out=out), explicit=explicit))
     ensemble = Ensemble([r.model for r in results], run_dir=root)
+    remove_old_run(root, keep_members=len(configs))  # an old, larger ensemble's extra members
     write_ensemble_file(
         root,
         [r.run_dir for r in results],

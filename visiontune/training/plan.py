@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import _runtime
 from .._console import console, stage_table
+from .._paths import check_writable_dir
 from .._seeding import seed_all
 from ..backbones import Classifier, Head, create_backbone
 from ..config import TrainConfig
@@ -26,7 +27,7 @@ from ..features.cache import FeatureCache
 from ..formats.checkpoint import Checkpoint
 from ..strategies import Strategy, make_strategy
 from .advice import apply_advice, measure_and_decide
-from .checkpoints import refuse_interrupted
+from .outdir import check_out
 
 __all__ = ["Plan", "feature_cache", "make_plan", "print_plan"]
 
@@ -73,22 +74,36 @@ def default_run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
-def _name_run_dir(config: TrainConfig, dist: Distributed | None, *, resuming: bool) -> Path:
-    """Rank 0 names the run folder (refusing an interrupted run's); the others learn its name,
-    or the error, so every rank stops alike. Nothing is created yet."""
-    run_dir, problem = None, None
+def _on_rank_0(dist: Distributed | None, check) -> None:
+    """``check()`` on rank 0; its error, if any, raised on every rank, so all stop alike."""
+    problem = None
     if dist is None or dist.is_main:
-        run_dir = default_run_dir(config)
         try:
-            if not resuming:
-                refuse_interrupted(run_dir)
+            check()
         except VisiontuneError as exc:
             problem = str(exc)
     if dist:
-        run_dir, problem = dist.broadcast((run_dir, problem))
+        problem = dist.broadcast(problem)
     if problem:
         raise VisiontuneError(problem)
-    return run_dir
+
+
+def _check_out(config: TrainConfig, dist: Distributed | None, *, resuming: bool) -> None:
+    """Before any work: ``--out`` (or ``runs/``) writable, not a file, not an interrupted run,
+    not a finished one unless ``--overwrite``. Nothing is created."""
+    if config.out:
+        target = Path(config.out).expanduser()
+        _on_rank_0(dist, lambda: check_out(target, overwrite=config.overwrite, resuming=resuming))
+    else:  # runs/<time>-...: a new name, so only runs/ (or the working directory) must be writable
+        _on_rank_0(dist, lambda: check_writable_dir(Path("runs"), "run folder"))
+
+
+def _name_run_dir(config: TrainConfig, dist: Distributed | None, *, resuming: bool) -> Path:
+    """Rank 0 names the run folder (checking it as ``_check_out`` does); the others learn its
+    name, or the error, so every rank stops alike. Nothing is created yet."""
+    run_dir = default_run_dir(config) if dist is None or dist.is_main else None
+    _on_rank_0(dist, lambda: check_out(run_dir, overwrite=config.overwrite, resuming=resuming))
+    return dist.broadcast(run_dir) if dist else run_dir
 
 
 def _advise(config, splits, backbone, runtime, workers, explicit) -> tuple[TrainConfig, dict]:
@@ -124,6 +139,7 @@ def make_plan(
             f"--batch-size {config.batch_size} is the global batch and must divide evenly "
             f"between the {dist.world_size} processes"
         )
+    _check_out(config, dist, resuming=resume is not None)
     seed_all(config.seed)
     progress = config.progress and (dist is None or dist.is_main)
     if dist:

@@ -29,6 +29,7 @@ from ..prediction.predictor import TrainedModel
 from .checkpoints import check_same_data, skipped_before, splits_fingerprint
 from .finetune import finetune
 from .frozen import train_head_on_features
+from .outdir import missing_folders, remove_empty, remove_old_run
 from .plan import Plan, make_plan, print_plan
 from .prepare import PreparedData, prepare_data
 
@@ -195,6 +196,7 @@ def write_run(plan: Plan, data: PreparedData, outcome: Outcome, metrics: dict) -
     }
     run_dir = plan.run_dir
     _check_weights(plan.model)
+    remove_old_run(run_dir)  # --overwrite: no model.onnx of the old run beside the new model
     save_bundle(run_dir, plan.model, labels=data.splits.labels, extra=extra)
     atomic_write_text(run_dir / "history.json", json_text(outcome.history))
     atomic_write_text(run_dir / "history.csv", _history_csv(outcome.history))
@@ -219,13 +221,18 @@ def run_training(
         if plan.runtime.progress:
             print_plan(plan)
         data = prepare_data(plan)
-        outcome = train(plan, data)
-        model = plan.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-        metrics = run_metrics(plan, data, outcome, time.perf_counter() - started)
-        if plan.writes:
-            write_run(plan, data, outcome, metrics)
-            warning = no_validation_warning(outcome.history)
-            if warning:
-                warnings.warn(warning, VisiontuneWarning, stacklevel=2)
+        created = missing_folders(plan.run_dir) if plan.writes else []
+        try:
+            outcome = train(plan, data)
+            model = plan.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+            metrics = run_metrics(plan, data, outcome, time.perf_counter() - started)
+            if plan.writes:
+                write_run(plan, data, outcome, metrics)
+        except BaseException:  # a failed or interrupted run leaves no empty folder behind
+            remove_empty(created)
+            raise
+        warning = no_validation_warning(outcome.history)
+        if warning and plan.writes:
+            warnings.warn(warning, VisiontuneWarning, stacklevel=2)
     trained = TrainedModel(model, data.splits.labels, config=None, run_dir=plan.run_dir)
     return FitResult(plan.run_dir, trained, outcome.history, metrics)

@@ -55,6 +55,7 @@ def screen_splits(
     conflicts = [f.files for f in report.of_type("label-conflict")]
     if warn:
         _warn(report, leaked, conflicts, exclude_duplicates)
+        _warn_left_out(splits.left_out)
     excluded = None
     if exclude_duplicates:
         splits, dropped = _without(splits, set(leaked))
@@ -64,6 +65,7 @@ def screen_splits(
         "leakage": {"val": by_split["val"], "test": by_split["test"], "files": leaked},
         "label_conflicts": conflicts,
         "excluded_duplicates": excluded,
+        "left_out": splits.left_out,
         "seconds": round(report.seconds, 3),
     }
     return splits, Screening(unusable, notes, record)
@@ -90,3 +92,16 @@ def _warn(report: CheckReport, leaked: dict, conflicts: list, excluded: bool) ->
             f"[bold red]warning:[/] {len(conflicts)} image(s) are filed under two or "
             f"more classes (e.g. {example}); listed in metrics.json (data_checks)."
         )
+
+
+def _warn_left_out(left_out: dict[str, dict]) -> None:
+    """Files under DATA that scanning did not use: say so, once, with an example."""
+    if not left_out:
+        return
+    kinds = Counter(info["type"] for info in left_out.values())
+    listing = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    example = next(iter(left_out.values()))["reason"]
+    console.print(
+        f"[bold red]warning:[/] {len(left_out)} file(s) under DATA are not used ({listing}), "
+        f"e.g. {example}. Listed in metrics.json (data_checks.left_out)."
+    )
