@@ -238,7 +238,7 @@ def test_a_live_writers_temporary_file_is_never_removed(tmp_path):
 # ---- files are readable by others as the umask says, not owner-only as mkstemp makes them -----
 
 
-@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077], ids=oct)
 def test_saved_files_follow_the_umask(tmp_path, mask):
     backbone = create_backbone("test_efficientnet", weights="none")
     model = Classifier(backbone, Head(backbone.num_features, 2))

@@ -278,6 +278,7 @@ DAMAGES = {
     "head.dropout 1": (lambda c: c["head"].update(dropout=1), "head.dropout"),
     "head.type mlp": (lambda c: c["head"].update(type="mlp"), "head.type"),
     "training a list": (lambda c: c.update(training=[]), "training must be a JSON object"),
+    "training.data a number": (lambda c: c["training"].update(data=3), "training.data"),
     "format_version string": (lambda c: c.update(format_version="1"), "format_version"),
     "format_version true": (lambda c: c.update(format_version=True), "format_version"),
 }

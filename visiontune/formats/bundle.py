@@ -177,6 +177,9 @@ def _validate_config(config, config_path: Path) -> None:
     for key in ("training", "data", "strategy", "integrity"):
         if key in config:
             check_object(config[key], where, key)
+    data = config.get("training", {}).get("data")  # where `export` finds parity-check images
+    if data is not None and not isinstance(data, str):
+        raise BundleError(f"{where}: training.data must be a folder path, got {data!r}")
 
 
 def _check_head(head: dict, where: str) -> None:
