@@ -316,3 +316,15 @@ def test_predict_on_a_torchscript_file_says_what_it_is(tmp_path, trained_data, c
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(BundleError, match="is a file, not a run folder"):
         visiontune.load(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_evaluate_and_export_validate_the_config_too(run_copy, trained_data, capsys, command):
+    _edit_config(run_copy, lambda c: c["preprocess"].update(size=100000))  # was a 52 GB alloc
+    argv = [command, str(run_copy)] + (
+        [str(trained_data / "test")] if command == "evaluate" else []
+    )
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "preprocess.size" in err and err.count("\n") == 1
+    assert not (run_copy / "model.onnx").exists()
