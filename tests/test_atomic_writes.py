@@ -1,5 +1,6 @@
 """A process killed with SIGKILL while it saves leaves every file loadable: the old version or
-the new one, never a torn one (checkpoints, bundles and feature-cache entries).
+the new one, never a torn one (checkpoints, bundles and feature-cache entries). A bundle is two
+files: killed between their renames, the pair is refused by its checksum instead of mixed.
 
 The kills are ``$VISIONTUNE_FAULT`` (``visiontune/_faults.py``): the saver kills itself just
 before or just after a chosen write's rename, so every case is hit on every run.
@@ -9,18 +10,29 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from visiontune._faults import ENV as FAULT_ENV
+from visiontune._io import STALE_AFTER_S, atomic_write_text
+from visiontune.backbones import Classifier, Head, create_backbone
+from visiontune.errors import BundleError
 from visiontune.features.cache import FeatureCache
-from visiontune.formats.bundle import load_bundle
-from visiontune.formats.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from visiontune.formats.bundle import load_bundle, save_bundle
+from visiontune.formats.checkpoint import (
+    CHECKPOINT_FILE,
+    TrainingState,
+    load_checkpoint,
+    save_checkpoint,
+)
+from visiontune.specs import LabelMap
 
 KEYS = [f"image-{i}" for i in range(64)]
 
@@ -63,15 +75,24 @@ def _rounds(out: Path) -> dict[str, int]:
     stamp = checkpoint.state.epoch
     assert torch.all(checkpoint.model_state["weight"] == stamp)  # one round's tensors and JSON
     assert checkpoint.state.history == [{"epoch": stamp}]
-    model, labels, config = load_bundle(out / "bundle")
-    assert labels.names == ("a", "b")
-    weights = torch.unique(model.head.fc.weight)
-    assert len(weights) == 1
+    try:
+        model, labels, config = load_bundle(out / "bundle")
+    except BundleError as exc:  # new weights beside the old config: refused, never mixed
+        assert "a save was killed between them" in str(exc)
+        bundle = (TORN, TORN)
+    else:
+        assert labels.names == ("a", "b")
+        weights = torch.unique(model.head.fc.weight)
+        assert len(weights) == 1
+        bundle = (int(weights), config["round"])
     found, missing = FeatureCache(out / "cache", "a" * 16).lookup(KEYS)
     assert not missing
     cached = torch.unique(torch.stack(list(found.values())))
     assert len(cached) == 1
-    return dict(zip(FILES, (stamp, int(weights), config["round"], int(cached)), strict=True))
+    return dict(zip(FILES, (stamp, *bundle, int(cached)), strict=True))
+
+
+TORN = "refused"  # a bundle whose two files come from different saves does not load
 
 
 FILES = ("checkpoint", "bundle weights", "bundle config", "cache")
@@ -80,9 +101,10 @@ CASES = [
     (f"kill-before-rename:{CHECKPOINT_FILE}:3", (2, 2, 2, 2)),
     (f"kill-after-write:{CHECKPOINT_FILE}:3", (3, 2, 2, 2)),
     ("kill-before-rename:model.safetensors:3", (3, 2, 2, 2)),
-    # A bundle is two files, each atomic: between them, new weights beside the old config.
-    ("kill-after-write:model.safetensors:3", (3, 3, 2, 2)),
-    ("kill-before-rename:config.json:3", (3, 3, 2, 2)),
+    # A bundle is two files, each atomic: between them, new weights beside the old config, which
+    # its checksum of the weights refuses to pair.
+    ("kill-after-write:model.safetensors:3", (3, TORN, TORN, 2)),
+    ("kill-before-rename:config.json:3", (3, TORN, TORN, 2)),
     ("kill-before-rename:shard-*.safetensors:3", (3, 3, 3, 2)),
     ("kill-after-write:shard-*.safetensors:3", (3, 3, 3, 2)),  # a shard no manifest names yet
     ("kill-before-rename:manifest.json:3", (3, 3, 3, 2)),
@@ -124,3 +146,120 @@ def test_saves_after_kills_go_through_over_what_the_kills_left(tmp_path):
     done = _save(tmp_path, None)
     assert done.returncode == 0, done.stderr[-2000:]
     assert _rounds(tmp_path) == dict.fromkeys(FILES, 4)
+
+
+# ---- what killed writes leave behind is cleaned up by the next write to the same target -------
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys
+    from visiontune._io import atomic_write_text
+    atomic_write_text(__import__("pathlib").Path(sys.argv[1]), "from the killed writer")
+""")
+
+BLOCKED_WRITER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from visiontune._io import atomic_write
+
+    def write(tmp):
+        Path(tmp).write_text("from the live writer")
+        print("ready", flush=True)
+        sys.stdin.readline()  # still writing until the test says
+
+    atomic_write(sys.argv[1], write)
+""")
+
+
+def _killed_write(target: Path) -> Path:
+    """The temporary file a writer SIGKILLed before its rename leaves beside ``target``."""
+    before = set(target.parent.glob(f".{target.name}.*.tmp"))
+    env = {**os.environ, FAULT_ENV: f"kill-before-rename:{target.name}"}
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(target)], env=env, capture_output=True
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    (orphan,) = set(target.parent.glob(f".{target.name}.*.tmp")) - before
+    return orphan
+
+
+def test_the_next_write_removes_temporary_files_of_dead_writers(tmp_path):
+    target, other = tmp_path / "model.onnx", tmp_path / "other.json"
+    orphans = [_killed_write(target), _killed_write(target)]
+    someone_elses = _killed_write(other)  # another target's leftovers are not this write's
+    hour_ago = time.time() - STALE_AFTER_S - 60
+    hour_ago = time.time() - STALE_AFTER_S - 60
+    # Writers whose pid cannot be checked here go by age only: old ones are removed...
+    old = [
+        f".{target.name}.abcd_123.tmp",  # a name from before writers were recorded
+        f".{target.name}.ffffffff-1-abcd_123.tmp",  # another host or pid namespace
+    ]
+    # ... recent ones stay (such a writer may still be at work), and so do names not ours.
+    kept = [
+        f".{target.name}.zyxw_987.tmp",
+        f".{target.name}.ffffffff-1-zyxw_987.tmp",
+        f".{target.name}.notes.tmp",
+        f"{target.name}.abcd_123.tmp",
+    ]
+    for name in old + kept:
+        (tmp_path / name).write_text("?")
+    for name in old + kept[2:]:
+        os.utime(tmp_path / name, (hour_ago, hour_ago))
+
+    atomic_write_text(target, "new")
+
+    assert target.read_text() == "new"
+    assert not any(orphan.exists() for orphan in orphans)
+    assert someone_elses.exists()
+    left = {p.name for p in tmp_path.iterdir()} - {target.name, other.name, someone_elses.name}
+    assert left == set(kept)
+
+
+def test_a_live_writers_temporary_file_is_never_removed(tmp_path):
+    target = tmp_path / "model.onnx"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", BLOCKED_WRITER, str(target)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        (live,) = tmp_path.glob(".model.onnx.*.tmp")
+        atomic_write_text(target, "mine")  # a concurrent write to the same target
+        assert live.exists() and target.read_text() == "mine"
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        assert writer.wait(timeout=120) == 0  # its rename found its file: nothing was lost
+    finally:
+        writer.kill()
+    assert target.read_text() == "from the live writer" and not live.exists()
+
+
+# ---- files are readable by others as the umask says, not owner-only as mkstemp makes them -----
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077], ids=oct)
+def test_saved_files_follow_the_umask(tmp_path, mask):
+    backbone = create_backbone("test_efficientnet", weights="none")
+    model = Classifier(backbone, Head(backbone.num_features, 2))
+    big = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.SGD(big.parameters(), lr=0.1)
+    previous = os.umask(mask)
+    try:
+        save_bundle(tmp_path / "bundle", model, labels=LabelMap(("a", "b")))
+        save_checkpoint(
+            tmp_path / CHECKPOINT_FILE, model=big, optimizer=optimizer, state=TrainingState()
+        )
+        FeatureCache(tmp_path / "cache", "a" * 16).store(["k"], torch.ones(1, 4))
+    finally:
+        os.umask(previous)
+    written = [
+        tmp_path / "bundle" / "model.safetensors",
+        tmp_path / "bundle" / "config.json",
+        tmp_path / CHECKPOINT_FILE,
+        *(tmp_path / "cache" / "features" / ("a" * 16)).glob("shard-*.safetensors"),
+        tmp_path / "cache" / "features" / ("a" * 16) / "manifest.json",
+    ]
+    assert len(written) == 5
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
+    assert set(modes.values()) == {oct(0o666 & ~mask)}, modes

@@ -262,6 +262,24 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, tiny_state):
         map_state_dict_in_order(renamed, tiny_state)
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_right_names_wrong_shapes_say_which_tensor(tmp_path, tiny_state, suffix):
+    """Names that match but shapes that do not (another width of the same family): the tensor is
+    named, instead of torch's header line or a traceback."""
+    state = dict(tiny_state)
+    state["classifier.weight"] = torch.zeros(7, state["classifier.weight"].shape[1])
+    path = tmp_path / f"wide{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    with pytest.raises(WeightsNotFoundError) as info:
+        create_backbone("test_efficientnet", weights=path)
+    message = str(info.value)
+    assert "1 tensors do not fit" in message and "classifier.weight (7," in message
+    assert "\n" not in message and str(path) in message
+
+
 def test_pth_without_a_state_dict_is_refused(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(WeightsNotFoundError, match="state dict"):

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from visiontune.backbones import create_backbone
+from visiontune.cli import main
 from visiontune.data.folder import Sample
 from visiontune.data.loader import SkipLog
 from visiontune.engine.loop import Runtime
@@ -382,7 +383,8 @@ def test_cache_info_and_clear(backbone, images, root):
     assert info[view_cache.key]["entries"] == 2
 
     _truncate(_shards(eval_cache)[0])
-    assert "damaged" in {r["key"]: r for r in cache_info(root)}[eval_cache.key]["status"]
+    status = {r["key"]: r for r in cache_info(root)}[eval_cache.key]["status"]
+    assert status.startswith("corrupt: shard-0.safetensors (") and "bytes" in status
 
     freed = clear_cache(root, view_cache.key)
     assert freed == info[view_cache.key]["bytes"] and not view_cache.folder.exists()
@@ -390,6 +392,35 @@ def test_cache_info_and_clear(backbone, images, root):
     assert clear_cache(root) > 0 and cache_info(root) == []
     with pytest.raises(ValueError):
         clear_cache(root, "../../etc")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: b"\x00" * 8 + data[8:],  # header length zeroed
+        lambda data: data[:8] + b"[" + data[9:],  # header JSON broken
+        lambda data: data[:8] + data[8:].replace(b'"F32"', b'"F16"', 1),  # another dtype
+        lambda data: data[:8] + data[8:].replace(b'"shape":[6,', b'"shape":[3,', 1),  # rows
+        lambda data: bytes(len(data)),  # all zeros, same size
+    ],
+    ids=["length", "json", "dtype", "rows", "zeros"],
+)
+def test_cache_info_reports_a_corrupt_shard_of_the_right_size(
+    backbone, images, root, damage, capsys
+):
+    """A shard overwritten in place keeps its size; its header gives it away, cheaply."""
+    cache = _cache(root, backbone)
+    _extract(backbone, images, cache)
+    shard = _shards(cache)[0]
+    data = shard.read_bytes()
+    assert b'"shape":[6,' in data
+    damaged = damage(data)
+    assert len(damaged) == len(data) and damaged != data
+    shard.write_bytes(damaged)
+    status = cache_info(root)[0]["status"]
+    assert status.startswith("corrupt: shard-0.safetensors (") and "rebuilt on next use" in status
+    assert main(["cache", "info", "--cache-dir", str(root)]) == 0
+    assert "corrupt: shard-0.safetensors" in capsys.readouterr().out
 
 
 def test_default_root_is_the_per_user_cache(monkeypatch, tmp_path, backbone):

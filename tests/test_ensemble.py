@@ -16,6 +16,7 @@ from torch import nn
 import visiontune
 from visiontune.cli import main
 from visiontune.errors import VisiontuneError
+from visiontune.formats.bundle import load_bundle, save_bundle
 from visiontune.prediction.ensemble import Ensemble, load_predictor
 from visiontune.prediction.predictor import TrainedModel
 from visiontune.specs import LabelMap, PreprocessSpec
@@ -171,10 +172,9 @@ def test_evaluate_and_predict_several_run_folders(ensemble_run, trained_data, ca
 
 def test_cli_refuses_runs_with_other_classes(trained_run, trained_data, tmp_path, capsys):
     other = tmp_path / "other-run"
-    shutil.copytree(trained_run.run_dir, other)
-    config = json.loads((other / "config.json").read_text())
-    config["classes"] = ["bird", "cat", "wolf"]
-    (other / "config.json").write_text(json.dumps(config))
+    model, _, config = load_bundle(trained_run.run_dir)  # the same network, other class names
+    extra = {k: config[k] for k in ("strategy", "training", "data")}
+    save_bundle(other, model, labels=LabelMap(("bird", "cat", "wolf")), extra=extra)
     assert main(["evaluate", str(trained_run.run_dir), str(other), str(trained_data / "test")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "only in" in err and "dog" in err and "wolf" in err
@@ -213,3 +213,22 @@ def test_backbone_list_gives_one_member_per_backbone(trained_data, tmp_path):
     assert [m.preprocess.interpolation for m in model.members] == ["bicubic", "bilinear"]
     assert json.loads((result.run_dir / "ensemble.json").read_text())["seeds"] == [0, 0]
     assert result.metrics["test"]["forward_passes_per_image"] == 2
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("[1, 2]", "the whole file must be a JSON object"),
+        ('{"format_version": "1", "members": ["a"]}', "format_version '1' is invalid"),
+        ('{"format_version": 1, "members": [1]}', "members must be folder names"),
+        ('{"format_version": 1, "members": []}', "lists no members"),
+    ],
+    ids=["list", "string version", "member not a name", "no members"],
+)
+def test_damaged_ensemble_file_is_one_line(tmp_path, capsys, content, match):
+    (tmp_path / "ens").mkdir()
+    (tmp_path / "ens" / "ensemble.json").write_text(content)
+    solid_image((200, 0, 0)).save(tmp_path / "x.png")
+    assert main(["predict", str(tmp_path / "ens"), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1, err

@@ -427,3 +427,110 @@ def test_cli_export(tiny_run, tmp_path, capsys):
     assert "on 3 images from" in printed and (tiny_run / "model.torchscript.pt").is_file()
     assert main(["export", str(tmp_path / "nowhere")]) == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+# ---- the metadata that gives outputs their meaning is sealed with the weights ----------------
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(trained_run, tmp_path_factory):
+    """The shared tiny run exported once to each format: ``{format: path}``."""
+    root = tmp_path_factory.mktemp("tiny-exports")
+    return {
+        fmt: visiontune.export(trained_run.run_dir, format=fmt, out=root / f"tiny.{fmt}").path
+        for fmt in FORMATS
+    }
+
+
+def _rewrite_metadata(fmt, source, target, edit) -> None:
+    """Copy the export ``source`` to ``target`` with ``edit(dict)`` applied to its metadata."""
+    if fmt == "onnx":
+        proto = onnx.load(str(source))
+        props = {p.key: p.value for p in proto.metadata_props}
+        data = {k: json.loads(v) if k in ("classes", "preprocess") else v for k, v in props.items()}
+        edit(data)
+        del proto.metadata_props[:]
+        for key, value in data.items():
+            text = json.dumps(value) if key in ("classes", "preprocess") else str(value)
+            proto.metadata_props.add(key=key, value=text)
+        onnx.save(proto, str(target))
+        return
+    module, meta = load_torchscript(source)
+    data = meta.to_dict()
+    edit(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(module, str(target), _extra_files={METADATA_FILE: json.dumps(data)})
+
+
+def _metadata(fmt, path):
+    return read_onnx(path)[2] if fmt == "onnx" else load_torchscript(path)[1]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_exports_carry_a_content_checksum(tiny_exports, fmt):
+    meta = _metadata(fmt, tiny_exports[fmt])
+    assert len(meta.content_sha256) == 64
+    assert meta.content_sha256 == meta.expected_content_sha256()
+
+
+TAMPERING = {
+    "reordered classes": lambda d: d.update(classes=["cat", "bird", "dog"]),
+    "renamed class": lambda d: d.update(classes=["bird", "cat", "wolf"]),
+    "crop": lambda d: d["preprocess"].update(crop_pct=1.0),
+    "interpolation": lambda d: d["preprocess"].update(interpolation="nearest"),
+    "checksum blanked": lambda d: d.update(content_sha256=""),
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("edit", TAMPERING.values(), ids=TAMPERING.keys())
+def test_tampered_metadata_is_refused(tiny_exports, tmp_path, fmt, edit):
+    tampered = tmp_path / f"tampered.{fmt}"
+    _rewrite_metadata(fmt, tiny_exports[fmt], tampered, edit)
+    with pytest.raises(BundleError, match="do not match the checksum recorded at export") as info:
+        _metadata(fmt, tampered)
+    assert str(tampered) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_predict_refuses_relabelled_onnx(tiny_exports, trained_data, tmp_path, capsys):
+    tampered = tmp_path / "relabelled.onnx"
+    _rewrite_metadata("onnx", tiny_exports["onnx"], tampered, TAMPERING["reordered classes"])
+    image = str(list_images(trained_data / "test")[0])
+    assert main(["predict", str(tampered), image]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "classes or preprocessing do not match the checksum" in captured.err
+
+
+def _unsealed(data: dict) -> None:
+    """As a file exported before ``content_sha256`` existed."""
+    data.pop("content_sha256")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_exports_from_before_the_content_checksum_still_load(tiny_exports, tmp_path, fmt):
+    old = tmp_path / f"old.{fmt}"
+    _rewrite_metadata(fmt, tiny_exports[fmt], old, _unsealed)
+    assert _metadata(fmt, old).classes == ("bird", "cat", "dog")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_class_list_that_does_not_fit_the_output_is_refused(
+    tiny_exports, trained_data, tmp_path, fmt
+):
+    """Even without the content checksum: 2 names for 3 outputs used to crash predict with an
+    IndexError."""
+
+    def shorter(data):
+        _unsealed(data)
+        data["classes"] = ["bird", "cat"]
+
+    short = tmp_path / f"short.{fmt}"
+    _rewrite_metadata(fmt, tiny_exports[fmt], short, shorter)
+    with pytest.raises(BundleError, match="lists 2 classes but the model outputs 3") as info:
+        _metadata(fmt, short)
+    assert str(short) in str(info.value)
+    if fmt == "onnx":
+        with pytest.raises(BundleError, match="lists 2 classes"):
+            visiontune.predict(short, [trained_data / "test"], workers=0)

@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, make_class_folder
 
 import visiontune
+import visiontune.backbones
+from visiontune.cli import main
 from visiontune.errors import BundleError, WeightsNotFoundError
 from visiontune.formats.bundle import load_bundle
 from visiontune.formats.checkpoint import CHECKPOINT_FILE
@@ -127,3 +130,40 @@ def test_malicious_bundle_weights_are_refused_and_never_run(trained_run, tmp_pat
     with pytest.raises(BundleError, match="cannot load"):
         load_bundle(bundle)
     assert not marker.exists()
+
+
+# ---- damaged weights files are named for what they are, in one line ---------------------------
+
+
+def _random_bytes(path: Path, size: int = 5000) -> Path:
+    path.write_bytes(np.random.default_rng(0).bytes(size))
+    return path
+
+
+@pytest.mark.parametrize("name", ["weights.pth", "weights.bin", "weights.pt"])
+def test_a_corrupt_pth_is_called_corrupt_not_code(tmp_path, name):
+    corrupt = _random_bytes(tmp_path / name)
+    with pytest.raises(WeightsNotFoundError) as info:
+        visiontune.backbones.create_backbone(TINY["backbone"], weights=corrupt)
+    message = str(info.value)
+    assert "corrupt or not a PyTorch file" in message and "run code" not in message, message
+    assert "\n" not in message and str(tmp_path / name) in message
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not safetensors at all", None], ids=["empty", "text", "random"]
+)
+def test_a_file_named_safetensors_that_is_not_one(tmp_path, capsys, content):
+    fake = tmp_path / "weights.safetensors"
+    if content is None:
+        _random_bytes(fake)
+    else:
+        fake.write_bytes(content)
+    with pytest.raises(WeightsNotFoundError, match="not a valid .safetensors file"):
+        visiontune.backbones.create_backbone(TINY["backbone"], weights=fake)
+    data = make_class_folder(tmp_path / "data", {"cat": 3, "dog": 3})
+    argv = ["train", str(data), "--backbone", TINY["backbone"], "--weights", str(fake)]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a valid .safetensors file" in err and str(fake) in err
+    assert not (tmp_path / "run").exists()

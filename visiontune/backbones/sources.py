@@ -53,22 +53,14 @@ def file_sha256(path: Path) -> str:
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """safetensors, or a PyTorch file loaded with ``weights_only=True`` (no pickle code runs)."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return _load_safetensors(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only refuses any pickle that would import or call something: nothing ran.
-        reason = _unpickling_reason(str(exc))
+        raise _unpickling_error(path, str(exc)) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise WeightsNotFoundError(
-            f"refusing to load {path}: it is not a plain state dict of tensors, and unpickling it "
-            f"would run code named inside the file ({reason}). Load only weights you trust; "
-            "convert trusted ones to .safetensors"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise WeightsNotFoundError(
-            f"cannot read {path} as PyTorch weights: {str(exc).strip().splitlines()[0][:200]}"
+            f"cannot read {path} as PyTorch weights: {_first_line(exc)[:200]}"
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -76,6 +68,57 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise WeightsNotFoundError(f"{path} does not hold a state dict")
     return state
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsNotFoundError(
+            f"cannot read {path}: it is not a valid .safetensors file (truncated, damaged or "
+            f"another format: {_first_line(exc)[:160]})"
+        ) from None
+
+
+def _unpickling_error(path: Path, message: str) -> WeightsNotFoundError:
+    """A refusal that names code the file asked for, or plain corruption, told apart."""
+    if _is_pytorch_file(path) and _names_code(message):
+        # weights_only refuses any pickle that would import or call something: nothing ran.
+        return WeightsNotFoundError(
+            f"refusing to load {path}: it is not a plain state dict of tensors, and unpickling it "
+            f"would run code named inside the file ({_unpickling_reason(message)}). Load only "
+            "weights you trust; convert trusted ones to .safetensors"
+        )
+    return WeightsNotFoundError(
+        f"cannot read {path} as PyTorch weights: the file is corrupt or not a PyTorch file "
+        f"({_unpickling_reason(message)}); nothing in it was run"
+    )
+
+
+def _is_pytorch_file(path: Path) -> bool:
+    """A zip archive (``torch.save``'s format) or a pickle stream (protocol 2 to 5)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in _PROTOCOLS)
+
+
+_PROTOCOLS = tuple(bytes([v]) for v in range(2, 6))
+
+
+def _names_code(message: str) -> bool:
+    """Whether torch's refusal is about something the pickle would import or call."""
+    return any(word in message for word in ("GLOBAL", "Unsupported global", "Unsupported class"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _unpickling_reason(message: str) -> str:
@@ -109,6 +152,16 @@ def map_state_dict_in_order(source: dict, target: dict) -> dict:
 def _load_into(model: nn.Module, state: dict, path: Path) -> None:
     target = model.state_dict()
     if set(state) == set(target):
+        misfits = [
+            f"{k} {_shape(v)} (the model has {tuple(target[k].shape)})"
+            for k, v in state.items()
+            if _shape(v) != tuple(target[k].shape)
+        ]
+        if misfits:
+            raise WeightsNotFoundError(
+                f"{path}: {len(misfits)} tensors do not fit this architecture, e.g. "
+                + "; ".join(misfits[:2])
+            )
         model.load_state_dict(state)
     elif path.suffix == ".safetensors":
         # safetensors does not keep the order tensors were saved in, so foreign names cannot be
@@ -120,6 +173,10 @@ def _load_into(model: nn.Module, state: dict, path: Path) -> None:
         )
     else:
         model.load_state_dict(map_state_dict_in_order(state, target))
+
+
+def _shape(value) -> tuple | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def embedded_weights_path(module_name: str) -> Path | None:
@@ -156,7 +213,12 @@ def _from_dir(timm_name: str, folder: Path) -> LoadedWeights:
     loaded = _from_file(timm_name, candidates[0], f"local folder {folder}")
     config = folder / "config.json"  # a Hugging Face timm folder carries its pretrained_cfg here
     if config.is_file():
-        cfg = json.loads(config.read_text())
+        try:
+            cfg = json.loads(config.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WeightsNotFoundError(f"cannot read {config}: {_first_line(exc)}") from None
+        if not isinstance(cfg, dict):
+            raise WeightsNotFoundError(f"{config} is not a JSON object (a timm pretrained_cfg)")
         cfg = cfg.get("pretrained_cfg", cfg)
         if "mean" in cfg and "std" in cfg:
             loaded.preprocess = PreprocessSpec.from_timm_config(cfg)

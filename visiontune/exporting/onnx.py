@@ -13,7 +13,6 @@ onnx and onnxruntime only, no model code.
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -55,7 +54,7 @@ def export_onnx(module, meta: ExportMetadata, out: Path, *, check) -> None:
     renamed onto ``out`` only after the check passed.
     """
     proto = _trace_to_onnx(module.eval(), meta.preprocess.size)
-    meta = replace(meta, weights_sha256=onnx_digest(proto))
+    meta = meta.sealed(onnx_digest(proto))
     for key, value in meta.to_strings().items():
         proto.metadata_props.add(key=key, value=value)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import warnings
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from ..formats.export_metadata import ExportMetadata, weights_digest
 __all__ = ["METADATA_FILE", "export_torchscript", "load_torchscript"]
 
 METADATA_FILE = "visiontune.json"
+HEAD_WEIGHT = "classifier.head.fc.weight"  # ProbabilityModel -> Classifier -> Head: one row a class
 
 
 @contextmanager
@@ -77,6 +77,12 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ExportMe
             f"{path}: its weights do not match the checksum recorded at export; the "
             "file was modified or damaged"
         )
+    head = module.state_dict().get(HEAD_WEIGHT)
+    if head is not None and head.ndim == 2 and head.shape[0] != len(meta.classes):
+        raise BundleError(
+            f"{path}: its metadata lists {len(meta.classes)} classes but the model outputs "
+            f"{head.shape[0]} probabilities; the metadata was edited or damaged"
+        )
     return module.eval(), meta
 
 
@@ -89,7 +95,7 @@ def export_torchscript(module: torch.nn.Module, meta: ExportMetadata, out: Path,
     example = torch.zeros(2, 3, meta.preprocess.size, meta.preprocess.size, dtype=torch.uint8)
     with _quiet(), torch.no_grad():
         traced = torch.jit.trace(module.eval(), example, check_trace=False)
-    meta = replace(meta, weights_sha256=torchscript_digest(traced))
+    meta = meta.sealed(torchscript_digest(traced))
     extra = {METADATA_FILE: json.dumps(meta.to_dict(), indent=2)}
 
     def write_and_check(tmp: str) -> None:

@@ -462,12 +462,15 @@ def _folder_info(folder: Path) -> dict:
         _validate_manifest(manifest, folder.name)
     except (OSError, ValueError) as exc:
         return {**info, "status": f"unreadable manifest ({exc}); rebuilt on next use"}
-    damaged = [
-        n
-        for n, s in manifest["shards"].items()
-        if not (folder / n).is_file() or (folder / n).stat().st_size != s["bytes"]
-    ]
-    status = f"damaged shards {', '.join(damaged)}; rebuilt on next use" if damaged else "ok"
+    problems = {
+        name: why
+        for name, shard in manifest["shards"].items()
+        if (why := _shard_problem(folder / name, shard, manifest["dim"])) is not None
+    }
+    status = "ok"
+    if problems:
+        listed = ", ".join(f"{name} ({why})" for name, why in sorted(problems.items()))
+        status = f"corrupt: {listed}; rebuilt on next use"
     return {
         **info,
         "description": manifest.get("description"),
@@ -478,10 +481,38 @@ def _folder_info(folder: Path) -> dict:
     }
 
 
+def _shard_problem(path: Path, shard: dict, dim: int | None) -> str | None:
+    """What is wrong with a shard, judged cheaply from its size and safetensors header (no
+    hashing: a flipped byte inside the data shows only at use, where the sha256 is checked)."""
+    try:
+        size = path.stat().st_size
+        if size != shard["bytes"]:
+            return f"{size} bytes, manifest says {shard['bytes']}"
+        with open(path, "rb") as fh:
+            length = int.from_bytes(fh.read(8), "little")
+            if not 2 <= length <= size - 8:
+                return "not a safetensors file (bad header length)"
+            header = json.loads(fh.read(length))
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        return f"unreadable header: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    entry = header.get("features") if isinstance(header, dict) else None
+    expected = {
+        "dtype": "F32",
+        "shape": [shard["rows"], dim],
+        "data_offsets": [0, shard["rows"] * (dim or 0) * 4],
+    }
+    if entry != expected or 8 + length + expected["data_offsets"][1] != size:
+        return "header does not describe the manifest's float32 rows"
+    return None
+
+
 def cache_info(root: str | Path | None = None) -> list[dict]:
     """One dict per model key: key, path, description, entries, shards, dim, bytes, status.
 
-    Reads manifests only (no hashing), so it is quick and never changes the cache.
+    Reads manifests and each shard's size and header (no hashing), so it is quick and never
+    changes the cache; a shard that fails is reported ``corrupt`` by name.
     """
     base = (Path(root) if root is not None else default_cache_dir()) / "features"
     if not base.is_dir():

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from .._io import atomic_write
 from ..errors import BundleError
+from .validation import check_format_version, check_object
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -141,11 +142,17 @@ def read_checkpoint_meta(path: str | Path) -> dict:
         ) from exc
     if text is None:
         raise BundleError(f"{path} is a safetensors file but not a visiontune checkpoint")
-    meta = json.loads(text)
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: its checkpoint header is not valid JSON ({exc})") from exc
+    version = check_format_version(
+        check_object(meta, str(path), "the header").get("format_version"), str(path)
+    )
+    if version > FORMAT_VERSION:
         raise BundleError(
             f"{path} was written by a newer visiontune (checkpoint format "
-            f"{meta['format_version']}); upgrade to resume it"
+            f"{version}); upgrade to resume it"
         )
     return meta
 

@@ -10,6 +10,12 @@ Format version 1, the contract of an exported file:
   ``size / crop_pct``, ``interpolation``, antialiased) and centre-cropped to ``size``; the batch
   axis is dynamic. Scaling to [0, 1] and normalising with ``mean``/``std`` happen inside.
 - output ``probabilities``: ``float32 (batch, classes)``, softmax over ``classes`` in order.
+
+Two checksums: ``weights_sha256`` over the weight tensors, and ``content_sha256`` over that digest
+together with ``classes`` and ``preprocess``, the metadata that gives the outputs their meaning.
+Reordering the class list (which would silently relabel every prediction) or editing the crop is
+refused at load time like a changed weight. Files exported before ``content_sha256`` existed still
+load; for them only the class count is checked against the output shape (``onnx_reader``).
 """
 
 from __future__ import annotations
@@ -17,12 +23,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import BundleError
 from ..specs import LabelMap, PreprocessSpec
+from .validation import check_classes, check_format_version, check_preprocess, meaning_digest
 
-__all__ = ["EXPORT_FORMAT_VERSION", "INPUT_NAME", "OUTPUT_NAME", "ExportMetadata", "weights_digest"]
+__all__ = [
+    "EXPORT_FORMAT_VERSION",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "ExportMetadata",
+    "weights_digest",
+]
 
 EXPORT_FORMAT_VERSION = 1
 INPUT_NAME = "images"
@@ -46,6 +59,7 @@ class ExportMetadata:
     backbone: str
     visiontune_version: str
     weights_sha256: str = ""  # filled in once the exported weights exist; see ``weights_digest``
+    content_sha256: str = ""  # weights_sha256 + classes + preprocess; see ``sealed``
     format_version: int = EXPORT_FORMAT_VERSION
     input: str = field(default=INPUT_DESCRIPTION)
     output: str = field(default=OUTPUT_DESCRIPTION)
@@ -53,6 +67,21 @@ class ExportMetadata:
     @property
     def labels(self) -> LabelMap:
         return LabelMap(self.classes)
+
+    def expected_content_sha256(self) -> str:
+        """The digest binding ``classes`` and ``preprocess`` to ``weights_sha256``."""
+        return meaning_digest(
+            {
+                "classes": list(self.classes),
+                "preprocess": self.preprocess.to_dict(),
+                "weights_sha256": self.weights_sha256,
+            }
+        )
+
+    def sealed(self, weights_sha256: str) -> ExportMetadata:
+        """This metadata for weights of digest ``weights_sha256``, with its ``content_sha256``."""
+        meta = replace(self, weights_sha256=weights_sha256)
+        return replace(meta, content_sha256=meta.expected_content_sha256())
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +93,7 @@ class ExportMetadata:
             "input": self.input,
             "output": self.output,
             "weights_sha256": self.weights_sha256,
+            "content_sha256": self.content_sha256,
         }
 
     def to_strings(self) -> dict[str, str]:
@@ -74,31 +104,37 @@ class ExportMetadata:
 
     @classmethod
     def from_dict(cls, data: dict, *, source: str) -> ExportMetadata:
-        """Validate ``data`` read from ``source``; a missing field or a newer format is an error."""
+        """Validate ``data`` read from ``source``: a missing or out-of-bounds field, a newer
+        format, or classes/preprocessing that do not match ``content_sha256`` is an error."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{source}: its metadata is not a JSON object")
         missing = [k for k in _REQUIRED if k not in data]
         if missing:
             raise BundleError(
                 f"{source} is not a visiontune export: no {', '.join(missing)} in its metadata"
             )
-        version = data["format_version"]
-        if not isinstance(version, int):
-            raise BundleError(f"{source}: export format_version {version!r} is not an integer")
+        version = check_format_version(data["format_version"], source)
         if version > EXPORT_FORMAT_VERSION:
             raise BundleError(
                 f"{source} was exported in format {version}; this visiontune reads up to "
                 f"{EXPORT_FORMAT_VERSION}. Upgrade visiontune to load it."
             )
-        try:
-            return cls(
-                classes=tuple(data["classes"]),
-                preprocess=PreprocessSpec.from_dict(data["preprocess"]),
-                backbone=str(data.get("backbone", "")),
-                visiontune_version=str(data.get("visiontune_version", "")),
-                weights_sha256=str(data["weights_sha256"]),
-                format_version=version,
+        meta = cls(
+            classes=check_classes(data["classes"], source).names,
+            preprocess=check_preprocess(data["preprocess"], source),
+            backbone=str(data.get("backbone", "")),
+            visiontune_version=str(data.get("visiontune_version", "")),
+            weights_sha256=str(data["weights_sha256"]),
+            content_sha256=str(data.get("content_sha256", "")),
+            format_version=version,
+        )
+        if "content_sha256" in data and meta.content_sha256 != meta.expected_content_sha256():
+            raise BundleError(
+                f"{source}: its classes or preprocessing do not match the checksum recorded at "
+                "export (the metadata was edited or damaged); predictions would be mislabelled, "
+                "so it is refused"
             )
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise BundleError(f"{source}: invalid export metadata: {exc}") from exc
+        return meta
 
     @classmethod
     def from_strings(cls, props: dict[str, str], *, source: str) -> ExportMetadata:

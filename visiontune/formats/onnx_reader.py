@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from ..errors import BundleError
 from .export_metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata, weights_digest
 
-__all__ = ["onnx_digest", "onnx_session", "read_onnx"]
+__all__ = ["check_class_count", "onnx_digest", "onnx_session", "output_classes", "read_onnx"]
 
 
 def _tensors(proto: onnx.ModelProto):
@@ -67,7 +67,28 @@ def read_onnx(path: str | Path) -> tuple[bytes, onnx.ModelProto, ExportMetadata]
             f"{path}: its weights do not match the checksum recorded at export; the "
             "file was modified or damaged"
         )
+    check_class_count(meta, output_classes(proto), source=str(path))
     return data, proto, meta
+
+
+def output_classes(proto: onnx.ModelProto) -> int | None:
+    """The fixed size of the output's class axis, or None when the graph leaves it open."""
+    for output in proto.graph.output:
+        if output.name == OUTPUT_NAME:
+            dims = output.type.tensor_type.shape.dim
+            if len(dims) == 2 and dims[1].HasField("dim_value"):
+                return int(dims[1].dim_value)
+    return None
+
+
+def check_class_count(meta: ExportMetadata, outputs: int | None, *, source: str) -> None:
+    """Refuse metadata whose class list does not fit the model's output (``outputs``; None:
+    unknown, nothing to check)."""
+    if outputs is not None and outputs != len(meta.classes):
+        raise BundleError(
+            f"{source}: its metadata lists {len(meta.classes)} classes but the model outputs "
+            f"{outputs} probabilities; the metadata was edited or damaged"
+        )
 
 
 def onnx_session(path: str | Path, *, threads: int | None = None):

@@ -28,6 +28,7 @@ from .._io import atomic_write_text
 from ..data.folder import Sample
 from ..data.loader import SkipLog
 from ..errors import BundleError, VisiontuneError
+from ..formats.validation import check_format_version, check_object
 from ..specs import LabelMap
 from .predictor import Predictor, TrainedModel
 from .tta import view_count
@@ -145,14 +146,19 @@ def _member_folders(folder: Path) -> list[Path]:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"cannot read {path}: {exc}") from exc
-    if data.get("format_version", 0) > ENSEMBLE_FORMAT:
+    version = check_format_version(
+        check_object(data, str(path), "the whole file").get("format_version"), str(path)
+    )
+    if version > ENSEMBLE_FORMAT:
         raise BundleError(
-            f"{path} has format {data['format_version']}; this visiontune reads up to "
+            f"{path} has format {version}; this visiontune reads up to "
             f"{ENSEMBLE_FORMAT}. Upgrade visiontune to load it."
         )
     members = data.get("members")
     if not isinstance(members, list) or not members:
         raise BundleError(f"{path} lists no members")
+    if not all(isinstance(m, str) and m for m in members):
+        raise BundleError(f"{path}: members must be folder names, got {members!r}")
     return [folder / m for m in members]
 
 

@@ -23,7 +23,7 @@ from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size, eval_geometry
 from ..errors import VisiontuneError
 from ..formats.export_metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata
-from ..formats.onnx_reader import onnx_session
+from ..formats.onnx_reader import check_class_count, onnx_session
 from .base import Predictor
 
 __all__ = ["OnnxModel"]
@@ -65,7 +65,10 @@ class OnnxModel(Predictor):
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for a uint8 ``(N, 3, size, size)`` batch of eval crops."""
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
+        probs = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
+        # A graph whose class axis is not fixed could only be checked once it ran.
+        check_class_count(self.metadata, probs.shape[-1], source=str(self.path or "the model"))
+        return probs
 
     def _probabilities(
         self,
