@@ -363,6 +363,7 @@ def augment_preview(
     turn), each as its eval view and then ``cols`` seeded augmented draws at ``size`` pixels."""
     from .data.preview import write_augment_preview
 
+    check_run_options(seed=seed)
     check_writable_file(out, "augment-preview --out")
     return write_augment_preview(
         data, out, augment=augment, rows=rows, cols=cols, seed=seed, size=size, tile=tile

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ._paths import default_cache_dir
+from .errors import DataError
 
 __all__ = ["build_demo_dataset"]
 
@@ -27,6 +28,10 @@ def build_demo_dataset(
     folder = Path(folder) if folder else default_cache_dir() / "demo" / "lfw_subset"
     if (folder / "train").is_dir() and (folder / "test").is_dir():
         return folder
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise DataError(
+            f"--data-dir {folder}: not a demo dataset (train/ and test/) and not an empty folder"
+        )
     images = lfw_subset()  # (200, 25, 25) floats in [0, 1]; the first 100 are faces
     labels = ["face"] * 100 + ["not_face"] * 100
     order = list(range(len(images)))
@@ -42,5 +47,9 @@ def build_demo_dataset(
         target = tmp / split / labels[i] / f"{i:03d}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8), "L").save(target)
-    tmp.rename(folder)  # appears whole or not at all
+    try:
+        tmp.replace(folder)  # appears whole or not at all
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder

@@ -2,6 +2,7 @@
 
 __all__ = [
     "BundleError",
+    "CacheError",
     "DataError",
     "ExportError",
     "TrainingDiverged",
@@ -25,6 +26,10 @@ class WeightsNotFoundError(VisiontuneError):
 
 class BundleError(VisiontuneError):
     """A saved model folder is missing, damaged or from an unsupported format version."""
+
+
+class CacheError(VisiontuneError, ValueError):
+    """A feature-cache folder or key given by the user is not one (a file, a malformed key)."""
 
 
 class ExportError(VisiontuneError):

@@ -3,12 +3,16 @@ subcommand: parse -> config -> one api call -> print / exit code.
 
 Exit codes: 0 success, 2 a problem with the input (bad path, empty class, unknown backbone...),
 printed as one line on stderr - an operating-system error while reading or writing (a full
-disk, a read-only folder, no permission) too, naming the path; 130 interrupted.
+disk, a read-only folder, no permission) too, naming the path; 130 interrupted. An unexpected
+exception is a bug in visiontune: one line naming its type and message, a hint to rerun with
+``--debug``, exit 1. ``visiontune --debug COMMAND ...`` (or ``VISIONTUNE_DEBUG=1``) re-raises
+every error instead, so Python prints the traceback. Usage errors are argparse's own (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -59,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"visiontune {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the Python traceback of any error (also: VISIONTUNE_DEBUG=1)",
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.register(sub)
@@ -91,20 +100,46 @@ def _os_error(exc: OSError) -> str:
     return f"{reason}: {' -> '.join(str(p) for p in paths)}" if paths else reason
 
 
+def debug_requested(args: argparse.Namespace | None = None) -> bool:
+    """``--debug`` was given, or ``$VISIONTUNE_DEBUG`` is set (to anything but ``""``/``0``)."""
+    env = os.environ.get("VISIONTUNE_DEBUG", "").strip().lower() not in ("", "0", "false")
+    return env or bool(getattr(args, "debug", False))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = debug_requested(args)
     try:
         with _clean_warnings():
             return args.run(args)
-    except VisiontuneError as exc:
-        print(f"visiontune: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # ENOSPC, EROFS, EACCES...: the user's disk, not a bug
-        print(f"visiontune: error: {_os_error(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("visiontune: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if debug:
+            raise
+        return _report(exc)
+
+
+def _report(exc: Exception) -> int:
+    """One line on stderr for ``exc``; the exit code: 2 the user's input or disk, 1 a bug."""
+    if isinstance(exc, VisiontuneError):
+        print(f"visiontune: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    if isinstance(exc, OSError):  # ENOSPC, EROFS, EACCES...: the user's disk, not a bug
+        print(f"visiontune: error: {_one_line(_os_error(exc))}", file=sys.stderr)
+        return 2
+    print(
+        f"visiontune: internal error (a bug, please report it): {type(exc).__name__}: "
+        f"{_one_line(str(exc))} - rerun with --debug to see the traceback",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks folded, so an error stays one line."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 
 from ..data.checks import FINDING_TYPES
 from ..data.duplicates import DEFAULT_NEAR_DISTANCE
+from ..errors import VisiontuneError
 
 SEVERITY_ORDER = ("error", "warning", "info")
 
@@ -101,6 +102,8 @@ def _add_check(sub) -> None:
 def _run_check(args) -> int:
     from ..api import check
 
+    if args.examples < 0:
+        raise VisiontuneError(f"--examples must be at least 0, got {args.examples}")
     report = check(
         args.data,
         near_duplicates=not args.no_near_duplicates,
@@ -113,7 +116,7 @@ def _run_check(args) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        _print_summary(report, max(0, args.examples))
+        _print_summary(report, args.examples)
     return 1 if report.has_errors else 0
 
 

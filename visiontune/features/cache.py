@@ -34,7 +34,7 @@ from .._io import atomic_write, atomic_write_text
 from .._paths import default_cache_dir
 from ..backbones import Backbone
 from ..backbones.sources import file_sha256
-from ..errors import VisiontuneWarning
+from ..errors import CacheError, VisiontuneWarning
 
 try:  # POSIX; elsewhere concurrent runs on one cache folder are not serialised
     import fcntl
@@ -514,18 +514,27 @@ def cache_info(root: str | Path | None = None) -> list[dict]:
     Reads manifests and each shard's size and header (no hashing), so it is quick and never
     changes the cache; a shard that fails is reported ``corrupt`` by name.
     """
-    base = (Path(root) if root is not None else default_cache_dir()) / "features"
+    base = _features_base(root)
     if not base.is_dir():
         return []
     folders = [f for f in sorted(base.iterdir()) if f.is_dir() and _KEY_RE.fullmatch(f.name)]
     return [_folder_info(f) for f in folders]
 
 
+def _features_base(root: str | Path | None) -> Path:
+    """``<root>/features``; ``CacheError`` when ``root`` (or that folder) exists as a file."""
+    top = Path(root) if root is not None else default_cache_dir()
+    for folder in (top, top / "features"):
+        if folder.exists() and not folder.is_dir():
+            raise CacheError(f"cache folder {folder} is a file, not a folder")
+    return top / "features"
+
+
 def clear_cache(root: str | Path | None = None, key: str | None = None) -> int:
     """Delete one model key's features, or all stored features; returns the bytes freed."""
-    base = (Path(root) if root is not None else default_cache_dir()) / "features"
+    base = _features_base(root)
     if key is not None and not _KEY_RE.fullmatch(key):
-        raise ValueError(f"not a feature-cache key: {key!r}")
+        raise CacheError(f"not a feature-cache key: {key!r}")
     target = base / key if key is not None else base
     if not target.is_dir():
         return 0

@@ -12,7 +12,7 @@ from ..backbones import Backbone, create_backbone
 from ..data.folder import Sample, expand_image_paths, scan_folder
 from ..data.loader import SkipLog, default_workers
 from ..engine.loop import Runtime
-from ..errors import VisiontuneError
+from ..errors import DataError, VisiontuneError
 from ..formats.bundle import load_bundle
 from .cache import FeatureCache
 from .similar import top_k_similar
@@ -74,6 +74,8 @@ def write_embeddings(
         batch_size=batch_size,
     )
     rows = list(features.items())
+    if not any(len(fs.samples) for _, fs in rows):
+        raise DataError(f"{data}: no decodable images to extract ({len(skips.skipped)} skipped)")
     table = {
         "path": np.array([str(s.path) for _, fs in rows for s in fs.samples]),
         "label": np.concatenate([fs.labels.numpy() for _, fs in rows]),
@@ -143,6 +145,8 @@ def similar_images(
     if "query" not in feats or not len(feats["query"]):
         reason = skips.skipped.get(str(query), "")
         raise VisiontuneError(f"cannot decode the query image {query}: {reason}")
+    if "gallery" not in feats or not len(feats["gallery"]):
+        raise DataError(f"{folder}: no decodable images to search ({len(gallery)} skipped)")
     scores, indices = top_k_similar(feats["query"].features[0], feats["gallery"].features, k)
     return [
         {"path": str(feats["gallery"].samples[i].path), "score": float(s)}
