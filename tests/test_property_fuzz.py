@@ -415,3 +415,32 @@ def test_damaged_bundle_raises_only_visiontune_errors(head_run, name, data):
             assert math.isfinite(probability), (name, damaged[:200])
         assert files_under(run) == before
         assert _tmp_files(tmp) == []
+
+
+SCORE_OPTIONS = {
+    "--batch-size": ["-3", "0", "1", "1000000", "x"],
+    "--workers": ["-1", "0", "x"],
+    "--tta": ["none", "flip", "5crop", "bogus"],
+}
+
+
+@budget(12)
+@given(
+    command=st.sampled_from(["predict", "evaluate"]),
+    top_k=st.sampled_from(["-1", "0", "1", "99", "x"]),
+    chosen=st.lists(st.sampled_from(sorted(SCORE_OPTIONS)), max_size=3, unique=True),
+    data=st.data(),
+)
+def test_predict_and_evaluate_cli_odd_options_exit_0_or_2(head_run, command, top_k, chosen, data):
+    with _scratch() as tmp:
+        root = make_class_folder(tmp / "data", {"cat": 1, "dog": 1})
+        _write(root / "cat", "broken.png", data.draw(mutated_image()))
+        argv = [command, str(head_run), str(root if command == "evaluate" else root / "cat")]
+        argv += ["--top-k", top_k] if command == "predict" else []
+        for flag in chosen:
+            argv += [flag, data.draw(st.sampled_from(SCORE_OPTIONS[flag]))]
+        before = files_under(tmp)
+        code, err = _cli(argv)
+        assert code in (0, 2), (argv, err)
+        assert "Traceback" not in err, (argv, err)
+        assert files_under(tmp) == before
