@@ -4,6 +4,13 @@
 batch one process would take, augmented under the same per-image seeds, and DDP averages the
 gradients. With frozen BatchNorm statistics (their batch statistics would be per rank) and no
 dropout (masks are drawn per rank), the two runs differ only by floating-point summation order.
+
+``full`` and ``partial`` train BatchNorm too, so their batch statistics are per rank: those
+tests train on images of identical pixels, where a rank's 2 images have the statistics of all 4
+(see the comment above ``WEIGHT_ATOL``), and so check the averaging of backbone gradients. A
+2-process run killed in epoch 2 by ``$VISIONTUNE_FAULT`` resumes under torchrun to the
+uninterrupted 2-process run's result, bit for bit. Every run says ``--device cpu`` (gloo), so
+the tests mean the same on a machine with a GPU.
 """
 
 from __future__ import annotations
