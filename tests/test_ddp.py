@@ -151,7 +151,10 @@ def test_gradual_unfreezing_under_ddp_keeps_ranks_in_step(data, tmp_path):
 # averaging. Here every training image has the same pixels (the labels still differ), and there
 # is no augmentation or dropout: a batch's statistics are then the same on 2 images as on 4,
 # so the forward passes agree, and any difference left comes from gradient averaging (and
-# summation order). Measured: training losses within 1e-7, head and conv weights within 2e-6.
+# summation order). Measured: training losses within 1e-7; of the ~100k weights checked, all
+# but ~40 within 1e-5 (head within 3e-8), the rest, where AdamW divides a near-zero gradient by
+# its near-zero size, up to 1e-4 - so: 99% of the elements within 1e-5 and all within 1e-3 (10x).
+# Broken averaging (or sharding) moves most elements by about the LR per step, and the losses.
 # Two kinds of tensor are left out of the tight check: the shifts of BatchNorms that feed
 # another BatchNorm (blocks.*.bn2/bn3.bias): the next BatchNorm subtracts them again, so their
 # true gradient is zero and AdamW turns rounding noise into steps of the backbone LR (measured
@@ -159,7 +162,7 @@ def test_gradual_unfreezing_under_ddp_keeps_ranks_in_step(data, tmp_path):
 # running statistics, buffers no gradient trains: the variances' unbiased n/(n-1) correction
 # counts each rank's share (measured up to 0.013), and the means follow those noisy shifts
 # (measured up to 3e-4). They only enter validation, whose loss is compared loosely.
-WEIGHT_ATOL = 1e-4  # 50x the largest difference measured on the tensors checked
+WEIGHT_ATOL, WEIGHT_CLOSE, CLOSE_SHARE = 1e-3, 1e-5, 0.99
 TWIN = [*COMMON, "--dropout", "0", "--augment", "none", "--epochs", "2"]
 STRATEGIES = {
     "full": ["--strategy", "full"],
@@ -220,9 +223,9 @@ def test_full_and_partial_under_two_processes_match_one(twin_data, ddp_full, tmp
     assert single.keys() == ddp.keys()
     checked = [k for k in single if single[k].is_floating_point() and _checked(k)]
     assert any(".conv" in k for k in checked) and "head.fc.weight" in checked
-    for key in checked:
-        diff = (single[key].float() - ddp[key].float()).abs().max().item()
-        assert diff <= WEIGHT_ATOL, (key, diff)
+    diff = torch.cat([(single[k].float() - ddp[k].float()).abs().flatten() for k in checked])
+    assert diff.max().item() <= WEIGHT_ATOL
+    assert (diff <= WEIGHT_CLOSE).float().mean().item() >= CLOSE_SHARE
 
 
 def test_ddp_run_killed_in_epoch_2_resumes_under_ddp_to_the_same_result(
