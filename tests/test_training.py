@@ -175,3 +175,14 @@ def test_the_package_exports_exactly_the_readme_python_api():
     assert set(visiontune.__all__) - {"__version__"} == documented
     for name in visiontune.__all__:
         assert getattr(visiontune, name) is not None
+
+
+def test_loader_workers_do_not_change_what_an_epoch_draws(data, tmp_path):
+    """The progress bar must not start an extra pass over a persistent-worker loader (tqdm.auto's
+    asyncio bar did), which moved the seeded sampler one epoch on with workers but not without."""
+    histories = []
+    for workers in (0, 1):
+        options = {**_options(tmp_path / str(workers)), "workers": workers}
+        result = visiontune.fit(data, **options, strategy="full", epochs=2, batch_size=4)
+        histories.append([(row["train_loss"], row["val_loss"]) for row in result.history])
+    assert histories[0] == histories[1]

@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+# tqdm's plain bar, not tqdm.auto: tqdm.auto's asyncio variant calls iter() on its iterable when
+# constructed, and on a DataLoader with persistent workers that starts (and discards) a whole
+# pass, moving the seeded EpochSampler one epoch on before the real pass begins.
+from tqdm import tqdm
 
 from .. import _faults
 from .._seeding import derive_seed, seed_all
