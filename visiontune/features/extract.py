@@ -121,7 +121,6 @@ def extract_features(
         return run_backbone(
             backbone,
             _dataset(backbone, part, view_seed, augment, pca),
-            part,
             runtime=runtime,
             batch_size=batch_size,
             workers=workers,
@@ -143,7 +142,6 @@ def extract_features(
 def run_backbone(
     backbone: Backbone,
     dataset: ImageDataset,
-    samples: list[Sample],
     *,
     runtime: Runtime,
     batch_size: int,
@@ -152,7 +150,7 @@ def run_backbone(
     desc: str,
 ):
     """``(features, labels, indices)`` of ``dataset``'s decodable images, in order, through
-    ``backbone`` on ``cfg.device``; undecodable ones are recorded in ``skips``."""
+    ``backbone`` on ``runtime.device``; undecodable ones are recorded in ``skips``."""
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
     record = skips.record if skips is not None else None
     backbone = backbone.to(runtime.device)

@@ -268,7 +268,6 @@ def batchnorm_shift(
         _, labels, _ = run_backbone(
             backbone,
             dataset,
-            samples,
             runtime=runtime,
             batch_size=32,
             workers=workers,

@@ -56,11 +56,6 @@ class RunCheckpoints:
             extra = {**self.record, "strategy": strategy.state_dict(), "skips": skips.to_dict()}
             save_checkpoint(self.path, model=model, optimizer=optimizer, state=state, extra=extra)
 
-    def finish(self) -> None:
-        """The bundle is written: the checkpoint has served."""
-        if self.writes:
-            self.path.unlink(missing_ok=True)
-
 
 def check_same_data(checkpoint: Checkpoint, fingerprint: str, run_dir: Path) -> None:
     """A resumed run must train on the files it was checkpointed with."""
