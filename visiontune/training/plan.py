@@ -99,10 +99,12 @@ def _check_out(config: TrainConfig, dist: Distributed | None, *, resuming: bool)
 
 
 def _name_run_dir(config: TrainConfig, dist: Distributed | None, *, resuming: bool) -> Path:
-    """Rank 0 names the run folder (checking it as ``_check_out`` does); the others learn its
-    name, or the error, so every rank stops alike. Nothing is created yet."""
+    """Rank 0 names the run folder; the others learn its name, or the error, so every rank stops
+    alike. ``--out`` was checked by ``_check_out`` before any work; a generated
+    ``runs/<time>-...`` name (known once ``auto`` chose) is checked here; nothing is created."""
     run_dir = default_run_dir(config) if dist is None or dist.is_main else None
-    _on_rank_0(dist, lambda: check_out(run_dir, overwrite=config.overwrite, resuming=resuming))
+    if not config.out:
+        _on_rank_0(dist, lambda: check_out(run_dir, overwrite=config.overwrite, resuming=resuming))
     return dist.broadcast(run_dir) if dist else run_dir
 
 
