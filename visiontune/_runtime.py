@@ -13,10 +13,12 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import time
+from pathlib import Path
 
 import torch
 
-__all__ = ["configure_threads", "resolve_device", "tune_allocator"]
+__all__ = ["configure_threads", "process_started", "resolve_device", "tune_allocator"]
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
@@ -62,3 +64,21 @@ def configure_threads() -> None:
     """Use every core this process may run on (containers often report more than they give)."""
     if hasattr(os, "sched_getaffinity"):
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+def process_started() -> float:
+    """When this process started, on the ``time.monotonic()`` clock: a ``--time-budget`` counts
+    from there, so Python's start and the imports (torch: seconds) are inside it.
+
+    Linux gives the start in ``/proc/self/stat`` (clock ticks since boot; ``/proc/uptime`` is
+    seconds since boot); elsewhere, the moment this module was first imported."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat(5)
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+    return time.monotonic() - max(0.0, uptime - started)
+
+
+_IMPORTED = time.monotonic()

@@ -65,9 +65,12 @@ def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> Fi
 
     Started by ``torchrun``, each process trains its share with DistributedDataParallel
     (``visiontune.engine.distributed``) and only rank 0 writes the run."""
-    from .training import run_training
+    from .engine.distributed import launched
+    from .training import run_training, train_auto
 
     config, explicit = _train_config(data, config, options)
+    if config.strategy == "auto" and not launched():  # torchrun: every rank trains the rule's
+        return train_auto(config, explicit=frozenset(explicit))
     return run_training(config, explicit=frozenset(explicit))
 
 

@@ -18,6 +18,7 @@ visiontune.errors.VisiontuneError: --strategy must be one of head, ..., auto, go
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 
@@ -32,6 +33,7 @@ __all__ = [
     "changed_options",
     "check_run_options",
     "option",
+    "parse_duration",
 ]
 
 # Per-strategy defaults, chosen so each finishes in minutes on a 2-core CPU. A frozen backbone's
@@ -53,8 +55,11 @@ partial - freeze the first stages, train the last --unfreeze stages and the clas
 full    - train everything, starting from the pretrained weights. Larger or different data.
 gradual - fit the classifier on cached features first, then unfreeze one more stage per epoch
           from the top (up to --unfreeze, default all), each deeper stage at half the LR.
-auto    - measure the data (`visiontune advise`) and run the strategy and settings it chooses;
-          options you give explicitly are kept. The advice is saved in the run folder."""
+auto    - the default: fit the head on cached features first (seconds), then, where the data's
+          measurements (`visiontune advise`) say fine-tuning may pay and time allows, try the
+          advisor's fine-tune and keep whichever scores better on validation, beyond noise.
+          Options you give are kept; the candidates and the decision are saved in the run
+          folder (auto.json). Under torchrun, auto runs the advisor's choice alone."""
 
 
 def option(default, help: str, *, choices=None, metavar=None, flag=None, cli: bool = True):
@@ -77,7 +82,9 @@ class TrainConfig:
     backbone: str = option(
         "efficientnet_lite0",
         "registered name (see `visiontune backbones`) or any timm model name;\n"
-        "a comma-separated list a,b,c trains an ensemble with one member per backbone",
+        "a comma-separated list a,b,c trains an ensemble with one member per backbone;\n"
+        "'auto' (with --strategy auto) races the installed embedded EfficientNet-Lites\n"
+        "with a head each and keeps the best on validation",
     )
     weights: str | None = option(
         None,
@@ -85,7 +92,7 @@ class TrainConfig:
         "(default: the embedded package, else the model hub)",
         metavar="PATH|none",
     )
-    strategy: str = option("full", STRATEGY_HELP, choices=STRATEGY_CHOICES)
+    strategy: str = option("auto", STRATEGY_HELP, choices=STRATEGY_CHOICES)
     epochs: int | None = option(
         None, "training epochs (default: 6; 60 for --strategy head), or what auto chooses"
     )
@@ -166,6 +173,13 @@ class TrainConfig:
         "metrics and report folders are removed before the new run is written\n"
         "(default: a finished run is refused)",
     )
+    time_budget: str | None = option(
+        None,
+        "finish within DURATION (90s, 5m, 1h30m; a bare number is seconds), process\n"
+        "start included: auto plans what it tries to fit, and fine-tuning stops at the\n"
+        "budget with the best epoch so far (default: no limit)",
+        metavar="DURATION",
+    )
     progress: bool = option(
         True, "no progress bars or tables on stderr (default: show them)", flag="--no-progress"
     )
@@ -188,6 +202,11 @@ class TrainConfig:
         except ValueError as exc:
             raise VisiontuneError(f"--augment: {exc}") from None
 
+    @property
+    def time_budget_s(self) -> float | None:
+        """``time_budget`` in seconds (validated by the constructor)."""
+        return None if self.time_budget is None else parse_duration(self.time_budget)
+
     def resolve(self) -> TrainConfig:
         """The same options with the strategy's defaults filled in where left unset."""
         if self.strategy not in STRATEGY_DEFAULTS:
@@ -209,6 +228,38 @@ class TrainConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in a duration written ``90s``, ``5m``, ``1h30m``, ``2.5m`` or a bare number.
+
+    >>> parse_duration("90s"), parse_duration("5m"), parse_duration("1h30m"), parse_duration(45)
+    (90.0, 300.0, 5400.0, 45.0)
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.fullmatch(str(text).strip().lower())
+        if not match or not str(text).strip() or not any(match.groups()):
+            raise ValueError(f"a duration is like 90s, 5m or 1h30m, got {text!r}")
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        seconds = 3600 * hours + 60 * minutes + secs
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"a duration must be positive, got {text!r}")
+    return seconds
+
+
+def _duration_problem(value) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        return f"--time-budget: {exc}"
+    return None
 
 
 def changed_options(config: TrainConfig) -> set[str]:
@@ -274,6 +325,8 @@ def _problems(c: TrainConfig) -> list[str]:
         )
         if value not in valid
     ]
+    if c.backbone == "auto" and c.strategy != "auto":
+        found.append("--backbone auto races the embedded backbones: it needs --strategy auto")
     if c.device not in DEVICES and not str(c.device).startswith("cuda:"):
         found.append(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {c.device!r}")
     if c.lr is not None and not (isinstance(c.lr, int | float) and 0 < c.lr < math.inf):
@@ -292,5 +345,6 @@ def _problems(c: TrainConfig) -> list[str]:
         _in_range("dropout", c.dropout, 0, 1, high_open=True),
         _in_range("weight-decay", c.weight_decay, 0, math.inf, high_open=True),
         _in_range("warmup-epochs", c.warmup_epochs, 0, math.inf, high_open=True),
+        _duration_problem(c.time_budget),
     )
     return found + [problem for problem in checks if problem]

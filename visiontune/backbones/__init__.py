@@ -4,6 +4,7 @@ from .classifier import Backbone, Classifier, Head
 from .registry import (
     BackboneInfo,
     create_backbone,
+    embedded_backbones,
     get_backbone_info,
     list_backbones,
     register_backbone,
@@ -15,6 +16,7 @@ __all__ = [
     "Classifier",
     "Head",
     "create_backbone",
+    "embedded_backbones",
     "get_backbone_info",
     "list_backbones",
     "register_backbone",

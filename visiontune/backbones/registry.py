@@ -17,6 +17,7 @@ from .sources import embedded_weights_path, load_timm_model
 __all__ = [
     "BackboneInfo",
     "create_backbone",
+    "embedded_backbones",
     "get_backbone_info",
     "list_backbones",
     "register_backbone",
@@ -94,6 +95,16 @@ def weights_available(info: BackboneInfo) -> str | None:
     except Exception:  # noqa: BLE001 - a listing must not fail on a cache it cannot read
         pass
     return None
+
+
+def embedded_backbones() -> list[str]:
+    """The registered backbones whose weights ship in an installed package, in registration
+    order (EfficientNet-Lite0, 1, 2: cheapest first): what ``--backbone auto`` races."""
+    return [
+        info.name
+        for info in _REGISTRY.values()
+        if info.embedded_module and embedded_weights_path(info.embedded_module)
+    ]
 
 
 def list_backbones(pattern: str = "*") -> list[dict]:

@@ -83,7 +83,10 @@ def _run_advise(args) -> int:
     settings = ", ".join(f"{k}={v}" for k, v in advice["settings"].items())
     print(f"strategy    {advice['strategy']} ({settings})")
     print(f"reason      {advice['reason']}")
-    print(f"run it      visiontune train {shlex.quote(args.data)} --strategy auto")
+    print(f"auto        {advice['auto_plan']}")
+    print(
+        f"run it      visiontune train {shlex.quote(args.data)}  (--strategy auto is the default)"
+    )
     return 0
 
 

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import VisiontuneError
 
-__all__ = ["Distributed", "on_main_rank", "session"]
+__all__ = ["Distributed", "launched", "on_main_rank", "session"]
 
 # How long a rank waits for the others at a collective. Rank 0 may spend a while alone first
 # (features for a warm start), and torchrun stops every rank when one fails, so this is generous.
@@ -134,6 +134,11 @@ def _device(device_name: str, local_rank: int) -> torch.device:
         )
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)  # one GPU per process: --device cuda:K does not apply
+
+
+def launched() -> bool:
+    """Whether ``torchrun`` started this process as one of several."""
+    return _env_int("WORLD_SIZE", 1) > 1
 
 
 @contextmanager

@@ -36,6 +36,7 @@ __all__ = [
     "LoopConfig",
     "Runtime",
     "StopTraining",
+    "TimeBox",
     "check_finite",
     "evaluate_epoch",
     "fit",
@@ -66,6 +67,35 @@ class LoopConfig:
     # Set: each epoch reseeds every generator from (seed, epoch) and tells the train loader's
     # sampler its epoch, so an epoch re-run after a resume draws exactly the same numbers.
     seed: int | None = None
+    # ``time.monotonic()`` by which training and its last validation must be done (--time-budget,
+    # less what the caller needs afterwards): the LR schedule is compressed to end there, and the
+    # epoch running at that moment is cut short, validated and the last one.
+    deadline: float | None = None
+
+
+class TimeBox:
+    """A deadline for ``fit``: how far through the time the loop is, and whether it is over.
+
+    The validation pass after an epoch must fit too, so the training stops one (measured)
+    validation pass early; before the first is measured it counts as free."""
+
+    def __init__(self, deadline: float, start: float | None = None) -> None:
+        self.deadline = deadline
+        self.start = time.monotonic() if start is None else start
+        self.val_seconds = 0.0
+
+    def stop_at(self) -> float:
+        return self.deadline - self.val_seconds
+
+    def over(self) -> bool:
+        return time.monotonic() >= self.stop_at()
+
+    def schedule_step(self, step: int, total_steps: int) -> int:
+        """The step the LR schedule is at: by steps taken, or by time used, whichever is later,
+        so the cosine decay ends at the deadline even when the epochs cannot all run."""
+        span = max(self.stop_at() - self.start, 1e-9)
+        by_time = int(total_steps * (time.monotonic() - self.start) / span)
+        return max(step, min(total_steps, by_time))
 
 
 @dataclass(frozen=True)
@@ -143,11 +173,13 @@ def train_one_epoch(
     on_batch: Callable | None = None,
     epoch: int = 0,
     wrapped: nn.Module | None = None,
+    timebox: TimeBox | None = None,
 ) -> tuple[dict, int]:
     """One pass over ``loader``; returns mean loss/accuracy and the next global step.
 
     ``wrapped`` (``DistributedDataParallel(model)``) runs the forward and backward passes when
-    given; ``model`` is the one whose modes ``set_train_mode`` sets.
+    given; ``model`` is the one whose modes ``set_train_mode`` sets. ``timebox``: the pass ends
+    early (after at least one step) when its time is over, and the LR follows the time used.
     """
     set_train_mode(model)
     forward = wrapped if wrapped is not None else model
@@ -170,7 +202,10 @@ def train_one_epoch(
         empty = len(batch.labels) == 0
         if dist.any(empty) if dist is not None else empty:  # ranks step together, or DDP hangs
             continue
-        apply_lr(optimizer, lr_multiplier(step, total_steps=total_steps, warmup_steps=warmup_steps))
+        if _time_is_up(timebox, dist, stepped=totals.seen > 0):
+            break
+        at = timebox.schedule_step(step, total_steps) if timebox else step
+        apply_lr(optimizer, lr_multiplier(at, total_steps=total_steps, warmup_steps=warmup_steps))
         inputs, targets = batch.images, batch.labels
         if cfg.batch_transform is not None:
             inputs, targets = cfg.batch_transform(inputs, targets)
@@ -194,6 +229,14 @@ def train_one_epoch(
     if dist is not None:  # every rank saw its share: report the whole epoch
         loss, correct, seen = dist.all_sum([loss, correct, seen])
     return {"train_loss": loss / max(seen, 1), "train_acc": correct / max(seen, 1)}, step
+
+
+def _time_is_up(timebox: TimeBox | None, dist, *, stepped: bool) -> bool:
+    """Every rank stops together (or DDP hangs): when any rank's time is over."""
+    if timebox is None or not stepped:
+        return False
+    over = timebox.over()
+    return dist.any(over) if dist is not None else over
 
 
 def run_inference(
@@ -241,6 +284,15 @@ def evaluate_epoch(
     )
     loss = float(nn.functional.cross_entropy(logits, labels)) if len(labels) else float("nan")
     return EvalOutput(logits, labels, indices, loss)
+
+
+def _validate(model, loader, *, runtime, on_batch, timebox: TimeBox | None) -> EvalOutput:
+    """The validation pass after an epoch; ``timebox`` learns what one costs."""
+    started = time.monotonic()
+    val = evaluate_epoch(model, loader, runtime=runtime, on_batch=on_batch, desc="validate")
+    if timebox:
+        timebox.val_seconds = time.monotonic() - started
+    return val
 
 
 def _better(current: dict, best: dict | None, *, validated: bool) -> bool:
@@ -358,6 +410,7 @@ def fit(
     state.history = list(state.history)
     dist = runtime.distributed
     epochs_bar = _epochs_bar(state, cfg, runtime)
+    timebox = TimeBox(cfg.deadline) if cfg.deadline is not None else None
     for epoch in epochs_bar:
         start = time.perf_counter()
         _start_epoch(train_loader, cfg, epoch)
@@ -375,10 +428,11 @@ def fit(
             on_batch=on_batch,
             **schedule,
             wrapped=dist.wrap(model) if dist else None,
+            timebox=timebox,
         )
         if dist:
             dist.sync_buffers(model)
-        val = evaluate_epoch(model, val_loader, runtime=runtime, on_batch=on_batch, desc="validate")
+        val = _validate(model, val_loader, runtime=runtime, on_batch=on_batch, timebox=timebox)
         lr = max(g["lr"] for g in optimizer.param_groups)
         row = {"epoch": epoch + 1, **train_stats, "val_loss": val.loss, "val_acc": val.accuracy}
         row.update(lr=lr, seconds=time.perf_counter() - start)
@@ -393,6 +447,8 @@ def fit(
             if on_epoch_end:
                 on_epoch_end(row)
         except StopTraining:
+            state.done = True
+        if timebox and _time_is_up(timebox, dist, stepped=True):  # the budget is spent
             state.done = True
         if on_checkpoint:
             on_checkpoint(copy.copy(state))

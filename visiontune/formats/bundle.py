@@ -36,6 +36,7 @@ from .validation import (
 )
 
 __all__ = [
+    "AUTO_FILE",
     "FORMAT_VERSION",
     "load_bundle",
     "read_bundle_config",
@@ -46,6 +47,8 @@ __all__ = [
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# ``--strategy auto``'s decision beside the bundle (``training.auto``); reports show it.
+AUTO_FILE = "auto.json"
 
 
 def _versions() -> dict:

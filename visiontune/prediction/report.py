@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..evaluation.report import load_history, write_report
+from ..formats.bundle import AUTO_FILE
 from .base import Predictor
 
 
@@ -15,6 +17,28 @@ def _histories(predictor: Predictor) -> dict[str, list[dict] | None]:
         run_dir = getattr(predictor, "run_dir", None)
         return {Path(run_dir).name if run_dir else "run": load_history(run_dir)}
     return {f"member {i}": load_history(m.run_dir) for i, m in enumerate(members)}
+
+
+def auto_summary(run_dir: Path | None) -> str | None:
+    """``--strategy auto``'s decision (``RUN/auto.json``) in a line: each candidate's validation
+    accuracy and time, and why the kept one was kept; None for another run."""
+    path = Path(run_dir) / AUTO_FILE if run_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        tried = "; ".join(
+            f"{c['name']}: {_pct(c['accuracy'])} on {c['images']} validation images, "
+            f"{c['seconds']:.0f} s"
+            for c in record["candidates"]
+        )
+        return f"kept {record['kept']} ({tried}). {record['reasons'][-1]}"
+    except (ValueError, KeyError, TypeError):
+        return f"{AUTO_FILE} is unreadable"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _context(predictor: Predictor, runs, folder, tta: str) -> dict[str, str]:
@@ -28,6 +52,9 @@ def _context(predictor: Predictor, runs, folder, tta: str) -> dict[str, str]:
     }
     if len(members) > 1:
         context["ensemble"] = f"{len(members)} members, probabilities averaged"
+    decision = auto_summary(getattr(predictor, "run_dir", None))
+    if decision:
+        context["strategy (auto)"] = decision
     context["test-time augmentation"] = tta
     context["evaluated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return context

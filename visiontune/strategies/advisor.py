@@ -38,6 +38,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from .evidence import auto_plan
+
 __all__ = [
     "BN_SHIFT_SCALE",
     "SIMILAR_AT",
@@ -167,6 +169,7 @@ class Advice:
             "quadrant": self.quadrant,
             "settings": dict(self.settings),
             "reason": self.reason,
+            "auto_plan": auto_plan(self.strategy),
             "num_images": m.num_images if m else None,
             "images_per_class": m.images_per_class if m else None,
             "similarity": m.similarity if m else None,

@@ -22,14 +22,22 @@ from ..data.loader import default_workers
 from ..engine import distributed
 from ..engine.distributed import Distributed
 from ..engine.loop import LoopConfig, Runtime
+from ..engine.speed import train_step_seconds
 from ..errors import VisiontuneError
 from ..features.cache import FeatureCache
 from ..formats.checkpoint import Checkpoint
 from ..strategies import Strategy, make_strategy
+from ..strategies.evidence import TRAIN_STEP_COST
 from .advice import apply_advice, measure_and_decide
 from .outdir import check_out
 
 __all__ = ["Plan", "feature_cache", "make_plan", "print_plan"]
+
+# The TEST pass after training is timed from a training step; it also decodes every image and,
+# unlike a training step, is not overlapped with the loader's workers: half as much again.
+EVAL_MARGIN = 1.5
+# Writing the bundle, history and metrics, and the process's exit.
+WRITE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,19 @@ def _advise(config, splits, backbone, runtime, workers, explicit) -> tuple[Train
     return apply_advice(config, advice.to_dict(), explicit=explicit)
 
 
+def _loop_deadline(deadline, model, strategy, splits, config, runtime) -> float | None:
+    """When fine-tuning must stop for the run to be written by ``deadline``: the TEST pass
+    (timed by a measured training step here, a third of which is a forward pass) and the
+    writing come after it. A frozen backbone's head trains in seconds: not timed."""
+    if deadline is None or strategy.uses_frozen_backbone:
+        return None
+    per_image = train_step_seconds(
+        model, size=model.backbone.preprocess.size, batch_size=config.batch_size, runtime=runtime
+    )
+    after = EVAL_MARGIN * per_image / TRAIN_STEP_COST * len(splits.test) + WRITE_SECONDS
+    return deadline - after
+
+
 def make_plan(
     config: TrainConfig,
     *,
@@ -132,10 +153,12 @@ def make_plan(
     device=None,
     explicit: frozenset[str] = frozenset(),
     resume: Checkpoint | None = None,
+    deadline: float | None = None,
 ) -> Plan:
     """Decide the run ``config`` describes. ``device``: default ``config.device`` resolved (under
     torchrun, the rank's own); ``explicit``: the options the user gave (``auto`` keeps them);
-    ``resume``: the checkpoint of the interrupted run it continues."""
+    ``resume``: the checkpoint of the interrupted run it continues; ``deadline``
+    (``time.monotonic()``): when the run must be written by."""
     if dist and config.batch_size % dist.world_size:
         raise VisiontuneError(
             f"--batch-size {config.batch_size} is the global batch and must divide evenly "
@@ -174,6 +197,7 @@ def make_plan(
         label_smoothing=config.label_smoothing,
         patience=config.patience,
         seed=config.seed,
+        deadline=_loop_deadline(deadline, model, strategy, splits, config, runtime),
     )
     run_dir = _name_run_dir(config, dist, resuming=resume is not None)
     return Plan(

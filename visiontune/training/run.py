@@ -155,7 +155,9 @@ def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float
     dist = plan.runtime.distributed
     return finite_or_null(
         {
+            "strategy": plan.config.strategy,
             "val": {"accuracy": best["val_acc"], "loss": best["val_loss"], **chosen},
+            "val_images": len(data.splits.val),
             "test": outcome.test,
             "head_warm_start": outcome.warm_start,
             "feature_extraction": outcome.extraction,
@@ -209,15 +211,23 @@ def run_training(
     *,
     explicit: frozenset[str] = frozenset(),
     resume: Checkpoint | None = None,
+    deadline: float | None = None,
 ) -> FitResult:
-    """Plan, prepare, train and save one run, in one process or as a rank under torchrun."""
+    """Plan, prepare, train and save one run, in one process or as a rank under torchrun.
+
+    ``deadline`` (``time.monotonic()``): when the run must be written by; default
+    ``--time-budget`` from the process's start, or none."""
     started = time.perf_counter()
+    if deadline is None and config.time_budget_s:
+        deadline = _runtime.process_started() + config.time_budget_s
     _runtime.tune_allocator()
     with distributed.session(config.device) as dist:
         if dist is None:  # under torchrun the cores are shared between the node's processes
             _runtime.configure_threads()
         device = None if dist else _runtime.resolve_device(config.device)
-        plan = make_plan(config, dist=dist, device=device, explicit=explicit, resume=resume)
+        plan = make_plan(
+            config, dist=dist, device=device, explicit=explicit, resume=resume, deadline=deadline
+        )
         if plan.runtime.progress:
             print_plan(plan)
         data = prepare_data(plan)

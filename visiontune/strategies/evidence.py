@@ -1,0 +1,188 @@
+"""``--strategy auto``'s decisions on validation evidence: pure functions on measured scores.
+
+The advisor's table (``advisor.py``) says which fine-tune *may* pay; these functions decide from
+what the candidates actually scored on the validation split (never on test):
+
+* ``keep_challenger``: a costlier candidate (a fine-tune; a bigger backbone) replaces the
+  cheaper one only when its validation accuracy is higher by more than the noise of the
+  difference (``accuracy_noise``: the binomial standard error of two accuracies on n images,
+  at least one image). Inside the noise the validation loss decides, and only when it is lower
+  by more than ``LOSS_MARGIN``; a tie keeps the cheaper candidate (it trains and predicts
+  faster, and is the one with fewer chances to overfit the hold-out).
+* ``choose_augment``: the crop scale and flip a fine-tune trains with. An augmentation must keep
+  the label: a head fitted on the clean training features scores augmented views of the
+  validation images, and the strongest crop whose views score as well as the mildest crop's
+  (within two standard errors) is kept; a flip is kept unless flipped views score worse than
+  clean ones by more than two standard errors (text, digits, arrows change class when mirrored).
+* ``fine_tune_fits``: whether a fine-tune of at least ``MIN_FINE_TUNE_EPOCHS`` fits a time
+  budget, from a measured training-step speed.
+
+>>> head = Score("head", accuracy=0.96, loss=0.15, images=160)
+>>> keep_challenger(head, Score("partial", accuracy=0.97, loss=0.14, images=160))[0]
+False
+>>> keep_challenger(head, Score("full", accuracy=0.99, loss=0.05, images=160))[0]
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+__all__ = [
+    "CROP_LADDER",
+    "LOSS_MARGIN",
+    "MIN_FINE_TUNE_EPOCHS",
+    "TRAIN_STEP_COST",
+    "Score",
+    "accuracy_noise",
+    "auto_plan",
+    "choose_augment",
+    "choose_best",
+    "fine_tune_fits",
+    "keep_challenger",
+]
+
+# Inside the accuracy noise, a challenger's validation loss must be this much lower (relative)
+# to count: a few per cent of cross-entropy moves with a single confident image.
+LOSS_MARGIN = 0.10
+
+# Crop scales (the smallest share of the image's area a random crop keeps) auto chooses from,
+# strongest first; 0.35 is the ``standard`` preset's, 0.5 ``light``'s.
+CROP_LADDER = (0.35, 0.5, 0.75)
+
+# A fine-tune shorter than this barely moves from its starting point: not worth trying.
+MIN_FINE_TUNE_EPOCHS = 2
+
+# A training step (forward + backward) costs about three forward passes: the backward pass
+# computes gradients for both activations and weights, about twice the forward's work (the usual
+# 6N-versus-2N FLOPs per example estimate, Kaplan et al. 2020).
+TRAIN_STEP_COST = 3.0
+
+
+@dataclass(frozen=True)
+class Score:
+    """A candidate's validation scores; ``accuracy``/``loss`` None without validation images."""
+
+    name: str
+    accuracy: float | None
+    loss: float | None
+    images: int
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _se(accuracy: float, images: int) -> float:
+    return math.sqrt(accuracy * (1 - accuracy) / max(images, 1))
+
+
+def accuracy_noise(a: Score, b: Score) -> float:
+    """The standard error of ``b.accuracy - a.accuracy`` (independent binomials), never less
+    than one image: on 31 images one image is 3 points, and one image is never evidence."""
+    images = max(min(a.images, b.images), 1)
+    spread = math.sqrt(_se(a.accuracy, images) ** 2 + _se(b.accuracy, images) ** 2)
+    return max(spread, 1 / images)
+
+
+def keep_challenger(incumbent: Score, challenger: Score) -> tuple[bool, str]:
+    """Whether ``challenger`` (the costlier) replaces ``incumbent``, and why, in words."""
+    if incumbent.accuracy is None or challenger.accuracy is None or not challenger.images:
+        return False, "no validation images to compare on, so the cheaper candidate is kept"
+    noise = accuracy_noise(incumbent, challenger)
+    gain = challenger.accuracy - incumbent.accuracy
+    versus = (
+        f"{challenger.name} {100 * challenger.accuracy:.1f}% vs {incumbent.name} "
+        f"{100 * incumbent.accuracy:.1f}% validation accuracy on {challenger.images} images "
+        f"(noise ±{100 * noise:.1f} points)"
+    )
+    if gain > noise:
+        return True, f"{versus}: {challenger.name} is better beyond noise"
+    if gain < -noise:
+        return False, f"{versus}: {incumbent.name} is better beyond noise"
+    loss_ok = incumbent.loss is not None and challenger.loss is not None
+    if loss_ok and challenger.loss < incumbent.loss * (1 - LOSS_MARGIN):
+        return True, (
+            f"{versus}, a tie within noise; {challenger.name}'s validation loss "
+            f"{challenger.loss:.3f} is lower than {incumbent.loss:.3f} by more than "
+            f"{100 * LOSS_MARGIN:.0f}%"
+        )
+    loss_text = (
+        f"; validation loss {challenger.loss:.3f} vs {incumbent.loss:.3f}, not lower by "
+        f"{100 * LOSS_MARGIN:.0f}%"
+        if loss_ok
+        else ""
+    )
+    return False, f"{versus}, a tie within noise{loss_text}: the cheaper {incumbent.name} is kept"
+
+
+def choose_best(candidates: list[Score]) -> tuple[int, list[str]]:
+    """The index of the candidate kept from ``candidates`` (cheapest first), each costlier one
+    challenging the one kept so far; and the reasons, one per challenge."""
+    kept, reasons = 0, []
+    for i in range(1, len(candidates)):
+        wins, why = keep_challenger(candidates[kept], candidates[i])
+        reasons.append(why)
+        if wins:
+            kept = i
+    return kept, reasons
+
+
+def _retained(accuracy: float, reference: float, images: int) -> bool:
+    """``accuracy`` no worse than ``reference`` beyond two standard errors (one image at least)."""
+    return accuracy >= reference - max(2 * _se(reference, images), 1 / max(images, 1))
+
+
+def choose_augment(
+    clean: float, crops: dict[float, float], flipped: float | None, images: int
+) -> tuple[str, str]:
+    """The ``--augment`` ops (``crop=S[,flip]``) from validation accuracies of a clean-fitted
+    head: on the clean views, on crops at each ``CROP_LADDER`` scale, on mirrored views. And why.
+
+    >>> choose_augment(0.9, {0.35: 0.88, 0.5: 0.89, 0.75: 0.9}, 0.9, 200)[0]
+    'crop=0.35,flip=0.5'
+    >>> choose_augment(0.9, {0.35: 0.70, 0.5: 0.86, 0.75: 0.9}, 0.6, 200)[0]
+    'crop=0.5'
+    """
+    mildest = max(crops)
+    scale = next(s for s in sorted(crops) if _retained(crops[s], crops[mildest], images))
+    flip = flipped is not None and _retained(flipped, clean, images)
+    views = ", ".join(f"crop {s:g}: {100 * a:.1f}%" for s, a in sorted(crops.items()))
+    why = (
+        f"a head fitted on clean features scores {100 * clean:.1f}% on the {images} validation "
+        f"images, {views}"
+        + (f", mirrored: {100 * flipped:.1f}%" if flipped is not None else "")
+        + f"; the strongest crop that keeps as much as the mildest is {scale:g}"
+        + ("" if flip else "; mirroring loses accuracy, so no flip")
+    )
+    return f"crop={scale:g}" + (",flip=0.5" if flip else ""), why
+
+
+def fine_tune_fits(
+    seconds_left: float,
+    *,
+    step_seconds_per_image: float,
+    train_images: int,
+    eval_images: int,
+) -> tuple[bool, float]:
+    """Whether ``MIN_FINE_TUNE_EPOCHS`` of fine-tuning plus one pass over ``eval_images``
+    (validation and test) fit ``seconds_left``; and the estimate, in seconds."""
+    epoch = step_seconds_per_image * train_images
+    evaluation = step_seconds_per_image / TRAIN_STEP_COST * eval_images
+    needed = MIN_FINE_TUNE_EPOCHS * epoch + evaluation
+    return needed <= seconds_left, needed
+
+
+def auto_plan(strategy: str) -> str:
+    """What ``--strategy auto`` does with the advisor's ``strategy``, in one sentence."""
+    if strategy == "head":
+        return (
+            "auto trains the head on cached features and stops there: the advisor sees no "
+            "fine-tune worth its time on this data"
+        )
+    return (
+        f"auto trains the head on cached features first, then `{strategy}` (unless the head is "
+        f"perfect on validation or --time-budget leaves no room for two epochs), and keeps "
+        f"`{strategy}` only if it beats the head on validation beyond noise"
+    )

