@@ -39,7 +39,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import YOGA, write_section  # noqa: E402
 
-STRATEGIES = ("head", "partial", "full", "gradual", "auto")
+STRATEGIES = ("head", "partial", "full", "gradual", "auto", "auto-backbones")
 DATASETS = ("lfw", "textures", "yoga-small", "fashion-small", "digits", "elpv", "fashion", "yoga")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
@@ -59,13 +59,23 @@ CHILD = r"""
 import json, sys, time
 import visiontune
 data, strategy, out, cache = sys.argv[1:5]
+options = {"strategy": strategy}
+if strategy == "auto-backbones":  # auto racing the installed embedded backbones
+    options = {"strategy": "auto", "backbone": "auto"}
 start = time.perf_counter()
-result = visiontune.fit(data, strategy=strategy, out=out, cache_dir=cache, progress=False)
+result = visiontune.fit(data, **options, out=out, cache_dir=cache, progress=False)
 wall = time.perf_counter() - start
 m = result.metrics
+decision = m.get("auto") or {}
+kept = {"kept": decision.get("kept"), "reasons": decision.get("reasons"),
+        "augment": (decision.get("augment") or {}).get("chosen"),
+        "candidates": [{k: c[k] for k in ("name", "accuracy", "images", "seconds",
+                                          "test_accuracy")}
+                       for c in decision.get("candidates", [])]}
 print(json.dumps({"wall_s": wall, "test_acc": m["test"]["accuracy"],
                   "test_n": m["test"]["num_images"], "val_acc": m["val"]["accuracy"],
-                  "advice": m.get("advice")}))
+                  "advice": m.get("advice") or decision.get("advice"),
+                  **({"auto": kept} if decision else {})}))
 """
 
 
@@ -261,10 +271,11 @@ def _table(results: dict, datasets, strategies) -> str:
         for s in strategies:
             r = res.get(s)
             busy = "" if r is None or "date" in r else "†"  # from before runs were dated
+            kept = f" → {r['auto']['kept']}" if r and "auto" in r else ""
             cells.append(
                 "-"
                 if not r or "error" in r
-                else f"{_pct(r['test_acc'])}, {r['wall_s']:.0f} s{busy}"
+                else f"{_pct(r['test_acc'])}, {r['wall_s']:.0f} s{busy}{kept}"
             )
         measured = (
             "-"
@@ -282,15 +293,21 @@ def _table(results: dict, datasets, strategies) -> str:
 
 
 def _verdict(res: dict) -> str:
+    """``auto`` against the best fixed strategy (and ``head``): the 0.5-point target, and its
+    time as a multiple of the best's (target ≤ 1.3×)."""
     done = {s: r for s, r in res.items() if r and "error" not in r}
     if "auto" not in done or len(done) < 2:
         return "-"
-    others = {s: r for s, r in done.items() if s != "auto"}
+    others = {s: r for s, r in done.items() if not s.startswith("auto")}
     best = max(others, key=lambda s: (others[s]["test_acc"], -others[s]["wall_s"]))
     gap = 100 * (done["auto"]["test_acc"] - others[best]["test_acc"])
     ratio = done["auto"]["wall_s"] / others[best]["wall_s"]
-    ok = "within 1 pt" if gap >= -1.0 else "**misses**"
-    return f"{gap:+.1f} pt vs `{best}` ({ok}), {ratio:.2f}× its time"
+    ok = "within 0.5 pt" if gap >= -0.5 - 1e-9 else "**misses**"
+    text = f"{gap:+.1f} pt vs `{best}` ({ok}), {ratio:.2f}× its time"
+    if "head" in done and best != "head":
+        below = 100 * (done["auto"]["test_acc"] - done["head"]["test_acc"])
+        text += f"; {below:+.1f} pt vs `head`" + (" **misses**" if below < -0.5 - 1e-9 else "")
+    return text
 
 
 def main() -> None:
@@ -348,10 +365,16 @@ def main() -> None:
         "grass and gravel photos (150 per class; TEST 50 per class, cut from a part of each photo "
         "that no TRAIN patch touches); elpv = the ELPV electroluminescence images of solar cells "
         "from PyPI's `elpv-dataset`, functional vs. defective (300 per class; TEST 100 per "
-        "class). Target: `auto` within 1.0 point of the best strategy "
-        "on every dataset. † marks a run kept from an earlier session, when other jobs shared the "
-        "2 cores: its accuracy stands, its wall time is inflated, so time ratios involving it are "
-        "not comparable. Unmarked runs had the machine to themselves, one after another.\n\n"
+        "class).\n\n"
+        "`auto` (the default strategy) trains the head, then the advisor's fine-tune where it "
+        'names one, and keeps the better on validation beyond noise (README, "auto: evidence on '
+        'validation"); its cell names the candidate it kept. `auto-backbones` is '
+        "`--backbone auto`: a head per installed EfficientNet-Lite (0, 1, 2) first. Targets: "
+        "`auto` within 0.5 point of the best fixed strategy and never more than 0.5 point below "
+        "`head` on every dataset; its wall time at most 1.3× the best strategy's. Every run "
+        "records the 1-minute load average before it started (`load_before` in the results "
+        "log): above about 2.5 on these 2 cores something else was running and the time is "
+        "inflated.\n\n"
         + _table(results, datasets, strategies)
         + "\n"
         + (

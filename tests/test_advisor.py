@@ -16,6 +16,7 @@ from PIL import Image
 import visiontune
 from visiontune.backbones import create_backbone
 from visiontune.cli import main
+from visiontune.config import TrainConfig
 from visiontune.data.folder import scan_folder
 from visiontune.data.loader import ImageDataset
 from visiontune.data.transforms import decode_size, eval_transform
@@ -24,6 +25,7 @@ from visiontune.errors import VisiontuneError
 from visiontune.features.similarity import batchnorm_shift, measure, probe_accuracy
 from visiontune.strategies import STRATEGIES, Measurements, decide
 from visiontune.strategies.advisor import BN_SHIFT_SCALE, SIMILAR_AT, SMALL_BELOW, similarity_score
+from visiontune.training import run_training
 
 TINY_ARGS = ["--backbone", "test_efficientnet", "--weights", "none", "--workers", "0"]
 CFG = Runtime(progress=False)
@@ -402,26 +404,14 @@ def test_advise_takes_every_seed_train_takes():
         visiontune.advise("anywhere", seed=-1)
 
 
-def test_train_auto_records_the_advice(colours, tmp_path, capsys):
+def test_the_rule_alone_records_the_advice(colours, tmp_path):
+    # ``run_training`` with ``auto`` is the rule alone: what torchrun ranks and ensemble members
+    # run (single-process ``fit`` weighs candidates on validation instead: tests/test_auto.py).
     out = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            str(colours),
-            *TINY_ARGS,
-            "--no-progress",
-            "--strategy",
-            "auto",
-            "--lr",
-            "0.02",
-            "--batch-size",
-            "8",
-            "--out",
-            str(out),
-        ]
+    config = TrainConfig(
+        data=str(colours), **TINY, workers=0, progress=False, lr=0.02, batch_size=8, out=str(out)
     )
-    capsys.readouterr()
-    assert code == 0
+    run_training(config, explicit=frozenset({"lr", "batch_size"}))
     config = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     advice = config["advice"]
@@ -434,19 +424,19 @@ def test_train_auto_records_the_advice(colours, tmp_path, capsys):
         assert config["training"][key] == value
 
 
-def test_fit_auto_runs_the_chosen_strategy(tmp_path):
+def test_fit_auto_keeps_explicit_options(tmp_path):
     data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6})
     result = visiontune.fit(
         data,
         **TINY,
-        strategy="auto",
         epochs=1,
         batch_size=8,
         workers=0,
         out=str(tmp_path / "run"),
         progress=False,
     )
-    advice = result.metrics["advice"]
+    advice = result.metrics["auto"]["advice"]
     assert advice["applied"].get("epochs") is None  # epochs=1 was explicit
-    saved = json.loads((result.run_dir / "config.json").read_text())
-    assert saved["training"]["strategy"] == advice["strategy"] and saved["training"]["epochs"] == 1
+    kept = result.metrics["auto"]["kept"]
+    saved = json.loads((result.run_dir / "candidates" / kept / "config.json").read_text())
+    assert saved["training"]["strategy"] == kept

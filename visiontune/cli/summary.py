@@ -11,6 +11,10 @@ def print_summary(result) -> None:
     """Validation and test accuracy, excluded and skipped files, and where the run went."""
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
         return
+    decision = result.metrics.get("auto")
+    if decision:
+        tried = ", ".join(c["name"] for c in decision["candidates"])
+        print(f"auto tried {tried}; kept {decision['kept']}: {decision['reasons'][-1]}")
     val = result.metrics["val"]
     chosen = f"L2 strength C={val['C']:g}" if "C" in val else f"best epoch {val['best_epoch']}"
     accuracy = "n/a" if val["accuracy"] is None else f"{val['accuracy']:.4f}"

@@ -235,11 +235,12 @@ def _check_backbone_choice(config: TrainConfig) -> list[str]:
 
 
 def _root(config: TrainConfig) -> Path:
-    if config.out:
-        root = Path(config.out).expanduser()
-        check_out(root, overwrite=config.overwrite)
-        return root
-    return default_run_dir(config)
+    """The run folder, checked before any work; an earlier auto run's candidates there (one
+    interrupted, or replaced with ``--overwrite``) are removed: each auto run starts afresh."""
+    root = Path(config.out).expanduser() if config.out else default_run_dir(config)
+    check_out(root, overwrite=config.overwrite)
+    shutil.rmtree(root / "candidates", ignore_errors=True)
+    return root
 
 
 def _promote(root: Path, kept: Candidate, record: dict, started: float) -> FitResult:
@@ -288,7 +289,7 @@ def train_auto(config: TrainConfig, *, explicit: frozenset[str] = frozenset()) -
         "kept": kept.name,
         "reasons": reasons,
         "candidates": [c.record(root, c is kept) for c in candidates],
-        "advice": applied or ctx.advice.to_dict(),
+        "advice": applied or {**ctx.advice.to_dict(), "applied": {}},  # nothing fine-tuned
         "augment": augment,
         "budget": {"seconds": budget, **estimate} if budget else None,
     }

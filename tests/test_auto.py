@@ -1,0 +1,343 @@
+"""``--strategy auto`` by evidence: the decisions on controlled validation scores, the
+orchestration (candidates, the one kept, the record's schema), auto as the default, and
+``--time-budget`` honoured (a fake clock for the loop, a real process for the whole run)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, make_class_folder
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+import visiontune
+from visiontune.cli import main
+from visiontune.config import TrainConfig, parse_duration
+from visiontune.data.augment import parse_augment
+from visiontune.data.loader import Batch
+from visiontune.engine import loop
+from visiontune.engine.loop import LoopConfig, Runtime, TimeBox
+from visiontune.errors import VisiontuneError
+from visiontune.strategies.advisor import Advice
+from visiontune.strategies.evidence import (
+    LOSS_MARGIN,
+    Score,
+    accuracy_noise,
+    auto_plan,
+    choose_augment,
+    choose_best,
+    fine_tune_fits,
+    keep_challenger,
+)
+from visiontune.training import auto
+
+# ------------------------------------------------------------- decisions on controlled scores
+
+
+def test_a_fine_tune_is_kept_only_beyond_noise():
+    head = Score("head", 0.90, 0.30, 200)
+    noise = accuracy_noise(head, Score("x", 0.90, 0.30, 200))
+    inside = Score("full", 0.90 + 0.9 * noise, 0.29, 200)
+    beyond = Score("full", 0.90 + 1.1 * noise, 0.29, 200)
+    assert keep_challenger(head, inside)[0] is False
+    assert keep_challenger(head, beyond)[0] is True
+    worse = Score("full", 0.80, 0.10, 200)  # a lower loss does not rescue a clear loss of accuracy
+    assert keep_challenger(head, worse)[0] is False
+
+
+def test_inside_noise_the_loss_decides_by_a_margin_and_a_tie_keeps_the_cheaper():
+    head = Score("head", 0.95, 0.20, 100)
+    clearly_lower = Score("partial", 0.95, 0.20 * (1 - LOSS_MARGIN) - 0.01, 100)
+    barely_lower = Score("partial", 0.95, 0.20 * (1 - LOSS_MARGIN) + 0.01, 100)
+    wins, why = keep_challenger(head, clearly_lower)
+    assert wins and "tie within noise" in why and "loss" in why
+    wins, why = keep_challenger(head, barely_lower)
+    assert not wins and "the cheaper head is kept" in why
+    assert keep_challenger(head, Score("partial", 0.95, 0.20, 100))[0] is False
+
+
+def test_without_validation_images_the_cheaper_is_kept():
+    wins, why = keep_challenger(Score("head", None, None, 0), Score("full", None, None, 0))
+    assert not wins and "no validation images" in why
+
+
+def test_one_image_is_never_evidence():
+    # 31 validation images: one more right is 3.2 points, inside the one-image floor.
+    head = Score("head", 30 / 31, 0.1, 31)
+    assert accuracy_noise(head, Score("full", 1.0, 0.1, 31)) >= 1 / 31
+    assert keep_challenger(head, Score("full", 1.0, 0.1, 31))[0] is False
+
+
+@given(
+    st.floats(0, 1), st.floats(0, 1), st.integers(1, 5000), st.floats(0.01, 5), st.floats(0.01, 5)
+)
+def test_the_rule_never_keeps_both_and_never_prefers_a_worse_by_noise(a, b, n, la, lb):
+    first, second = Score("a", a, la, n), Score("b", b, lb, n)
+    ab, ba = keep_challenger(first, second)[0], keep_challenger(second, first)[0]
+    assert not (ab and ba)  # a strict order: never "each is better than the other"
+    if b < a - accuracy_noise(first, second):
+        assert not ab
+
+
+def test_choose_best_walks_cheapest_first():
+    scores = [Score("lite0", 0.90, 0.3, 300), Score("lite1", 0.96, 0.2, 300)]
+    scores.append(Score("lite2", 0.965, 0.19, 300))  # not beyond lite1 by noise
+    kept, reasons = choose_best(scores)
+    assert kept == 1 and len(reasons) == 2
+
+
+def test_augmentation_backs_off_when_crops_lose_the_label():
+    # Every crop scores like the mildest: the strongest is kept, flips too.
+    assert choose_augment(0.9, {0.35: 0.87, 0.5: 0.88, 0.75: 0.89}, 0.9, 400)[0] == (
+        "crop=0.35,flip=0.5"
+    )
+    # The strong crop cuts the subject out; mirrored views change the class.
+    chosen, why = choose_augment(0.9, {0.35: 0.6, 0.5: 0.7, 0.75: 0.88}, 0.5, 400)
+    assert chosen == "crop=0.75" and "no flip" in why
+    assert parse_augment(chosen)  # a valid --augment
+
+
+def test_a_fine_tune_fits_a_budget_only_with_two_epochs_and_the_evaluation():
+    fits, needed = fine_tune_fits(
+        100, step_seconds_per_image=0.02, train_images=1000, eval_images=300
+    )
+    assert needed == pytest.approx(2 * 20 + 0.02 / 3 * 300) and fits
+    assert not fine_tune_fits(30, step_seconds_per_image=0.02, train_images=1000, eval_images=0)[0]
+
+
+def test_auto_plan_names_the_fine_tune_it_may_try():
+    assert "stops there" in auto_plan("head")
+    assert "`partial`" in auto_plan("partial") and "beyond noise" in auto_plan("partial")
+
+
+# ------------------------------------------------------------------------ durations, options
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("90s", 90), ("5m", 300), ("1h30m", 5400), ("2.5m", 150), ("45", 45)]
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "0", "-5s", "5x", "m"])
+def test_bad_durations_are_user_errors(text):
+    with pytest.raises(VisiontuneError, match="--time-budget"):
+        TrainConfig(data="d", time_budget=text)
+
+
+def test_auto_is_the_default_in_python_and_the_cli():
+    assert TrainConfig(data="d").strategy == "auto"
+    with pytest.raises(VisiontuneError, match="--backbone auto .* needs --strategy auto"):
+        TrainConfig(data="d", backbone="auto", strategy="full")
+
+
+# --------------------------------------------------------------------------- the orchestration
+
+
+def _forced(strategy: str, epochs: int = 1):
+    """An advisor that names ``strategy`` whatever it measured."""
+
+    def decide(*args, **kwargs):
+        measured = ORIGINAL_MEASURE(*args, **kwargs)
+        settings = {"epochs": epochs, "lr": 5e-3, "backbone_lr_mult": 0.1, "unfreeze": 2}
+        return Advice(strategy, "big+similar", settings, "forced", measured.measurements)
+
+    return decide
+
+
+ORIGINAL_MEASURE = auto.measure_and_decide
+
+
+def _scored(scores: dict[str, tuple[float, float]]):
+    """``auto._train`` with the validation scores of the named candidates replaced."""
+    real = auto._train
+
+    def train(name, *args, **kwargs):
+        candidate = real(name, *args, **kwargs)
+        if name in scores:
+            accuracy, loss = scores[name]
+            candidate = replace(
+                candidate, score=replace(candidate.score, accuracy=accuracy, loss=loss)
+            )
+        return candidate
+
+    return train
+
+
+@pytest.fixture
+def noisy(tmp_path) -> Path:
+    """Two classes of the same pixel noise: no backbone separates them, the head is not perfect
+    on validation, so ``auto`` goes on to the fine-tune."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 20), ("test", 4)):
+        for name in ("a", "b"):
+            folder = tmp_path / "noisy" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return tmp_path / "noisy"
+
+
+@pytest.mark.parametrize(
+    "fine_tune, kept", [((0.99, 0.05), "partial"), ((0.30, 0.05), "head"), ((0.80, 0.5), "head")]
+)
+def test_auto_keeps_the_fine_tune_only_when_it_wins_on_validation(
+    tmp_path, noisy, monkeypatch, fine_tune, kept
+):
+    monkeypatch.setattr(auto, "measure_and_decide", _forced("partial"))
+    monkeypatch.setattr(auto, "_train", _scored({"head": (0.8, 0.4), "partial": fine_tune}))
+    result = visiontune.fit(noisy, **TINY, workers=0, out=str(tmp_path / "run"), progress=False)
+    record = json.loads((tmp_path / "run" / "auto.json").read_text())
+    assert record == result.metrics["auto"] and record["kept"] == kept
+    assert [c["name"] for c in record["candidates"]] == ["head", "partial"]
+    assert [c["kept"] for c in record["candidates"]] == [kept == "head", kept == "partial"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["training"]["strategy"] == kept  # the run folder holds the kept model
+    assert result.model.run_dir == tmp_path / "run"
+    assert visiontune.load(tmp_path / "run" / "candidates" / "partial").labels.names == ("a", "b")
+
+
+def test_the_decision_record_schema(tmp_path, noisy, monkeypatch):
+    monkeypatch.setattr(auto, "measure_and_decide", _forced("partial"))
+    main(
+        [
+            "train",
+            str(noisy),
+            "--backbone",
+            "test_efficientnet",
+            "--weights",
+            "none",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--lr",
+            "0.02",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    record = json.loads((tmp_path / "run" / "auto.json").read_text())
+    assert set(record) == {"rule", "kept", "reasons", "candidates", "advice", "augment", "budget"}
+    for candidate in record["candidates"]:
+        assert set(candidate) == {
+            "name",
+            "accuracy",
+            "loss",
+            "images",
+            "seconds",
+            "strategy",
+            "backbone",
+            "run",
+            "test_accuracy",
+            "kept",
+        }
+        assert candidate["images"] == 6 and candidate["seconds"] > 0
+    assert record["advice"]["applied"] == {"epochs": 1, "backbone_lr_mult": 0.1, "unfreeze": 2}
+    tuned = json.loads((tmp_path / "run" / "candidates" / "partial" / "config.json").read_text())
+    assert tuned["training"]["lr"] == 0.02  # given: kept over the advisor's 5e-3
+    assert record["augment"]["chosen"] is None  # 6 validation images cannot rank crops
+    assert record["budget"] is None
+
+
+def test_the_head_alone_when_the_advisor_says_so(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6})
+    result = visiontune.fit(data, **TINY, workers=0, out=str(tmp_path / "run"), progress=False)
+    record = result.metrics["auto"]
+    assert record["kept"] == "head" and len(record["candidates"]) == 1
+    assert "no fine-tune tried" in record["reasons"][-1]
+
+
+# --------------------------------------------------------------------------- the time budget
+
+
+class FakeClock:
+    """``time.monotonic`` that advances ``step`` seconds at every reading."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 1000.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_the_loop_stops_at_its_deadline_with_the_lr_decayed(monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(10)]
+    batches = [Batch(x, y, torch.arange(len(y))) for x, y in data]
+    clock = FakeClock(1.0)
+    monkeypatch.setattr(loop.time, "monotonic", clock)
+    deadline = clock.now + 30  # room for about a dozen batches of the 10 x 100 asked for
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for group in optimizer.param_groups:
+        group["base_lr"] = 0.1
+    cfg = LoopConfig(epochs=100, warmup_epochs=0, deadline=deadline)
+    history = loop.fit(
+        model,
+        batches,
+        [],
+        optimizer,
+        cfg=cfg,
+        runtime=Runtime(channels_last=False),
+        set_train_mode=lambda m: m.train(),
+    )
+    assert len(history) < 10 and clock.now < deadline + 5
+    assert history[-1]["lr"] < 0.01  # the cosine schedule ended at the deadline, not at 100
+
+
+def test_a_timebox_counts_the_validation_pass_against_the_time():
+    box = TimeBox(deadline=time.monotonic() + 10)
+    assert not box.over()
+    box.val_seconds = 11
+    assert box.over()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="process start from /proc")
+def test_the_budget_is_honoured_from_process_start(tmp_path, noisy):
+    # A fine-tune asked for 10,000 epochs finishes within its budget, process start included.
+    budget = 25
+    started = time.monotonic()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "visiontune",
+            "train",
+            str(noisy),
+            "--strategy",
+            "partial",
+            "--backbone",
+            "test_efficientnet",
+            "--weights",
+            "none",
+            "--workers",
+            "0",
+            "--epochs",
+            "10000",
+            "--time-budget",
+            f"{budget}s",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    wall = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert 1 <= len(history) < 10000
+    assert wall <= budget * 1.2 + 2  # a batch, the last validation and the TEST pass past it
