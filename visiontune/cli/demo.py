@@ -15,8 +15,8 @@ def _add_demo(sub) -> None:
     )
     p.add_argument(
         "--strategy",
-        default="head",
-        choices=["head", "partial", "full"],
+        default="auto",
+        choices=["auto", "head", "partial", "full"],
         help="(default: %(default)s)",
     )
     p.add_argument(
