@@ -375,9 +375,10 @@ def test_advise_json_schema(colours, capsys):
 def test_advise_prints_the_quadrant_strategy_and_reason(colours, capsys):
     assert main(["advise", str(colours), *TINY_ARGS]) == 0
     out, _ = capsys.readouterr()
-    for label in ("data", "probe", "similarity", "quadrant", "strategy", "reason"):
+    for label in ("data", "probe", "similarity", "quadrant", "strategy", "reason", "auto"):
         assert any(line.startswith(label) for line in out.splitlines()), label
     assert "18 images, 3 classes" in out
+    assert "auto trains the head on cached features" in out  # what the default will do
 
 
 def test_advise_bad_folder_is_a_user_error(tmp_path, capsys):

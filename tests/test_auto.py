@@ -341,3 +341,36 @@ def test_the_budget_is_honoured_from_process_start(tmp_path, noisy):
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert 1 <= len(history) < 10000
     assert wall <= budget * 1.2 + 2  # a batch, the last validation and the TEST pass past it
+
+
+def test_backbone_auto_races_the_installed_backbones(tmp_path, noisy, monkeypatch):
+    # Two tiny architectures stand in for Lite0/1/2 (their weights need no download).
+    monkeypatch.setattr(auto, "embedded_backbones", lambda: ["test_efficientnet", "test_resnet"])
+    monkeypatch.setattr(auto, "measure_and_decide", _forced("head"))
+    monkeypatch.setattr(
+        auto,
+        "_train",
+        _scored({"head-test_efficientnet": (0.5, 0.7), "head-test_resnet": (1.0, 0.1)}),
+    )
+    result = visiontune.fit(
+        noisy,
+        backbone="auto",
+        weights="none",
+        workers=0,
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
+    record = result.metrics["auto"]
+    names = [c["name"] for c in record["candidates"]]
+    assert names == ["head-test_efficientnet", "head-test_resnet"]
+    assert (
+        record["kept"] == "head-test_resnet" and result.model.model.backbone.name == "test_resnet"
+    )
+
+
+def test_an_interrupted_auto_run_says_which_candidate_to_resume(tmp_path):
+    run = tmp_path / "run"
+    (run / "candidates" / "partial").mkdir(parents=True)
+    (run / "candidates" / "partial" / "checkpoint.safetensors").write_bytes(b"")
+    with pytest.raises(VisiontuneError, match="--resume .*candidates/partial"):
+        visiontune.resume(run)

@@ -35,6 +35,7 @@ from ..backbones import Classifier, Head, create_backbone, embedded_backbones
 from ..config import TrainConfig
 from ..data.augment import parse_augment
 from ..data.folder import DatasetSplits, scan_folder
+from ..data.loader import default_workers
 from ..engine.loop import Runtime
 from ..engine.speed import train_step_seconds
 from ..errors import VisiontuneError
@@ -106,7 +107,7 @@ def _measure(config: TrainConfig, backbone_name: str) -> Context:
     """Scan and measure the data with the first backbone, as ``visiontune advise`` does."""
     device = _runtime.resolve_device(config.device)
     runtime = Runtime.on(device, progress=config.progress)
-    workers = config.workers if config.workers is not None else 0
+    workers = config.workers if config.workers is not None else default_workers()
     splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
     backbone = create_backbone(backbone_name, weights=config.weights or "default")
     cache = feature_cache(config, backbone)
@@ -133,12 +134,12 @@ def _train(name: str, config: TrainConfig, root: Path, explicit, deadline=None) 
 
 def _heads(config: TrainConfig, root: Path, backbones: list[str], explicit) -> list[Candidate]:
     """The head on cached features for each backbone, cheapest first."""
-    base = replace(config, strategy="head", epochs=None, lr=None, patience=None)
     out = []
     for name in backbones:
         label = "head" if len(backbones) == 1 else f"head-{name}"
         _say(config, f"candidate {label}: the head on {name}'s cached features")
-        out.append(_train(label, replace(base, backbone=name), root, explicit))
+        head = replace(config, strategy="head", backbone=name, epochs=None, lr=None, patience=None)
+        out.append(_train(label, head, root, explicit))
     return out
 
 

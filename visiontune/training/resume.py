@@ -43,6 +43,14 @@ def _checkpoint_of(run: Path) -> Checkpoint:
         raise VisiontuneError(f"{run} finished training (it has metrics.json); nothing to resume")
     if not run.is_dir():
         raise VisiontuneError(f"no such run folder: {run}")
+    interrupted = sorted((run / "candidates").glob(f"*/{CHECKPOINT_FILE}"))
+    if interrupted:  # an auto run stopped while a candidate trained
+        candidate = interrupted[0].parent
+        raise VisiontuneError(
+            f"{run} is an interrupted --strategy auto run: resume its candidate with "
+            f"--resume {candidate} (it is an ordinary run), or run auto again, which starts "
+            "its candidates afresh"
+        )
     raise VisiontuneError(
         f"{run} has no {CHECKPOINT_FILE}: it stopped before training began, or it is a "
         "--strategy head run (never checkpointed; run it again, its features come back from "
