@@ -374,3 +374,13 @@ def test_an_interrupted_auto_run_says_which_candidate_to_resume(tmp_path):
     (run / "candidates" / "partial" / "checkpoint.safetensors").write_bytes(b"")
     with pytest.raises(VisiontuneError, match="--resume .*candidates/partial"):
         visiontune.resume(run)
+
+
+def test_without_validation_no_fine_tune_is_tried(tmp_path, noisy, monkeypatch):
+    monkeypatch.setattr(auto, "measure_and_decide", _forced("partial"))
+    result = visiontune.fit(
+        noisy, **TINY, workers=0, val_fraction=0, out=str(tmp_path / "run"), progress=False
+    )
+    record = result.metrics["auto"]
+    assert [c["name"] for c in record["candidates"]] == ["head"]
+    assert "could not be judged" in record["reasons"][-1]

@@ -9,10 +9,15 @@ from ..errors import VisiontuneError
 from .options import add_config_options, given_options
 from .summary import print_ensemble_summary, print_summary
 
-DESCRIPTION = (
-    "Fine-tune a pretrained backbone on DATA and save the run folder (model bundle, history, "
-    "metrics). When DATA has a test split, training ends by evaluating on it."
-)
+DESCRIPTION = """\
+Fine-tune a pretrained backbone on DATA and save the run folder (model bundle, history,
+metrics). When DATA has a test split, training ends by evaluating on it.
+
+By default (--strategy auto) it trains the head on cached features first, then the fine-tune
+`visiontune advise` names, and keeps whichever scores better on validation, beyond noise:
+  visiontune train photos/                      # auto; RUN/auto.json says what and why
+  visiontune train photos/ --time-budget 5m     # ... done within five minutes
+  visiontune train photos/ --strategy full      # one strategy, no candidates"""
 
 
 def _add_train(sub) -> None:

@@ -187,6 +187,8 @@ def _why_not_fine_tune(
     """Why no fine-tune is tried (None: try it), and the time estimate when there is a budget."""
     if ctx.advice.strategy == "head":
         return f"the advisor's {ctx.advice.quadrant} quadrant says the head is enough", {}
+    if head.score.accuracy is None:
+        return "without validation images a fine-tune could not be judged", {}
     if head.score.accuracy == 1.0:
         return "the head is already perfect on validation: nothing left to gain", {}
     if deadline is None:
@@ -200,11 +202,12 @@ def _why_not_fine_tune(
         eval_images=len(ctx.splits.val) + len(ctx.splits.test),
     )
     estimate = {"seconds_left": left, "fine_tune_needs_s": needed, "step_s_per_image": per_image}
-    if not fits:
-        return f"the budget leaves {left:.0f} s; two epochs of fine-tuning need ~{needed:.0f} s", (
-            estimate
-        )
-    return None, estimate
+    if fits:
+        return None, estimate
+    return (
+        f"the budget leaves {left:.0f} s; two epochs of fine-tuning need ~{needed:.0f} s",
+        estimate,
+    )
 
 
 def _fine_tune_config(config: TrainConfig, head: Candidate, ctx: Context, explicit) -> tuple:
