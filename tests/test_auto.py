@@ -26,7 +26,7 @@ from visiontune.data.augment import parse_augment
 from visiontune.data.loader import Batch
 from visiontune.engine import loop
 from visiontune.engine.loop import LoopConfig, Runtime, TimeBox
-from visiontune.errors import VisiontuneError
+from visiontune.errors import VisiontuneError, VisiontuneWarning
 from visiontune.strategies.advisor import Advice
 from visiontune.strategies.evidence import (
     LOSS_MARGIN,
@@ -61,8 +61,17 @@ def test_inside_noise_the_loss_decides_by_a_margin_and_a_tie_keeps_the_cheaper()
     wins, why = keep_challenger(head, clearly_lower)
     assert wins and "tie within noise" in why and "loss" in why
     wins, why = keep_challenger(head, barely_lower)
-    assert not wins and "the cheaper head is kept" in why
+    assert not wins and "the cheaper, head, is kept" in why
     assert keep_challenger(head, Score("partial", 0.95, 0.20, 100))[0] is False
+    # The head's loss clearly lower: the head, whatever the prior.
+    assert not keep_challenger(head, Score("partial", 0.95, 0.30, 100), tie="challenger")[0]
+
+
+def test_an_inconclusive_comparison_keeps_the_prior():
+    head, tuned = Score("head", 0.95, 0.20, 100), Score("partial", 0.96, 0.19, 100)
+    assert keep_challenger(head, tuned)[0] is False  # between backbones: the cheaper
+    wins, why = keep_challenger(head, tuned, tie="challenger")  # the advisor's fine-tune
+    assert wins and "the advisor's choice, partial, is kept" in why
 
 
 def test_without_validation_images_the_cheaper_is_kept():
@@ -190,7 +199,13 @@ def noisy(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "fine_tune, kept", [((0.99, 0.05), "partial"), ((0.30, 0.05), "head"), ((0.80, 0.5), "head")]
+    "fine_tune, kept",
+    [
+        ((0.99, 0.05), "partial"),  # better beyond noise
+        ((0.30, 0.05), "head"),  # worse beyond noise, whatever its loss
+        ((0.80, 0.5), "head"),  # a tie, the head's loss clearly lower
+        ((0.80, 0.41), "partial"),  # inconclusive: the advisor's choice stands
+    ],
 )
 def test_auto_keeps_the_fine_tune_only_when_it_wins_on_validation(
     tmp_path, noisy, monkeypatch, fine_tune, kept
@@ -378,9 +393,10 @@ def test_an_interrupted_auto_run_says_which_candidate_to_resume(tmp_path):
 
 def test_without_validation_no_fine_tune_is_tried(tmp_path, noisy, monkeypatch):
     monkeypatch.setattr(auto, "measure_and_decide", _forced("partial"))
-    result = visiontune.fit(
-        noisy, **TINY, workers=0, val_fraction=0, out=str(tmp_path / "run"), progress=False
-    )
+    with pytest.warns(VisiontuneWarning, match="no validation images"):
+        result = visiontune.fit(
+            noisy, **TINY, workers=0, val_fraction=0, out=str(tmp_path / "run"), progress=False
+        )
     record = result.metrics["auto"]
     assert [c["name"] for c in record["candidates"]] == ["head"]
     assert "could not be judged" in record["reasons"][-1]

@@ -3,12 +3,13 @@
 The advisor's table (``advisor.py``) says which fine-tune *may* pay; these functions decide from
 what the candidates actually scored on the validation split (never on test):
 
-* ``keep_challenger``: a costlier candidate (a fine-tune; a bigger backbone) replaces the
-  cheaper one only when its validation accuracy is higher by more than the noise of the
-  difference (``accuracy_noise``: the binomial standard error of two accuracies on n images,
-  at least one image). Inside the noise the validation loss decides, and only when it is lower
-  by more than ``LOSS_MARGIN``; a tie keeps the cheaper candidate (it trains and predicts
-  faster, and is the one with fewer chances to overfit the hold-out).
+* ``keep_challenger``: of two candidates, the one whose validation accuracy is higher by more
+  than the noise of the difference (``accuracy_noise``: the binomial standard error of two
+  accuracies on n images, at least one image) is kept. Inside the noise the validation loss
+  decides, when one is lower by more than ``LOSS_MARGIN``. Otherwise the evidence is
+  inconclusive and the prior stands: for the advisor's fine-tune against the head, the advisor's
+  choice (the rule is what the evidence checks, so it loses only to evidence); for a bigger
+  backbone against a smaller one, the cheaper.
 * ``choose_augment``: the crop scale and flip a fine-tune trains with. An augmentation must keep
   the label: a head fitted on the clean training features scores augmented views of the
   validation images, and the strongest crop whose views score as well as the mildest crop's
@@ -86,10 +87,15 @@ def accuracy_noise(a: Score, b: Score) -> float:
     return max(spread, 1 / images)
 
 
-def keep_challenger(incumbent: Score, challenger: Score) -> tuple[bool, str]:
-    """Whether ``challenger`` (the costlier) replaces ``incumbent``, and why, in words."""
+def keep_challenger(
+    incumbent: Score, challenger: Score, *, tie: str = "incumbent"
+) -> tuple[bool, str]:
+    """Whether ``challenger`` replaces ``incumbent``, and why, in words. ``tie``: which one an
+    inconclusive comparison keeps (the prior): the cheaper ``"incumbent"``, or the
+    ``"challenger"`` when a rule already chose it (the advisor's fine-tune)."""
+    prior = challenger if tie == "challenger" else incumbent
     if incumbent.accuracy is None or challenger.accuracy is None or not challenger.images:
-        return False, "no validation images to compare on, so the cheaper candidate is kept"
+        return prior is challenger, f"no validation images to compare on: {prior.name} is kept"
     noise = accuracy_noise(incumbent, challenger)
     gain = challenger.accuracy - incumbent.accuracy
     versus = (
@@ -97,24 +103,37 @@ def keep_challenger(incumbent: Score, challenger: Score) -> tuple[bool, str]:
         f"{100 * incumbent.accuracy:.1f}% validation accuracy on {challenger.images} images "
         f"(noise ±{100 * noise:.1f} points)"
     )
-    if gain > noise:
-        return True, f"{versus}: {challenger.name} is better beyond noise"
-    if gain < -noise:
-        return False, f"{versus}: {incumbent.name} is better beyond noise"
-    loss_ok = incumbent.loss is not None and challenger.loss is not None
-    if loss_ok and challenger.loss < incumbent.loss * (1 - LOSS_MARGIN):
-        return True, (
-            f"{versus}, a tie within noise; {challenger.name}'s validation loss "
-            f"{challenger.loss:.3f} is lower than {incumbent.loss:.3f} by more than "
-            f"{100 * LOSS_MARGIN:.0f}%"
+    if abs(gain) > noise:
+        better = challenger if gain > 0 else incumbent
+        return better is challenger, f"{versus}: {better.name} is better beyond noise"
+    lower = _clearly_lower_loss(incumbent, challenger)
+    if lower is not None:
+        return lower is challenger, (
+            f"{versus}, a tie within noise; {lower.name}'s validation loss is lower by more "
+            f"than {100 * LOSS_MARGIN:.0f}% ({_losses(incumbent, challenger)})"
         )
-    loss_text = (
-        f"; validation loss {challenger.loss:.3f} vs {incumbent.loss:.3f}, not lower by "
-        f"{100 * LOSS_MARGIN:.0f}%"
-        if loss_ok
-        else ""
+    why = "the advisor's choice" if prior is challenger else "the cheaper"
+    return prior is challenger, (
+        f"{versus}, a tie within noise ({_losses(incumbent, challenger)}): {why}, "
+        f"{prior.name}, is kept"
     )
-    return False, f"{versus}, a tie within noise{loss_text}: the cheaper {incumbent.name} is kept"
+
+
+def _clearly_lower_loss(a: Score, b: Score) -> Score | None:
+    """The one of ``a`` and ``b`` whose validation loss is lower by more than ``LOSS_MARGIN``."""
+    if a.loss is None or b.loss is None:
+        return None
+    if b.loss < a.loss * (1 - LOSS_MARGIN):
+        return b
+    if a.loss < b.loss * (1 - LOSS_MARGIN):
+        return a
+    return None
+
+
+def _losses(a: Score, b: Score) -> str:
+    if a.loss is None or b.loss is None:
+        return "no validation loss"
+    return f"validation loss {b.name} {b.loss:.3f}, {a.name} {a.loss:.3f}"
 
 
 def choose_best(candidates: list[Score]) -> tuple[int, list[str]]:

@@ -13,8 +13,9 @@ only the data can say whether it does. So ``auto`` gathers evidence, cheapest fi
    perfect there) and, under ``--time-budget``, at least two epochs fit (speed measured on this
    machine). Its augmentation is chosen first (``--augment`` given: kept): the strongest crop
    and flip that keep the label, judged by the head on augmented views of the validation images.
-4. **Keep** the fine-tune only when it beats the head on validation beyond noise, or ties on
-   accuracy with a clearly lower validation loss; else the head.
+4. **Keep** the head only when it beats the fine-tune on validation beyond noise, or ties on
+   accuracy with a clearly lower validation loss; an inconclusive comparison keeps the
+   advisor's fine-tune: the rule stands until the evidence says otherwise.
 
     RUN/                 the kept candidate's model, history and metrics (metrics.json "auto")
     RUN/auto.json        the decision: measurements, candidates with scores and times, the rule
@@ -61,10 +62,11 @@ __all__ = ["RULE", "train_auto"]
 
 RULE = (
     "candidates are trained cheapest first (head on cached features, then the advisor's "
-    "fine-tune when the head is not perfect on validation and time allows); a costlier one is "
-    "kept only when its validation accuracy is higher by more than the noise of the difference "
-    "(binomial standard error, at least one image), or equal within noise with a validation "
-    "loss lower by more than 10 %; a tie keeps the cheaper"
+    "fine-tune when the head is not perfect on validation and time allows); of two, the one "
+    "whose validation accuracy is higher by more than the noise of the difference (binomial "
+    "standard error, at least one image) is kept, or, equal within noise, the one whose "
+    "validation loss is lower by more than 10 %; otherwise the advisor's fine-tune (against the "
+    "head) or the cheaper backbone (between heads) is kept"
 )
 # Fewer validation images than this cannot rank augmentations (one image moves 4 points).
 MIN_AUGMENT_IMAGES = 25
@@ -282,7 +284,7 @@ def train_auto(config: TrainConfig, *, explicit: frozenset[str] = frozenset()) -
         _say(config, f"candidate {tuned.strategy}: fine-tuning {tuned.backbone}")
         tuned_run = _train(tuned.strategy, tuned, root, explicit, deadline)
         candidates.append(tuned_run)
-        wins, why = keep_challenger(kept.score, tuned_run.score)
+        wins, why = keep_challenger(kept.score, tuned_run.score, tie="challenger")
         reasons.append(why)
         kept = tuned_run if wins else kept
     else:
