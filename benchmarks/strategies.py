@@ -379,7 +379,8 @@ def main() -> None:
         "class).\n\n"
         "`auto` (the default strategy) trains the head, then the advisor's fine-tune where it "
         "names one, and keeps the head only when validation says it is better beyond noise "
-        '(README, "auto: evidence on validation"); its cell names the candidate it kept. `auto-backbones` is '
+        '(README, "auto: evidence on validation"); its cell names the candidate it kept. '
+        "`auto-backbones` is "
         "`--backbone auto`: a head per installed EfficientNet-Lite (0, 1, 2) first. Targets: "
         "`auto` within 0.5 point of the best fixed strategy and never more than 0.5 point below "
         "`head` on every dataset; its wall time at most 1.3× the best strategy's. Every run "
