@@ -40,6 +40,8 @@ from visiontune.strategies.evidence import (
 )
 from visiontune.training import auto
 
+TINY_ARGS = ["--backbone", "test_efficientnet", "--weights", "none", "--workers", "0"]
+
 # ------------------------------------------------------------- decisions on controlled scores
 
 
@@ -229,12 +231,7 @@ def test_the_decision_record_schema(tmp_path, noisy, monkeypatch):
         [
             "train",
             str(noisy),
-            "--backbone",
-            "test_efficientnet",
-            "--weights",
-            "none",
-            "--workers",
-            "0",
+            *TINY_ARGS,
             "--no-progress",
             "--lr",
             "0.02",
@@ -333,12 +330,7 @@ def test_the_budget_is_honoured_from_process_start(tmp_path, noisy):
             str(noisy),
             "--strategy",
             "partial",
-            "--backbone",
-            "test_efficientnet",
-            "--weights",
-            "none",
-            "--workers",
-            "0",
+            *TINY_ARGS,
             "--epochs",
             "10000",
             "--time-budget",
