@@ -79,9 +79,9 @@ class TimeBox:
     The validation pass after an epoch must fit too, so the training stops one (measured)
     validation pass early; before the first is measured it counts as free."""
 
-    def __init__(self, deadline: float, start: float | None = None) -> None:
+    def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.start = time.monotonic() if start is None else start
+        self.start = time.monotonic()
         self.val_seconds = 0.0
 
     def stop_at(self) -> float:

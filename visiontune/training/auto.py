@@ -120,13 +120,18 @@ def _measure(config: TrainConfig, backbone_name: str) -> Context:
     return Context(splits, advice, runtime, workers)
 
 
-def _train(name: str, config: TrainConfig, root: Path, explicit, deadline=None) -> Candidate:
+def _train(
+    name: str, config: TrainConfig, root: Path, explicit, deadline=None, step_seconds=None
+) -> Candidate:
+    """``config`` trained into ``RUN/candidates/NAME``; ``step_seconds``: a training step's
+    measured cost, when the budget check timed one already (``run_training`` then does not)."""
     started = time.monotonic()
     out = root / "candidates" / name
     result = run_training(
         replace(config, out=str(out), overwrite=True, time_budget=None),
         explicit=explicit,
         deadline=deadline,
+        step_seconds=step_seconds,
     )
     val = result.metrics["val"]
     images = result.metrics.get("val_images") or 0
@@ -282,7 +287,8 @@ def train_auto(config: TrainConfig, *, explicit: frozenset[str] = frozenset()) -
     if skip is None:
         tuned, applied, augment = _fine_tune_config(config, kept, ctx, explicit)
         _say(config, f"candidate {tuned.strategy}: fine-tuning {tuned.backbone}")
-        tuned_run = _train(tuned.strategy, tuned, root, explicit, deadline)
+        step_seconds = estimate.get("step_s_per_image")
+        tuned_run = _train(tuned.strategy, tuned, root, explicit, deadline, step_seconds)
         candidates.append(tuned_run)
         wins, why = keep_challenger(kept.score, tuned_run.score, tie="challenger")
         reasons.append(why)

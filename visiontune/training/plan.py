@@ -133,15 +133,17 @@ def _advise(config, splits, backbone, runtime, workers, explicit) -> tuple[Train
     return apply_advice(config, advice.to_dict(), explicit=explicit)
 
 
-def _loop_deadline(deadline, model, strategy, splits, config, runtime) -> float | None:
+def _loop_deadline(
+    deadline, model, strategy, splits, config, runtime, per_image=None
+) -> float | None:
     """When fine-tuning must stop for the run to be written by ``deadline``: the TEST pass
-    (timed by a measured training step here, a third of which is a forward pass) and the
-    writing come after it. A frozen backbone's head trains in seconds: not timed."""
+    (timed by a measured training step, ``per_image`` or here, a third of which is a forward
+    pass) and the writing come after it. A frozen backbone's head trains in seconds: not timed."""
     if deadline is None or strategy.uses_frozen_backbone:
         return None
-    per_image = train_step_seconds(
-        model, size=model.backbone.preprocess.size, batch_size=config.batch_size, runtime=runtime
-    )
+    if per_image is None:
+        size, batch = model.backbone.preprocess.size, config.batch_size
+        per_image = train_step_seconds(model, size=size, batch_size=batch, runtime=runtime)
     after = EVAL_MARGIN * per_image / TRAIN_STEP_COST * len(splits.test) + WRITE_SECONDS
     return deadline - after
 
@@ -154,11 +156,13 @@ def make_plan(
     explicit: frozenset[str] = frozenset(),
     resume: Checkpoint | None = None,
     deadline: float | None = None,
+    step_seconds: float | None = None,
 ) -> Plan:
     """Decide the run ``config`` describes. ``device``: default ``config.device`` resolved (under
     torchrun, the rank's own); ``explicit``: the options the user gave (``auto`` keeps them);
     ``resume``: the checkpoint of the interrupted run it continues; ``deadline``
-    (``time.monotonic()``): when the run must be written by."""
+    (``time.monotonic()``): when the run must be written by; ``step_seconds``: a training
+    step's measured seconds per image, if the caller timed one."""
     if dist and config.batch_size % dist.world_size:
         raise VisiontuneError(
             f"--batch-size {config.batch_size} is the global batch and must divide evenly "
@@ -197,7 +201,7 @@ def make_plan(
         label_smoothing=config.label_smoothing,
         patience=config.patience,
         seed=config.seed,
-        deadline=_loop_deadline(deadline, model, strategy, splits, config, runtime),
+        deadline=_loop_deadline(deadline, model, strategy, splits, config, runtime, step_seconds),
     )
     run_dir = _name_run_dir(config, dist, resuming=resume is not None)
     return Plan(

@@ -212,11 +212,13 @@ def run_training(
     explicit: frozenset[str] = frozenset(),
     resume: Checkpoint | None = None,
     deadline: float | None = None,
+    step_seconds: float | None = None,
 ) -> FitResult:
     """Plan, prepare, train and save one run, in one process or as a rank under torchrun.
 
     ``deadline`` (``time.monotonic()``): when the run must be written by; default
-    ``--time-budget`` from the process's start, or none."""
+    ``--time-budget`` from the process's start, or none. ``step_seconds``: seconds per image
+    of a training step of this model, when the caller has measured it (else it is timed)."""
     started = time.perf_counter()
     if deadline is None and config.time_budget_s:
         deadline = _runtime.process_started() + config.time_budget_s
@@ -226,7 +228,13 @@ def run_training(
             _runtime.configure_threads()
         device = None if dist else _runtime.resolve_device(config.device)
         plan = make_plan(
-            config, dist=dist, device=device, explicit=explicit, resume=resume, deadline=deadline
+            config,
+            dist=dist,
+            device=device,
+            explicit=explicit,
+            resume=resume,
+            deadline=deadline,
+            step_seconds=step_seconds,
         )
         if plan.runtime.progress:
             print_plan(plan)
