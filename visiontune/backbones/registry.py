@@ -82,7 +82,7 @@ def get_backbone_info(name: str) -> BackboneInfo:
 
 def weights_available(info: BackboneInfo) -> str | None:
     """Where weights can be loaded from right now without a network, or None."""
-    if info.embedded_module and embedded_weights_path(info.embedded_module):
+    if _embedded_installed(info):
         return f"embedded ({info.pip_name})"
     try:
         import timm
@@ -100,11 +100,12 @@ def weights_available(info: BackboneInfo) -> str | None:
 def embedded_backbones() -> list[str]:
     """The registered backbones whose weights ship in an installed package, in registration
     order (EfficientNet-Lite0, 1, 2: cheapest first): what ``--backbone auto`` races."""
-    return [
-        info.name
-        for info in _REGISTRY.values()
-        if info.embedded_module and embedded_weights_path(info.embedded_module)
-    ]
+    return [info.name for info in _REGISTRY.values() if _embedded_installed(info)]
+
+
+def _embedded_installed(info: BackboneInfo) -> bool:
+    """Whether ``info``'s weights ship in a package that is installed."""
+    return bool(info.embedded_module and embedded_weights_path(info.embedded_module))
 
 
 def list_backbones(pattern: str = "*") -> list[dict]:
