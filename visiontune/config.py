@@ -57,7 +57,8 @@ gradual - fit the classifier on cached features first, then unfreeze one more st
           from the top (up to --unfreeze, default all), each deeper stage at half the LR.
 auto    - the default: fit the head on cached features first (seconds), then, where the data's
           measurements (`visiontune advise`) say fine-tuning may pay and time allows, try the
-          advisor's fine-tune and keep whichever scores better on validation, beyond noise.
+          advisor's fine-tune and keep it unless the head scores better on validation
+          beyond noise.
           Options you give are kept; the candidates and the decision are saved in the run
           folder (auto.json). Under torchrun, auto runs the advisor's choice alone."""
 

@@ -14,7 +14,7 @@ Fine-tune a pretrained backbone on DATA and save the run folder (model bundle, h
 metrics). When DATA has a test split, training ends by evaluating on it.
 
 By default (--strategy auto) it trains the head on cached features first, then the fine-tune
-`visiontune advise` names, and keeps whichever scores better on validation, beyond noise:
+`visiontune advise` names, and keeps it unless the head is better on validation beyond noise:
   visiontune train photos/                      # auto; RUN/auto.json says what and why
   visiontune train photos/ --time-budget 5m     # ... done within five minutes
   visiontune train photos/ --strategy full      # one strategy, no candidates"""

@@ -203,5 +203,5 @@ def auto_plan(strategy: str) -> str:
     return (
         f"auto trains the head on cached features first, then `{strategy}` (unless the head is "
         f"perfect on validation or --time-budget leaves no room for two epochs), and keeps "
-        f"`{strategy}` only if it beats the head on validation beyond noise"
+        f"`{strategy}` unless the head beats it on validation beyond noise"
     )
