@@ -26,6 +26,7 @@ def test_run_folder_contents(trained_run):
     assert {p.name for p in run.iterdir()} == {
         "model.safetensors",
         "config.json",
+        "trust.safetensors",
         "history.json",
         "history.csv",
         "metrics.json",

@@ -159,7 +159,9 @@ def test_config_is_sealed_to_the_weights(trained_run):
 )
 def test_edited_meaning_of_the_outputs_is_refused(run_copy, edit):
     _edit_config(run_copy, edit)
-    with pytest.raises(BundleError, match="classes, preprocess or head differ") as info:
+    with pytest.raises(
+        BundleError, match="classes, preprocess, head or trust entry differ"
+    ) as info:
         visiontune.load(run_copy)
     assert str(run_copy / "config.json") in str(info.value) and "\n" not in str(info.value)
 

@@ -248,6 +248,7 @@ def test_predict_and_evaluate_bad_paths(workspace, capsys, trained_run, trained_
     assert files_under(run) == {
         "config.json",
         "model.safetensors",
+        "trust.safetensors",
         "history.json",
         "history.csv",
         "metrics.json",

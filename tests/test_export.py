@@ -190,7 +190,12 @@ def test_predict_from_onnx_equals_predict_from_the_run(exports, runs, export_dat
         atol=TOLERANCE,
         rtol=0,
     )
-    assert set(from_onnx[0]) == set(from_run[0]) == {"path", "top"}
+    assert set(from_onnx[0]) == set(from_run[0]) == {"path", "top", "unknown", "unknown_score"}
+    # The graph's second output is the run's unknown score (relative: far images score high).
+    onnx_scores = np.array([r["unknown_score"] for r in from_onnx])
+    run_scores = np.array([r["unknown_score"] for r in from_run])
+    np.testing.assert_allclose(onnx_scores, run_scores, rtol=1e-3, atol=1e-3)
+    assert [r["unknown"] for r in from_onnx] == [r["unknown"] for r in from_run]
 
 
 def test_onnx_model_evaluates_and_reports_unreadable_files(exports, runs, export_data, tmp_path):
@@ -367,7 +372,8 @@ def _break_normalisation(monkeypatch):
     from visiontune.exporting import wrapper
 
     def forward_without_normalisation(self, images):
-        return torch.softmax(self.classifier(images.to(torch.float32) / 255.0), dim=1)
+        probs = torch.softmax(self.classifier(images.to(torch.float32) / 255.0), dim=1)
+        return (probs, probs[:, 0]) if self.scores_unknown else probs  # the outputs it declares
 
     monkeypatch.setattr(wrapper.ProbabilityModel, "forward", forward_without_normalisation)
 

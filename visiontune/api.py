@@ -271,11 +271,12 @@ def export(
     from . import _runtime
     from .exporting.exporter import check_format, default_export_name, export_model
     from .exporting.parity import MAX_IMAGES, TOLERANCE
-    from .formats.bundle import load_bundle
+    from .prediction.predictor import TrainedModel
 
     check_format(format)
     _runtime.tune_allocator()
-    model, labels, config = load_bundle(run)
+    trained = TrainedModel.from_run(run)
+    model, labels, config = trained.model, trained.labels, trained.config
     target = Path(run) / default_export_name(format) if out is None else Path(out)
     if target.is_dir():
         target = target / default_export_name(format)
@@ -291,6 +292,8 @@ def export(
         data=data,
         tolerance=tolerance,
         max_images=max_images,
+        temperature=trained.temperature,
+        detector=trained.detector,
     )
 
 

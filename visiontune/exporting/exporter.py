@@ -15,7 +15,8 @@ import torch
 from .._version import __version__
 from ..choices import EXPORT_FORMATS
 from ..errors import VisiontuneError
-from ..formats.export_metadata import ExportMetadata
+from ..evaluation.rejection import UnknownDetector
+from ..formats.export_metadata import UNKNOWN_NAME, ExportMetadata
 from ..prediction.predictor import TrainedModel
 from ..specs import LabelMap
 from .parity import (
@@ -23,6 +24,7 @@ from .parity import (
     TOLERANCE,
     ExportReport,
     check_parity,
+    check_unknown_parity,
     parity_inputs,
     reference_probabilities,
 )
@@ -54,11 +56,15 @@ def export_model(
     data: str | Path | None = None,
     tolerance: float = TOLERANCE,
     max_images: int = MAX_IMAGES,
+    temperature: float = 1.0,
+    detector: UnknownDetector | None = None,
 ) -> ExportReport:
     """Export a ``Classifier`` (``model.backbone`` carries name and preprocessing) to ``out``.
 
     ``data``: a folder whose images feed the parity check (the run's data); generated images,
-    with a ``ParityWarning``, when it is missing.
+    with a ``ParityWarning``, when it is missing. ``temperature`` goes inside the graph; the
+    ``detector``'s unknown score becomes a second output of an ONNX export (TorchScript keeps
+    one output: its consumers expect a tensor, and ONNX is the recommended format).
     """
     check_format(format)
     if not tolerance > 0:
@@ -66,7 +72,10 @@ def export_model(
     if max_images < 1:
         raise VisiontuneError(f"max_images must be at least 1, got {max_images}")
     out = Path(out)
-    predictor = TrainedModel(model, labels, device="cpu")  # eval mode, on the CPU
+    detector = detector if format == "onnx" else None
+    predictor = TrainedModel(
+        model, labels, device="cpu", temperature=temperature, detector=detector
+    )
     model = predictor.model
     spec = predictor.preprocess
     meta = ExportMetadata(
@@ -74,21 +83,27 @@ def export_model(
         preprocess=spec,
         backbone=model.backbone.name,
         visiontune_version=__version__,
+        temperature=float(temperature),
+        unknown=_unknown_entry(detector),
     )
     inputs = parity_inputs(data, spec, max_images=max_images)
     eager = reference_probabilities(predictor, inputs)
-    measured: dict = {}
+    eager_unknown = predictor.image_unknown_scores(inputs.decoded)
+    measured: dict = {"unknown": None}
 
     def check(run_exported) -> None:
         measured["diff"], measured["agreement"] = check_parity(
             eager, run_exported, inputs, tolerance=tolerance, what=f"the {format} export"
         )
 
-    wrapper = ProbabilityModel(model, spec)
+    def check_unknown(run_exported) -> None:
+        measured["unknown"] = check_unknown_parity(eager_unknown, run_exported, inputs)
+
+    wrapper = ProbabilityModel(model, spec, temperature=temperature, detector=detector)
     if format == "onnx":
         from .onnx import export_onnx
 
-        export_onnx(wrapper, meta, out, check=check)
+        export_onnx(wrapper, meta, out, check=check, check_unknown=check_unknown)
     else:
         from .torchscript import export_torchscript
 
@@ -102,4 +117,18 @@ def export_model(
         inputs=inputs.source,
         top1_agreement=measured["agreement"],
         size_bytes=out.stat().st_size,
+        max_unknown_diff=measured["unknown"],
     )
+
+
+def _unknown_entry(detector: UnknownDetector | None) -> dict | None:
+    """The export metadata's description of its unknown-score output, or None."""
+    if detector is None:
+        return None
+    return {
+        "output": UNKNOWN_NAME,
+        "threshold": 1.0,
+        "rate": detector.scale.rate,
+        "meaning": "float32 (batch,): 0 a typical validation image, above 1 unlike the "
+        "training images (the run's automatic threshold)",
+    }

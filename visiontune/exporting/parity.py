@@ -37,6 +37,7 @@ __all__ = [
     "ParityInputs",
     "ParityWarning",
     "check_parity",
+    "check_unknown_parity",
     "parity_inputs",
     "reference_probabilities",
 ]
@@ -68,6 +69,7 @@ class ExportReport:
     inputs: str
     top1_agreement: float  # fraction of images with the same top-1 class
     size_bytes: int
+    max_unknown_diff: float | None = None  # of the unknown score, when the export carries it
 
     def summary(self) -> str:
         return (
@@ -140,6 +142,23 @@ def parity_inputs(
 def reference_probabilities(predictor: TrainedModel, inputs: ParityInputs) -> np.ndarray:
     """What the export must reproduce: the run's predictor on the same decoded images."""
     return predictor.image_probabilities(inputs.decoded)
+
+
+def check_unknown_parity(
+    eager: np.ndarray, run_exported: Callable[[np.ndarray], np.ndarray], inputs: ParityInputs
+) -> float:
+    """The exported unknown score against the eager one: at most ``TOLERANCE`` apart relative to
+    its size (a far-away image scores in the hundreds). Returns the max relative difference."""
+    got = np.asarray(run_exported(inputs.images.numpy()), dtype=np.float64)
+    if got.shape != eager.shape:
+        raise ExportError(f"the export's unknown score has shape {got.shape}, not {eager.shape}")
+    diff = float((np.abs(got - eager) / np.maximum(1.0, np.abs(eager))).max())
+    if not diff <= 10 * TOLERANCE:  # float32 sums over 1280x1280 products: 1e-3 relative
+        raise ExportError(
+            f"the export's unknown score differs from the eager model's by {diff:.2e} "
+            f"(relative) on {inputs.source}; nothing was written"
+        )
+    return diff
 
 
 def check_parity(

@@ -27,6 +27,7 @@ from ..backbones import Classifier, Head, create_backbone
 from ..errors import BundleError
 from ..specs import LabelMap, PreprocessSpec, WeightsSpec
 from .export_metadata import weights_digest
+from .trust import check_trust, write_trust_tensors
 from .validation import (
     check_classes,
     check_format_version,
@@ -66,11 +67,23 @@ def _versions() -> dict:
 
 
 def save_bundle(
-    folder: str | Path, model: Classifier, *, labels: LabelMap, extra: dict | None = None
+    folder: str | Path,
+    model: Classifier,
+    *,
+    labels: LabelMap,
+    extra: dict | None = None,
+    trust: dict | None = None,
+    trust_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the bundle into ``folder``; ``extra`` (strategy, training settings...) goes into
-    the JSON."""
+    the JSON; ``trust`` (temperature, rejection scale) too, with ``trust_tensors`` (the
+    rejection statistics) in ``trust.safetensors`` (``formats.trust``)."""
     folder = Path(folder)
+    if trust is not None:
+        trust = dict(trust)
+        if trust_tensors is not None and trust.get("rejection") is not None:
+            digest = write_trust_tensors(folder, trust_tensors)
+            trust["rejection"] = {**trust["rejection"], "sha256": digest}
     backbone = model.backbone
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     config = {
@@ -86,6 +99,7 @@ def save_bundle(
         "head": {"type": "linear", "dropout": model.head.dropout_p},
         "versions": _versions(),
         **(extra or {}),
+        **({"trust": trust} if trust is not None else {}),
     }
     config["integrity"] = _integrity(config, state_digest(state))
     atomic_write(
@@ -106,11 +120,15 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 def _meaning(config: dict) -> dict:
     """What gives the saved outputs their meaning, as ``config`` states it (validated)."""
     head = config.get("head", {})
-    return {
+    meaning = {
         "classes": list(config["classes"]),
         "preprocess": PreprocessSpec.from_dict(config["preprocess"]).to_dict(),
         "head": {"type": head.get("type", "linear"), "dropout": float(head.get("dropout", 0.0))},
     }
+    if "trust" in config:  # the temperature and rejection scale change what outputs mean
+        trust = config["trust"]
+        meaning["trust"] = {"temperature": trust.get("temperature"), **trust.get("rejection", {})}
+    return meaning
 
 
 def _integrity(config: dict, weights_sha256: str) -> dict:
@@ -180,6 +198,8 @@ def _validate_config(config, config_path: Path) -> None:
     for key in ("training", "data", "strategy", "integrity"):
         if key in config:
             check_object(config[key], where, key)
+    if "trust" in config:
+        check_trust(config["trust"], where)
     data = config.get("training", {}).get("data")  # where `export` finds parity-check images
     if data is not None and not isinstance(data, str):
         raise BundleError(f"{where}: training.data must be a folder path, got {data!r}")
@@ -214,7 +234,8 @@ def _read_weights(config: dict, folder: Path) -> dict[str, torch.Tensor]:
         )
     if _integrity(config, digest)["config_sha256"] != sealed.get("config_sha256"):
         raise BundleError(
-            f"{folder / CONFIG_FILE}: its classes, preprocess or head differ from what was saved "
+            f"{folder / CONFIG_FILE}: its classes, preprocess, head or trust entry differ from "
+            "what was saved "
             f"with {WEIGHTS_FILE} (the file was edited or damaged); predictions would be "
             "mislabelled, so it is refused"
         )

@@ -33,6 +33,7 @@ __all__ = [
     "EXPORT_FORMAT_VERSION",
     "INPUT_NAME",
     "OUTPUT_NAME",
+    "UNKNOWN_NAME",
     "ExportMetadata",
     "weights_digest",
 ]
@@ -40,13 +41,15 @@ __all__ = [
 EXPORT_FORMAT_VERSION = 1
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
+UNKNOWN_NAME = "unknown_score"  # the second output of an export that rejects unknown images
 INPUT_DESCRIPTION = (
     "uint8 RGB (batch, 3, size, size): resized to size/crop_pct on the short side "
     "and centre-cropped to size; normalised inside the model"
 )
 OUTPUT_DESCRIPTION = "float32 (batch, classes): softmax probabilities in the order of 'classes'"
 
-_JSON_FIELDS = ("format_version", "classes", "preprocess")  # the rest are plain strings
+# the rest are plain strings
+_JSON_FIELDS = ("format_version", "classes", "preprocess", "temperature", "unknown")
 _REQUIRED = ("format_version", "classes", "preprocess", "weights_sha256")
 
 
@@ -63,6 +66,9 @@ class ExportMetadata:
     format_version: int = EXPORT_FORMAT_VERSION
     input: str = field(default=INPUT_DESCRIPTION)
     output: str = field(default=OUTPUT_DESCRIPTION)
+    temperature: float = 1.0  # divides the logits inside the graph (calibration)
+    # {"output": UNKNOWN_NAME, "threshold": 1.0, "rate": ...} when the graph scores unknown images
+    unknown: dict | None = None
 
     @property
     def labels(self) -> LabelMap:
@@ -70,13 +76,14 @@ class ExportMetadata:
 
     def expected_content_sha256(self) -> str:
         """The digest binding ``classes`` and ``preprocess`` to ``weights_sha256``."""
-        return meaning_digest(
-            {
-                "classes": list(self.classes),
-                "preprocess": self.preprocess.to_dict(),
-                "weights_sha256": self.weights_sha256,
-            }
-        )
+        meaning = {
+            "classes": list(self.classes),
+            "preprocess": self.preprocess.to_dict(),
+            "weights_sha256": self.weights_sha256,
+        }
+        if self.temperature != 1.0 or self.unknown is not None:  # older exports had neither
+            meaning["trust"] = {"temperature": self.temperature, "unknown": self.unknown}
+        return meaning_digest(meaning)
 
     def sealed(self, weights_sha256: str) -> ExportMetadata:
         """This metadata for weights of digest ``weights_sha256``, with its ``content_sha256``."""
@@ -94,6 +101,8 @@ class ExportMetadata:
             "output": self.output,
             "weights_sha256": self.weights_sha256,
             "content_sha256": self.content_sha256,
+            "temperature": self.temperature,
+            **({"unknown": self.unknown} if self.unknown is not None else {}),
         }
 
     def to_strings(self) -> dict[str, str]:
@@ -127,6 +136,8 @@ class ExportMetadata:
             weights_sha256=str(data["weights_sha256"]),
             content_sha256=str(data.get("content_sha256", "")),
             format_version=version,
+            temperature=_temperature(data.get("temperature", 1.0), source),
+            unknown=_unknown(data.get("unknown"), source),
         )
         if "content_sha256" in data and meta.content_sha256 != meta.expected_content_sha256():
             raise BundleError(
@@ -149,6 +160,21 @@ class ExportMetadata:
                         f"{source}: metadata field {key!r} is not valid JSON"
                     ) from exc
         return cls.from_dict(data, source=source)
+
+
+def _temperature(value, source: str) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not 0 < value < float("inf"):
+        raise BundleError(f"{source}: metadata temperature must be a positive number")
+    return float(value)
+
+
+def _unknown(value, source: str) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("output") != UNKNOWN_NAME:
+        raise BundleError(f"{source}: metadata 'unknown' must name the {UNKNOWN_NAME} output")
+    return value
 
 
 def weights_digest(tensors: Iterable[tuple[str, str, tuple[int, ...], bytes]]) -> str:

@@ -13,7 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import BundleError
-from .export_metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata, weights_digest
+from .export_metadata import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME, ExportMetadata, weights_digest
 
 __all__ = ["check_class_count", "onnx_digest", "onnx_session", "output_classes", "read_onnx"]
 
@@ -104,9 +104,10 @@ def onnx_session(path: str | Path, *, threads: int | None = None):
     except Exception as exc:  # onnxruntime raises its own exception types per failure
         raise BundleError(f"onnxruntime cannot load {path}: {_first_line(exc)}") from exc
     names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+    outputs = [OUTPUT_NAME, UNKNOWN_NAME] if meta.unknown is not None else [OUTPUT_NAME]
+    if names != ([INPUT_NAME], outputs):
         raise BundleError(
-            f"{path} has inputs/outputs {names}; a visiontune export has "
-            f"[{INPUT_NAME!r}] -> [{OUTPUT_NAME!r}]"
+            f"{path} has inputs/outputs {names}; this visiontune export has "
+            f"[{INPUT_NAME!r}] -> {outputs!r}"
         )
     return session, meta

@@ -1,25 +1,68 @@
 """``Predictor``: predictions and metrics from any model's class probabilities (no torch model
-code here, so the ONNX predictor shares it), and ``expand_image_paths``."""
+code here, so the ONNX predictor shares it), and ``expand_image_paths``.
+
+Rejection (``reject``): ``None`` flags unknown images where the model has rejection statistics
+(``evaluation.rejection``) and says nothing where it has none; ``"auto"`` insists on them (the
+automatic threshold: score 1); a number is a threshold on the same normalised score (higher:
+fewer rejected); ``"none"`` turns it off.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..data.folder import Sample, expand_image_paths, scan_class_folder
 from ..data.loader import SkipLog
+from ..errors import VisiontuneError
 from ..evaluation.metrics import classification_metrics
 from ..evaluation.predictions import LabelledPredictions
 from ..specs import LabelMap
 
-__all__ = ["Predictor", "expand_image_paths"]
+__all__ = ["Outputs", "Predictor", "check_reject", "expand_image_paths"]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Class probabilities of the decodable samples, their indices into the samples, and each
+    row's normalised unknown score (None: the model has no rejection statistics)."""
+
+    probs: np.ndarray
+    indices: np.ndarray
+    unknown: np.ndarray | None = None
+
+
+def check_reject(reject) -> str | float | None:
+    """``None``, ``"auto"``, ``"none"`` or a finite number (a string that parses as one)."""
+    if reject is None or reject in ("auto", "none"):
+        return reject
+    try:
+        value = float(reject)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value):
+        raise VisiontuneError(f"reject must be auto, none or a number, got {reject!r}")
+    return value
+
+
+def _threshold(reject, outputs: Outputs) -> float | None:
+    """The normalised-score threshold ``reject`` asks for, or None for no rejection."""
+    if reject == "none" or (reject is None and outputs.unknown is None):
+        return None
+    if outputs.unknown is None:
+        raise VisiontuneError(
+            "this model has no rejection statistics (trained before visiontune stored them, or "
+            "an export without them); use reject='none' or retrain"
+        )
+    return 1.0 if reject in (None, "auto") else float(reject)
 
 
 class Predictor:
     """Predictions and metrics from class probabilities; subclasses provide ``labels``,
-    ``passes_per_image`` and ``_probabilities``."""
+    ``passes_per_image`` and ``_probabilities`` (an ``Outputs``)."""
 
     labels: LabelMap
 
@@ -36,8 +79,8 @@ class Predictor:
         progress: bool,
         skips: SkipLog,
         tta: str,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities for the decodable samples, and their indices into ``samples``."""
+    ) -> Outputs:
+        """Class probabilities (and unknown scores) for the decodable samples."""
         raise NotImplementedError
 
     def predict(
@@ -49,36 +92,45 @@ class Predictor:
         workers: int | None = None,
         progress: bool = False,
         tta: str = "none",
+        reject: str | float | None = None,
     ) -> list[dict]:
         """One dict per input image: ``path``, ``top`` (k best classes with probabilities), or
-        ``error`` for a file that could not be decoded. ``tta``: ``none``, ``flip``, ``5crop``
-        or ``10crop`` (``visiontune.prediction.tta``); ``batch_size`` counts views."""
+        ``error`` for a file that could not be decoded; with rejection (module docstring) also
+        ``unknown`` (true: unlike the training images) and ``unknown_score``. ``tta``:
+        ``none``, ``flip``, ``5crop`` or ``10crop`` (``visiontune.prediction.tta``);
+        ``batch_size`` counts views."""
+        reject = check_reject(reject)
         files = expand_image_paths(paths)
         samples = [Sample(p, -1) for p in files]
         skips = SkipLog()
-        probs, indices = self._probabilities(
+        out = self._probabilities(
             samples, batch_size=batch_size, workers=workers, progress=progress, skips=skips, tta=tta
         )
+        threshold = _threshold(reject, out)
         k = max(1, min(top_k, len(self.labels)))
-        by_index = dict(zip(indices.tolist(), probs, strict=False))
+        rows = {int(i): j for j, i in enumerate(out.indices.tolist())}
         results = []
         for i, path in enumerate(files):
-            if i not in by_index:
+            if i not in rows:
                 results.append(
                     {"path": str(path), "error": skips.skipped.get(str(path), "unreadable")}
                 )
                 continue
-            order = np.argsort(-by_index[i])[:k]
-            results.append(
-                {
-                    "path": str(path),
-                    "top": [
-                        {"class": self.labels.names[j], "probability": float(by_index[i][j])}
-                        for j in order
-                    ],
-                }
-            )
+            results.append(self._row(str(path), out, rows[i], k, threshold))
         return results
+
+    def _row(self, path: str, out: Outputs, j: int, k: int, threshold: float | None) -> dict:
+        probs = out.probs[j]
+        order = np.argsort(-probs)[:k]
+        row = {
+            "path": path,
+            "top": [{"class": self.labels.names[c], "probability": float(probs[c])} for c in order],
+        }
+        if threshold is not None:
+            score = float(out.unknown[j])
+            row["unknown"] = bool(score > threshold)
+            row["unknown_score"] = score
+        return row
 
     def evaluate(
         self,
@@ -106,9 +158,10 @@ class Predictor:
     ) -> dict:
         passes = self.passes_per_image(tta)  # checks ``tta`` before any work
         skips = SkipLog()
-        probs, indices = self._probabilities(
+        out = self._probabilities(
             samples, batch_size=batch_size, workers=workers, progress=progress, skips=skips, tta=tta
         )
+        probs, indices = out.probs, out.indices
         y_true = [samples[i].label for i in indices]
         metrics = classification_metrics(y_true, probs.argmax(1), self.labels.names, probs)
         metrics["skipped"] = skips.to_dict()["skipped"]
@@ -130,9 +183,10 @@ class Predictor:
         _, samples = scan_class_folder(Path(folder), self.labels)
         passes = self.passes_per_image(tta)  # checks ``tta`` before any work
         skips = SkipLog()
-        probs, indices = self._probabilities(
+        out = self._probabilities(
             samples, batch_size=batch_size, workers=workers, progress=progress, skips=skips, tta=tta
         )
+        probs, indices = out.probs, out.indices
         return LabelledPredictions(
             paths=[str(samples[i].path) for i in indices],
             y_true=np.array([samples[i].label for i in indices], dtype=int),

@@ -30,6 +30,7 @@ from ..data.loader import SkipLog
 from ..errors import BundleError, VisiontuneError
 from ..formats.validation import check_format_version, check_object
 from ..specs import LabelMap
+from .base import Outputs
 from .predictor import Predictor, TrainedModel
 from .tta import view_count
 
@@ -104,10 +105,9 @@ class Ensemble(Predictor):
         progress: bool,
         skips: SkipLog,
         tta: str = "none",
-    ) -> tuple[np.ndarray, np.ndarray]:
-        per_member = []
-        for member in self.members:
-            probs, indices = member._probabilities(
+    ) -> Outputs:
+        outputs = [
+            member._probabilities(
                 samples,
                 batch_size=batch_size,
                 workers=workers,
@@ -115,14 +115,20 @@ class Ensemble(Predictor):
                 skips=skips,
                 tta=tta,
             )
-            per_member.append(dict(zip(indices.tolist(), probs, strict=True)))
+            for member in self.members
+        ]
+        rows = [{int(i): j for j, i in enumerate(o.indices.tolist())} for o in outputs]
         # A file one member could not decode (members may decode at different sizes) is left
         # out for all, so every kept image is an average over every member.
-        kept = sorted(set.intersection(*(set(d) for d in per_member)))
+        kept = sorted(set.intersection(*(set(r) for r in rows)))
         if not kept:
-            return np.zeros((0, len(self.labels))), np.zeros(0, dtype=np.int64)
-        mean = np.mean([np.stack([d[i] for i in kept]) for d in per_member], axis=0)
-        return mean, np.asarray(kept, dtype=np.int64)
+            return Outputs(np.zeros((0, len(self.labels))), np.zeros(0, dtype=np.int64))
+        picks = [[r[i] for i in kept] for r in rows]
+        mean = np.mean([o.probs[p] for o, p in zip(outputs, picks, strict=True)], axis=0)
+        unknown = None  # each member's normalised score has threshold 1: their mean does too
+        if all(o.unknown is not None for o in outputs):
+            unknown = np.mean([o.unknown[p] for o, p in zip(outputs, picks, strict=True)], axis=0)
+        return Outputs(mean, np.asarray(kept, dtype=np.int64), unknown)
 
 
 def is_ensemble_folder(folder: str | Path) -> bool:

@@ -22,9 +22,9 @@ from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size, eval_geometry
 from ..errors import VisiontuneError
-from ..formats.export_metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata
+from ..formats.export_metadata import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME, ExportMetadata
 from ..formats.onnx_reader import check_class_count, onnx_session
-from .base import Predictor
+from .base import Outputs, Predictor
 
 __all__ = ["OnnxModel"]
 
@@ -70,6 +70,11 @@ class OnnxModel(Predictor):
         check_class_count(self.metadata, probs.shape[-1], source=str(self.path or "the model"))
         return probs
 
+    def unknown_scores(self, images: np.ndarray) -> np.ndarray:
+        """The graph's normalised unknown score of a uint8 batch (an export that carries it)."""
+        feed = {INPUT_NAME: np.ascontiguousarray(images)}
+        return self.session.run([UNKNOWN_NAME], feed)[0]
+
     def _probabilities(
         self,
         samples: list[Sample],
@@ -79,7 +84,7 @@ class OnnxModel(Predictor):
         progress: bool,
         skips: SkipLog,
         tta: str = "none",
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> Outputs:
         self.passes_per_image(tta)
         dataset = ImageDataset(
             samples, eval_geometry(self.preprocess), decode_size=decode_size(self.preprocess)
@@ -91,15 +96,20 @@ class OnnxModel(Predictor):
             from tqdm import tqdm
 
             loader = tqdm(loader, desc="predict", unit="batch", leave=False)
-        probs, indices = [], []
+        probs, indices, unknown = [], [], []
         for batch in loader:
             skips.record(batch)
             if len(batch.indices):
-                probs.append(self.run(batch.images.numpy()))
+                images = batch.images.numpy()
+                probs.append(self.run(images))
                 indices.append(batch.indices.numpy())
+                if self.metadata.unknown is not None:
+                    unknown.append(self.unknown_scores(images))
         if not probs:
-            return np.zeros((0, len(self.labels)), dtype=np.float32), np.zeros(0, dtype=np.int64)
-        return np.concatenate(probs), np.concatenate(indices)
+            empty = np.zeros((0, len(self.labels)), dtype=np.float32)
+            return Outputs(empty, np.zeros(0, dtype=np.int64))
+        scores = np.concatenate(unknown).astype(np.float64) if unknown else None
+        return Outputs(np.concatenate(probs), np.concatenate(indices), scores)
 
     def labelled_predictions(self, folder: str | Path, **_options):
         # What ``evaluate(..., report=DIR)`` calls; the report also shows the run's training

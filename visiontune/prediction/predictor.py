@@ -17,10 +17,13 @@ from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size, eval_transform
 from ..engine.loop import Runtime, run_inference
+from ..evaluation.rejection import FeatureGaussians, RejectionScale, UnknownDetector
 from ..formats.bundle import load_bundle
+from ..formats.trust import read_trust_tensors, temperature_of
 from ..specs import LabelMap
-from .base import Predictor, expand_image_paths
-from .tta import TTAViews, ViewAverage, view_count
+from .base import Outputs, Predictor, expand_image_paths
+from .scored import ScoredViews
+from .tta import TTAViews, view_count
 
 __all__ = ["Predictor", "TrainedModel", "expand_image_paths"]
 
@@ -45,17 +48,29 @@ class TrainedModel(Predictor):
         config: dict | None = None,
         device: str | torch.device = "cpu",
         run_dir: Path | None = None,
+        temperature: float = 1.0,
+        detector: UnknownDetector | None = None,
     ):
         self.model = model.eval().to(device)
         self.labels = labels
         self.config = config or {}
         self.device = torch.device(device)
         self.run_dir = run_dir
+        self.temperature = float(temperature)  # divides the logits (evaluation.calibration)
+        self.detector = detector  # unknown-image scores (evaluation.rejection), or None
 
     @classmethod
     def from_run(cls, run: str | Path, *, device: str | torch.device = "cpu") -> TrainedModel:
         model, labels, config = load_bundle(run)
-        return cls(model, labels, config=config, device=device, run_dir=Path(run))
+        return cls(
+            model,
+            labels,
+            config=config,
+            device=device,
+            run_dir=Path(run),
+            temperature=temperature_of(config),
+            detector=_detector(Path(run), config),
+        )
 
     @property
     def preprocess(self):
@@ -78,7 +93,19 @@ class TrainedModel(Predictor):
         the export parity check compares an exported file with."""
         transform = eval_transform(self.preprocess)
         batch = torch.stack([transform(im).as_subclass(torch.Tensor) for im in images])
-        return torch.softmax(self.model(batch.to(self.device)), dim=1).cpu().numpy()
+        logits = self.model(batch.to(self.device)).float()
+        return torch.softmax(logits / self.temperature, dim=1).cpu().numpy()
+
+    @torch.inference_mode()
+    def image_unknown_scores(self, images: Sequence) -> np.ndarray | None:
+        """Normalised unknown scores ``(N,)`` of decoded images (as ``image_probabilities``),
+        or None for a model without rejection statistics."""
+        if self.detector is None:
+            return None
+        transform = eval_transform(self.preprocess)
+        batch = torch.stack([transform(im).as_subclass(torch.Tensor) for im in images])
+        features = self.model.backbone(batch.to(self.device)).float()
+        return self.detector.scores(features).cpu().numpy()
 
     def _probabilities(
         self,
@@ -89,19 +116,34 @@ class TrainedModel(Predictor):
         progress: bool,
         skips: SkipLog,
         tta: str = "none",
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> Outputs:
         views = TTAViews(self.preprocess, tta)
         dataset = ImageDataset(samples, views, decode_size=decode_size(self.preprocess))
         per_batch = max(1, batch_size // view_count(tta))  # a forward pass sees ~batch_size views
         workers = default_workers() if workers is None else workers
         workers = min(workers, max(0, len(samples) // per_batch))  # tiny jobs: no process start-up
         loader = make_loader(dataset, batch_size=per_batch, shuffle=False, workers=workers)
-        probs, _, indices = run_inference(
-            ViewAverage(self.model),
+        scored = ScoredViews(self.model, temperature=self.temperature, detector=self.detector)
+        out, _, indices = run_inference(
+            scored,
             loader,
             runtime=Runtime(self.device, progress=progress),
             desc="predict",
             on_batch=skips.record,
         )
-        probs = probs.numpy() if len(indices) else np.zeros((0, len(self.labels)))
-        return probs, indices.numpy()
+        classes = len(self.labels)
+        out = out.numpy() if len(indices) else np.zeros((0, classes + (self.detector is not None)))
+        unknown = out[:, classes].astype(np.float64) if self.detector is not None else None
+        return Outputs(out[:, :classes], indices.numpy(), unknown)
+
+
+def _detector(run: Path, config: dict) -> UnknownDetector | None:
+    """The bundle's rejection statistics and scale (``formats.trust``), or None."""
+    tensors = read_trust_tensors(run, config)
+    if tensors is None:
+        return None
+    rejection = config["trust"]["rejection"]
+    scale = RejectionScale(
+        float(rejection["center"]), float(rejection["threshold"]), float(rejection["rate"])
+    )
+    return UnknownDetector(FeatureGaussians.from_tensors(tensors), scale)

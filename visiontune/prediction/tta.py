@@ -20,7 +20,6 @@ torch.Size([10, 3, 224, 224])
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -29,7 +28,7 @@ from ..data.transforms import interpolation_mode
 from ..errors import VisiontuneError
 from ..specs import PreprocessSpec
 
-__all__ = ["TTA_MODES", "TTAViews", "ViewAverage", "check_tta", "view_count"]
+__all__ = ["TTA_MODES", "TTAViews", "check_tta", "view_count"]
 
 _VIEWS = {"none": 1, "flip": 2, "5crop": 5, "10crop": 10}
 
@@ -81,24 +80,3 @@ class TTAViews:
         else:  # five crops, then the same five of the mirrored image
             views = list(F.ten_crop(image, self.spec.size))
         return self._normalize(torch.stack([v.as_subclass(torch.Tensor) for v in views]))
-
-
-class ViewAverage(nn.Module):
-    """Wraps a classifier: ``(batch, views, 3, H, W)`` -> ``(batch, classes)`` mean probabilities.
-
-    The mean of the views' softmax outputs, not of their logits: each view votes with a
-    distribution, so one overconfident view cannot outweigh the others by its logit scale.
-    """
-
-    def __init__(self, model: nn.Module, *, channels_last: bool = True):
-        super().__init__()
-        self.model = model
-        self.channels_last = channels_last
-
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        batch, count = views.shape[:2]
-        flat = views.flatten(0, 1)
-        if self.channels_last:
-            flat = flat.contiguous(memory_format=torch.channels_last)
-        probs = torch.softmax(self.model(flat).float(), dim=1)
-        return probs.view(batch, count, -1).mean(dim=1)

@@ -17,6 +17,7 @@ from ..choices import EXPORT_FORMATS
 from ..errors import VisiontuneError
 from ..exporting.exporter import default_export_name
 from ..formats.bundle import CONFIG_FILE, WEIGHTS_FILE
+from ..formats.trust import TRUST_FILE
 from ..prediction.ensemble import ENSEMBLE_FILE
 from .checkpoints import refuse_interrupted
 
@@ -34,6 +35,7 @@ FINISHED_MARKERS = ("metrics.json", WEIGHTS_FILE, ENSEMBLE_FILE)
 RUN_FILES = (
     WEIGHTS_FILE,
     CONFIG_FILE,
+    TRUST_FILE,
     "history.json",
     "history.csv",
     "metrics.json",

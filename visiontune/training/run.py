@@ -32,6 +32,7 @@ from .frozen import train_head_on_features
 from .outdir import missing_folders, remove_empty, remove_old_run
 from .plan import Plan, make_plan, print_plan
 from .prepare import PreparedData, prepare_data
+from .trust import TrustFit, fit_trust
 
 __all__ = [
     "FitResult",
@@ -62,6 +63,7 @@ class Outcome:
     skips: dict  # ``SkipLog.to_dict()``: every file skipped or noted, on every rank
     warm_start: dict | None = None
     extraction: dict | None = None  # the frozen path: features computed vs from the cache
+    trust: TrustFit | None = None  # calibration and rejection statistics (rank 0 only)
 
 
 def train(plan: Plan, data: PreparedData) -> Outcome:
@@ -83,10 +85,11 @@ def train(plan: Plan, data: PreparedData) -> Outcome:
     else:
         tuned = finetune(plan, data, skips)
         history, test, warm_start, extraction = tuned.history, tuned.test, tuned.warm_start, None
+    trust = fit_trust(plan, data, skips) if plan.writes else None
     if dist:  # each rank decoded its own share of the images
         for found in dist.gather(skips.to_dict()):
             skips.update(found)
-    return Outcome(history, test, skips.to_dict(), warm_start, extraction)
+    return Outcome(history, test, skips.to_dict(), warm_start, extraction, trust)
 
 
 def finite_or_null(value):
@@ -162,6 +165,7 @@ def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float
             "head_warm_start": outcome.warm_start,
             "feature_extraction": outcome.extraction,
             "data_checks": data.screening.record,
+            **(outcome.trust.metrics() if outcome.trust else {}),
             **({"advice": plan.advice} if plan.advice else {}),
             **outcome.skips,
             "timing": {
@@ -199,7 +203,15 @@ def write_run(plan: Plan, data: PreparedData, outcome: Outcome, metrics: dict) -
     run_dir = plan.run_dir
     _check_weights(plan.model)
     remove_old_run(run_dir)  # --overwrite: no model.onnx of the old run beside the new model
-    save_bundle(run_dir, plan.model, labels=data.splits.labels, extra=extra)
+    trust = outcome.trust
+    save_bundle(
+        run_dir,
+        plan.model,
+        labels=data.splits.labels,
+        extra=extra,
+        trust=trust.bundle_entry() if trust else None,
+        trust_tensors=trust.gaussians.tensors() if trust and trust.gaussians else None,
+    )
     atomic_write_text(run_dir / "history.json", json_text(outcome.history))
     atomic_write_text(run_dir / "history.csv", _history_csv(outcome.history))
     atomic_write_text(run_dir / "metrics.json", json_text(metrics))

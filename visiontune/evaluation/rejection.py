@@ -1,0 +1,166 @@
+"""Unknown-image scores from the backbone's pooled features: is this image like the training data?
+
+The softmax cannot say "none of these": it spreads a fixed total over the known classes, so a
+photo of something else still gets 0.95 for one of them. The features before the head carry
+more: the score here is the **Mahalanobis distance** (Lee et al., 2018) of an image's pooled
+features, L2-normalised, to the nearest training class mean under the classes' shared covariance,
+
+    score(x) = min_c (u - mu_c)^T S^-1 (u - mu_c),   u = x / ||x||
+
+``S`` is a Ledoit-Wolf shrinkage estimate (scikit-learn): a 1280-wide covariance from a thousand
+images is singular without shrinkage. On yoga features (BENCHMARKS.md) it separated four foreign
+datasets from yoga TEST with AUROC 1.00, where the max softmax probability reached 0.85-0.99;
+the unnormalised distance did as well but for faces (0.996), and the relative Mahalanobis
+distance of Ren et al. (2021) ranked them backwards.
+
+The threshold is the ``1 - rate`` quantile of the scores of the validation images, which are
+known to belong (default rate 5 %): about 1 in 20 genuine images is flagged, and the rate is
+stated, not guessed. Scores are reported on the validation images' own scale,
+``(score - median) / (threshold - median)``: 0 is a typical validation image and 1 the automatic
+threshold, for every model (an ensemble's score is the mean of its members').
+
+>>> rng = np.random.default_rng(0)
+>>> def around(axis, n):   # features pointing along one axis, as a class's do
+...     return rng.normal(0, 1, (n, 8)) + 10 * np.eye(8)[axis]
+>>> stats = fit_feature_gaussians(np.r_[around(0, 200), around(1, 200)], np.repeat([0, 1], 200))
+>>> scale = rejection_scale(unknown_scores(stats, np.r_[around(0, 500), around(1, 500)]))
+>>> known, foreign = around(0, 1000), around(2, 100)
+>>> bool(unknown_scores(stats, foreign, scale).min() > unknown_scores(stats, known, scale).max())
+True
+>>> float(np.mean(unknown_scores(stats, known, scale) > 1))   # about 5 % flagged
+0.04
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
+
+__all__ = [
+    "DEFAULT_REJECT_RATE",
+    "FeatureGaussians",
+    "auroc",
+    "fit_feature_gaussians",
+    "mahalanobis",
+    "normalise_rows",
+    "RejectionScale",
+    "UnknownDetector",
+    "raw_scores",
+    "rejection_scale",
+    "unknown_scores",
+]
+
+DEFAULT_REJECT_RATE = 0.05
+
+
+@dataclass(frozen=True)
+class FeatureGaussians:
+    """Class means ``(C, D)`` of the L2-normalised features and their shared within-class
+    precision ``(D, D)``; float32 tensors (what the bundle stores and an exported graph
+    multiplies with)."""
+
+    class_means: torch.Tensor
+    precision: torch.Tensor
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"class_means": self.class_means, "precision": self.precision}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> FeatureGaussians:
+        return cls(**{k: tensors[k].to(torch.float32) for k in cls.__dataclass_fields__})
+
+
+def fit_feature_gaussians(features: np.ndarray, labels: np.ndarray) -> FeatureGaussians:
+    """Class means and the shrunk shared covariance of training ``features`` ``(N, D)``."""
+    x = normalise_rows(np.asarray(features, dtype=np.float64))
+    y = np.asarray(labels, dtype=int)
+    means = np.stack(
+        [x[y == c].mean(0) if (y == c).any() else x.mean(0) for c in range(int(y.max()) + 1)]
+    )
+    # assume_centered: the rows are already deviations from their own class mean
+    precision = LedoitWolf(assume_centered=True).fit(x - means[y]).precision_
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    return FeatureGaussians(t(means), t(precision))
+
+
+def normalise_rows(x):
+    """Each row divided by its L2 norm (numpy array or torch tensor)."""
+    if isinstance(x, torch.Tensor):
+        return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def mahalanobis(x: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """``(x - mean)^T P (x - mean)`` for each row of ``x`` and each row of ``mean``:
+    ``(N, M)`` for ``mean`` ``(M, D)``. Computed on the differences, not expanded into
+    ``xPx - 2xPm + mPm``: with a precision of shrunk normalised features (entries ~1e4) the
+    expanded terms cancel and float32 loses three digits."""
+    diff = x[:, None, :] - mean[None, :, :]
+    return ((diff @ precision) * diff).sum(-1)
+
+
+def raw_scores(stats: FeatureGaussians, features: torch.Tensor) -> torch.Tensor:
+    """The distance of each row of ``features`` to its nearest class (higher: more foreign)."""
+    u = normalise_rows(features.to(torch.float32))
+    return mahalanobis(u, stats.class_means, stats.precision).min(1).values
+
+
+@dataclass(frozen=True)
+class RejectionScale:
+    """Where validation images score: their median (``center``) and the ``1 - rate`` quantile
+    (``threshold``); a normalised score is ``(raw - center) / (threshold - center)``."""
+
+    center: float
+    threshold: float
+    rate: float
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        return (np.asarray(raw, dtype=np.float64) - self.center) / (self.threshold - self.center)
+
+
+def unknown_scores(
+    stats: FeatureGaussians, features, scale: RejectionScale | None = None
+) -> np.ndarray:
+    """``raw_scores`` of ``features`` (array or tensor) as float64, normalised by ``scale``."""
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    raw = raw_scores(stats, x).double().numpy()
+    return raw if scale is None else scale.normalise(raw)
+
+
+def rejection_scale(scores: np.ndarray, rate: float = DEFAULT_REJECT_RATE) -> RejectionScale:
+    """The scale of ``scores`` of known-good images: a share ``rate`` of them lies above its
+    threshold."""
+    if not 0 < rate < 1:
+        raise ValueError(f"a reject rate is between 0 and 1, got {rate}")
+    scores = np.asarray(scores, dtype=np.float64)
+    center, threshold = float(np.median(scores)), float(np.quantile(scores, 1 - rate))
+    if threshold - center <= 1e-12:  # degenerate (identical scores): one spread unit instead
+        threshold = center + max(float(scores.std()), 1e-6)
+    return RejectionScale(center, threshold, rate)
+
+
+def auroc(known: np.ndarray, foreign: np.ndarray) -> float:
+    """Area under the ROC curve of a score (higher: more foreign) separating ``foreign`` from
+    ``known``: 1 perfect, 0.5 chance."""
+    y = np.r_[np.zeros(len(known)), np.ones(len(foreign))]
+    return float(roc_auc_score(y, np.r_[known, foreign]))
+
+
+@dataclass(frozen=True)
+class UnknownDetector:
+    """A model's rejection statistics and their scale: normalised scores of pooled features
+    (0 a typical validation image, 1 the automatic threshold)."""
+
+    gaussians: FeatureGaussians
+    scale: RejectionScale
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        raw = raw_scores(self.gaussians, features)
+        return (raw - self.scale.center) / (self.scale.threshold - self.scale.center)

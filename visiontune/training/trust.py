@@ -1,0 +1,131 @@
+"""After training: calibrate the probabilities and learn what the training images look like.
+
+One pass of the trained backbone over the training, validation and TEST images (eval view; for a
+frozen backbone the feature cache answers it, so ``head`` pays nothing) gives pooled features and
+logits. From them:
+
+- the **temperature** is fitted on validation (``evaluation.calibration``; never on TEST);
+- the **rejection statistics** (class means and shared covariance of the training features,
+  ``evaluation.rejection``) are fitted on train, and their scale on validation: the automatic
+  threshold flags ``DEFAULT_REJECT_RATE`` of the validation images. Without validation images
+  the training images set the scale; they sit closer to their own class means than new images
+  do, so more genuine images are flagged than the rate says, and the record says so;
+- TEST, when DATA has one, is scored with the calibrated probabilities: its ECE before and
+  after, and the share of TEST images the automatic threshold flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..data.loader import SkipLog
+from ..evaluation.calibration import TemperatureFit, fit_temperature, scaled_probabilities
+from ..evaluation.metrics import expected_calibration_error
+from ..evaluation.rejection import (
+    DEFAULT_REJECT_RATE,
+    FeatureGaussians,
+    RejectionScale,
+    fit_feature_gaussians,
+    rejection_scale,
+    unknown_scores,
+)
+from ..features.extract import FeatureSet
+from ..features.splits import extract_parts
+from ..formats.trust import REJECTION_SCORE
+from .plan import Plan, feature_cache
+from .prepare import PreparedData
+
+__all__ = ["TrustFit", "fit_trust"]
+
+
+@dataclass(frozen=True)
+class TrustFit:
+    calibration: TemperatureFit
+    gaussians: FeatureGaussians | None
+    scale: RejectionScale | None
+    scale_from: str | None  # "validation" or "train"
+    test: dict | None  # TEST's ECE before/after and the share flagged unknown
+
+    def bundle_entry(self) -> dict:
+        """``config.json``'s ``trust`` entry (``formats.trust``; the digest is added there)."""
+        entry: dict = {"temperature": self.calibration.temperature}
+        if self.scale is not None:
+            entry["rejection"] = {
+                "score": REJECTION_SCORE,
+                "center": self.scale.center,
+                "threshold": self.scale.threshold,
+                "rate": self.scale.rate,
+                "threshold_from": self.scale_from,
+            }
+        return entry
+
+    def metrics(self) -> dict:
+        """``metrics.json``'s ``calibration`` and ``rejection`` entries."""
+        rejection = None
+        if self.scale is not None:
+            rejection = {
+                "score": REJECTION_SCORE,
+                "rate": self.scale.rate,
+                "threshold_from": self.scale_from,
+                **({"test": self.test["rejected"]} if self.test else {}),
+            }
+        calibration = self.calibration.to_dict()
+        if self.test:
+            calibration["test"] = {k: self.test[k] for k in ("ece_before", "ece_after")}
+        return {"calibration": calibration, "rejection": rejection}
+
+
+def _features(plan: Plan, data: PreparedData, skips: SkipLog) -> dict[str, FeatureSet]:
+    splits, backbone = data.splits, plan.model.backbone
+    # A fine-tuned backbone's features are this run's alone: not worth a cache entry.
+    cache = feature_cache(plan.config, backbone) if plan.strategy.uses_frozen_backbone else None
+    backbone.eval()
+    return extract_parts(
+        backbone,
+        {"train": splits.train, "val": splits.val, "test": splits.test},
+        runtime=replace(plan.runtime, distributed=None),
+        cache=cache,
+        workers=plan.workers,
+        skips=skips,
+    )
+
+
+def _logits(plan: Plan, part: FeatureSet) -> np.ndarray:
+    head = plan.model.head.eval()
+    with torch.no_grad():
+        return head(part.features.to(next(head.parameters()).device)).float().cpu().numpy()
+
+
+def _test_record(plan, test: FeatureSet, fit: TemperatureFit, gaussians, scale) -> dict:
+    logits, labels = _logits(plan, test), test.labels.numpy()
+    record = {
+        "ece_before": expected_calibration_error(labels, scaled_probabilities(logits, 1.0)),
+        "ece_after": expected_calibration_error(
+            labels, scaled_probabilities(logits, fit.temperature)
+        ),
+        "rejected": None,
+    }
+    if scale is not None:
+        record["rejected"] = float(np.mean(unknown_scores(gaussians, test.features, scale) > 1))
+    return record
+
+
+def fit_trust(plan: Plan, data: PreparedData, skips: SkipLog) -> TrustFit:
+    """The temperature, the rejection statistics and their TEST record (module docstring)."""
+    features = _features(plan, data, skips)
+    train, val, test = (features.get(k) for k in ("train", "val", "test"))
+    if val is not None:
+        fit = fit_temperature(_logits(plan, val), val.labels.numpy())
+    else:
+        fit = fit_temperature(np.zeros((0, len(data.splits.labels))), np.zeros(0, dtype=int))
+    gaussians = scale = scale_from = None
+    if train is not None and len(train) >= 2:
+        gaussians = fit_feature_gaussians(train.features.numpy(), train.labels.numpy())
+        scale_from = "validation" if val is not None and len(val) >= 2 else "train"
+        reference = val if scale_from == "validation" else train
+        scale = rejection_scale(unknown_scores(gaussians, reference.features), DEFAULT_REJECT_RATE)
+    record = _test_record(plan, test, fit, gaussians, scale) if test is not None else None
+    return TrustFit(fit, gaussians, scale, scale_from, record)
