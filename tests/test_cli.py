@@ -416,7 +416,7 @@ def test_train_evaluate_predict_end_to_end(workspace, capsys):
     assert code == 0
     table = list(csv.DictReader(io.StringIO(out)))
     assert len(table) == 2 * len(images)
-    assert set(table[0]) == {"path", "rank", "class", "probability", "error"}
+    assert set(table[0]) == {"path", "rank", "class", "probability", "unknown", "error"}
     for row in table:
         top = by_path[row["path"]]["top"][int(row["rank"]) - 1]
         assert row["class"] == top["class"]

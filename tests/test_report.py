@@ -25,7 +25,14 @@ from visiontune.evaluation.metrics import (
 from visiontune.evaluation.predictions import LabelledPredictions
 from visiontune.evaluation.report import write_report
 
-REPORT_FILES = {"index.html", "metrics.json", "confusion_matrix.png", "curves.png", "thumbs"}
+REPORT_FILES = {
+    "index.html",
+    "metrics.json",
+    "confusion_matrix.png",
+    "curves.png",
+    "reliability.png",
+    "thumbs",
+}
 
 # ---------------------------------------------------------------- pure functions, fixed arrays
 
@@ -184,7 +191,7 @@ def test_report_agrees_with_a_hand_computed_confusion_matrix(tmp_path):
     assert metrics["expected_calibration_error"] == pytest.approx(
         expected_calibration_error(Y_TRUE, PROBS, bins=15)
     )
-    assert sum(row["count"] for row in metrics["calibration"]) == 6
+    assert sum(row["count"] for row in metrics["reliability"]) == 6
     assert [(p["true"], p["predicted"], p["count"]) for p in metrics["most_confused"]] == [
         ("ant", "bee", 1),
         ("bee", "cow", 1),
@@ -396,6 +403,7 @@ def test_the_report_page_loads_cleanly_in_chromium_after_a_move(chromium, tmp_pa
     assert sorted(img["src"] for img in check.images) == [
         "confusion_matrix.png",
         "curves.png",
+        "reliability.png",
         "thumbs/miss-0001.jpg",
         "thumbs/miss-0002.jpg",
     ]
@@ -412,7 +420,7 @@ def test_the_end_to_end_report_loads_cleanly_in_chromium(
     assert check.errors == [] and check.broken_images == []
     thumbs = [img for img in check.images if img["src"].startswith("thumbs/")]
     assert len(thumbs) == len(metrics["misclassified"])
-    assert len(check.images) == 2 + len(thumbs)
+    assert len(check.images) == 3 + len(thumbs)  # confusion, curves, reliability
 
 
 def test_the_chromium_check_sees_a_missing_image_and_a_script_error(chromium, tmp_path):

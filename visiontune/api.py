@@ -246,11 +246,24 @@ def predict(
     workers: int | None = None,
     progress: bool = False,
     tta: str = "none",
+    reject: str | float | None = None,
+    reject_rate: float | None = None,
 ) -> list[dict]:
-    """Top-k classes with probabilities for each image file (folders are expanded)."""
+    """Top-k classes with calibrated probabilities for each image file (folders are
+    expanded), and whether it looks like none of the classes: ``unknown`` and
+    ``unknown_score`` (0 typical, above 1 flagged) where the run has rejection statistics.
+    ``reject``: ``"auto"`` (flag a share ``reject_rate`` of validation images, default the
+    run's 5 %), ``"none"``, or a threshold on ``unknown_score``."""
     check_run_options(batch_size=batch_size, workers=workers)
     return load(run).predict(
-        paths, top_k=top_k, batch_size=batch_size, workers=workers, progress=progress, tta=tta
+        paths,
+        top_k=top_k,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        tta=tta,
+        reject=reject,
+        reject_rate=reject_rate,
     )
 
 

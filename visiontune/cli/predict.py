@@ -23,7 +23,15 @@ def _add_predict(sub) -> None:
         "  visiontune predict runs/poses photo.jpg --tta flip\n"
         "  visiontune predict runs/a,runs/b,runs/c new/ --tta 10crop   # ensemble of 3 runs\n"
         "  visiontune predict runs/ens new/ --format csv               # train --ensemble folder\n"
-        "  visiontune predict runs/poses/model.onnx new/               # `visiontune export` file",
+        "  visiontune predict runs/poses/model.onnx new/               # `visiontune export` file\n"
+        "  visiontune predict runs/poses new/ --reject none            # never flag unknown ones\n"
+        "  visiontune predict runs/poses new/ --reject-rate 0.01       # flag fewer of them\n"
+        "\n"
+        "Probabilities are calibrated: the run's temperature (fitted on its validation split)\n"
+        "divides the logits, so 0.9 means right about 9 times in 10. UNKNOWN marks an image\n"
+        "unlike every training class: its pooled features are far (Mahalanobis distance)\n"
+        "from every class's training images. unknown_score is 0 for a typical validation\n"
+        "image and 1 at the automatic threshold, which flags 5 % of validation images.",
         formatter_class=argparse.RawTextHelpFormatter,
     )
     p.add_argument(
@@ -45,6 +53,21 @@ def _add_predict(sub) -> None:
         help="output format (default: %(default)s)",
     )
     p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
+    p.add_argument(
+        "--reject",
+        metavar="auto|none|T",
+        default=None,
+        help="flag images unlike the training classes (unknown: true):\n"
+        "auto - at the run's threshold (default, where the run has one)\n"
+        "none - never; T - at unknown_score > T (1 is auto's threshold)",
+    )
+    p.add_argument(
+        "--reject-rate",
+        type=float,
+        default=None,
+        metavar="R",
+        help="with auto: the share of validation images flagged (default: 0.05)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument(
         "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
@@ -65,24 +88,29 @@ def _run_predict(args) -> int:
         workers=args.workers,
         progress=args.format == "table" and sys.stderr.isatty(),
         tta=args.tta,
+        reject=args.reject,
+        reject_rate=args.reject_rate,
     )
     if args.format == "json":
         print(json.dumps(results, indent=2))
     elif args.format == "csv":
         writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "rank", "class", "probability", "error"])
+        writer.writerow(["path", "rank", "class", "probability", "unknown", "error"])
         for r in results:
+            unknown = str(r["unknown"]).lower() if "unknown" in r else ""
             for rank, top in enumerate(r.get("top", []), 1):
-                writer.writerow([r["path"], rank, top["class"], f"{top['probability']:.6f}", ""])
+                row = [r["path"], rank, top["class"], f"{top['probability']:.6f}", unknown, ""]
+                writer.writerow(row)
             if "error" in r:
-                writer.writerow([r["path"], "", "", "", r["error"]])
+                writer.writerow([r["path"], "", "", "", "", r["error"]])
     else:
         for r in results:
             if "error" in r:
                 print(f"{r['path']}\tERROR {r['error']}")
             else:
                 tops = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
-                print(f"{r['path']}\t{tops}")
+                flag = f"\tUNKNOWN (score {r['unknown_score']:.2f})" if r.get("unknown") else ""
+                print(f"{r['path']}\t{tops}{flag}")
     return 1 if all("error" in r for r in results) else 0
 
 

@@ -112,6 +112,24 @@ def _calibration_table(rows: Sequence[Mapping]) -> str:
     )
 
 
+def _temperature_note(calibration: Mapping | None) -> str:
+    """One sentence on the temperature the probabilities were divided by."""
+    if not calibration:
+        return "The model was not calibrated (no temperature stored)."
+    members = calibration.get("members")
+    if members:
+        temps = ", ".join(f"{m['temperature']:.3f}" for m in members)
+        return escape(f"Each member's logits were divided by its own temperature ({temps}).")
+    text = f"The logits were divided by a temperature of {calibration['temperature']:.3f}"
+    val = calibration.get("validation") or {}
+    if val.get("ece_before") is not None and val.get("ece_after") is not None:
+        text += (
+            f", fitted on the run's validation split (ECE there {_pct(val['ece_before'])} "
+            f"before, {_pct(val['ece_after'])} after)"
+        )
+    return escape(text + ".")
+
+
 def _gallery(shown: Sequence[Mapping], total: int) -> str:
     if not total:
         return '<p class="note">No image was misclassified.</p>'
@@ -179,8 +197,9 @@ def render_page(
 <h2>Calibration</h2>
 <p class="note">Images grouped by the model's confidence in its answer; a calibrated model's
 accuracy matches its confidence in every row. The expected calibration error is the
-image-weighted mean gap.</p>
-{_calibration_table(metrics["calibration"])}
+image-weighted mean gap. {_temperature_note(metrics.get("calibration"))}</p>
+<div class="row"><img class="figure" src="reliability.png" alt="reliability diagram">
+<div>{_calibration_table(metrics["reliability"])}</div></div>
 <footer>Written by visiontune. All numbers are in <a href="metrics.json">metrics.json</a>.</footer>
 </main></body></html>
 """

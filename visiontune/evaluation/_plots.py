@@ -18,7 +18,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from .._io import atomic_write
 
-__all__ = ["history_kind", "plot_confusion_matrix", "plot_history"]
+__all__ = ["history_kind", "plot_confusion_matrix", "plot_history", "plot_reliability"]
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -139,3 +139,25 @@ def plot_history(path: Path, histories: Mapping[str, Sequence[dict]]) -> bool:
     fig.suptitle(title, fontsize="medium")
     _save(fig, path)
     return True
+
+
+def plot_reliability(path: Path, bins: Sequence[dict], ece: float | None) -> None:
+    """The reliability diagram: accuracy against mean confidence per confidence bin (bars as
+    wide as the bin, shaded by image count), the diagonal where a calibrated model lies."""
+    fig = Figure(figsize=(4.8, 4.5))
+    ax = fig.subplots()
+    counts = np.array([b["count"] for b in bins], dtype=float)
+    shade = 0.25 + 0.75 * counts / max(1.0, counts.max())
+    for b, alpha in zip(bins, shade, strict=True):
+        width = b["upper"] - b["lower"]
+        ax.bar(b["lower"], b["accuracy"], width=width, align="edge", color="#3b7dd8", alpha=alpha)
+        ax.plot(b["confidence"], b["accuracy"], "o", color="#1b3d6e", markersize=3)
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    title = "Reliability" + (f" (ECE {100 * ece:.1f} %)" if ece is not None else "")
+    ax.set_title(title)
+    ax.legend(loc="upper left", frameon=False)
+    _save(fig, path)

@@ -40,10 +40,13 @@ import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
+from ..errors import VisiontuneError
+
 __all__ = [
     "DEFAULT_REJECT_RATE",
     "FeatureGaussians",
     "auroc",
+    "check_rate",
     "fit_feature_gaussians",
     "mahalanobis",
     "normalise_rows",
@@ -120,9 +123,26 @@ class RejectionScale:
     center: float
     threshold: float
     rate: float
+    # the validation scores' quantiles at 0, 1, ..., 100 %: thresholds for other rates
+    quantiles: tuple[float, ...] = ()
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         return (np.asarray(raw, dtype=np.float64) - self.center) / (self.threshold - self.center)
+
+    def threshold_for(self, rate: float) -> float:
+        """The normalised threshold that flags a share ``rate`` of the validation images
+        (1 for the rate the scale was made with)."""
+        check_rate(rate)
+        if rate == self.rate or len(self.quantiles) < 2:
+            return 1.0
+        levels = np.linspace(0, 1, len(self.quantiles))
+        return float(self.normalise(np.interp(1 - rate, levels, self.quantiles)))
+
+
+def check_rate(rate: float) -> float:
+    if not 0 < rate < 1:
+        raise VisiontuneError(f"a reject rate is a share between 0 and 1 (0.05: 5 %), got {rate}")
+    return rate
 
 
 def unknown_scores(
@@ -137,13 +157,13 @@ def unknown_scores(
 def rejection_scale(scores: np.ndarray, rate: float = DEFAULT_REJECT_RATE) -> RejectionScale:
     """The scale of ``scores`` of known-good images: a share ``rate`` of them lies above its
     threshold."""
-    if not 0 < rate < 1:
-        raise ValueError(f"a reject rate is between 0 and 1, got {rate}")
+    check_rate(rate)
     scores = np.asarray(scores, dtype=np.float64)
     center, threshold = float(np.median(scores)), float(np.quantile(scores, 1 - rate))
     if threshold - center <= 1e-12:  # degenerate (identical scores): one spread unit instead
         threshold = center + max(float(scores.std()), 1e-6)
-    return RejectionScale(center, threshold, rate)
+    quantiles = tuple(float(q) for q in np.quantile(scores, np.linspace(0, 1, 101)))
+    return RejectionScale(center, threshold, rate, quantiles)
 
 
 def auroc(known: np.ndarray, foreign: np.ndarray) -> float:

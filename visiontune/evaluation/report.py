@@ -26,7 +26,7 @@ from .._paths import check_writable_dir
 from ..data.images import ImageDecodeError, decode_image
 from ..errors import DataError
 from ._html import render_page
-from ._plots import plot_confusion_matrix, plot_history
+from ._plots import plot_confusion_matrix, plot_history, plot_reliability
 from .metrics import (
     calibration_bins,
     expected_calibration_error,
@@ -90,7 +90,7 @@ def report_metrics(predictions: LabelledPredictions, *, bins: int = CALIBRATION_
     metrics["top_k_accuracy"] = {str(k): top_k_accuracy(p.y_true, p.probs, k=k) for k in ks}
     metrics["expected_calibration_error"] = expected_calibration_error(p.y_true, p.probs, bins=bins)
     metrics["calibration_bins"] = bins
-    metrics["calibration"] = calibration_bins(p.y_true, p.probs, bins=bins)
+    metrics["reliability"] = calibration_bins(p.y_true, p.probs, bins=bins)
     metrics["most_confused"] = most_confused_pairs(metrics["confusion_matrix"], p.class_names)
     metrics["misclassified"] = _misclassified(p)
     return metrics
@@ -133,12 +133,14 @@ def write_report(
     context: Mapping[str, str] | None = None,
     gallery_limit: int = GALLERY_LIMIT,
     bins: int = CALIBRATION_BINS,
+    calibration: dict | None = None,
 ) -> dict:
     """Write the report folder and return its metrics (what ``metrics.json`` holds).
 
     ``histories`` maps a name to a run's ``history.json`` (epochs, or a ``head`` run's C grid):
     one run, or an ensemble's members; none: no curves. ``context`` is shown at the top of the
-    page (run, data, backbone...) and kept in ``metrics.json``.
+    page (run, data, backbone...) and kept in ``metrics.json``. ``calibration``: the model's
+    temperature and its validation record, shown beside the reliability diagram.
     """
     out = check_report_dir(out_dir)
     if not len(predictions.paths):
@@ -148,7 +150,11 @@ def write_report(
         )
     metrics = report_metrics(predictions, bins=bins)
     metrics["context"] = dict(context or {})
+    metrics["calibration"] = calibration
     out.mkdir(parents=True, exist_ok=True)
+    plot_reliability(
+        out / "reliability.png", metrics["reliability"], metrics["expected_calibration_error"]
+    )
     gallery = _write_gallery(out, metrics["misclassified"], gallery_limit)
     plot_confusion_matrix(
         out / "confusion_matrix.png", metrics["confusion_matrix"], predictions.class_names

@@ -129,6 +129,10 @@ def _unknown_entry(detector: UnknownDetector | None) -> dict | None:
         "output": UNKNOWN_NAME,
         "threshold": 1.0,
         "rate": detector.scale.rate,
+        # validation scores' quantiles 0..100 % (normalised): thresholds for other rates
+        "quantiles": [
+            round(float(q), 6) for q in detector.scale.normalise(detector.scale.quantiles)
+        ],
         "meaning": "float32 (batch,): 0 a typical validation image, above 1 unlike the "
         "training images (the run's automatic threshold)",
     }

@@ -18,8 +18,9 @@ import numpy as np
 from ..data.folder import Sample, expand_image_paths, scan_class_folder
 from ..data.loader import SkipLog
 from ..errors import VisiontuneError
-from ..evaluation.metrics import classification_metrics
+from ..evaluation.metrics import classification_metrics, expected_calibration_error
 from ..evaluation.predictions import LabelledPredictions
+from ..evaluation.rejection import check_rate
 from ..specs import LabelMap
 
 __all__ = ["Outputs", "Predictor", "check_reject", "expand_image_paths"]
@@ -48,8 +49,9 @@ def check_reject(reject) -> str | float | None:
     return value
 
 
-def _threshold(reject, outputs: Outputs) -> float | None:
-    """The normalised-score threshold ``reject`` asks for, or None for no rejection."""
+def _threshold(reject, outputs: Outputs, auto: float) -> float | None:
+    """The normalised-score threshold ``reject`` asks for (``auto``: the one for the asked
+    rate), or None for no rejection."""
     if reject == "none" or (reject is None and outputs.unknown is None):
         return None
     if outputs.unknown is None:
@@ -57,7 +59,7 @@ def _threshold(reject, outputs: Outputs) -> float | None:
             "this model has no rejection statistics (trained before visiontune stored them, or "
             "an export without them); use reject='none' or retrain"
         )
-    return 1.0 if reject in (None, "auto") else float(reject)
+    return auto if reject in (None, "auto") else float(reject)
 
 
 class Predictor:
@@ -69,6 +71,14 @@ class Predictor:
     def passes_per_image(self, tta: str = "none") -> int:
         """Forward passes through a network per image: views x members."""
         raise NotImplementedError
+
+    def threshold_for_rate(self, rate: float) -> float:
+        """The unknown-score threshold flagging a share ``rate`` of the validation images."""
+        return 1.0
+
+    def calibration_record(self) -> dict | None:
+        """The temperature the logits are divided by and how it was fitted, or None."""
+        return None
 
     def _probabilities(
         self,
@@ -93,20 +103,23 @@ class Predictor:
         progress: bool = False,
         tta: str = "none",
         reject: str | float | None = None,
+        reject_rate: float | None = None,
     ) -> list[dict]:
         """One dict per input image: ``path``, ``top`` (k best classes with probabilities), or
         ``error`` for a file that could not be decoded; with rejection (module docstring) also
         ``unknown`` (true: unlike the training images) and ``unknown_score``. ``tta``:
         ``none``, ``flip``, ``5crop`` or ``10crop`` (``visiontune.prediction.tta``);
-        ``batch_size`` counts views."""
+        ``batch_size`` counts views. ``reject_rate``: the share of validation images the
+        automatic threshold flags (default: the run's, 5 %)."""
         reject = check_reject(reject)
+        auto = 1.0 if reject_rate is None else self.threshold_for_rate(check_rate(reject_rate))
         files = expand_image_paths(paths)
         samples = [Sample(p, -1) for p in files]
         skips = SkipLog()
         out = self._probabilities(
             samples, batch_size=batch_size, workers=workers, progress=progress, skips=skips, tta=tta
         )
-        threshold = _threshold(reject, out)
+        threshold = _threshold(reject, out, auto)
         k = max(1, min(top_k, len(self.labels)))
         rows = {int(i): j for j, i in enumerate(out.indices.tolist())}
         results = []
@@ -164,6 +177,8 @@ class Predictor:
         probs, indices = out.probs, out.indices
         y_true = [samples[i].label for i in indices]
         metrics = classification_metrics(y_true, probs.argmax(1), self.labels.names, probs)
+        metrics["expected_calibration_error"] = expected_calibration_error(y_true, probs)
+        metrics["calibration"] = self.calibration_record()
         metrics["skipped"] = skips.to_dict()["skipped"]
         metrics["tta"] = tta
         metrics["forward_passes_per_image"] = passes

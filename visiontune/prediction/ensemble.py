@@ -96,6 +96,16 @@ class Ensemble(Predictor):
     def passes_per_image(self, tta: str = "none") -> int:
         return view_count(tta) * len(self.members)
 
+    def calibration_record(self) -> dict | None:
+        records = [m.calibration_record() for m in self.members]
+        if all(r is None for r in records):
+            return None
+        return {"members": [r or {"temperature": 1.0, "validation": None} for r in records]}
+
+    def threshold_for_rate(self, rate: float) -> float:
+        # The mean score's threshold for another rate, approximated by the members' mean.
+        return float(np.mean([m.threshold_for_rate(rate) for m in self.members]))
+
     def _probabilities(
         self,
         samples: list[Sample],

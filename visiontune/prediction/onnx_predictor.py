@@ -70,6 +70,15 @@ class OnnxModel(Predictor):
         check_class_count(self.metadata, probs.shape[-1], source=str(self.path or "the model"))
         return probs
 
+    def calibration_record(self) -> dict | None:
+        return {"temperature": self.metadata.temperature, "validation": None}
+
+    def threshold_for_rate(self, rate: float) -> float:
+        quantiles = (self.metadata.unknown or {}).get("quantiles") or []
+        if len(quantiles) < 2 or rate == self.metadata.unknown.get("rate"):
+            return 1.0
+        return float(np.interp(1 - rate, np.linspace(0, 1, len(quantiles)), quantiles))
+
     def unknown_scores(self, images: np.ndarray) -> np.ndarray:
         """The graph's normalised unknown score of a uint8 batch (an export that carries it)."""
         feed = {INPUT_NAME: np.ascontiguousarray(images)}

@@ -86,6 +86,15 @@ class TrainedModel(Predictor):
     def passes_per_image(self, tta: str = "none") -> int:
         return view_count(tta)
 
+    def threshold_for_rate(self, rate: float) -> float:
+        return 1.0 if self.detector is None else self.detector.scale.threshold_for(rate)
+
+    def calibration_record(self) -> dict | None:
+        trust = self.config.get("trust")
+        if trust is None:
+            return None
+        return {"temperature": self.temperature, "validation": trust.get("calibration")}
+
     @torch.inference_mode()
     def image_probabilities(self, images: Sequence) -> np.ndarray:
         """Class probabilities ``(N, classes)`` of already decoded images (PIL or uint8
@@ -144,6 +153,9 @@ def _detector(run: Path, config: dict) -> UnknownDetector | None:
         return None
     rejection = config["trust"]["rejection"]
     scale = RejectionScale(
-        float(rejection["center"]), float(rejection["threshold"]), float(rejection["rate"])
+        float(rejection["center"]),
+        float(rejection["threshold"]),
+        float(rejection["rate"]),
+        tuple(float(q) for q in rejection.get("quantiles", ())),
     )
     return UnknownDetector(FeatureGaussians.from_tensors(tensors), scale)

@@ -81,5 +81,6 @@ def evaluation_report(
         predictions,
         histories=_histories(predictor),
         context=_context(predictor, runs, folder, tta),
+        calibration=predictor.calibration_record(),
     )
     return {**metrics, "tta": tta, "report": str(Path(out_dir) / "index.html")}

@@ -51,7 +51,10 @@ class TrustFit:
 
     def bundle_entry(self) -> dict:
         """``config.json``'s ``trust`` entry (``formats.trust``; the digest is added there)."""
-        entry: dict = {"temperature": self.calibration.temperature}
+        entry: dict = {
+            "temperature": self.calibration.temperature,
+            "calibration": self.calibration.to_dict(),  # on validation: why this T
+        }
         if self.scale is not None:
             entry["rejection"] = {
                 "score": REJECTION_SCORE,
@@ -59,6 +62,7 @@ class TrustFit:
                 "threshold": self.scale.threshold,
                 "rate": self.scale.rate,
                 "threshold_from": self.scale_from,
+                "quantiles": list(self.scale.quantiles),
             }
         return entry
 
