@@ -11,6 +11,19 @@ from ..choices import PREDICTION_FORMATS, TTA_MODES
 from ..errors import VisiontuneError
 from .evaluate import TTA_HELP, split_runs
 
+EXPLAIN_HELP = """write one PNG per image into DIR: where the evidence for its top
+class lies, as a Grad-CAM heat map (red: strong, blue: none) blended over
+the centre crop the model saw. Grad-CAM weights the last feature map's
+channels by the class score's gradient: one backward pass per image.
+ViTs: the patch tokens entering the last block, laid out on their grid.
+Names: the image's name with .png (cat.jpg -> cat.png); a name already
+taken in this call gets -2, -3... in input order (a/cat.jpg, b/cat.jpg ->
+cat.png, cat-2.png). Each row gets an "explanation" field (a column in
+csv and table output). With --tta the class is the averaged views' top
+one; the map is of the centre crop. Ensembles: the members' maps averaged
+(those with the first member's preprocessing: another input size sees
+another crop). Refused for .onnx files: they give no gradients"""
+
 
 def _add_predict(sub) -> None:
     p = sub.add_parser(
@@ -23,7 +36,8 @@ def _add_predict(sub) -> None:
         "  visiontune predict runs/poses photo.jpg --tta flip\n"
         "  visiontune predict runs/a,runs/b,runs/c new/ --tta 10crop   # ensemble of 3 runs\n"
         "  visiontune predict runs/ens new/ --format csv               # train --ensemble folder\n"
-        "  visiontune predict runs/poses/model.onnx new/               # `visiontune export` file",
+        "  visiontune predict runs/poses/model.onnx new/               # `visiontune export` file\n"
+        "  visiontune predict runs/poses new/ --explain why/           # + why/<name>.png maps",
         formatter_class=argparse.RawTextHelpFormatter,
     )
     p.add_argument(
@@ -45,6 +59,7 @@ def _add_predict(sub) -> None:
         help="output format (default: %(default)s)",
     )
     p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
+    p.add_argument("--explain", metavar="DIR", default=None, help=EXPLAIN_HELP)
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument(
         "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
@@ -65,25 +80,33 @@ def _run_predict(args) -> int:
         workers=args.workers,
         progress=args.format == "table" and sys.stderr.isatty(),
         tta=args.tta,
+        explain=args.explain,
     )
     if args.format == "json":
         print(json.dumps(results, indent=2))
     elif args.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "rank", "class", "probability", "error"])
-        for r in results:
-            for rank, top in enumerate(r.get("top", []), 1):
-                writer.writerow([r["path"], rank, top["class"], f"{top['probability']:.6f}", ""])
-            if "error" in r:
-                writer.writerow([r["path"], "", "", "", r["error"]])
+        _print_csv(results, explained=args.explain is not None)
     else:
         for r in results:
             if "error" in r:
                 print(f"{r['path']}\tERROR {r['error']}")
             else:
                 tops = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
-                print(f"{r['path']}\t{tops}")
+                why = f"\t{r['explanation']}" if "explanation" in r else ""
+                print(f"{r['path']}\t{tops}{why}")
     return 1 if all("error" in r for r in results) else 0
+
+
+def _print_csv(results: list[dict], *, explained: bool) -> None:
+    """One row per image and rank; ``explanation`` is a last column only with ``--explain``."""
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["path", "rank", "class", "probability", "error"] + ["explanation"] * explained)
+    for r in results:
+        why = [r.get("explanation", "")] * explained
+        for rank, top in enumerate(r.get("top", []), 1):
+            writer.writerow([r["path"], rank, top["class"], f"{top['probability']:.6f}", "", *why])
+        if "error" in r:
+            writer.writerow([r["path"], "", "", "", r["error"], *why])
 
 
 def register(sub) -> None:
