@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _chromium import check_page, find_chromium
+from conftest import require_or_skip
 from PIL import Image
 
 import visiontune
@@ -213,11 +215,19 @@ def test_explain_refuses_onnx_clearly(tmp_path, capsys, patch_run):
         check_explainable(object())
 
 
-def test_the_report_shows_an_overlay_beside_each_misclassified_image(patch_run, tmp_path):
-    wrong = tmp_path / "mislabelled"
-    _write_patch_split(wrong, 3, seed=7000, swap=True)  # red patches filed as blue, and back
-    report = tmp_path / "report"
-    metrics = visiontune.evaluate(patch_run["run"], wrong, report=report, workers=0)
+@pytest.fixture(scope="module")
+def mislabelled_report(patch_run, tmp_path_factory):
+    """The report of ``patch_run`` on 3 + 3 images each filed under the other class."""
+    root = tmp_path_factory.mktemp("mislabelled")
+    _write_patch_split(root / "data", 3, seed=7000, swap=True)  # red patches filed as blue...
+    metrics = visiontune.evaluate(
+        patch_run["run"], root / "data", report=root / "report", workers=0
+    )
+    return metrics, root / "report"
+
+
+def test_the_report_shows_an_overlay_beside_each_misclassified_image(mislabelled_report):
+    metrics, report = mislabelled_report
     assert len(metrics["misclassified"]) == 6
     page = (report / "index.html").read_text()
     for item in metrics["misclassified"]:
@@ -229,3 +239,15 @@ def test_the_report_shows_an_overlay_beside_each_misclassified_image(patch_run, 
         m["explanation"] for m in metrics["misclassified"]
     ]
     assert "Grad-CAM" in saved["context"]["explanations"]
+
+
+def test_the_report_with_overlays_loads_cleanly_in_chromium(mislabelled_report):
+    chromium, reason = find_chromium()
+    if chromium is None:
+        require_or_skip(f"headless Chromium unavailable: {reason}")
+    metrics, report = mislabelled_report
+    check = check_page(chromium, report / "index.html")
+    assert check.errors == [] and check.broken_images == []
+    overlays = [img for img in check.images if img["src"].startswith("explain/")]
+    assert len(overlays) == len(metrics["misclassified"])
+    assert all(img["width"] > 0 for img in overlays)
