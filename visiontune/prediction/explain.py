@@ -13,9 +13,10 @@ The feature map is timm's ``forward_features(x)``; the logits are ``head(forward
 which is the model's own forward (a test checks it), so the gradient comes from
 ``torch.autograd.grad`` without hooks. A ViT has tokens instead: the final patch tokens of a
 class-token ViT do not reach the output at all, so the map is taken where they still do, at the
-input of the last block (as ``pytorch-grad-cam`` does): prefix tokens dropped, the patch tokens
-laid out on their grid (``patch_embed.grid_size``, else a square). A backbone whose features have
-no spatial layout raises ``VisiontuneError``.
+input of the last block (as ``pytorch-grad-cam`` does; no timm method returns it, so one forward
+pre-hook records it): prefix tokens dropped, the patch tokens laid out on their grid
+(``patch_embed.grid_size``, else a square). A backbone whose features have no spatial layout
+raises ``VisiontuneError``.
 
 >>> run = visiontune.fit(photos, strategy="head", out="run", progress=False, **TINY).run_dir
 >>> written = explain_images(visiontune.load(run), [photos / "test" / "cat"], "overlays")
@@ -97,7 +98,7 @@ def _activations(model: Classifier, x: torch.Tensor) -> tuple[torch.Tensor, torc
         features = body.forward_features(x)
     finally:
         handle.remove()
-    return seen[-1], model.head(body.forward_head(features)), int(prefix)
+    return (seen[-1] if seen else features), model.head(body.forward_head(features)), int(prefix)
 
 
 def gradcam(
