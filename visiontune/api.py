@@ -255,24 +255,21 @@ def predict(
     """Top-k classes with probabilities for each image file (folders are expanded).
     ``explain``: a folder for one Grad-CAM overlay PNG per image, of its top class, named after
     the image (``prediction.explain.overlay_names``); each row gets ``explanation``, its path."""
-    from .prediction.explain import check_explainable, explain_images
-
     check_run_options(batch_size=batch_size, workers=workers)
-    if explain is not None:
-        check_writable_dir(explain, "--explain folder")  # before any work
-        if _is_onnx(run):
-            raise VisiontuneError(
-                "--explain needs the run folder, not an .onnx export: Grad-CAM takes gradients "
-                "through the network, which the exported file does not give"
-            )
-    model = load(run)
-    if explain is not None:
-        check_explainable(model)
-    rows = model.predict(
-        paths, top_k=top_k, batch_size=batch_size, workers=workers, progress=progress, tta=tta
-    )
+    options = {"top_k": top_k, "batch_size": batch_size, "workers": workers, "tta": tta}
     if explain is None:
-        return rows
+        return load(run).predict(paths, progress=progress, **options)
+    from .prediction.explain import check_explainable, explain_images  # model code: only here
+
+    check_writable_dir(explain, "--explain folder")  # before any work
+    if _is_onnx(run):
+        raise VisiontuneError(
+            "--explain needs the run folder, not an .onnx export: Grad-CAM takes gradients "
+            "through the network, which the exported file does not give"
+        )
+    model = load(run)
+    check_explainable(model)
+    rows = model.predict(paths, progress=progress, **options)
     tops = {r["path"]: r["top"][0]["class"] for r in rows if "top" in r}
     written = explain_images(model, list(tops), explain, classes=tops) if tops else {}
     return [
