@@ -313,7 +313,8 @@ def test_evaluate_with_a_report_agrees_with_plain_evaluate(trained_run, trained_
     plain = visiontune.evaluate(trained_run.run_dir, trained_data / "test", workers=0)
     out = tmp_path / "report"
     metrics = visiontune.evaluate(trained_run.run_dir, trained_data / "test", workers=0, report=out)
-    assert {p.name for p in out.iterdir()} == REPORT_FILES
+    overlays = {"explain"} if metrics["misclassified"] else set()  # Grad-CAM of each mistake
+    assert {p.name for p in out.iterdir()} == REPORT_FILES | overlays
     assert metrics["report"] == str(out / "index.html")
     saved = json.loads((out / "metrics.json").read_text())
     for key in (
@@ -419,8 +420,10 @@ def test_the_end_to_end_report_loads_cleanly_in_chromium(
     check = check_page(chromium, out / "index.html")
     assert check.errors == [] and check.broken_images == []
     thumbs = [img for img in check.images if img["src"].startswith("thumbs/")]
-    assert len(thumbs) == len(metrics["misclassified"])
-    assert len(check.images) == 3 + len(thumbs)  # confusion, curves, reliability
+    overlays = [img for img in check.images if img["src"].startswith("explain/")]
+    assert len(thumbs) == len(overlays) == len(metrics["misclassified"])
+    assert len(check.images) == 3 + len(thumbs) + len(overlays)  # + confusion, curves,
+    # reliability
 
 
 def test_the_chromium_check_sees_a_missing_image_and_a_script_error(chromium, tmp_path):

@@ -15,7 +15,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._paths import check_writable_file
+from ._paths import check_writable_dir, check_writable_file
 from .config import TrainConfig, changed_options, check_run_options
 from .data.checks import CheckReport, check_folder
 from .data.duplicates import DEFAULT_NEAR_DISTANCE
@@ -197,6 +197,11 @@ def check(
     )
 
 
+def _is_onnx(run: Runs) -> bool:
+    single = run if isinstance(run, str | Path) else (run[0] if len(run) == 1 else None)
+    return single is not None and str(single).lower().endswith(".onnx")
+
+
 def load(run: Runs, *, device: str = "cpu") -> TrainedModel | Ensemble:
     """A saved run folder for prediction; an ensemble folder (``train --ensemble``) or a list of
     folders loads as one ``Ensemble`` that averages its members' probabilities; an ``.onnx``
@@ -205,11 +210,10 @@ def load(run: Runs, *, device: str = "cpu") -> TrainedModel | Ensemble:
     from .prediction.ensemble import load_predictor
 
     _runtime.tune_allocator()
-    single = run if isinstance(run, str | Path) else (run[0] if len(run) == 1 else None)
-    if single is not None and str(single).lower().endswith(".onnx"):
+    if _is_onnx(run):
         from .prediction.onnx_predictor import OnnxModel  # onnxruntime only when asked for
 
-        return OnnxModel.from_file(single)
+        return OnnxModel.from_file(run if isinstance(run, str | Path) else run[0])
     return load_predictor(run, device=device)
 
 
@@ -248,23 +252,42 @@ def predict(
     tta: str = "none",
     reject: str | float | None = None,
     reject_rate: float | None = None,
+    explain: str | Path | None = None,
 ) -> list[dict]:
     """Top-k classes with calibrated probabilities for each image file (folders are
     expanded), and whether it looks like none of the classes: ``unknown`` and
     ``unknown_score`` (0 typical, above 1 flagged) where the run has rejection statistics.
     ``reject``: ``"auto"`` (flag a share ``reject_rate`` of validation images, default the
-    run's 5 %), ``"none"``, or a threshold on ``unknown_score``."""
+    run's 5 %), ``"none"``, or a threshold on ``unknown_score``. ``explain``: a folder for one
+    Grad-CAM overlay PNG per image, of its top class, named after the image
+    (``prediction.explain.overlay_names``); each row gets ``explanation``, its path."""
     check_run_options(batch_size=batch_size, workers=workers)
-    return load(run).predict(
-        paths,
-        top_k=top_k,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-        tta=tta,
-        reject=reject,
-        reject_rate=reject_rate,
-    )
+    options = {
+        "top_k": top_k,
+        "batch_size": batch_size,
+        "workers": workers,
+        "tta": tta,
+        "reject": reject,
+        "reject_rate": reject_rate,
+    }
+    if explain is None:
+        return load(run).predict(paths, progress=progress, **options)
+    from .prediction.explain import check_explainable, explain_images  # model code: only here
+
+    check_writable_dir(explain, "--explain folder")  # before any work
+    if _is_onnx(run):
+        raise VisiontuneError(
+            "--explain needs the run folder, not an .onnx export: Grad-CAM takes gradients "
+            "through the network, which the exported file does not give"
+        )
+    model = load(run)
+    check_explainable(model)
+    rows = model.predict(paths, progress=progress, **options)
+    tops = {r["path"]: r["top"][0]["class"] for r in rows if "top" in r}
+    written = explain_images(model, list(tops), explain, classes=tops) if tops else {}
+    return [
+        {**r, "explanation": str(written[r["path"]])} if r["path"] in written else r for r in rows
+    ]
 
 
 def export(

@@ -54,9 +54,10 @@ def _add_evaluate(sub) -> None:
         metavar="OUT_DIR",
         default=None,
         help="also write a report folder: index.html (open it in a browser: metrics, confusion\n"
-        "matrix, training curves, misclassified images), metrics.json (adds top-k\n"
+        "matrix, training curves, misclassified images, each beside the Grad-CAM map\n"
+        "of its predicted class: see `predict --explain`), metrics.json (adds top-k\n"
         "accuracy, calibration error, most-confused pairs), confusion_matrix.png,\n"
-        "curves.png, thumbs/; relative links, so it can be moved or zipped",
+        "curves.png, thumbs/, explain/; relative links, so it can be moved or zipped",
     )
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument(

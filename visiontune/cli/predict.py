@@ -11,6 +11,19 @@ from ..choices import PREDICTION_FORMATS, TTA_MODES
 from ..errors import VisiontuneError
 from .evaluate import TTA_HELP, split_runs
 
+EXPLAIN_HELP = """write one PNG per image into DIR: where the evidence for its top
+class lies, as a Grad-CAM heat map (red: strong, blue: none) blended over
+the centre crop the model saw. Grad-CAM weights the last feature map's
+channels by the class score's gradient: one backward pass per image.
+ViTs: the patch tokens entering the last block, laid out on their grid.
+Names: the image's name with .png (cat.jpg -> cat.png); a name already
+taken in this call gets -2, -3... in input order (a/cat.jpg, b/cat.jpg ->
+cat.png, cat-2.png). Each row gets an "explanation" field (a column in
+csv and table output). With --tta the class is the averaged views' top
+one; the map is of the centre crop. Ensembles: the members' maps averaged
+(those with the first member's preprocessing: another input size sees
+another crop). Refused for .onnx files: they give no gradients"""
+
 
 def _add_predict(sub) -> None:
     p = sub.add_parser(
@@ -26,6 +39,7 @@ def _add_predict(sub) -> None:
         "  visiontune predict runs/poses/model.onnx new/               # `visiontune export` file\n"
         "  visiontune predict runs/poses new/ --reject none            # never flag unknown ones\n"
         "  visiontune predict runs/poses new/ --reject-rate 0.01       # flag fewer of them\n"
+        "  visiontune predict runs/poses new/ --explain why/           # + why/<name>.png maps\n"
         "\n"
         "Probabilities are calibrated: the run's temperature (fitted on its validation split)\n"
         "divides the logits, so 0.9 means right about 9 times in 10. UNKNOWN marks an image\n"
@@ -68,6 +82,7 @@ def _add_predict(sub) -> None:
         metavar="R",
         help="with auto: the share of validation images flagged (default: 0.05)",
     )
+    p.add_argument("--explain", metavar="DIR", default=None, help=EXPLAIN_HELP)
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument(
         "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
@@ -90,19 +105,12 @@ def _run_predict(args) -> int:
         tta=args.tta,
         reject=args.reject,
         reject_rate=args.reject_rate,
+        explain=args.explain,
     )
     if args.format == "json":
         print(json.dumps(results, indent=2))
     elif args.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "rank", "class", "probability", "unknown", "error"])
-        for r in results:
-            unknown = str(r["unknown"]).lower() if "unknown" in r else ""
-            for rank, top in enumerate(r.get("top", []), 1):
-                row = [r["path"], rank, top["class"], f"{top['probability']:.6f}", unknown, ""]
-                writer.writerow(row)
-            if "error" in r:
-                writer.writerow([r["path"], "", "", "", "", r["error"]])
+        _print_csv(results, explained=args.explain is not None)
     else:
         for r in results:
             if "error" in r:
@@ -110,8 +118,25 @@ def _run_predict(args) -> int:
             else:
                 tops = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
                 flag = f"\tUNKNOWN (score {r['unknown_score']:.2f})" if r.get("unknown") else ""
-                print(f"{r['path']}\t{tops}{flag}")
+                why = f"\t{r['explanation']}" if "explanation" in r else ""
+                print(f"{r['path']}\t{tops}{flag}{why}")
     return 1 if all("error" in r for r in results) else 0
+
+
+def _print_csv(results: list[dict], *, explained: bool) -> None:
+    """One row per image and rank; ``unknown`` is empty where nothing was scored;
+    ``explanation`` is a last column only with ``--explain``."""
+    writer = csv.writer(sys.stdout)
+    header = ["path", "rank", "class", "probability", "unknown", "error"]
+    writer.writerow(header + ["explanation"] * explained)
+    for r in results:
+        why = [r.get("explanation", "")] * explained
+        unknown = str(r["unknown"]).lower() if "unknown" in r else ""
+        for rank, top in enumerate(r.get("top", []), 1):
+            probability = f"{top['probability']:.6f}"
+            writer.writerow([r["path"], rank, top["class"], probability, unknown, "", *why])
+        if "error" in r:
+            writer.writerow([r["path"], "", "", "", "", r["error"], *why])
 
 
 def register(sub) -> None:

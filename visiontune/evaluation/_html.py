@@ -8,6 +8,8 @@ from html import escape
 
 __all__ = ["render_page"]
 
+EXPLANATION_SIDE = 160  # pixels on the page, as the thumbnails' longer side
+
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;
      background:#f6f7f9;line-height:1.4}
@@ -27,6 +29,9 @@ img.figure{max-width:100%;background:#fff;border:1px solid #dde1e7;border-radius
   font-size:.8rem}
 .gallery img{display:block;margin:0 auto 4px;max-width:100%;height:auto}
 .gallery .path{color:#5a6372;word-break:break-all} .wrong{color:#b3261e;font-weight:600}
+.gallery.explained{grid-template-columns:repeat(auto-fill,minmax(330px,1fr))}
+.pair{display:flex;gap:4px;justify-content:center;align-items:center}
+.pair img{margin:0 0 4px;max-width:calc(50% - 2px)}
 .note{color:#5a6372;font-size:.9rem}
 footer{margin-top:32px;color:#5a6372;font-size:.8rem}
 """
@@ -140,6 +145,7 @@ def _gallery(shown: Sequence[Mapping], total: int) -> str:
         "(the rest are listed in metrics.json)"
     )
     cards = []
+    explained = any(item.get("explanation") for item in shown)
     for item in shown:
         thumb = item.get("thumbnail")
         image = (
@@ -148,6 +154,13 @@ def _gallery(shown: Sequence[Mapping], total: int) -> str:
             if thumb
             else '<p class="note">(no thumbnail: the file could not be read again)</p>'
         )
+        if item.get("explanation"):
+            side = EXPLANATION_SIDE
+            image = (
+                f'<div class="pair">{image}<img src="{escape(item["explanation"])}" '
+                f'width="{side}" height="{side}" alt="Grad-CAM of {escape(item["predicted"])}" '
+                f'title="where the evidence for {escape(item["predicted"])} lies"></div>'
+            )
         cards.append(
             f"<figure>{image}<figcaption>true: <b>{escape(item['true'])}</b><br>"
             f'predicted: <span class="wrong">{escape(item["predicted"])}</span> '
@@ -155,9 +168,16 @@ def _gallery(shown: Sequence[Mapping], total: int) -> str:
             f'<span class="path" title="{escape(item["path"])}">{escape(item["short_path"])}</span>'
             "</figcaption></figure>"
         )
+    how = (
+        " Beside each: the Grad-CAM map of the predicted class over the centre crop the model "
+        "saw (red: where the evidence for that class lies)."
+        if explained
+        else ""
+    )
     return (
         f'<p class="note">{escape(note)}, most confident first (confident mistakes are '
-        f'worth checking for wrong labels).</p><div class="gallery">{"".join(cards)}</div>'
+        f"worth checking for wrong labels).{escape(how)}</p>"
+        f'<div class="gallery{" explained" if explained else ""}">{"".join(cards)}</div>'
     )
 
 

@@ -35,13 +35,22 @@ from .metrics import (
 )
 from .predictions import LabelledPredictions
 
-__all__ = ["GALLERY_LIMIT", "check_report_dir", "load_history", "report_metrics", "write_report"]
+__all__ = [
+    "EXPLAIN_DIR",
+    "GALLERY_LIMIT",
+    "check_report_dir",
+    "load_history",
+    "misclassified",
+    "report_metrics",
+    "write_report",
+]
 
 GALLERY_LIMIT = 200  # thumbnails on the page; metrics.json lists every misclassified image
 THUMB_SIDE = 160  # pixels, longer side
 TOP_K = (1, 2, 3, 5)
 CALIBRATION_BINS = 15  # as in Guo et al. (2017)
 THUMB_PREFIX = "miss-"
+EXPLAIN_DIR = "explain"  # the gallery's Grad-CAM overlays, written by the layer with the model
 
 
 def check_report_dir(out_dir: str | Path) -> Path:
@@ -62,7 +71,7 @@ def load_history(run_dir: str | Path | None) -> list[dict] | None:
     return history if isinstance(history, list) else None
 
 
-def _misclassified(p: LabelledPredictions) -> list[dict]:
+def misclassified(p: LabelledPredictions) -> list[dict]:
     """Every wrong image, the most confident mistakes first (the likeliest label errors)."""
     names, probs, y_pred = list(p.class_names), np.asarray(p.probs), p.y_pred
     wrong = [i for i in range(len(p.paths)) if y_pred[i] != p.y_true[i]]
@@ -92,7 +101,7 @@ def report_metrics(predictions: LabelledPredictions, *, bins: int = CALIBRATION_
     metrics["calibration_bins"] = bins
     metrics["reliability"] = calibration_bins(p.y_true, p.probs, bins=bins)
     metrics["most_confused"] = most_confused_pairs(metrics["confusion_matrix"], p.class_names)
-    metrics["misclassified"] = _misclassified(p)
+    metrics["misclassified"] = misclassified(p)
     return metrics
 
 
@@ -112,15 +121,19 @@ def _short_path(path: str) -> str:
     return "/".join(parts[-2:])  # class folder and file name: enough to find it
 
 
-def _write_gallery(out: Path, misclassified: list[dict], limit: int) -> list[dict]:
+def _write_gallery(
+    out: Path, wrong: list[dict], limit: int, explanations: Mapping[str, str]
+) -> list[dict]:
     thumbs = out / "thumbs"
     for old in thumbs.glob(f"{THUMB_PREFIX}*.jpg"):  # an earlier report's, not this one's
         old.unlink()
     gallery = []
-    for rank, item in enumerate(misclassified[:limit], start=1):
+    for rank, item in enumerate(wrong[:limit], start=1):
         name = f"thumbs/{THUMB_PREFIX}{rank:04d}.jpg"
         size = _write_thumbnail(item["path"], out / name)
         item["thumbnail"] = name if size else None
+        if item["path"] in explanations:
+            item["explanation"] = explanations[item["path"]]
         gallery.append({**item, "thumbnail_size": size, "short_path": _short_path(item["path"])})
     return gallery
 
@@ -134,6 +147,7 @@ def write_report(
     gallery_limit: int = GALLERY_LIMIT,
     bins: int = CALIBRATION_BINS,
     calibration: dict | None = None,
+    explanations: Mapping[str, str] | None = None,
 ) -> dict:
     """Write the report folder and return its metrics (what ``metrics.json`` holds).
 
@@ -141,6 +155,9 @@ def write_report(
     one run, or an ensemble's members; none: no curves. ``context`` is shown at the top of the
     page (run, data, backbone...) and kept in ``metrics.json``. ``calibration``: the model's
     temperature and its validation record, shown beside the reliability diagram.
+    ``explanations`` maps an image's path to its overlay, a file already in ``out_dir``
+    given relative to it (``EXPLAIN_DIR``): shown beside the image in the gallery and kept
+    as the item's ``explanation``.
     """
     out = check_report_dir(out_dir)
     if not len(predictions.paths):
@@ -155,7 +172,7 @@ def write_report(
     plot_reliability(
         out / "reliability.png", metrics["reliability"], metrics["expected_calibration_error"]
     )
-    gallery = _write_gallery(out, metrics["misclassified"], gallery_limit)
+    gallery = _write_gallery(out, metrics["misclassified"], gallery_limit, explanations or {})
     plot_confusion_matrix(
         out / "confusion_matrix.png", metrics["confusion_matrix"], predictions.class_names
     )

@@ -6,9 +6,18 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..evaluation.report import load_history, write_report
+from ..errors import VisiontuneError
+from ..evaluation.predictions import LabelledPredictions
+from ..evaluation.report import (
+    EXPLAIN_DIR,
+    GALLERY_LIMIT,
+    load_history,
+    misclassified,
+    write_report,
+)
 from ..formats.bundle import AUTO_FILE
 from .base import Predictor
+from .explain import check_explainable, explain_images
 
 
 def _histories(predictor: Predictor) -> dict[str, list[dict] | None]:
@@ -60,6 +69,35 @@ def _context(predictor: Predictor, runs, folder, tta: str) -> dict[str, str]:
     return context
 
 
+def gallery_explanations(
+    predictor: Predictor, predictions: LabelledPredictions, out_dir: Path
+) -> tuple[dict[str, str], str]:
+    """Grad-CAM overlays of the predicted class for the misclassified images the gallery shows,
+    written into ``out_dir/explain/``: ``{image path: overlay path relative to out_dir}``, and a
+    line for the page saying what they are or why there are none."""
+    folder = Path(out_dir) / EXPLAIN_DIR
+    for old in folder.glob("*.png"):  # an earlier report's
+        old.unlink()
+    try:
+        check_explainable(predictor)
+    except VisiontuneError as exc:
+        return {}, f"none: {exc}"
+    wrong = misclassified(predictions)[:GALLERY_LIMIT]
+    if not wrong:
+        return {}, "none: no image was misclassified"
+    try:
+        written = explain_images(
+            predictor,
+            [w["path"] for w in wrong],
+            folder,
+            classes={w["path"]: w["predicted"] for w in wrong},
+        )
+    except VisiontuneError as exc:  # a backbone without a spatial feature map
+        return {}, f"none: {exc}"
+    relative = {path: f"{EXPLAIN_DIR}/{file.name}" for path, file in written.items()}
+    return relative, "Grad-CAM of the predicted class, beside each misclassified image"
+
+
 def evaluation_report(
     predictor: Predictor,
     runs,
@@ -76,11 +114,13 @@ def evaluation_report(
     predictions = predictor.labelled_predictions(
         folder, batch_size=batch_size, workers=workers, progress=progress, tta=tta
     )
+    explanations, note = gallery_explanations(predictor, predictions, Path(out_dir))
     metrics = write_report(
         out_dir,
         predictions,
         histories=_histories(predictor),
-        context=_context(predictor, runs, folder, tta),
+        context={**_context(predictor, runs, folder, tta), "explanations": note},
         calibration=predictor.calibration_record(),
+        explanations=explanations,
     )
     return {**metrics, "tta": tta, "report": str(Path(out_dir) / "index.html")}
