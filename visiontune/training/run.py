@@ -162,6 +162,7 @@ def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float
             "head_warm_start": outcome.warm_start,
             "feature_extraction": outcome.extraction,
             "data_checks": data.screening.record,
+            **({"excluded_suspects": data.suspects} if data.suspects is not None else {}),
             **({"advice": plan.advice} if plan.advice else {}),
             **outcome.skips,
             "timing": {

@@ -1,0 +1,248 @@
+"""Wrong labels, outliers and ambiguous images, from out-of-fold class probabilities.
+
+Every image of every split is pooled and given class probabilities by a linear probe (L-BFGS
+logistic regression on frozen backbone features, ``features.probe``) fitted on the *other*
+folds of a stratified k-fold split, so no image is scored by a probe that saw its label. On
+those probabilities, confident learning (Northcutt, Jiang & Chuang, JAIR 2021; the ``cleanlab``
+implementation, ``prune_by_noise_rate``) names the images whose label disagrees with where the
+probe confidently puts them: it estimates per-class thresholds (the mean self-confidence of each
+class) and the joint distribution of given and true labels, then removes as many of each
+off-diagonal cell as that joint says there are, the least self-confident first. Pure numbers in,
+findings out: no images are read here beyond the feature rows (``audit_folder`` extracts them).
+
+Each image gets at most one finding, in this order of precedence:
+
+* ``outlier`` - far from every image of every class in feature space (the mean cosine distance
+  to its ``KNN`` nearest neighbours beyond Tukey's far-out fence, Q3 + 3 IQR, of that distance
+  over the whole set). A relabel would not help such an image, so this kind wins over the others.
+* ``label-issue`` - confident learning says another class; ``suggested`` is the most probable
+  class other than the given one; ``score`` its out-of-fold probability.
+* ``ambiguous`` - the two most probable classes (the given one among them) are within
+  ``AMBIGUOUS_MARGIN`` of each other; ``suggested`` is the other one; ``score`` 1 - the margin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..features.extract import FeatureSet
+from ..features.probe import DEFAULT_C_GRID, cross_validated_logits, fit_logistic
+
+__all__ = [
+    "AMBIGUOUS_MARGIN",
+    "DEFAULT_FOLDS",
+    "KINDS",
+    "KNN",
+    "OUTLIER_FENCE",
+    "AuditResult",
+    "Finding",
+    "audit_features",
+    "find_label_issues",
+    "knn_distances",
+    "one_thread",
+    "out_of_fold_probabilities",
+    "accuracy_without_flagged",
+    "outlier_mask",
+]
+
+KINDS = ("label-issue", "outlier", "ambiguous")
+DEFAULT_FOLDS = 5
+KNN = 10  # neighbours for the outlier distance: a few, so a small class is not "far"
+OUTLIER_FENCE = 3.0  # Tukey's "far out": Q3 + 3 IQR
+AMBIGUOUS_MARGIN = 0.1  # top-2 probabilities closer than this: between two classes
+# The flagged kinds that leave TEST for "accuracy without flagged": wrong or foreign images.
+# Ambiguous ones are hard, not wrong; leaving them out would only flatter the model.
+EXCLUDED_KINDS = ("label-issue", "outlier")
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    split: str
+    given: str
+    suggested: str
+    score: float
+    kind: str  # one of KINDS
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "split": self.split,
+            "given": self.given,
+            "suggested": self.suggested,
+            "score": round(self.score, 6),
+            "kind": self.kind,
+        }
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """What ``audit`` found. ``probabilities`` are the out-of-fold ones, rows as ``paths``."""
+
+    findings: list[Finding]
+    class_names: list[str]
+    counts: dict[str, int]  # images audited per split
+    C: float  # the probe's L2 strength, chosen by out-of-fold log-loss
+    folds: int
+    test: dict | None  # TEST accuracy with and without the flagged TEST images
+    paths: list[str]
+    splits: list[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    seconds: dict  # extraction / audit
+
+    def of_kind(self, kind: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind == kind]
+
+    def to_dict(self) -> dict:
+        """The JSON of ``visiontune audit --json`` (``tests/test_audit.py`` holds its schema)."""
+        return {
+            "class_names": list(self.class_names),
+            "counts": dict(self.counts),
+            "probe": {"C": self.C, "folds": self.folds},
+            "summary": {kind: len(self.of_kind(kind)) for kind in KINDS},
+            "test": self.test,
+            "findings": [f.to_dict() for f in self.findings],
+            "seconds": dict(self.seconds),
+        }
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the probes, then as it was. Their matrices are small (images x
+    features x classes, a few classes): a thread pool costs more in synchronisation than it
+    saves, and much more on busy cores - the yoga audit's 30 L-BFGS fits took 9 s on one
+    thread and 61 s on two, on this project's 2-core machine shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def out_of_fold_probabilities(
+    features: FeatureSet, *, num_classes: int, folds: int, seed: int, grid=DEFAULT_C_GRID
+) -> tuple[np.ndarray, float]:
+    """``(probabilities, C)``: each row's class probabilities from a probe fitted on the other
+    folds, at the C of ``grid`` with the lowest out-of-fold log-loss."""
+    logits = cross_validated_logits(
+        features, list(grid), num_classes=num_classes, seed=seed, folds=folds
+    )
+    if logits is None:
+        raise DataError("every class needs at least two images to audit its labels")
+    y = features.labels.long()
+    losses = [
+        float(torch.nn.functional.cross_entropy(z, y)) if bool(torch.isfinite(z).all()) else np.inf
+        for z in logits
+    ]
+    best = int(np.argmin(losses))
+    return torch.softmax(logits[best], dim=1).numpy().astype(np.float64), float(grid[best])
+
+
+def find_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """A boolean mask of the rows confident learning says are mislabelled (cleanlab's
+    ``prune_by_noise_rate``, its default and the method of the paper's main results)."""
+    from cleanlab.filter import find_label_issues as cleanlab_issues  # pandas: only when asked
+
+    return cleanlab_issues(
+        labels, probabilities, filter_by="prune_by_noise_rate", n_jobs=1, verbose=False
+    )
+
+
+def knn_distances(features: torch.Tensor, k: int = KNN, chunk: int = 1024) -> np.ndarray:
+    """Each row's mean cosine distance to its ``k`` nearest other rows (in chunks of rows, so
+    memory stays ``chunk x N``)."""
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    k = min(k, len(x) - 1)
+    if k < 1:
+        return np.zeros(len(x))
+    out = []
+    for start in range(0, len(x), chunk):
+        sims = x[start : start + chunk] @ x.T
+        rows = torch.arange(len(sims))
+        sims[rows, rows + start] = -2.0  # never its own neighbour
+        out.append(1.0 - sims.topk(k, dim=1).values.mean(1))
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def outlier_mask(distances: np.ndarray, fence: float = OUTLIER_FENCE) -> tuple[np.ndarray, float]:
+    """Rows beyond Q3 + ``fence`` x IQR of ``distances``, and that limit."""
+    q1, q3 = np.percentile(distances, [25, 75])
+    limit = q3 + fence * (q3 - q1)
+    return distances > limit, float(limit)
+
+
+def _finding(i: int, kind: str, suggested: int, score: float, meta) -> Finding:
+    paths, splits, labels, names = meta
+    return Finding(
+        paths[i], splits[i], names[int(labels[i])], names[int(suggested)], float(score), kind
+    )
+
+
+def _classify(labels, probs, issues, outliers, limit: float, distances) -> list[tuple]:
+    """``(row, kind, suggested, score)`` for each flagged row (see the module docstring)."""
+    flagged = []
+    others = probs.copy()
+    others[np.arange(len(labels)), labels] = -1.0
+    best_other = others.argmax(1)
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    for i in range(len(labels)):
+        if outliers[i]:
+            flagged.append((i, "outlier", probs[i].argmax(), distances[i] / max(limit, 1e-12)))
+        elif issues[i]:
+            flagged.append((i, "label-issue", best_other[i], probs[i, best_other[i]]))
+        elif top2[i, 1] - top2[i, 0] < AMBIGUOUS_MARGIN and probs[i, labels[i]] >= top2[i, 0]:
+            flagged.append((i, "ambiguous", best_other[i], 1.0 - (top2[i, 1] - top2[i, 0])))
+    return flagged
+
+
+def audit_features(
+    features: FeatureSet,
+    splits: list[str],
+    class_names: list[str],
+    *,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+) -> tuple[list[Finding], np.ndarray, float]:
+    """``(findings, out-of-fold probabilities, C)`` for the pooled ``features`` (rows of
+    several splits, ``splits`` naming each row's). Findings are ordered by kind (``KINDS``),
+    then by score, highest first."""
+    labels = features.labels.numpy().astype(np.int64)
+    with one_thread():
+        probs, C = out_of_fold_probabilities(
+            features, num_classes=len(class_names), folds=folds, seed=seed
+        )
+    issues = find_label_issues(labels, probs)
+    distances = knn_distances(features.features)
+    outliers, limit = outlier_mask(distances)
+    meta = ([str(s.path) for s in features.samples], splits, labels, class_names)
+    rows = _classify(labels, probs, issues, outliers, limit, distances)
+    findings = [_finding(i, kind, s, score, meta) for i, kind, s, score in rows]
+    findings.sort(key=lambda f: (KINDS.index(f.kind), -f.score, f.path))
+    return findings, probs, C
+
+
+def accuracy_without_flagged(
+    fit_on: FeatureSet, test: FeatureSet, flagged: set[str], *, C: float, num_classes: int
+) -> dict:
+    """TEST accuracy of a probe fitted on ``fit_on`` (train + val) at ``C``, on every TEST image
+    and on those whose path is not in ``flagged``: how much the flagged labels move the score."""
+    x, y = fit_on.features.float(), fit_on.labels.long()
+    init = (torch.zeros(num_classes, x.shape[1]), torch.zeros(num_classes))
+    with one_thread():
+        weight, bias = fit_logistic(x, y, C, init, 500)
+    correct = ((test.features.float() @ weight.T + bias).argmax(1) == test.labels).numpy()
+    keep = np.array([str(s.path) not in flagged for s in test.samples], dtype=bool)
+    return {
+        "num_images": len(test),
+        "accuracy": float(correct.mean()) if len(correct) else None,
+        "flagged": int((~keep).sum()),
+        "accuracy_without_flagged": float(correct[keep].mean()) if keep.any() else None,
+    }
