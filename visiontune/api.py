@@ -224,6 +224,7 @@ def audit(
     >>> result.counts, {f.kind for f in result.findings} <= {"label-issue", "outlier", "ambiguous"}
     ({'train': 12, 'val': 4, 'test': 6}, True)
     """
+    from ._seeding import isolated_rng
     from .features.embeddings import embedding_model
     from .trust import audit_folder
     from .trust.audit_report import write_audit_report
@@ -233,7 +234,8 @@ def audit(
         raise VisiontuneError(f"--folds must be at least 2, got {folds}")
     if report is not None:
         check_writable_file(Path(report) / "index.html", "audit --report")
-    model, store, workers = embedding_model(backbone, weights, cache, cache_dir, workers)
+    with isolated_rng(seed):  # a randomly initialised backbone (weights "none") the same each time
+        model, store, workers = embedding_model(backbone, weights, cache, cache_dir, workers)
     result = audit_folder(
         data, model, cache=store, workers=workers, progress=progress, folds=folds, seed=seed
     )

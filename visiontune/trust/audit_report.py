@@ -169,7 +169,9 @@ def write_audit_report(
     out = check_report_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     context = {"data": str(root), **(context or {})}
-    write_utf8(out / "audit.json", json.dumps({**result.to_dict(), **context}, indent=2) + "\n")
+    write_utf8(
+        out / "audit.json", json.dumps({**result.to_dict(), "context": context}, indent=2) + "\n"
+    )
     write_utf8(out / "fixes.csv", _fixes_csv(fixes_rows(result, root)))
     thumbs = _Thumbs(out)
     examples = _class_examples(result, EXAMPLES)

@@ -94,9 +94,18 @@ def _check_out(root: Path, out: Path) -> None:
 def _target(out: Path, relative: Path, new_class: str, taken: set[Path]) -> Path:
     """Where a relabelled file goes; ``name-from-<class>.ext`` if that name is taken."""
     target = out / relative.parent.parent / new_class / relative.name
-    if target in taken or target.exists():
+    if target in taken:
         target = target.with_name(f"{relative.stem}-from-{relative.parts[-2]}{relative.suffix}")
     return target
+
+
+def _files(root: Path) -> list[Path]:
+    """Every file under ``root`` (hidden and system names skipped), relative, in order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not ignored_name(d))
+        found += [(Path(dirpath) / n).relative_to(root) for n in sorted(filenames)]
+    return found
 
 
 def apply_fixes(
@@ -108,22 +117,23 @@ def apply_fixes(
         raise DataError(f"no such folder: {data}")
     changes = read_fixes(fixes, root)
     _check_out(root, out.resolve())
-    place = shutil.copy2 if copy else (lambda src, dst: os.symlink(src, dst))
-    counts, taken = {"relabelled": 0, "left_out": 0, "unchanged": 0}, set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not ignored_name(d))
-        for name in sorted(filenames):
-            relative = (Path(dirpath) / name).relative_to(root)
-            if relative in changes and changes[relative] is None:
-                counts["left_out"] += 1
-                continue
-            if relative in changes:
-                target = _target(out, relative, changes[relative], taken)
-                counts["relabelled"] += 1
-            else:
-                target = out / relative
-                counts["unchanged"] += 1
-            target.parent.mkdir(parents=True, exist_ok=True)
-            place(str(root / relative), str(target))
-            taken.add(target)
-    return {"out": str(out), "copy": copy, **counts}
+    files = _files(root)
+    unchanged = [f for f in files if f not in changes]
+    # Unchanged files first, so a relabelled file never takes the name of one already there.
+    placed = [(f, out / f) for f in unchanged]
+    taken = {target for _, target in placed}
+    for f in (f for f in files if changes.get(f) is not None):
+        target = _target(out, f, changes[f], taken)
+        placed.append((f, target))
+        taken.add(target)
+    place = shutil.copy2 if copy else os.symlink
+    for source, target in placed:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        place(str(root / source), str(target))
+    return {
+        "out": str(out),
+        "copy": copy,
+        "relabelled": len(placed) - len(unchanged),
+        "left_out": sum(1 for v in changes.values() if v is None),
+        "unchanged": len(unchanged),
+    }
