@@ -252,7 +252,7 @@ def apply_fixes(
     that is empty; a symlink farm, or copied files with ``copy``. ``data`` is never modified;
     a bad row is refused, naming its line, before anything is written.
 
-    >>> _ = Path("fixes.csv").write_text("path,given,suggested\ntrain/cat/cat_0.png,cat,dog\n")
+    >>> _ = Path("fixes.csv").write_text("path,given,suggested\\ntrain/cat/cat_0.png,cat,dog\\n")
     >>> visiontune.apply_fixes(photos, "fixes.csv", "fixed")["relabelled"]
     1
     >>> (Path("fixed") / "train" / "dog" / "cat_0.png").is_symlink()

@@ -117,9 +117,7 @@ def _path(x, y, grid, max_iter: int, sample_weight, num_classes: int) -> list[tu
     return solutions
 
 
-def _folds(
-    train: FeatureSet, seed: int, folds: int = CV_FOLDS
-) -> list[tuple[np.ndarray, np.ndarray]] | None:
+def _folds(train: FeatureSet, seed: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
     """Stratified folds of ``train``, an image's rows (its augmented views) kept in one fold;
     None when a class has fewer than two images."""
     groups = [str(i) if s is None else str(s.path) for i, s in enumerate(train.samples)]
@@ -127,7 +125,7 @@ def _folds(
     per_class = {}
     for group, label in zip(groups, labels.tolist(), strict=True):
         per_class.setdefault(label, set()).add(group)
-    k = min(folds, min(len(g) for g in per_class.values()))
+    k = min(CV_FOLDS, min(len(g) for g in per_class.values()))
     if k < 2:
         return None
     splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed % 2**32)
@@ -142,12 +140,10 @@ def cross_validated_logits(
     max_iter: int = 500,
     sample_weight: torch.Tensor | None = None,
     seed: int = 0,
-    folds: int = CV_FOLDS,
 ) -> list[torch.Tensor] | None:
-    """Out-of-fold logits of ``train`` for each C of ``grid`` (``folds``-fold, stratified; fewer
-    where the smallest class has fewer images), or None when a class has too few images to hold
-    any out."""
-    folds = _folds(train, seed, folds)
+    """Out-of-fold logits of ``train`` for each C of ``grid`` (``CV_FOLDS``-fold, stratified),
+    or None when a class has too few images to hold any out."""
+    folds = _folds(train, seed)
     if folds is None:
         return None
     x, y = train.features.float(), train.labels.long()

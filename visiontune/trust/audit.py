@@ -29,10 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.model_selection import StratifiedKFold
 
-from ..errors import DataError
+from ..errors import DataError, TrainingDiverged
 from ..features.extract import FeatureSet
-from ..features.probe import DEFAULT_C_GRID, cross_validated_logits, fit_logistic
+from ..features.probe import DEFAULT_C_GRID, fit_logistic
 
 __all__ = [
     "AMBIGUOUS_MARGIN",
@@ -55,6 +56,7 @@ KINDS = ("label-issue", "outlier", "ambiguous")
 DEFAULT_FOLDS = 5
 KNN = 10  # neighbours for the outlier distance: a few, so a small class is not "far"
 OUTLIER_FENCE = 3.0  # Tukey's "far out": Q3 + 3 IQR
+MAX_ITER = 500  # L-BFGS iterations per probe, as the head's probe
 AMBIGUOUS_MARGIN = 0.1  # top-2 probabilities closer than this: between two classes
 # The flagged kinds that leave TEST for "accuracy without flagged": wrong or foreign images.
 # Ambiguous ones are hard, not wrong; leaving them out would only flatter the model.
@@ -127,23 +129,54 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple]:
+    """``(fit rows, held-out rows)`` of a stratified ``folds``-fold split (fewer folds where the
+    smallest class has fewer images)."""
+    k = min(folds, int(np.bincount(labels).min()))
+    if k < 2:
+        raise DataError("every class needs at least two images to audit its labels")
+    splitter = StratifiedKFold(k, shuffle=True, random_state=seed % 2**32)
+    return [(torch.as_tensor(a), torch.as_tensor(b)) for a, b in splitter.split(labels, labels)]
+
+
+def _choose_C(x, y, fit_rows, held, grid, num_classes: int) -> tuple[float, tuple]:
+    """The C of ``grid`` with the lowest log-loss on ``held`` (one fold's held-out rows), each C
+    started from the previous solution; and its solution."""
+    params = (torch.zeros(num_classes, x.shape[1]), torch.zeros(num_classes))
+    best = (np.inf, None, None)
+    for C in sorted(grid):
+        params = fit_logistic(x[fit_rows], y[fit_rows], C, params, MAX_ITER)
+        logits = x[held] @ params[0].T + params[1]
+        loss = float(torch.nn.functional.cross_entropy(logits, y[held]))
+        if np.isfinite(loss) and loss < best[0]:
+            best = (loss, C, params)
+    if best[1] is None:
+        raise TrainingDiverged("the audit's linear probe found no finite solution for any C")
+    return best[1], best[2]
+
+
 def out_of_fold_probabilities(
     features: FeatureSet, *, num_classes: int, folds: int, seed: int, grid=DEFAULT_C_GRID
-) -> tuple[np.ndarray, float]:
-    """``(probabilities, C)``: each row's class probabilities from a probe fitted on the other
-    folds, at the C of ``grid`` with the lowest out-of-fold log-loss."""
-    logits = cross_validated_logits(
-        features, list(grid), num_classes=num_classes, seed=seed, folds=folds
-    )
-    if logits is None:
-        raise DataError("every class needs at least two images to audit its labels")
-    y = features.labels.long()
-    losses = [
-        float(torch.nn.functional.cross_entropy(z, y)) if bool(torch.isfinite(z).all()) else np.inf
-        for z in logits
-    ]
-    best = int(np.argmin(losses))
-    return torch.softmax(logits[best], dim=1).numpy().astype(np.float64), float(grid[best])
+) -> tuple[np.ndarray, float, tuple]:
+    """``(probabilities, C, solution)``: each row's class probabilities from a probe fitted on
+    the other folds; C, the L2 strength, chosen on the first fold's held-out log-loss.
+
+    Choosing C on one fold (a fifth of the images) instead of on all of them costs one fit per
+    C instead of ``folds``: the grid's Cs are a decade apart, which one fold tells apart as
+    well as five do, and each later fold starts from the first fold's solution, a few L-BFGS
+    steps from its own. The audit takes seconds, not tens of seconds, on 2 cores. ``solution``
+    is the first fold's ``(weight, bias)``, a start for other fits at ``C``.
+    """
+    x, y = features.features.float(), features.labels.long()
+    splits = _stratified_folds(y.numpy(), folds, seed)
+    C, first = _choose_C(x, y, *splits[0], grid, num_classes)
+    logits = torch.zeros(len(x), num_classes)
+    for n, (fit_rows, held) in enumerate(splits):
+        weight, bias = (
+            first if n == 0 else fit_logistic(x[fit_rows], y[fit_rows], C, first, MAX_ITER)
+        )
+        logits[held] = x[held] @ weight.T + bias
+    return torch.softmax(logits, dim=1).numpy().astype(np.float64), float(C), first
 
 
 def find_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
@@ -216,7 +249,7 @@ def audit_features(
     then by score, highest first."""
     labels = features.labels.numpy().astype(np.int64)
     with one_thread():
-        probs, C = out_of_fold_probabilities(
+        probs, C, _ = out_of_fold_probabilities(
             features, num_classes=len(class_names), folds=folds, seed=seed
         )
     issues = find_label_issues(labels, probs)
