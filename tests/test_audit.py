@@ -25,7 +25,7 @@ from conftest import TINY, files_under, make_split_folder
 import visiontune
 from visiontune.cli import main
 from visiontune.features.extract import FeatureSet
-from visiontune.trust.audit import audit_features, knn_distances, outlier_mask
+from visiontune.trust.audit import KINDS, audit_features, knn_distances, outlier_mask
 
 TINY_ARGS = ["--backbone", TINY["backbone"], "--weights", TINY["weights"], "--workers", "0"]
 # (file as generated, the class folder it is moved into): the seeded label errors.
@@ -313,6 +313,25 @@ def test_outliers_and_ambiguous_images_on_features():
     distances = knn_distances(features.features, k=3)
     mask, limit = outlier_mask(distances)
     assert mask[64] and distances[64] > limit and mask.sum() <= 5
+
+
+def test_label_issues_and_ambiguous_images_on_two_overlapping_classes():
+    """Pure: two Gaussian classes overlapping along the first axis. Label issues lie deep on the
+    other class's side and suggest it; ambiguous images lie on the boundary; few outliers."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    x = np.stack([rng.normal(2.0 * y - 1.0), rng.normal(size=200), np.full(200, 5.0)], 1)
+    samples = [type("S", (), {"path": f"{i}"})() for i in range(200)]
+    features = FeatureSet(torch.tensor(x, dtype=torch.float32), torch.tensor(y), samples)
+    findings, _, _ = audit_features(features, ["train"] * 200, ["a", "b"])
+    kinds = {kind: [f for f in findings if f.kind == kind] for kind in KINDS}
+    assert kinds["label-issue"] and kinds["ambiguous"] and len(kinds["outlier"]) <= 10
+    for f in kinds["label-issue"]:
+        assert f.suggested == ("b" if x[int(f.path), 0] > 0 else "a") != f.given
+    for f in kinds["ambiguous"]:
+        assert abs(x[int(f.path), 0]) < 0.5 and f.suggested != f.given
+    order = [KINDS.index(f.kind) for f in findings]
+    assert order == sorted(order)
 
 
 def test_exclude_suspects_leaves_the_flagged_training_images_out(tmp_path):

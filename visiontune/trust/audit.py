@@ -13,8 +13,10 @@ findings out: no images are read here beyond the feature rows (``audit_folder`` 
 Each image gets at most one finding, in this order of precedence:
 
 * ``outlier`` - far from every image of every class in feature space (the mean cosine distance
-  to its ``KNN`` nearest neighbours beyond Tukey's far-out fence, Q3 + 3 IQR, of that distance
-  over the whole set). A relabel would not help such an image, so this kind wins over the others.
+  to its ``KNN`` nearest neighbours beyond Tukey's far-out fence, Q3 + 3 IQR, of the logarithm
+  of that distance over the whole set; ``score``: the distance over that limit). A relabel
+  would not help such an image, so this kind wins over the others; ``suggested`` is the most
+  probable class, for what it is worth.
 * ``label-issue`` - confident learning says another class; ``suggested`` is the most probable
   class other than the given one; ``score`` its out-of-fold probability.
 * ``ambiguous`` - the two most probable classes (the given one among them) are within
@@ -55,7 +57,7 @@ __all__ = [
 KINDS = ("label-issue", "outlier", "ambiguous")
 DEFAULT_FOLDS = 5
 KNN = 10  # neighbours for the outlier distance: a few, so a small class is not "far"
-OUTLIER_FENCE = 3.0  # Tukey's "far out": Q3 + 3 IQR
+OUTLIER_FENCE = 3.0  # Tukey's "far out": Q3 + 3 IQR (of the log distances)
 MAX_ITER = 500  # L-BFGS iterations per probe, as the head's probe
 AMBIGUOUS_MARGIN = 0.1  # top-2 probabilities closer than this: between two classes
 # The flagged kinds that leave TEST for "accuracy without flagged": wrong or foreign images.
@@ -206,10 +208,15 @@ def knn_distances(features: torch.Tensor, k: int = KNN, chunk: int = 1024) -> np
 
 
 def outlier_mask(distances: np.ndarray, fence: float = OUTLIER_FENCE) -> tuple[np.ndarray, float]:
-    """Rows beyond Q3 + ``fence`` x IQR of ``distances``, and that limit."""
-    q1, q3 = np.percentile(distances, [25, 75])
+    """Rows beyond Tukey's fence Q3 + ``fence`` x IQR of ``log(distances)``, and that limit (as
+    a distance). The log, because nearest-neighbour distances are right-skewed (they scale with
+    the local density to the power -1/dimension): on the raw distances a plain Gaussian cloud
+    of few dimensions has a tenth of its points beyond the fence, on their logs a few in a
+    hundred; in a backbone's hundreds of dimensions both rules agree."""
+    logs = np.log(np.maximum(distances, 1e-12))
+    q1, q3 = np.percentile(logs, [25, 75])
     limit = q3 + fence * (q3 - q1)
-    return distances > limit, float(limit)
+    return logs > limit, float(np.exp(limit))
 
 
 def _finding(i: int, kind: str, suggested: int, score: float, meta) -> Finding:
