@@ -146,7 +146,7 @@ def _own_findings(own, top: int) -> str:
         f"Yoga as is ({own.counts['train']} TRAIN + {own.counts['test']} TEST images): {counts}. "
         f"TEST accuracy of a probe on TRAIN (C={own.C:g}): **{100 * test['accuracy']:.2f}%** on "
         f"{test['num_images']} images, **{100 * test['accuracy_without_flagged']:.2f}%** without "
-        f"the {test['flagged']} TEST images flagged label-issue or outlier. The first {top}:",
+        f"the {test['flagged']} TEST image(s) flagged label-issue or outlier. The first {top}:",
         "",
         "| kind | score | split | path | given | suggested |",
         "|---|---|---|---|---|---|",
@@ -185,11 +185,11 @@ def main() -> None:
         "per seed:\n\n"
         f"{_table(rows)}\n\n"
         'Precision counts every label-issue finding; "net" leaves out the images the audit of '
-        "yoga as is also flags (yoga's own doubtful labels, below). The last column: the same "
+        "yoga as is also flags (yoga's own doubtful labels, below). The last column is the same "
         "probabilities through cleanlab's default filter, `prune_by_noise_rate`, alone (the "
-        "audit's first version). The audit's own time (probes, "
-        "confident learning, outliers, the TEST probe; the features read from the cache) is the "
-        f"last column; `visiontune audit COPY --json` as a command took **{cli_s:.1f} s** "
+        "audit's first version). The \"audit s\" column is the audit's own time (probes, "
+        "confident learning, outliers, the TEST probe; the features read from the cache); "
+        f"`visiontune audit COPY --json` as a command took **{cli_s:.1f} s** "
         "(process start, imports and cache lookup included).\n\n"
         f"{_own_findings(own, 8)}\n\n"
         f"Load average at the start: {load:.1f} (the machine is shared; times are wall-clock)."
