@@ -34,6 +34,7 @@ LAYER = {
     "evaluation": 3,
     "features": 4,
     "prediction": 5,
+    "trust": 5,  # audit: probes on features, the evaluation report's page helpers
     "exporting": 6,  # above prediction: the parity check uses TrainedModel
     "demo": 6,
     "training": 7,

@@ -9,6 +9,8 @@ from ._version import __version__
 # Workflows (visiontune.api) and the one config class, imported on first use.
 _API = (
     "advise",
+    "apply_fixes",
+    "audit",
     "augment_preview",
     "check",
     "evaluate",

@@ -27,9 +27,12 @@ if TYPE_CHECKING:  # the workflows import torch when called, so `visiontune chec
     from .prediction.predictor import TrainedModel
     from .strategies import Advice
     from .training import EnsembleFitResult, FitResult
+    from .trust import AuditResult
 
 __all__ = [
     "advise",
+    "apply_fixes",
+    "audit",
     "augment_preview",
     "check",
     "evaluate",
@@ -195,6 +198,69 @@ def check(
         imbalance_ratio=imbalance_ratio,
         workers=workers,
     )
+
+
+def audit(
+    data: str | Path,
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: str | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    report: str | Path | None = None,
+) -> AuditResult:
+    """Find wrong labels (``label-issue``), ``outlier`` and ``ambiguous`` images in every split
+    of ``data``, from out-of-fold probabilities of ``folds``-fold linear probes on the frozen
+    ``backbone``'s cached features (``visiontune.trust.audit``). With a test split, the result
+    also says the TEST accuracy with and without the flagged TEST images. ``report``: a folder
+    for ``index.html`` (thumbnails beside examples of both classes), ``audit.json`` and an
+    editable ``fixes.csv``.
+
+    >>> result = visiontune.audit(photos, **TINY)
+    >>> result.counts, {f.kind for f in result.findings} <= {"label-issue", "outlier", "ambiguous"}
+    ({'train': 12, 'val': 4, 'test': 6}, True)
+    """
+    from ._seeding import isolated_rng
+    from .features.embeddings import embedding_model
+    from .trust import audit_folder
+    from .trust.audit_report import write_audit_report
+
+    check_run_options(workers=workers, seed=seed)
+    if folds < 2:
+        raise VisiontuneError(f"--folds must be at least 2, got {folds}")
+    if report is not None:
+        check_writable_file(Path(report) / "index.html", "audit --report")
+    with isolated_rng(seed):  # a randomly initialised backbone (weights "none") the same each time
+        model, store, workers = embedding_model(backbone, weights, cache, cache_dir, workers)
+    result = audit_folder(
+        data, model, cache=store, workers=workers, progress=progress, folds=folds, seed=seed
+    )
+    if report is not None:
+        write_audit_report(report, result, root=data, context={"backbone": backbone})
+    return result
+
+
+def apply_fixes(
+    data: str | Path, fixes: str | Path, out: str | Path, *, copy: bool = False
+) -> dict:
+    """A relabelled copy of ``data`` in ``out`` from an edited ``fixes.csv`` (``audit
+    --report``): each listed image moved to its ``suggested`` class folder, or left out where
+    that is empty; a symlink farm, or copied files with ``copy``. ``data`` is never modified;
+    a bad row is refused, naming its line, before anything is written.
+
+    >>> _ = Path("fixes.csv").write_text("path,given,suggested\\ntrain/cat/cat_0.png,cat,dog\\n")
+    >>> visiontune.apply_fixes(photos, "fixes.csv", "fixed")["relabelled"]
+    1
+    >>> (Path("fixed") / "train" / "dog" / "cat_0.png").is_symlink()
+    True
+    """
+    from .trust.relabel import apply_fixes as apply
+
+    return apply(data, fixes, out, copy=copy)
 
 
 def _is_onnx(run: Runs) -> bool:

@@ -157,6 +157,12 @@ class TrainConfig:
         "leave val/test images that have a byte-identical copy in train out of the\n"
         "evaluation (they inflate its accuracy); metrics.json says how many",
     )
+    exclude_suspects: bool = option(
+        False,
+        "audit the training images first (`visiontune audit`: linear probes on the\n"
+        "backbone's cached features) and leave out those whose label looks wrong or\n"
+        "that look like no class; metrics.json lists them (excluded_suspects)",
+    )
     val_fraction: float = option(
         0.15, "share of train held out (stratified, seeded) when DATA has no val split"
     )

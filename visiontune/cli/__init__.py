@@ -34,6 +34,7 @@ EPILOG = """\
 examples:
   visiontune demo                                   # try it on a dataset that ships with a package
   visiontune check photos/                          # unreadable, duplicated, leaked images...
+  visiontune audit photos/ --report audit/          # wrong labels, outliers (audit/index.html)
   visiontune train photos/ --strategy head          # frozen backbone: fast, for small similar data
   visiontune advise photos/                         # which strategy suits this data, and why
   visiontune train photos/ --strategy auto          # ... and train with it
@@ -49,10 +50,34 @@ examples:
   visiontune backbones                              # which backbones can load weights right now
 """
 
-from . import advise, augment, backbones, check, demo, evaluate, export, features, predict, train  # noqa: E402
+from . import (  # noqa: E402
+    advise,
+    audit,
+    augment,
+    backbones,
+    check,
+    demo,
+    evaluate,
+    export,
+    features,
+    predict,
+    train,
+)
 
 # the order `--help` lists them in
-COMMANDS = [check, train, advise, evaluate, predict, export, features, backbones, demo, augment]
+COMMANDS = [
+    check,
+    audit,
+    train,
+    advise,
+    evaluate,
+    predict,
+    export,
+    features,
+    backbones,
+    demo,
+    augment,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from html import escape
 
-__all__ = ["render_page"]
+__all__ = ["STYLE", "render_page"]
 
 EXPLANATION_SIDE = 160  # pixels on the page, as the thumbnails' longer side
 
-_CSS = """
+# The page style, shared by the other report pages (the audit page).
+STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;
      background:#f6f7f9;line-height:1.4}
 main{max-width:1180px;margin:0 auto;padding:24px}
@@ -200,7 +201,7 @@ def render_page(
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
-<title>visiontune evaluation report</title><style>{_CSS}</style></head>
+<title>visiontune evaluation report</title><style>{STYLE}</style></head>
 <body><main>
 <h1>Evaluation report</h1>
 <p class="context">{ctx}</p>

@@ -42,7 +42,10 @@ __all__ = [
     "load_history",
     "misclassified",
     "report_metrics",
+    "short_path",
     "write_report",
+    "write_thumbnail",
+    "write_utf8",
 ]
 
 GALLERY_LIMIT = 200  # thumbnails on the page; metrics.json lists every misclassified image
@@ -105,7 +108,7 @@ def report_metrics(predictions: LabelledPredictions, *, bins: int = CALIBRATION_
     return metrics
 
 
-def _write_thumbnail(source: str, target: Path) -> tuple[int, int] | None:
+def write_thumbnail(source: str, target: Path) -> tuple[int, int] | None:
     """A small JPEG of ``source``, decoded as training decodes it (EXIF, CMYK, 16-bit...)."""
     try:
         image = decode_image(source, min_short_side=THUMB_SIDE).image
@@ -116,9 +119,10 @@ def _write_thumbnail(source: str, target: Path) -> tuple[int, int] | None:
     return image.size
 
 
-def _short_path(path: str) -> str:
+def short_path(path: str) -> str:
+    """The class folder and file name of ``path``: enough to find it on a page."""
     parts = Path(path).parts
-    return "/".join(parts[-2:])  # class folder and file name: enough to find it
+    return "/".join(parts[-2:])
 
 
 def _write_gallery(
@@ -130,11 +134,11 @@ def _write_gallery(
     gallery = []
     for rank, item in enumerate(wrong[:limit], start=1):
         name = f"thumbs/{THUMB_PREFIX}{rank:04d}.jpg"
-        size = _write_thumbnail(item["path"], out / name)
+        size = write_thumbnail(item["path"], out / name)
         item["thumbnail"] = name if size else None
         if item["path"] in explanations:
             item["explanation"] = explanations[item["path"]]
-        gallery.append({**item, "thumbnail_size": size, "short_path": _short_path(item["path"])})
+        gallery.append({**item, "thumbnail_size": size, "short_path": short_path(item["path"])})
     return gallery
 
 
@@ -185,7 +189,7 @@ def write_report(
         if not histories
         else "The run's history.json has a shape this report does not know; no curves drawn."
     )
-    _write_utf8(out / "metrics.json", json.dumps(metrics, indent=2, default=_jsonable) + "\n")
+    write_utf8(out / "metrics.json", json.dumps(metrics, indent=2, default=_jsonable) + "\n")
     page = render_page(
         metrics,
         context=metrics["context"],
@@ -193,7 +197,7 @@ def write_report(
         has_curves=has_curves,
         curves_note=curves_note,
     )
-    _write_utf8(out / "index.html", page)
+    write_utf8(out / "index.html", page)
     return metrics
 
 
@@ -203,5 +207,6 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _write_utf8(path: Path, text: str) -> None:
+def write_utf8(path: Path, text: str) -> None:
+    """``text`` to ``path`` as UTF-8, atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -10,6 +10,7 @@ from ..errors import DataError
 from .augmentation import plan_augmentation
 from .plan import Plan
 from .screening import Screening, screen_splits
+from .suspects import exclude_suspects
 
 __all__ = ["PreparedData", "prepare_data"]
 
@@ -22,6 +23,7 @@ class PreparedData:
     screening: Screening  # files left out with why, caveats, the data_checks record
     pca: PCAStats | None  # the training pixels' principal components, for ``pca-color``
     augment_record: dict  # the exact pipeline, for config.json
+    suspects: dict | None = None  # --exclude-suspects: the training images left out, and why
 
 
 def _refuse_empty_classes(splits: DatasetSplits) -> None:
@@ -38,12 +40,16 @@ def _refuse_empty_classes(splits: DatasetSplits) -> None:
 
 
 def prepare_data(plan: Plan) -> PreparedData:
-    """Screen the plan's splits (headers and hashes, no decoding) and compute the statistics the
-    augmentation needs. Writes nothing."""
+    """Screen the plan's splits (headers and hashes, no decoding), with ``--exclude-suspects``
+    leave out the training images an audit flags, and compute the statistics the augmentation
+    needs. Writes nothing (but the feature cache)."""
     config = plan.config
     splits, screening = screen_splits(
         plan.splits, exclude_duplicates=config.exclude_duplicates, warn=plan.writes
     )
+    suspects = None
+    if config.exclude_suspects:
+        splits, suspects = exclude_suspects(plan, splits)
     _refuse_empty_classes(splits)
     pca, record = plan_augmentation(
         config.augment_spec,
@@ -53,4 +59,4 @@ def prepare_data(plan: Plan) -> PreparedData:
         preprocess=plan.model.backbone.preprocess,
         seed=config.seed,
     )
-    return PreparedData(splits, screening, pca, record)
+    return PreparedData(splits, screening, pca, record, suspects)

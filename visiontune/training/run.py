@@ -166,6 +166,7 @@ def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float
             "feature_extraction": outcome.extraction,
             "data_checks": data.screening.record,
             **(outcome.trust.metrics() if outcome.trust else {}),
+            **({"excluded_suspects": data.suspects} if data.suspects is not None else {}),
             **({"advice": plan.advice} if plan.advice else {}),
             **outcome.skips,
             "timing": {
