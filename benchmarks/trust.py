@@ -9,11 +9,14 @@ For ``head`` and ``full`` runs on the shared Yoga Poses set (seed 0, the default
   run's unknown score against that of the max softmax probability (1 - top probability),
   separating yoga TEST from each foreign set.
 
+A control with an i.i.d. TEST split: ``head`` on fashion-MNIST (160 per class, built as
+``benchmarks/strategies.py`` builds it), where TEST is drawn as validation is.
+
 Foreign sets: the TEST images of three real datasets that ship in packages, built as
 ``benchmarks/strategies.py`` builds them: ELPV solar-cell images, scikit-image's LFW faces and
 textures (brick, grass, gravel).
 
-    python benchmarks/trust.py [--work DIR] [--strategies head full]
+    python benchmarks/trust.py [--work DIR] [--runs yoga:head yoga:full fashion:head]
 """
 
 from __future__ import annotations
@@ -35,10 +38,18 @@ from visiontune.evaluation.rejection import auroc  # noqa: E402
 FOREIGN = ("elpv", "lfw", "textures")
 
 
-def train(strategy: str, work: Path) -> Path:
-    run = work / "runs" / f"yoga-{strategy}"
+def data_of(name: str, work: Path) -> tuple[Path, Path]:
+    """(the data folder, its TEST folder)."""
+    if name == "yoga":
+        return YOGA, YOGA / "TEST"
+    root = dataset_path(name, work)
+    return root, root / "test"
+
+
+def train(data: Path, name: str, strategy: str, work: Path) -> Path:
+    run = work / "runs" / f"{name}-{strategy}"
     if not (run / "metrics.json").exists():
-        visiontune.fit(YOGA, strategy=strategy, seed=0, out=str(run), overwrite=True)
+        visiontune.fit(data, strategy=strategy, seed=0, out=str(run), overwrite=True)
     return run
 
 
@@ -49,12 +60,14 @@ def scores(model, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return unknown, np.array([1 - r["top"][0]["probability"] for r in rows])
 
 
-def measure(strategy: str, work: Path) -> dict:
-    run = train(strategy, work)
+def measure(name: str, strategy: str, work: Path) -> dict:
+    data, test = data_of(name, work)
+    run = train(data, name, strategy, work)
     metrics = json.loads((run / "metrics.json").read_text())
     model = visiontune.load(run)
-    known, known_msp = scores(model, YOGA / "TEST")
+    known, known_msp = scores(model, test)
     result = {
+        "data": name,
         "strategy": strategy,
         "calibration": metrics["calibration"],
         "test_accuracy": metrics["test"]["accuracy"],
@@ -86,7 +99,8 @@ def report(results: list[dict]) -> str:
     for r in results:
         c = r["calibration"]
         lines.append(
-            f"| yoga `{r['strategy']}` | {_pct(r['test_accuracy'])} | {c['temperature']:.3f} | "
+            f"| {r['data']} `{r['strategy']}` | {_pct(r['test_accuracy'])} | "
+            f"{c['temperature']:.3f} | "
             f"{_pct(c['ece_before'])} → {_pct(c['ece_after'])} | "
             f"{_pct(c['test']['ece_before'])} → {_pct(c['test']['ece_after'])} |"
         )
@@ -94,14 +108,15 @@ def report(results: list[dict]) -> str:
         "",
         "### Unknown images (`--reject auto`, 5 % of validation flagged)",
         "",
-        "| run | yoga TEST flagged | foreign set | images | flagged | AUROC: our score | "
+        "| run | own TEST flagged | foreign set | images | flagged | AUROC: our score | "
         "AUROC: max softmax |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for name, f in r["foreign"].items():
             lines.append(
-                f"| yoga `{r['strategy']}` | {_pct(r['test_rejected'])} | {name} | {f['images']} "
+                f"| {r['data']} `{r['strategy']}` | {_pct(r['test_rejected'])} | {name} "
+                f"| {f['images']} "
                 f"| {_pct(f['rejected'])} | {f['auroc']:.3f} | {f['auroc_msp']:.3f} |"
             )
     return "\n".join(lines)
@@ -110,9 +125,9 @@ def report(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/visiontune-bench/trust"))
-    parser.add_argument("--strategies", nargs="+", default=["head", "full"])
+    parser.add_argument("--runs", nargs="+", default=["yoga:head", "yoga:full", "fashion:head"])
     args = parser.parse_args()
-    results = [measure(s, args.work) for s in args.strategies]
+    results = [measure(*r.split(":"), args.work) for r in args.runs]
     print(json.dumps(results, indent=2))
     write_section(
         "trust",

@@ -141,7 +141,7 @@ def one_thread() -> Iterator[None]:
 def _stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple]:
     """``(fit rows, held-out rows)`` of a stratified ``folds``-fold split (fewer folds where the
     smallest class has fewer images)."""
-    k = min(folds, int(np.bincount(labels).min()))
+    k = min(folds, int(np.bincount(labels).min())) if len(labels) else 0
     if k < 2:
         raise DataError("every class needs at least two images to audit its labels")
     splitter = StratifiedKFold(k, shuffle=True, random_state=seed % 2**32)

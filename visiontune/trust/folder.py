@@ -49,6 +49,7 @@ def audit_splits(
         workers=workers,
         skips=SkipLog(),
     )
+    features = {name: part for name, part in features.items() if len(part)}
     if not features:
         raise DataError(f"{splits.root}: no decodable images to audit")
     extracted = time.perf_counter()

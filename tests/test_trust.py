@@ -1,0 +1,288 @@
+"""Calibrated probabilities and unknown-image rejection: the pure fits on controlled numbers
+(hypothesis where a property must hold for any input), then a real tiny run end to end: what
+the bundle stores, what ``predict`` and ``evaluate`` return, that edits are refused, and that the
+ONNX export carries the same temperature and scores."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import visiontune
+from visiontune.cli import main
+from visiontune.data.transforms import eval_transform
+from visiontune.errors import BundleError, VisiontuneError
+from visiontune.evaluation.calibration import fit_temperature, scaled_probabilities
+from visiontune.evaluation.metrics import expected_calibration_error
+from visiontune.evaluation.rejection import (
+    fit_feature_gaussians,
+    rejection_scale,
+    unknown_scores,
+)
+
+QUIET = dict(workers=0, progress=False)
+
+# What every row of `predict --format json` is, with rejection on.
+ROW_SCHEMA = {
+    "type": "object",
+    "required": ["path", "top", "unknown", "unknown_score"],
+    "additionalProperties": False,
+    "properties": {
+        "path": {"type": "string"},
+        "top": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["class", "probability"],
+                "additionalProperties": False,
+                "properties": {
+                    "class": {"type": "string"},
+                    "probability": {"type": "number", "minimum": 0, "maximum": 1},
+                },
+            },
+        },
+        "unknown": {"type": "boolean"},
+        "unknown_score": {"type": "number"},
+    },
+}
+
+# ---------------------------------------------------------------- temperature, controlled logits
+
+
+def _overconfident(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits saying 'class 0, surely' (margin 6) where the label is 0 only 70 % of the time."""
+    rng = np.random.default_rng(seed)
+    logits = np.zeros((n, 3))
+    logits[:, 0] = 6.0
+    labels = np.where(rng.uniform(size=n) < 0.7, 0, rng.integers(1, 3, n))
+    return logits, labels
+
+
+def test_an_overconfident_model_is_softened_and_its_ece_falls():
+    logits, labels = _overconfident(200)
+    fit = fit_temperature(logits, labels)
+    assert fit.fitted and fit.temperature > 2
+    assert fit.ece_after < 0.05 < 0.2 < fit.ece_before
+    confidence = scaled_probabilities(logits, fit.temperature).max(1)
+    accuracy = np.mean(labels == 0)
+    assert confidence.mean() == pytest.approx(accuracy, abs=0.01)  # matches its accuracy now
+
+
+def test_an_underconfident_model_is_sharpened():
+    logits, labels = _overconfident(200)
+    fit = fit_temperature(logits / 20, labels)  # the same ranking, confidence ~0.37 for 70 %
+    assert fit.fitted and fit.temperature < 1
+
+
+def test_too_few_validation_images_keep_temperature_one():
+    logits, labels = _overconfident(10)
+    fit = fit_temperature(logits, labels)
+    assert (fit.temperature, fit.fitted) == (1.0, False) and "10 validation images" in fit.reason
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    # logits on a 0.1 grid: ties are exact ties, not gaps below float resolution
+    arrays(np.float64, (30, 3), elements=st.integers(-80, 80).map(lambda v: v / 10)),
+    arrays(np.int64, 30, elements=st.integers(0, 2)),
+)
+def test_calibration_never_makes_validation_ece_worse(logits, labels):
+    fit = fit_temperature(logits, labels)
+    before = expected_calibration_error(labels, scaled_probabilities(logits, 1.0))
+    after = expected_calibration_error(labels, scaled_probabilities(logits, fit.temperature))
+    assert after <= before + 1e-12 and fit.temperature > 0
+    # and it cannot change a prediction
+    assert (scaled_probabilities(logits, fit.temperature).argmax(1) == logits.argmax(1)).all()
+
+
+# ------------------------------------------------------------ rejection, controlled features
+
+
+def _around(axis: int, n: int, rng) -> np.ndarray:
+    return rng.normal(0, 1, (n, 16)) + 10 * np.eye(16)[axis]
+
+
+def test_foreign_features_score_above_known_ones():
+    rng = np.random.default_rng(0)
+    train = np.r_[_around(0, 300, rng), _around(1, 300, rng)]
+    stats = fit_feature_gaussians(train, np.repeat([0, 1], 300))
+    scale = rejection_scale(
+        unknown_scores(stats, np.r_[_around(0, 100, rng), _around(1, 100, rng)])
+    )
+    known = unknown_scores(stats, _around(1, 500, rng), scale)
+    foreign = unknown_scores(stats, _around(5, 200, rng), scale)
+    assert (foreign > 1).all()
+    assert 0.02 < np.mean(known > 1) < 0.10  # the 5 % rate, on new known images
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, 80, elements=st.floats(-50, 50)), st.floats(0.01, 0.5))
+def test_the_scale_flags_at_most_the_rate_of_its_own_images(scores, rate):
+    scale = rejection_scale(scores, rate)
+    normalised = scale.normalise(scores)
+    assert np.mean(normalised > 1) <= rate + 1 / len(scores)  # one image's worth of granularity
+    assert scale.threshold_for(rate) == 1.0
+    # a lower rate is a higher threshold
+    assert scale.threshold_for(min(0.99, rate * 2)) <= scale.threshold_for(rate / 2) + 1e-9
+
+
+# ---------------------------------------------------------------------------- a real tiny run
+
+
+@pytest.fixture(scope="module")
+def head_run(trained_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trust") / "run"
+    return visiontune.fit(
+        trained_data, **TINY, strategy="head", out=str(out), cache=False, **QUIET
+    ).run_dir
+
+
+def test_the_bundle_stores_temperature_and_rejection(head_run):
+    config = json.loads((head_run / "config.json").read_text())
+    trust = config["trust"]
+    assert trust["temperature"] > 0 and trust["calibration"]["images"] == 6
+    rejection = trust["rejection"]
+    assert rejection["score"] == "mahalanobis-l2" and rejection["rate"] == 0.05
+    assert rejection["threshold"] > rejection["center"] and len(rejection["quantiles"]) == 101
+    assert (head_run / "trust.safetensors").is_file()
+    metrics = json.loads((head_run / "metrics.json").read_text())
+    assert set(metrics["calibration"]) >= {"temperature", "ece_before", "ece_after", "test"}
+    assert metrics["rejection"]["threshold_from"] == "validation"
+
+
+def test_predicted_probabilities_are_the_tempered_softmax(head_run, trained_data):
+    model = visiontune.load(head_run)
+    model.temperature = 2.5  # any value: the probabilities must follow it
+    image = next((trained_data / "test" / "cat").iterdir())
+    from PIL import Image
+
+    decoded = Image.open(image).convert("RGB")
+    logits = model.model(torch.stack([eval_transform(model.preprocess)(decoded)]))
+    expected = torch.softmax(logits / 2.5, dim=1)[0].detach().numpy()
+    row = model.predict([image], top_k=3, workers=0)[0]
+    got = {t["class"]: t["probability"] for t in row["top"]}
+    np.testing.assert_allclose([got[c] for c in model.labels.names], expected, atol=1e-5)
+
+
+def test_predict_rows_say_unknown_and_follow_the_threshold(head_run, trained_data):
+    paths = [trained_data / "test"]
+    rows = visiontune.predict(head_run, paths, **QUIET)
+    for row in rows:
+        jsonschema.validate(row, ROW_SCHEMA)
+    assert [r["unknown"] for r in rows] == [r["unknown_score"] > 1 for r in rows]
+    assert not any(r["unknown"] for r in visiontune.predict(head_run, paths, reject=1e9, **QUIET))
+    assert all(r["unknown"] for r in visiontune.predict(head_run, paths, reject=-1e9, **QUIET))
+    assert "unknown" not in visiontune.predict(head_run, paths, reject="none", **QUIET)[0]
+    many = visiontune.predict(head_run, paths, reject_rate=0.9, **QUIET)
+    few = visiontune.predict(head_run, paths, reject_rate=0.01, **QUIET)
+    assert sum(r["unknown"] for r in many) >= sum(r["unknown"] for r in few)
+    with pytest.raises(VisiontuneError, match="reject must be auto, none or a number"):
+        visiontune.predict(head_run, paths, reject="maybe", **QUIET)
+    with pytest.raises(VisiontuneError, match="reject rate"):
+        visiontune.predict(head_run, paths, reject_rate=1.5, **QUIET)
+
+
+def test_a_foreign_image_is_flagged(head_run, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), "RGB")
+    noise.save(tmp_path / "noise.png")
+    row = visiontune.predict(head_run, [tmp_path / "noise.png"], **QUIET)[0]
+    assert row["unknown"] is True and row["unknown_score"] > 1
+
+
+def test_cli_predict_json_and_table(head_run, trained_data, capsys):
+    assert main(["predict", str(head_run), str(trained_data / "test"), "--format", "json"]) == 0
+    for row in json.loads(capsys.readouterr().out):
+        jsonschema.validate(row, ROW_SCHEMA)
+    assert main(["predict", str(head_run), str(trained_data / "test"), "--reject=-1e9"]) == 0
+    assert all("UNKNOWN" in line for line in capsys.readouterr().out.splitlines())
+
+
+def test_evaluate_reports_ece_and_the_calibration_record(head_run, trained_data):
+    metrics = visiontune.evaluate(head_run, trained_data / "test", **QUIET)
+    assert 0 <= metrics["expected_calibration_error"] <= 1
+    calibration = metrics["calibration"]
+    config = json.loads((head_run / "config.json").read_text())
+    assert calibration["temperature"] == config["trust"]["temperature"]
+    assert calibration["validation"]["images"] == 6
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c["trust"].update(temperature=c["trust"]["temperature"] * 2),
+        lambda c: c["trust"]["rejection"].update(
+            threshold=c["trust"]["rejection"]["threshold"] + 1
+        ),
+    ],
+    ids=["temperature", "threshold"],
+)
+def test_an_edited_trust_entry_is_refused(head_run, tmp_path, edit):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(head_run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    edit(config)
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="trust entry differ"):
+        visiontune.load(copy)
+
+
+def test_swapped_rejection_statistics_are_refused(head_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "run"
+    shutil.copytree(head_run, copy)
+    tensors = load_file(str(copy / "trust.safetensors"))
+    tensors["class_means"] = tensors["class_means"] + 0.01
+    save_file(tensors, str(copy / "trust.safetensors"))
+    with pytest.raises(BundleError, match="trust.safetensors does not match"):
+        visiontune.load(copy)
+
+
+def test_a_bundle_without_the_trust_entry_loads_uncalibrated(head_run, tmp_path, trained_data):
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(head_run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    for key in ("trust", "integrity"):  # as saved before either existed
+        config.pop(key)
+    (copy / "config.json").write_text(json.dumps(config))
+    (copy / "trust.safetensors").unlink()
+    model = visiontune.load(copy)
+    assert model.temperature == 1.0 and model.detector is None
+    assert set(model.predict([trained_data / "test"], workers=0)[0]) == {"path", "top"}
+    with pytest.raises(VisiontuneError, match="no rejection statistics"):
+        model.predict([trained_data / "test"], workers=0, reject="auto")
+
+
+def test_the_onnx_export_carries_temperature_and_scores(head_run, trained_data):
+    report = visiontune.export(head_run, format="onnx")
+    assert report.max_unknown_diff is not None and report.max_unknown_diff < 1e-3
+    exported = visiontune.load(report.path)
+    run = visiontune.load(head_run)
+    assert exported.metadata.temperature == pytest.approx(run.temperature)
+    assert exported.metadata.unknown["output"] == "unknown_score"
+    a = exported.predict([trained_data / "test"], top_k=3, workers=0)
+    b = run.predict([trained_data / "test"], top_k=3, workers=0)
+    np.testing.assert_allclose(
+        [r["unknown_score"] for r in a], [r["unknown_score"] for r in b], rtol=1e-3, atol=1e-3
+    )
+    prob = [[t["probability"] for t in r["top"]] for r in a]
+    np.testing.assert_allclose(prob, [[t["probability"] for t in r["top"]] for r in b], atol=1e-4)
+    assert exported.threshold_for_rate(0.5) == pytest.approx(run.threshold_for_rate(0.5), abs=1e-4)
