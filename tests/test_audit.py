@@ -187,6 +187,9 @@ def test_table_and_report(moved, capsys):
     assert "Label audit" in page and "cat_0.png" in page
     for src in (s.split('"')[0] for s in page.split('src="')[1:]):
         assert (report / src).is_file(), src  # every thumbnail the page shows exists
+    # each finding shown has its Grad-CAM overlay (for its suggested class) under its thumbnail
+    overlays = [s for s in page.split('src="')[1:] if s.startswith("explain/")]
+    assert len(overlays) == len(result["findings"]) and "evidence for cat" in page
     rows = list(csv.DictReader((report / "fixes.csv").open()))
     assert [r["path"] for r in rows] == [
         os.path.relpath(f["path"], data) for f in result["findings"]

@@ -240,8 +240,35 @@ def audit(
         data, model, cache=store, workers=workers, progress=progress, folds=folds, seed=seed
     )
     if report is not None:
-        write_audit_report(report, result, root=data, context={"backbone": backbone})
+        overlays = _audit_overlays(model, result, Path(report))
+        write_audit_report(
+            report, result, root=data, context={"backbone": backbone}, explanations=overlays
+        )
     return result
+
+
+def _audit_overlays(backbone, result: AuditResult, report: Path) -> dict[str, str]:
+    """Grad-CAM overlays of the findings shown on the audit page, each for its suggested
+    class, under the backbone with the audit's probe as its head (``report/explain/``)."""
+    import torch
+
+    from .backbones import Classifier, Head
+    from .prediction.explain import explain_images
+    from .prediction.predictor import TrainedModel
+    from .specs import LabelMap
+    from .trust.audit_report import EXPLAIN_DIR, REPORT_LIMIT
+
+    shown = result.findings[:REPORT_LIMIT]
+    if result.probe is None or not shown:
+        return {}
+    head = Head(backbone.num_features, len(result.class_names), dropout=0.0)
+    with torch.no_grad():
+        head.fc.weight.copy_(result.probe[0])
+        head.fc.bias.copy_(result.probe[1])
+    model = TrainedModel(Classifier(backbone, head), LabelMap(tuple(result.class_names)))
+    classes = {f.path: f.suggested for f in shown}
+    written = explain_images(model, list(classes), report / EXPLAIN_DIR, classes=classes)
+    return {path: f"{EXPLAIN_DIR}/{file.name}" for path, file in written.items()}
 
 
 def apply_fixes(

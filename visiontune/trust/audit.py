@@ -107,6 +107,9 @@ class AuditResult:
     labels: np.ndarray
     probabilities: np.ndarray
     seconds: dict  # extraction / audit
+    # (weight, bias) of one probe fitted on every image at ``C``: what the report's Grad-CAM
+    # overlays explain (the backbone + this head), None where not fitted
+    probe: tuple | None = None
 
     def of_kind(self, kind: str) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]

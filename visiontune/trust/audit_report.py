@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping
 from html import escape
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..evaluation._html import STYLE
 from ..evaluation.report import check_report_dir, short_path, write_thumbnail, write_utf8
 from .audit import KINDS, AuditResult, Finding
 
-__all__ = ["EXAMPLES", "REPORT_LIMIT", "fixes_rows", "write_audit_report"]
+__all__ = ["EXAMPLES", "EXPLAIN_DIR", "REPORT_LIMIT", "fixes_rows", "write_audit_report"]
 
 REPORT_LIMIT = 200  # findings shown on the page; audit.json and fixes.csv list all of them
 EXAMPLES = 3  # images shown of the given and of the suggested class
@@ -35,6 +36,10 @@ table.audit td{vertical-align:top;text-align:left} table.audit img{display:block
 .examples{display:flex;gap:4px;flex-wrap:wrap} .kind{font-weight:600}
 .label-issue{color:#b3261e} .outlier{color:#7a4b00} .ambiguous{color:#3a5a9c}
 """
+
+
+OVERLAY_SIDE = 128  # pixels on the page
+EXPLAIN_DIR = "explain"  # the findings' Grad-CAM overlays, inside the report folder
 
 
 def _relative(path: str, root: Path) -> str:
@@ -102,13 +107,21 @@ class _Thumbs:
         return f'<img src="{escape(name)}" width="{w}" height="{h}" alt="{escape(path)}">'
 
 
-def _row(f: Finding, thumbs: _Thumbs, examples: dict[str, list[str]]) -> str:
+def _row(f: Finding, thumbs: _Thumbs, examples: dict[str, list[str]], explanations: Mapping) -> str:
     def strip(name: str) -> str:
         images = "".join(thumbs.img(p, 72) for p in examples.get(name, []))
         return f'<b>{escape(name)}</b><div class="examples">{images}</div>'
 
+    overlay = explanations.get(f.path)
+    why = (
+        f'<br><img src="{escape(overlay)}" width="{OVERLAY_SIDE}" height="{OVERLAY_SIDE}" '
+        f'alt="where the evidence for {escape(f.suggested)} lies" '
+        f'title="Grad-CAM: where the evidence for {escape(f.suggested)} lies">'
+        if overlay
+        else ""
+    )
     return (
-        f"<tr><td>{thumbs.img(f.path)}</td>"
+        f"<tr><td>{thumbs.img(f.path)}{why}</td>"
         f'<td><span class="kind {escape(f.kind)}">{escape(f.kind)}</span><br>'
         f"score {f.score:.3f}<br>split: {escape(f.split)}<br>"
         f'<span class="path" title="{escape(f.path)}">{escape(short_path(f.path))}</span></td>'
@@ -164,8 +177,11 @@ def write_audit_report(
     root: str | Path,
     context: dict | None = None,
     limit: int = REPORT_LIMIT,
+    explanations: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write the audit folder for ``result`` of DATA ``root``; returns ``index.html``'s path."""
+    """Write the audit folder for ``result`` of DATA ``root``; returns ``index.html``'s path.
+    ``explanations`` maps a finding's path to its Grad-CAM overlay (for its suggested class), a
+    file already in ``out_dir`` given relative to it: shown under the finding's thumbnail."""
     out = check_report_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     context = {"data": str(root), **(context or {})}
@@ -176,6 +192,6 @@ def write_audit_report(
     thumbs = _Thumbs(out)
     examples = _class_examples(result, EXAMPLES)
     shown = result.findings[:limit]
-    rows = "".join(_row(f, thumbs, examples) for f in shown)
+    rows = "".join(_row(f, thumbs, examples, explanations or {}) for f in shown)
     write_utf8(out / "index.html", _page(result, context, rows, len(shown)))
     return out / "index.html"

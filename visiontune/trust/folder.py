@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from ..backbones import Backbone
 from ..data.folder import DatasetSplits, scan_folder
 from ..data.loader import SkipLog
 from ..engine.loop import Runtime
 from ..errors import DataError
 from ..features.cache import FeatureCache
+from ..features.probe import fit_logistic
 from ..features.splits import concat_feature_sets, extract_parts
 from .audit import (
     DEFAULT_FOLDS,
@@ -79,7 +82,18 @@ def audit_splits(
             "features": round(extracted - started, 3),
             "audit": round(time.perf_counter() - extracted, 3),
         },
+        probe=_probe_on_everything(pooled, C, len(names)),
     )
+
+
+def _probe_on_everything(pooled, C: float, num_classes: int) -> tuple:
+    """The probe at ``C`` fitted on every audited image (for the report's overlays)."""
+    x, y = pooled.features, pooled.labels
+    init = (torch.zeros(num_classes, x.shape[1]), torch.zeros(num_classes))
+    return fit_logistic(x, y, C, init, PROBE_ITERATIONS)
+
+
+PROBE_ITERATIONS = 200  # L-BFGS iterations of the report's probe (converges well before)
 
 
 def audit_folder(
