@@ -171,6 +171,7 @@ def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float
             **outcome.skips,
             "timing": {
                 "total_s": seconds,
+                **({"trust_s": outcome.trust.seconds} if outcome.trust else {}),
                 "device": str(plan.runtime.device),
                 **({"processes": dist.world_size} if dist else {}),
             },

@@ -16,6 +16,7 @@ logits. From them:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,6 +49,7 @@ class TrustFit:
     scale: RejectionScale | None
     scale_from: str | None  # "validation" or "train"
     test: dict | None  # TEST's ECE before/after and the share flagged unknown
+    seconds: float = 0.0  # the features pass and the fits
 
     def bundle_entry(self) -> dict:
         """``config.json``'s ``trust`` entry (``formats.trust``; the digest is added there)."""
@@ -119,6 +121,7 @@ def _test_record(plan, test: FeatureSet, fit: TemperatureFit, gaussians, scale) 
 
 def fit_trust(plan: Plan, data: PreparedData, skips: SkipLog) -> TrustFit:
     """The temperature, the rejection statistics and their TEST record (module docstring)."""
+    started = time.perf_counter()
     features = _features(plan, data, skips)
     train, val, test = (features.get(k) for k in ("train", "val", "test"))
     if val is not None:
@@ -132,4 +135,4 @@ def fit_trust(plan: Plan, data: PreparedData, skips: SkipLog) -> TrustFit:
         reference = val if scale_from == "validation" else train
         scale = rejection_scale(unknown_scores(gaussians, reference.features), DEFAULT_REJECT_RATE)
     record = _test_record(plan, test, fit, gaussians, scale) if test is not None else None
-    return TrustFit(fit, gaussians, scale, scale_from, record)
+    return TrustFit(fit, gaussians, scale, scale_from, record, time.perf_counter() - started)
