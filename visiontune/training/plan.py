@@ -136,15 +136,17 @@ def _advise(config, splits, backbone, runtime, workers, explicit) -> tuple[Train
 def _loop_deadline(
     deadline, model, strategy, splits, config, runtime, per_image=None
 ) -> float | None:
-    """When fine-tuning must stop for the run to be written by ``deadline``: the TEST pass
-    (timed by a measured training step, ``per_image`` or here, a third of which is a forward
-    pass) and the writing come after it. A frozen backbone's head trains in seconds: not timed."""
+    """When fine-tuning must stop for the run to be written by ``deadline``: the TEST pass, the
+    trust pass (``training.trust``: one forward pass over train, val and TEST) and the writing
+    come after it, each forward pass timed by a measured training step (``per_image`` or here),
+    a third of which is a forward pass. A frozen backbone's head trains in seconds: not timed."""
     if deadline is None or strategy.uses_frozen_backbone:
         return None
     if per_image is None:
         size, batch = model.backbone.preprocess.size, config.batch_size
         per_image = train_step_seconds(model, size=size, batch_size=batch, runtime=runtime)
-    after = EVAL_MARGIN * per_image / TRAIN_STEP_COST * len(splits.test) + WRITE_SECONDS
+    forward_images = 2 * len(splits.test) + len(splits.train) + len(splits.val)
+    after = EVAL_MARGIN * per_image / TRAIN_STEP_COST * forward_images + WRITE_SECONDS
     return deadline - after
 
 
