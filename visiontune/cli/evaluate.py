@@ -85,6 +85,7 @@ def _run_evaluate(args) -> int:
         f"accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images "
         f"(tta {metrics['tta']}: {metrics['forward_passes_per_image']} forward passes per image)"
     )
+    _print_calibration(metrics)
     print(f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
     for name, row in metrics["per_class"].items():
         print(
@@ -107,6 +108,21 @@ def _run_evaluate(args) -> int:
     if "report" in metrics:
         print(f"report: {metrics['report']}")
     return 0
+
+
+def _print_calibration(metrics: dict) -> None:
+    """One line: the expected calibration error and the temperature it was reached with."""
+    ece = metrics.get("expected_calibration_error")
+    if ece is None:
+        return
+    record = metrics.get("calibration") or {}
+    if "temperature" in record:
+        how = f"temperature {record['temperature']:.3f}, fitted on the run's validation split"
+    elif "members" in record:
+        how = "each member's own temperature"
+    else:
+        how = "uncalibrated: the run stores no temperature"
+    print(f"calibration error (ECE, 15 bins) {ece:.4f} ({how})")
 
 
 def register(sub) -> None:
