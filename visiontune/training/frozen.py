@@ -29,6 +29,7 @@ class HeadOutcome:
     history: list[dict]
     test: dict | None  # TEST metrics, when DATA has a test split
     extraction: dict  # per split: features computed vs read from the cache
+    features: dict[str, FeatureSet] | None = None  # eval-view features per split (trust pass)
 
 
 def _split_features(plan: Plan, parts: dict, skips: SkipLog) -> dict[str, FeatureSet]:
@@ -106,6 +107,7 @@ def train_head_on_features(plan: Plan, data: PreparedData, skips: SkipLog) -> He
     extraction = {
         n: {"computed": f.computed, "from_cache": f.from_cache} for n, f in features.items()
     }
+    clean = dict(features)  # before --cache-views adds augmented rows to train
     if plan.config.cache_views:
         views = _augmented_views(plan, data, skips)
         extraction["train_views"] = {
@@ -127,7 +129,7 @@ def train_head_on_features(plan: Plan, data: PreparedData, skips: SkipLog) -> He
         with torch.no_grad():
             logits = head(features["test"].features)
         test = metrics_from_logits(logits, features["test"].labels, splits.labels.names)
-    return HeadOutcome(history, test, extraction)
+    return HeadOutcome(history, test, extraction, clean)
 
 
 def warm_start_head(plan: Plan, data: PreparedData, skips: SkipLog) -> dict:

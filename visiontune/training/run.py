@@ -12,7 +12,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -78,18 +78,25 @@ def train(plan: Plan, data: PreparedData) -> Outcome:
     if plan.writes:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
     if plan.strategy.uses_frozen_backbone:
-        head = distributed.on_main_rank(
-            dist, lambda: train_head_on_features(plan, data, skips), plan.model.head
-        )
+        head = distributed.on_main_rank(dist, lambda: _head(plan, data, skips), plan.model.head)
         history, test, warm_start, extraction = head.history, head.test, None, head.extraction
+        features = head.features
     else:
         tuned = finetune(plan, data, skips)
         history, test, warm_start, extraction = tuned.history, tuned.test, tuned.warm_start, None
-    trust = fit_trust(plan, data, skips) if plan.writes else None
+        features = None
+    trust = fit_trust(plan, data, skips, features) if plan.writes else None
     if dist:  # each rank decoded its own share of the images
         for found in dist.gather(skips.to_dict()):
             skips.update(found)
     return Outcome(history, test, skips.to_dict(), warm_start, extraction, trust)
+
+
+def _head(plan: Plan, data: PreparedData, skips: SkipLog):
+    """The head trained on features; under torchrun without the features, which every rank
+    would otherwise be sent (the trust pass reads them from the cache on rank 0 instead)."""
+    head = train_head_on_features(plan, data, skips)
+    return replace(head, features=None) if plan.runtime.distributed else head
 
 
 def finite_or_null(value):

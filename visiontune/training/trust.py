@@ -1,8 +1,7 @@
 """After training: calibrate the probabilities and learn what the training images look like.
 
 One pass of the trained backbone over the training, validation and TEST images (eval view; for a
-frozen backbone the feature cache answers it, so ``head`` pays nothing) gives pooled features and
-logits. From them:
+frozen backbone ``head`` training already has them) gives pooled features and logits. From them:
 
 - the **temperature** is fitted on validation (``evaluation.calibration``; never on TEST);
 - the **rejection statistics** (class means and shared covariance of the training features,
@@ -119,10 +118,17 @@ def _test_record(plan, test: FeatureSet, fit: TemperatureFit, gaussians, scale) 
     return record
 
 
-def fit_trust(plan: Plan, data: PreparedData, skips: SkipLog) -> TrustFit:
-    """The temperature, the rejection statistics and their TEST record (module docstring)."""
+def fit_trust(
+    plan: Plan,
+    data: PreparedData,
+    skips: SkipLog,
+    features: dict[str, FeatureSet] | None = None,
+) -> TrustFit:
+    """The temperature, the rejection statistics and their TEST record (module docstring).
+    ``features``: the eval-view features per split where training already has them (``head``)."""
     started = time.perf_counter()
-    features = _features(plan, data, skips)
+    if features is None:
+        features = _features(plan, data, skips)
     train, val, test = (features.get(k) for k in ("train", "val", "test"))
     if val is not None:
         fit = fit_temperature(_logits(plan, val), val.labels.numpy())
