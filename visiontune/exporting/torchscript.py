@@ -20,7 +20,7 @@ import torch
 
 from .._io import atomic_write
 from ..errors import BundleError
-from ..formats.export_metadata import ExportMetadata, weights_digest
+from ..formats.export_metadata import ExportMetadata, state_digest
 
 __all__ = ["METADATA_FILE", "export_torchscript", "load_torchscript"]
 
@@ -38,13 +38,7 @@ def _quiet():
 
 
 def torchscript_digest(module: torch.nn.Module) -> str:
-    entries = []
-    for name, tensor in module.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        entries.append(
-            (name, str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        )
-    return weights_digest(entries)
+    return state_digest(module.state_dict())
 
 
 def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ExportMetadata]:

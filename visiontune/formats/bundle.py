@@ -26,7 +26,7 @@ from .._io import atomic_write, atomic_write_text
 from ..backbones import Classifier, Head, create_backbone
 from ..errors import BundleError
 from ..specs import LabelMap, PreprocessSpec, WeightsSpec
-from .export_metadata import weights_digest
+from .export_metadata import state_digest
 from .trust import check_trust, write_trust_tensors
 from .validation import (
     check_classes,
@@ -107,14 +107,6 @@ def save_bundle(
     )
     atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return folder
-
-
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """``weights_digest`` of a state dict: every tensor's name, dtype, shape and bytes."""
-    return weights_digest(
-        (name, str(t.dtype), tuple(t.shape), t.contiguous().reshape(-1).view(torch.uint8).numpy())
-        for name, t in state.items()
-    )
 
 
 def _meaning(config: dict) -> dict:

@@ -35,6 +35,7 @@ __all__ = [
     "OUTPUT_NAME",
     "UNKNOWN_NAME",
     "ExportMetadata",
+    "state_digest",
     "weights_digest",
 ]
 
@@ -189,3 +190,15 @@ def weights_digest(tensors: Iterable[tuple[str, str, tuple[int, ...], bytes]]) -
         digest.update(f"{name}|{dtype}|{','.join(map(str, shape))}|{len(data)}\n".encode())
         digest.update(data)
     return digest.hexdigest()
+
+
+def state_digest(state) -> str:
+    """``weights_digest`` of a state dict (name -> torch tensor): every tensor's name, dtype,
+    shape and bytes. The one digest of tensors: bundles, their rejection statistics and
+    TorchScript exports."""
+    import torch  # the ONNX reader, which imports this module, needs no torch
+
+    def raw(t):
+        return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+    return weights_digest((name, str(t.dtype), tuple(t.shape), raw(t)) for name, t in state.items())

@@ -21,14 +21,13 @@ from safetensors.torch import load_file, save_file
 
 from .._io import atomic_write
 from ..errors import BundleError
-from .export_metadata import weights_digest
+from .export_metadata import state_digest
 
 __all__ = [
     "REJECTION_SCORE",
     "TRUST_FILE",
     "check_trust",
     "read_trust_tensors",
-    "tensors_digest",
     "temperature_of",
     "write_trust_tensors",
 ]
@@ -40,18 +39,11 @@ REJECTION_SCORE = "mahalanobis-l2"
 TENSORS = ("class_means", "precision")
 
 
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    return weights_digest(
-        (n, str(t.dtype), tuple(t.shape), t.contiguous().reshape(-1).view(torch.uint8).numpy())
-        for n, t in sorted(tensors.items())
-    )
-
-
 def write_trust_tensors(folder: Path, tensors: dict[str, torch.Tensor]) -> str:
     """``folder/trust.safetensors`` (atomically); its digest, for ``config.json``."""
     state = {k: v.detach().cpu().to(torch.float32).contiguous() for k, v in tensors.items()}
     atomic_write(folder / TRUST_FILE, lambda tmp: save_file(state, tmp))
-    return tensors_digest(state)
+    return state_digest(state)
 
 
 def _number(value, where: str, name: str, *, positive: bool = False) -> float:
@@ -98,7 +90,7 @@ def read_trust_tensors(folder: Path, config: dict) -> dict[str, torch.Tensor] | 
         tensors = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: the file is unusable
         raise BundleError(f"cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
-    if sorted(tensors) != sorted(TENSORS) or tensors_digest(tensors) != rejection.get("sha256"):
+    if sorted(tensors) != sorted(TENSORS) or state_digest(tensors) != rejection.get("sha256"):
         raise BundleError(
             f"{path} does not match the checksum in config.json: it was modified, damaged or "
             "copied from another run"
