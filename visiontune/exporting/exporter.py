@@ -26,7 +26,7 @@ from .parity import (
     check_parity,
     check_unknown_parity,
     parity_inputs,
-    reference_probabilities,
+    reference_outputs,
 )
 from .wrapper import ProbabilityModel
 
@@ -87,8 +87,7 @@ def export_model(
         unknown=_unknown_entry(detector),
     )
     inputs = parity_inputs(data, spec, max_images=max_images)
-    eager = reference_probabilities(predictor, inputs)
-    eager_unknown = predictor.image_unknown_scores(inputs.decoded)
+    eager, eager_unknown = reference_outputs(predictor, inputs)
     measured: dict = {"unknown": None}
 
     def check(run_exported) -> None:

@@ -39,7 +39,7 @@ __all__ = [
     "check_parity",
     "check_unknown_parity",
     "parity_inputs",
-    "reference_probabilities",
+    "reference_outputs",
 ]
 
 TOLERANCE = 1e-4
@@ -139,9 +139,12 @@ def parity_inputs(
     return _generated_inputs(spec, max_images)
 
 
-def reference_probabilities(predictor: TrainedModel, inputs: ParityInputs) -> np.ndarray:
-    """What the export must reproduce: the run's predictor on the same decoded images."""
-    return predictor.image_probabilities(inputs.decoded)
+def reference_outputs(
+    predictor: TrainedModel, inputs: ParityInputs
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the export must reproduce: the run's predictor's probabilities (and unknown
+    scores, where it has them) on the same decoded images."""
+    return predictor.image_outputs(inputs.decoded)
 
 
 def check_unknown_parity(

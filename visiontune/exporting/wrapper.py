@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..evaluation.rejection import UnknownDetector, mahalanobis
+from ..evaluation.rejection import FeatureGaussians, UnknownDetector, raw_scores
 from ..specs import PreprocessSpec
 
 __all__ = ["ProbabilityModel"]
@@ -55,6 +55,6 @@ class ProbabilityModel(nn.Module):
             return torch.softmax(self.classifier(x) * self.inv_temperature, dim=1)
         features = self.classifier.backbone(x)
         probs = torch.softmax(self.classifier.head(features) * self.inv_temperature, dim=1)
-        u = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        raw = mahalanobis(u, self.class_means, self.precision).min(1).values
+        # The eager score (evaluation.rejection) on this module's buffers, so both are one code.
+        raw = raw_scores(FeatureGaussians(self.class_means, self.precision), features)
         return probs, (raw - self.center) / self.spread

@@ -96,25 +96,19 @@ class TrainedModel(Predictor):
         return {"temperature": self.temperature, "validation": trust.get("calibration")}
 
     @torch.inference_mode()
-    def image_probabilities(self, images: Sequence) -> np.ndarray:
-        """Class probabilities ``(N, classes)`` of already decoded images (PIL or uint8
-        tensors), each through the run's eval transform, in one batch and without TTA: what
-        the export parity check compares an exported file with."""
+    def image_outputs(self, images: Sequence) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated class probabilities ``(N, classes)`` of already decoded images (PIL or
+        uint8 tensors), each through the run's eval transform, in one batch and without TTA,
+        and their normalised unknown scores ``(N,)`` (None without rejection statistics), from
+        one forward pass: what the export parity check compares an exported file with."""
         transform = eval_transform(self.preprocess)
         batch = torch.stack([transform(im).as_subclass(torch.Tensor) for im in images])
-        logits = self.model(batch.to(self.device)).float()
-        return torch.softmax(logits / self.temperature, dim=1).cpu().numpy()
-
-    @torch.inference_mode()
-    def image_unknown_scores(self, images: Sequence) -> np.ndarray | None:
-        """Normalised unknown scores ``(N,)`` of decoded images (as ``image_probabilities``),
-        or None for a model without rejection statistics."""
+        features = self.model.backbone(batch.to(self.device))
+        logits = self.model.head(features).float()
+        probs = torch.softmax(logits / self.temperature, dim=1).cpu().numpy()
         if self.detector is None:
-            return None
-        transform = eval_transform(self.preprocess)
-        batch = torch.stack([transform(im).as_subclass(torch.Tensor) for im in images])
-        features = self.model.backbone(batch.to(self.device)).float()
-        return self.detector.scores(features).cpu().numpy()
+            return probs, None
+        return probs, self.detector.scores(features.float()).cpu().numpy()
 
     def _probabilities(
         self,
