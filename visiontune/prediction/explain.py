@@ -27,7 +27,7 @@ raises ``VisiontuneError``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -187,18 +187,20 @@ def centre_crop(path: str | Path, spec) -> torch.Tensor | None:
     return eval_geometry(spec)(image).as_subclass(torch.Tensor)
 
 
-def _maps(
-    members: list[TrainedModel], crops: torch.Tensor, pick: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    """The members' Grad-CAM maps of the class ``pick(mean probabilities)`` chooses, averaged."""
+def _maps(members: list[TrainedModel], crops: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """The members' Grad-CAM maps of class ``wanted`` per image (-1: the top class of the
+    members' mean probabilities, which costs a forward pass only where some image needs it),
+    averaged."""
     spec = members[0].preprocess
     batch = crops
     for step in normalize(spec):  # uint8 crops -> the model's input, as eval_transform ends
         batch = step(batch)
     device = members[0].device
-    with torch.no_grad():
-        probs = torch.stack([torch.softmax(m.model(batch.to(device)), 1) for m in members])
-    chosen = pick(probs.mean(0).cpu())
+    chosen = wanted
+    if (wanted < 0).any():
+        with torch.no_grad():
+            probs = torch.stack([torch.softmax(m.model(batch.to(device)), 1) for m in members])
+        chosen = torch.where(wanted >= 0, wanted, probs.mean(0).cpu().argmax(1))
     maps = [gradcam(m.model, batch.to(m.device), chosen)[0].cpu() for m in members]
     return torch.stack(maps).mean(0)
 
@@ -231,14 +233,9 @@ def explain_images(
         crops = {p: c for p, c in crops.items() if c is not None}
         if not crops:
             continue
-        wanted = [index.get((classes or {}).get(p, ""), -1) for p in crops]
-
-        def pick(probs: torch.Tensor, wanted=wanted) -> torch.Tensor:
-            given = torch.tensor(wanted)
-            return torch.where(given >= 0, given, probs.argmax(1))
-
+        wanted = torch.tensor([index.get((classes or {}).get(p, ""), -1) for p in crops])
         stacked = torch.stack(list(crops.values()))
-        for (path, crop), cam in zip(crops.items(), _maps(members, stacked, pick), strict=True):
+        for (path, crop), cam in zip(crops.items(), _maps(members, stacked, wanted), strict=True):
             image = overlay(crop.permute(1, 2, 0).numpy(), upsample(cam, spec.size))
             target = out / names[path]
             atomic_write(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
