@@ -237,7 +237,14 @@ def audit(
     with isolated_rng(seed):  # a randomly initialised backbone (weights "none") the same each time
         model, store, workers = embedding_model(backbone, weights, cache, cache_dir, workers)
     result = audit_folder(
-        data, model, cache=store, workers=workers, progress=progress, folds=folds, seed=seed
+        data,
+        model,
+        cache=store,
+        workers=workers,
+        progress=progress,
+        folds=folds,
+        seed=seed,
+        probe=report is not None,  # the head the report's overlays explain
     )
     if report is not None:
         overlays = _audit_overlays(model, result, Path(report))
@@ -253,22 +260,18 @@ def _audit_overlays(backbone, result: AuditResult, report: Path) -> dict[str, st
     import torch
 
     from .backbones import Classifier, Head
-    from .prediction.explain import explain_images
     from .prediction.predictor import TrainedModel
+    from .prediction.report import report_overlays
     from .specs import LabelMap
-    from .trust.audit_report import EXPLAIN_DIR, REPORT_LIMIT
+    from .trust.audit_report import REPORT_LIMIT
 
     shown = result.findings[:REPORT_LIMIT]
-    if result.probe is None or not shown:
-        return {}
     head = Head(backbone.num_features, len(result.class_names), dropout=0.0)
     with torch.no_grad():
         head.fc.weight.copy_(result.probe[0])
         head.fc.bias.copy_(result.probe[1])
     model = TrainedModel(Classifier(backbone, head), LabelMap(tuple(result.class_names)))
-    classes = {f.path: f.suggested for f in shown}
-    written = explain_images(model, list(classes), report / EXPLAIN_DIR, classes=classes)
-    return {path: f"{EXPLAIN_DIR}/{file.name}" for path, file in written.items()}
+    return report_overlays(model, {f.path: f.suggested for f in shown}, report)
 
 
 def apply_fixes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -69,32 +70,35 @@ def _context(predictor: Predictor, runs, folder, tta: str) -> dict[str, str]:
     return context
 
 
+def report_overlays(
+    predictor: Predictor, classes: Mapping[str, str], out_dir: Path
+) -> dict[str, str]:
+    """Grad-CAM overlays of ``classes`` (image path -> the class to explain) in a report folder's
+    ``explain/``, an earlier report's removed first: ``{image path: overlay path relative to
+    out_dir}``. Raises ``VisiontuneError`` for a model that cannot be explained."""
+    folder = Path(out_dir) / EXPLAIN_DIR
+    for old in folder.glob("*.png"):  # an earlier report's
+        old.unlink()
+    check_explainable(predictor)
+    if not classes:
+        return {}
+    written = explain_images(predictor, list(classes), folder, classes=classes)
+    return {path: f"{EXPLAIN_DIR}/{file.name}" for path, file in written.items()}
+
+
 def gallery_explanations(
     predictor: Predictor, predictions: LabelledPredictions, out_dir: Path
 ) -> tuple[dict[str, str], str]:
     """Grad-CAM overlays of the predicted class for the misclassified images the gallery shows,
     written into ``out_dir/explain/``: ``{image path: overlay path relative to out_dir}``, and a
     line for the page saying what they are or why there are none."""
-    folder = Path(out_dir) / EXPLAIN_DIR
-    for old in folder.glob("*.png"):  # an earlier report's
-        old.unlink()
-    try:
-        check_explainable(predictor)
+    wrong = misclassified(predictions)[:GALLERY_LIMIT]
+    try:  # a model without gradients, or a backbone without a spatial feature map
+        relative = report_overlays(predictor, {w["path"]: w["predicted"] for w in wrong}, out_dir)
     except VisiontuneError as exc:
         return {}, f"none: {exc}"
-    wrong = misclassified(predictions)[:GALLERY_LIMIT]
     if not wrong:
         return {}, "none: no image was misclassified"
-    try:
-        written = explain_images(
-            predictor,
-            [w["path"] for w in wrong],
-            folder,
-            classes={w["path"]: w["predicted"] for w in wrong},
-        )
-    except VisiontuneError as exc:  # a backbone without a spatial feature map
-        return {}, f"none: {exc}"
-    relative = {path: f"{EXPLAIN_DIR}/{file.name}" for path, file in written.items()}
     return relative, "Grad-CAM of the predicted class, beside each misclassified image"
 
 

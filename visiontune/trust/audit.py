@@ -48,6 +48,7 @@ __all__ = [
     "Finding",
     "audit_features",
     "find_label_issues",
+    "fit_probe",
     "knn_distances",
     "one_thread",
     "out_of_fold_probabilities",
@@ -108,7 +109,7 @@ class AuditResult:
     probabilities: np.ndarray
     seconds: dict  # extraction / audit
     # (weight, bias) of one probe fitted on every image at ``C``: what the report's Grad-CAM
-    # overlays explain (the backbone + this head), None where not fitted
+    # overlays explain (the backbone + this head); None unless asked for (``probe=True``)
     probe: tuple | None = None
 
     def of_kind(self, kind: str) -> list[Finding]:
@@ -279,15 +280,20 @@ def audit_features(
     return findings, probs, C
 
 
+def fit_probe(features: FeatureSet, *, C: float, num_classes: int) -> tuple:
+    """``(weight, bias)`` of one probe at ``C`` fitted on every row of ``features``."""
+    x, y = features.features.float(), features.labels.long()
+    init = (torch.zeros(num_classes, x.shape[1]), torch.zeros(num_classes))
+    with one_thread():
+        return fit_logistic(x, y, C, init, MAX_ITER)
+
+
 def accuracy_without_flagged(
     fit_on: FeatureSet, test: FeatureSet, flagged: set[str], *, C: float, num_classes: int
 ) -> dict:
     """TEST accuracy of a probe fitted on ``fit_on`` (train + val) at ``C``, on every TEST image
     and on those whose path is not in ``flagged``: how much the flagged labels move the score."""
-    x, y = fit_on.features.float(), fit_on.labels.long()
-    init = (torch.zeros(num_classes, x.shape[1]), torch.zeros(num_classes))
-    with one_thread():
-        weight, bias = fit_logistic(x, y, C, init, 500)
+    weight, bias = fit_probe(fit_on, C=C, num_classes=num_classes)
     correct = ((test.features.float() @ weight.T + bias).argmax(1) == test.labels).numpy()
     keep = np.array([str(s.path) not in flagged for s in test.samples], dtype=bool)
     return {

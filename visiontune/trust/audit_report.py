@@ -25,7 +25,7 @@ from ..evaluation._html import STYLE
 from ..evaluation.report import check_report_dir, short_path, write_thumbnail, write_utf8
 from .audit import KINDS, AuditResult, Finding
 
-__all__ = ["EXAMPLES", "EXPLAIN_DIR", "REPORT_LIMIT", "fixes_rows", "write_audit_report"]
+__all__ = ["EXAMPLES", "REPORT_LIMIT", "fixes_rows", "write_audit_report"]
 
 REPORT_LIMIT = 200  # findings shown on the page; audit.json and fixes.csv list all of them
 EXAMPLES = 3  # images shown of the given and of the suggested class
@@ -39,7 +39,6 @@ table.audit td{vertical-align:top;text-align:left} table.audit img{display:block
 
 
 OVERLAY_SIDE = 128  # pixels on the page
-EXPLAIN_DIR = "explain"  # the findings' Grad-CAM overlays, inside the report folder
 
 
 def _relative(path: str, root: Path) -> str:
@@ -181,7 +180,8 @@ def write_audit_report(
 ) -> Path:
     """Write the audit folder for ``result`` of DATA ``root``; returns ``index.html``'s path.
     ``explanations`` maps a finding's path to its Grad-CAM overlay (for its suggested class), a
-    file already in ``out_dir`` given relative to it: shown under the finding's thumbnail."""
+    file already in ``out_dir`` given relative to it (``evaluation.report.EXPLAIN_DIR``, as the
+    evaluation report's): shown under the finding's thumbnail."""
     out = check_report_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     context = {"data": str(root), **(context or {})}

@@ -5,15 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from ..backbones import Backbone
 from ..data.folder import DatasetSplits, scan_folder
 from ..data.loader import SkipLog
 from ..engine.loop import Runtime
 from ..errors import DataError
 from ..features.cache import FeatureCache
-from ..features.probe import fit_logistic
 from ..features.splits import concat_feature_sets, extract_parts
 from .audit import (
     DEFAULT_FOLDS,
@@ -21,6 +18,7 @@ from .audit import (
     AuditResult,
     accuracy_without_flagged,
     audit_features,
+    fit_probe,
 )
 
 __all__ = ["PARTS", "audit_folder", "audit_splits"]
@@ -38,10 +36,12 @@ def audit_splits(
     runtime: Runtime,
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
+    probe: bool = False,
 ) -> AuditResult:
     """Audit the ``parts`` of ``splits`` pooled (out-of-fold, so a TEST image is scored by a
     probe that never saw it); with a test split among them, the TEST accuracy of a probe fitted
-    on train + val, with and without the flagged TEST images."""
+    on train + val, with and without the flagged TEST images. ``probe``: also fit one probe on
+    every image (``AuditResult.probe``, what a report's overlays explain)."""
     started = time.perf_counter()
     named = {name: getattr(splits, name) for name in parts}
     features = extract_parts(
@@ -82,18 +82,8 @@ def audit_splits(
             "features": round(extracted - started, 3),
             "audit": round(time.perf_counter() - extracted, 3),
         },
-        probe=_probe_on_everything(pooled, C, len(names)),
+        probe=fit_probe(pooled, C=C, num_classes=len(names)) if probe else None,
     )
-
-
-def _probe_on_everything(pooled, C: float, num_classes: int) -> tuple:
-    """The probe at ``C`` fitted on every audited image (for the report's overlays)."""
-    x, y = pooled.features, pooled.labels
-    init = (torch.zeros(num_classes, x.shape[1]), torch.zeros(num_classes))
-    return fit_logistic(x, y, C, init, PROBE_ITERATIONS)
-
-
-PROBE_ITERATIONS = 200  # L-BFGS iterations of the report's probe (converges well before)
 
 
 def audit_folder(
@@ -105,11 +95,19 @@ def audit_folder(
     progress: bool,
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
+    probe: bool = False,
 ) -> AuditResult:
     """Every image of ``data`` (class folders, or train/val/test splits of them) audited; a
-    folder without splits is audited whole (nothing is held out as validation)."""
+    folder without splits is audited whole (nothing is held out as validation). ``probe``: as
+    ``audit_splits``."""
     splits = scan_folder(data, val_fraction=0.0, seed=seed)
-    runtime = Runtime(progress=progress)
     return audit_splits(
-        splits, backbone, cache=cache, workers=workers, runtime=runtime, folds=folds, seed=seed
+        splits,
+        backbone,
+        cache=cache,
+        workers=workers,
+        runtime=Runtime(progress=progress),
+        folds=folds,
+        seed=seed,
+        probe=probe,
     )
