@@ -103,12 +103,17 @@ class TrainedModel(Predictor):
         one forward pass: what the export parity check compares an exported file with."""
         transform = eval_transform(self.preprocess)
         batch = torch.stack([transform(im).as_subclass(torch.Tensor) for im in images])
-        features = self.model.backbone(batch.to(self.device))
-        logits = self.model.head(features).float()
-        probs = torch.softmax(logits / self.temperature, dim=1).cpu().numpy()
-        if self.detector is None:
-            return probs, None
-        return probs, self.detector.scores(features.float()).cpu().numpy()
+        out = self._scored()(batch[:, None].to(self.device)).float().cpu().numpy()  # one view
+        return self._split(out)
+
+    def _scored(self) -> ScoredViews:
+        return ScoredViews(self.model, temperature=self.temperature, detector=self.detector)
+
+    def _split(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``ScoredViews``' columns: the probabilities, and the unknown score if it has one."""
+        classes = len(self.labels)
+        unknown = out[:, classes].astype(np.float64) if self.detector is not None else None
+        return out[:, :classes], unknown
 
     def _probabilities(
         self,
@@ -126,18 +131,16 @@ class TrainedModel(Predictor):
         workers = default_workers() if workers is None else workers
         workers = min(workers, max(0, len(samples) // per_batch))  # tiny jobs: no process start-up
         loader = make_loader(dataset, batch_size=per_batch, shuffle=False, workers=workers)
-        scored = ScoredViews(self.model, temperature=self.temperature, detector=self.detector)
         out, _, indices = run_inference(
-            scored,
+            self._scored(),
             loader,
             runtime=Runtime(self.device, progress=progress),
             desc="predict",
             on_batch=skips.record,
         )
-        classes = len(self.labels)
-        out = out.numpy() if len(indices) else np.zeros((0, classes + (self.detector is not None)))
-        unknown = out[:, classes].astype(np.float64) if self.detector is not None else None
-        return Outputs(out[:, :classes], indices.numpy(), unknown)
+        width = len(self.labels) + (self.detector is not None)
+        probs, unknown = self._split(out.numpy() if len(indices) else np.zeros((0, width)))
+        return Outputs(probs, indices.numpy(), unknown)
 
 
 def _detector(run: Path, config: dict) -> UnknownDetector | None:
