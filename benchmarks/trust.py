@@ -60,6 +60,18 @@ def scores(model, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return unknown, np.array([1 - r["top"][0]["probability"] for r in rows])
 
 
+def trust_pass_seconds(run: Path, data: Path) -> float:
+    """What the trust pass costs a fine-tuned run: one forward pass of its backbone over every
+    image, without the feature cache (as ``training/trust.py`` runs it)."""
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        visiontune.extract(data, Path(tmp) / "emb.npz", backbone=str(run), cache=False)
+        return time.perf_counter() - started
+
+
 def measure(name: str, strategy: str, work: Path) -> dict:
     data, test = data_of(name, work)
     run = train(data, name, strategy, work)
@@ -69,6 +81,7 @@ def measure(name: str, strategy: str, work: Path) -> dict:
     result = {
         "data": name,
         "strategy": strategy,
+        "trust_pass_s": trust_pass_seconds(run, data) if strategy != "head" else None,
         "calibration": metrics["calibration"],
         "test_accuracy": metrics["test"]["accuracy"],
         "test_rejected": float(np.mean(known > 1)),
@@ -119,6 +132,13 @@ def report(results: list[dict]) -> str:
                 f"| {f['images']} "
                 f"| {_pct(f['rejected'])} | {f['auroc']:.3f} | {f['auroc_msp']:.3f} |"
             )
+    for r in results:
+        if r.get("trust_pass_s") is not None:
+            lines += [
+                "",
+                f"The trust pass of the {r['data']} `{r['strategy']}` run (a forward pass of its "
+                f"fine-tuned backbone over every image, no cache) took {r['trust_pass_s']:.0f} s.",
+            ]
     return "\n".join(lines)
 
 
