@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,5 +229,69 @@ def check_page(chromium: str, page: Path, *, timeout: float = 60.0) -> PageCheck
         check = PageCheck(images=json.loads(result["value"]))
         check.errors = [text for text in map(_error_text, browser.events) if text]
         return check
+    finally:
+        browser.close()
+
+
+class LivePage:
+    """A page open in headless Chromium, driven as a person would: choose files in an
+    ``<input type=file>``, read what the page shows, collect its console errors."""
+
+    def __init__(self, browser: _DevToolsPipe, session: str):
+        self.browser, self.session = browser, session
+
+    def evaluate(self, expression: str):
+        reply = self.browser.send(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+            session=self.session,
+        )
+        if "exceptionDetails" in reply:
+            raise RuntimeError(f"{expression}: {reply['exceptionDetails']}")
+        return reply["result"].get("value")
+
+    def wait_until(self, expression: str, *, timeout: float = 60.0):
+        """The first truthy value of ``expression``, evaluated until ``timeout`` (the page's
+        own state is polled, as Playwright's waits do; nothing depends on how long it takes)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.05)
+        raise TimeoutError(f"the page never made {expression!r} true within {timeout:.0f} s")
+
+    def choose_files(self, selector: str, paths: list[Path]) -> None:
+        """Set the files of the page's file input, as the file picker would (fires change)."""
+        root = self.browser.send("DOM.getDocument", session=self.session)["root"]["nodeId"]
+        node = self.browser.send(
+            "DOM.querySelector", {"nodeId": root, "selector": selector}, session=self.session
+        )["nodeId"]
+        files = [str(Path(p).resolve()) for p in paths]
+        self.browser.send(
+            "DOM.setFileInputFiles", {"files": files, "nodeId": node}, session=self.session
+        )
+
+    def errors(self) -> list[str]:
+        self.evaluate("1")  # reads every event Chromium sent before it
+        return [text for text in map(_error_text, self.browser.events) if text]
+
+
+@contextmanager
+def open_page(chromium: str, url: str, *, timeout: float = 60.0) -> Iterator[LivePage]:
+    """``url`` loaded in a fresh headless Chromium (its load event fired), as a ``LivePage``."""
+    browser = _DevToolsPipe(chromium, timeout=timeout)
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        for domain in ("Page", "Runtime", "Log", "DOM"):
+            browser.send(f"{domain}.enable", session=session)
+        navigation = browser.send("Page.navigate", {"url": url}, session=session)
+        if navigation.get("errorText"):
+            raise RuntimeError(f"chromium could not open {url}: {navigation['errorText']}")
+        browser.wait_for("Page.loadEventFired")
+        yield LivePage(browser, session)
     finally:
         browser.close()

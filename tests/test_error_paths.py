@@ -135,6 +135,14 @@ CASES = [
     ("augment-preview", "data --out g.png --seed -1", ERROR),
     ("augment-preview", "data --out g.png --augment bogus", ERROR),
     ("augment-preview", "data --out g.png --rows x", USAGE),
+    ("serve", "nope", ERROR),
+    ("serve", "notrun", ERROR),
+    ("serve", "badrun", ERROR),
+    ("serve", "badrun --max-batch 0", ERROR),
+    ("serve", "badrun --max-upload-mb 0", ERROR),
+    ("serve", "badrun --port 70000", ERROR),
+    ("serve", "badrun --port x", USAGE),
+    ("serve", "badrun --log-level loud", USAGE),
 ]
 
 

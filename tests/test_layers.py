@@ -39,6 +39,7 @@ LAYER = {
     "demo": 6,
     "training": 7,
     "api": 8,
+    "serve": 8,  # the web app: prediction below it; the CLI loads the model through api
     "cli": 9,
     "__main__": 10,
     "__init__": 10,

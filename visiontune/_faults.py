@@ -16,6 +16,9 @@ where asked::
         the target this is the same as a kill anywhere inside the write.
     VISIONTUNE_FAULT="kill-after-write:NAME[:COUNT]"
         right after that write has been committed (renamed into place).
+    VISIONTUNE_FAULT="hold-batch:PATH"
+        not a kill: before each forward pass of ``visiontune serve``, wait until the file PATH
+        exists, so a test can have requests in flight, for certain, when it sends a signal.
 
 NAME is a file name or an ``fnmatch`` pattern matched against the target's name only (no folder),
 e.g. ``checkpoint.safetensors`` or ``shard-*.safetensors``; COUNT counts matching writes in this
@@ -32,6 +35,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +47,7 @@ __all__ = [
     "after_write",
     "at_batch",
     "before_rename",
+    "hold_batch",
     "parse",
     "reset",
 ]
@@ -50,8 +55,8 @@ __all__ = [
 ENV = "VISIONTUNE_FAULT"
 
 _FORMS = (
-    "kill-at-batch:EPOCH:BATCH, kill-before-rename:NAME[:COUNT] or kill-after-write:NAME[:COUNT] "
-    "(EPOCH, BATCH and COUNT whole numbers from 1)"
+    "kill-at-batch:EPOCH:BATCH, kill-before-rename:NAME[:COUNT], kill-after-write:NAME[:COUNT] "
+    "(EPOCH, BATCH and COUNT whole numbers from 1) or hold-batch:PATH"
 )
 _WRITE_KINDS = ("kill-before-rename", "kill-after-write")
 
@@ -88,6 +93,8 @@ def parse(value: str | None) -> Fault | None:
     if kind == "kill-at-batch" and len(args) == 2:
         epoch, batch = _number(args[0], "EPOCH", value), _number(args[1], "BATCH", value)
         return Fault(kind, epoch=epoch, batch=batch)
+    if kind == "hold-batch" and args and ":".join(args):
+        return Fault(kind, name=":".join(args))
     if kind in _WRITE_KINDS and len(args) in (1, 2) and args[0]:
         count = _number(args[1], "COUNT", value) if len(args) == 2 else 1
         return Fault(kind, name=args[0], count=count)
@@ -149,3 +156,13 @@ def before_rename(path: str | Path) -> None:
 def after_write(path: str | Path) -> None:
     """Hook in an atomic write to ``path``: renamed into place (committed)."""
     _write_hook("kill-after-write", path)
+
+
+def hold_batch(poll_s: float = 0.01) -> None:
+    """Hook before each forward pass of a server: with ``hold-batch:PATH``, return only once the
+    file PATH exists (the test creates it to let the held requests go on)."""
+    fault = active()
+    if fault is None or fault.kind != "hold-batch":
+        return
+    while not Path(fault.name).exists():
+        time.sleep(poll_s)

@@ -42,6 +42,7 @@ examples:
   visiontune evaluate runs/poses photos/test --json
   visiontune predict runs/poses new_photos/ --top-k 3
   visiontune export runs/poses --format onnx        # one self-contained file, parity-checked
+  visiontune serve runs/poses                       # a web page + JSON API on 127.0.0.1:8000
   visiontune train photos/ --augment strong         # or ops: flip,crop,rotate=15,pca-color=0.1
   visiontune augment-preview photos/ --augment strong --out grid.png   # see what training sees
   visiontune extract photos/ --out embeddings.npz   # backbone embeddings of every image
@@ -61,6 +62,7 @@ from . import (  # noqa: E402
     export,
     features,
     predict,
+    serve,
     train,
 )
 
@@ -72,6 +74,7 @@ COMMANDS = [
     advise,
     evaluate,
     predict,
+    serve,
     export,
     features,
     backbones,

@@ -7,6 +7,9 @@ float images, and truncated files (loaded as far as they go, and reported).
 
 from __future__ import annotations
 
+import io
+import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +17,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-__all__ = ["DecodedImage", "ImageDecodeError", "decode_image", "to_rgb"]
+__all__ = [
+    "DecodedImage",
+    "ImageDecodeError",
+    "decode_bytes",
+    "decode_image",
+    "is_pixel_limit",
+    "to_rgb",
+]
+
+
+_TRUNCATED_SWITCH = threading.Lock()
+_IN_MEMORY = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class ImageDecodeError(Exception):
@@ -56,8 +70,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _open_and_load(path: Path, min_short_side: int | None) -> Image.Image:
-    img = Image.open(path)
+def _open_and_load(source: Path | bytes, min_short_side: int | None) -> Image.Image:
+    img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     if min_short_side and img.format == "JPEG":
         # Decode-time downscaling (by 1/2, 1/4, 1/8) keeping both sides >= the request:
         # several times faster on large photos, and the resize that follows needs no more pixels.
@@ -73,6 +87,25 @@ def decode_image(path: str | Path, *, min_short_side: int | None = None) -> Deco
     Raises ``ImageDecodeError`` with a short reason when the file cannot be decoded at all.
     """
     path = Path(path)
+    return _decode(path, str(path), min_short_side)
+
+
+def decode_bytes(
+    data: bytes, *, name: str = "image", min_short_side: int | None = None
+) -> DecodedImage:
+    """``decode_image`` of a file's bytes (an upload); ``name`` starts the error message."""
+    return _decode(bytes(data), name, min_short_side)
+
+
+def is_pixel_limit(error: ImageDecodeError) -> bool:
+    """Whether ``error`` is Pillow's refusal of an image over its pixel limit
+    (``Image.MAX_IMAGE_PIXELS``: a decompression bomb), not an undecodable file."""
+    return isinstance(
+        error.__cause__, (Image.DecompressionBombWarning, Image.DecompressionBombError)
+    )
+
+
+def _decode(source: Path | bytes, name: str, min_short_side: int | None) -> DecodedImage:
     note = None
     try:
         with warnings.catch_warnings():
@@ -80,17 +113,19 @@ def decode_image(path: str | Path, *, min_short_side: int | None = None) -> Deco
             # ...but an image over Pillow's pixel limit would take gigabytes: refuse, not decode.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                img = _open_and_load(path, min_short_side)
+                img = _open_and_load(source, min_short_side)
             except OSError as exc:
                 if "truncated" not in str(exc):
                     raise
-                # Pillow has only a global switch for this; it is restored right after.
-                previous = ImageFile.LOAD_TRUNCATED_IMAGES
-                ImageFile.LOAD_TRUNCATED_IMAGES = True
-                try:
-                    img = _open_and_load(path, min_short_side)
-                finally:
-                    ImageFile.LOAD_TRUNCATED_IMAGES = previous
+                # Pillow has only a global switch for this; it is restored right after, and
+                # the lock keeps two threads (a server's decoders) from restoring it early.
+                with _TRUNCATED_SWITCH:
+                    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+                    ImageFile.LOAD_TRUNCATED_IMAGES = True
+                    try:
+                        img = _open_and_load(source, min_short_side)
+                    finally:
+                        ImageFile.LOAD_TRUNCATED_IMAGES = previous
                 note = "truncated file: loaded partially"
             img = ImageOps.exif_transpose(img)
             return DecodedImage(to_rgb(img), note)
@@ -98,7 +133,8 @@ def decode_image(path: str | Path, *, min_short_side: int | None = None) -> Deco
     # IndexError, MemoryError...), and one bad file must never end a training run.
     except Exception as exc:  # noqa: BLE001
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageDecodeError(f"{path}: {reason}") from exc
+        reason = _IN_MEMORY.sub("", reason)  # Pillow names the file by repr(); bytes have none
+        raise ImageDecodeError(f"{name}: {reason}") from exc
 
 
 def header_problem(path: str | Path) -> str | None:

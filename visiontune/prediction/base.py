@@ -111,25 +111,52 @@ class Predictor:
         ``none``, ``flip``, ``5crop`` or ``10crop`` (``visiontune.prediction.tta``);
         ``batch_size`` counts views. ``reject_rate``: the share of validation images the
         automatic threshold flags (default: the run's, 5 %)."""
-        reject = check_reject(reject)
-        auto = 1.0 if reject_rate is None else self.threshold_for_rate(check_rate(reject_rate))
+        reject = check_reject(reject)  # both checked before any work
+        if reject_rate is not None:
+            check_rate(reject_rate)
         files = expand_image_paths(paths)
         samples = [Sample(p, -1) for p in files]
         skips = SkipLog()
         out = self._probabilities(
             samples, batch_size=batch_size, workers=workers, progress=progress, skips=skips, tta=tta
         )
+        return self.rows(
+            [str(p) for p in files],
+            out,
+            top_k=top_k,
+            reject=reject,
+            reject_rate=reject_rate,
+            errors=skips.skipped,
+        )
+
+    def decoded_outputs(self, images: Sequence, *, tta: str = "none") -> Outputs:
+        """``Outputs`` of already decoded RGB images (PIL), all in one forward pass (per member
+        and view): what a server that decodes its uploads itself batches together."""
+        raise NotImplementedError
+
+    def rows(
+        self,
+        names: Sequence[str],
+        out: Outputs,
+        *,
+        top_k: int = 1,
+        reject: str | float | None = None,
+        reject_rate: float | None = None,
+        errors: dict[str, str] | None = None,
+    ) -> list[dict]:
+        """``predict``'s rows, one per name, from ``out`` (whose ``indices`` point into
+        ``names``); a name without an output row gets ``error`` (from ``errors``)."""
+        reject = check_reject(reject)
+        auto = 1.0 if reject_rate is None else self.threshold_for_rate(check_rate(reject_rate))
         threshold = _threshold(reject, out, auto)
         k = max(1, min(top_k, len(self.labels)))
-        rows = {int(i): j for j, i in enumerate(out.indices.tolist())}
+        found = {int(i): j for j, i in enumerate(out.indices.tolist())}
         results = []
-        for i, path in enumerate(files):
-            if i not in rows:
-                results.append(
-                    {"path": str(path), "error": skips.skipped.get(str(path), "unreadable")}
-                )
-                continue
-            results.append(self._row(str(path), out, rows[i], k, threshold))
+        for i, name in enumerate(names):
+            if i in found:
+                results.append(self._row(name, out, found[i], k, threshold))
+            else:
+                results.append({"path": name, "error": (errors or {}).get(name, "unreadable")})
         return results
 
     def _row(self, path: str, out: Outputs, j: int, k: int, threshold: float | None) -> dict:

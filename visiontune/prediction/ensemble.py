@@ -127,18 +127,27 @@ class Ensemble(Predictor):
             )
             for member in self.members
         ]
-        rows = [{int(i): j for j, i in enumerate(o.indices.tolist())} for o in outputs]
-        # A file one member could not decode (members may decode at different sizes) is left
-        # out for all, so every kept image is an average over every member.
-        kept = sorted(set.intersection(*(set(r) for r in rows)))
-        if not kept:
-            return Outputs(np.zeros((0, len(self.labels))), np.zeros(0, dtype=np.int64))
-        picks = [[r[i] for i in kept] for r in rows]
-        mean = np.mean([o.probs[p] for o, p in zip(outputs, picks, strict=True)], axis=0)
-        unknown = None  # each member's normalised score has threshold 1: their mean does too
-        if all(o.unknown is not None for o in outputs):
-            unknown = np.mean([o.unknown[p] for o, p in zip(outputs, picks, strict=True)], axis=0)
-        return Outputs(mean, np.asarray(kept, dtype=np.int64), unknown)
+        return _mean(outputs, len(self.labels))
+
+    def decoded_outputs(self, images: Sequence, *, tta: str = "none") -> Outputs:
+        outputs = [member.decoded_outputs(images, tta=tta) for member in self.members]
+        return _mean(outputs, len(self.labels))
+
+
+def _mean(outputs: Sequence[Outputs], classes: int) -> Outputs:
+    """The members' outputs averaged over the images every member could decode."""
+    rows = [{int(i): j for j, i in enumerate(o.indices.tolist())} for o in outputs]
+    # A file one member could not decode (members may decode at different sizes) is left
+    # out for all, so every kept image is an average over every member.
+    kept = sorted(set.intersection(*(set(r) for r in rows)))
+    if not kept:
+        return Outputs(np.zeros((0, classes)), np.zeros(0, dtype=np.int64))
+    picks = [[r[i] for i in kept] for r in rows]
+    mean = np.mean([o.probs[p] for o, p in zip(outputs, picks, strict=True)], axis=0)
+    unknown = None  # each member's normalised score has threshold 1: their mean does too
+    if all(o.unknown is not None for o in outputs):
+        unknown = np.mean([o.unknown[p] for o, p in zip(outputs, picks, strict=True)], axis=0)
+    return Outputs(mean, np.asarray(kept, dtype=np.int64), unknown)
 
 
 def is_ensemble_folder(folder: str | Path) -> bool:

@@ -50,6 +50,7 @@ __all__ = [
     "COLORMAP",
     "centre_crop",
     "check_explainable",
+    "explain_decoded",
     "explain_images",
     "gradcam",
     "overlay",
@@ -234,10 +235,33 @@ def explain_images(
         if not crops:
             continue
         wanted = torch.tensor([index.get((classes or {}).get(p, ""), -1) for p in crops])
-        stacked = torch.stack(list(crops.values()))
-        for (path, crop), cam in zip(crops.items(), _maps(members, stacked, wanted), strict=True):
-            image = overlay(crop.permute(1, 2, 0).numpy(), upsample(cam, spec.size))
+        for path, image in zip(
+            crops, _overlays(members, list(crops.values()), wanted), strict=True
+        ):
             target = out / names[path]
             atomic_write(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
             written[path] = target
     return written
+
+
+def explain_decoded(
+    model: Predictor, images: Sequence, classes: Sequence[int] | None = None
+) -> list[Image.Image]:
+    """``explain_images`` of already decoded RGB images (PIL): one overlay per image, of the
+    class index ``classes[i]`` (default: the top class), returned instead of written."""
+    members = check_explainable(model)
+    geometry = eval_geometry(members[0].preprocess)
+    crops = [geometry(image).as_subclass(torch.Tensor) for image in images]
+    wanted = torch.tensor(list(classes) if classes is not None else [-1] * len(crops))
+    return _overlays(members, crops, wanted)
+
+
+def _overlays(
+    members: list[TrainedModel], crops: list[torch.Tensor], wanted: torch.Tensor
+) -> list[Image.Image]:
+    size = members[0].preprocess.size
+    cams = _maps(members, torch.stack(crops), wanted)
+    return [
+        overlay(crop.permute(1, 2, 0).numpy(), upsample(cam, size))
+        for crop, cam in zip(crops, cams, strict=True)
+    ]

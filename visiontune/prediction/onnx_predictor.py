@@ -14,6 +14,7 @@ the exported file and the data transforms only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,19 @@ class OnnxModel(Predictor):
         feed = {INPUT_NAME: np.ascontiguousarray(images)}
         return self.session.run([UNKNOWN_NAME], feed)[0]
 
+    def decoded_outputs(self, images: Sequence, *, tta: str = "none") -> Outputs:
+        self.passes_per_image(tta)
+        geometry = eval_geometry(self.preprocess)
+        batch = np.stack([geometry(image).numpy() for image in images])
+        return self._outputs(batch, np.arange(len(images)))
+
+    def _outputs(self, images: np.ndarray, indices: np.ndarray) -> Outputs:
+        """The graph's probabilities (and unknown scores, where it has them) of a uint8 batch."""
+        unknown = None
+        if self.metadata.unknown is not None:
+            unknown = self.unknown_scores(images).astype(np.float64)
+        return Outputs(self.run(images), indices, unknown)
+
     def _probabilities(
         self,
         samples: list[Sample],
@@ -105,20 +119,17 @@ class OnnxModel(Predictor):
             from tqdm import tqdm
 
             loader = tqdm(loader, desc="predict", unit="batch", leave=False)
-        probs, indices, unknown = [], [], []
+        parts = []
         for batch in loader:
             skips.record(batch)
             if len(batch.indices):
-                images = batch.images.numpy()
-                probs.append(self.run(images))
-                indices.append(batch.indices.numpy())
-                if self.metadata.unknown is not None:
-                    unknown.append(self.unknown_scores(images))
-        if not probs:
+                parts.append(self._outputs(batch.images.numpy(), batch.indices.numpy()))
+        if not parts:
             empty = np.zeros((0, len(self.labels)), dtype=np.float32)
             return Outputs(empty, np.zeros(0, dtype=np.int64))
-        scores = np.concatenate(unknown).astype(np.float64) if unknown else None
-        return Outputs(np.concatenate(probs), np.concatenate(indices), scores)
+        unknown = None if parts[0].unknown is None else np.concatenate([o.unknown for o in parts])
+        probs = np.concatenate([o.probs for o in parts])
+        return Outputs(probs, np.concatenate([o.indices for o in parts]), unknown)
 
     def labelled_predictions(self, folder: str | Path, **_options):
         # What ``evaluate(..., report=DIR)`` calls; the report also shows the run's training

@@ -106,6 +106,13 @@ class TrainedModel(Predictor):
         out = self._scored()(batch[:, None].to(self.device)).float().cpu().numpy()  # one view
         return self._split(out)
 
+    @torch.inference_mode()
+    def decoded_outputs(self, images: Sequence, *, tta: str = "none") -> Outputs:
+        views = TTAViews(self.preprocess, tta)
+        batch = torch.stack([views(image) for image in images]).to(self.device)
+        probs, unknown = self._split(self._scored()(batch).float().cpu().numpy())
+        return Outputs(probs, np.arange(len(images)), unknown)
+
     def _scored(self) -> ScoredViews:
         return ScoredViews(self.model, temperature=self.temperature, detector=self.detector)
 
