@@ -568,3 +568,16 @@ def test_accepted_connections_have_nagle_off():
         return value
 
     assert asyncio.run(accepted_nodelay()) == 1
+
+
+def test_the_card_links_an_evaluation_report_in_the_run_folder(tiny_runs):
+    from fastapi.testclient import TestClient
+
+    data, runs = tiny_runs
+    visiontune.evaluate(runs[1], data / "test", report=runs[1] / "report")
+    with TestClient(create_app(visiontune.load(runs[1]))) as client:
+        card = client.get("/model").json()
+        assert card["reports"] == ["/reports/0/"]
+        page = client.get("/reports/0/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        assert client.get("/reports/0/metrics.json").json()["num_images"] == 4
