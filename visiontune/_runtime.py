@@ -18,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["configure_threads", "process_started", "resolve_device", "tune_allocator"]
+__all__ = [
+    "configure_threads",
+    "process_started",
+    "release_free_memory",
+    "resolve_device",
+    "tune_allocator",
+]
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
@@ -43,6 +49,19 @@ def tune_allocator(*, mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 
     except (OSError, AttributeError):
         pass  # not glibc (musl, macOS): nothing to tune
     return _TUNED
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``), which the tuned
+    thresholds otherwise keep: a long-running server calls it when idle, so memory freed after
+    a burst of batches of every size does not stay with the process. True if it ran."""
+    if not _TUNED:
+        return False
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def resolve_device(name: str = "auto") -> torch.device:

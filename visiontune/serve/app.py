@@ -108,6 +108,7 @@ def _add_api(app: FastAPI, service: Service, config: ServeConfig, card: dict) ->
             "status": "ok",
             "in_flight": service.in_flight,
             "waiting_images": service.batcher.waiting,
+            "idle": service.batcher.released,
             **service.batcher.stats.to_dict(),
         }
 

@@ -12,6 +12,11 @@ images are on their way (being decoded) - a lone request goes at once; while a p
 images that arrive meanwhile make up the next batch without any wait. Images with different
 keys (another ``tta``) never share a pass. The technique is TorchServe's and Triton's dynamic
 batching; they are servers of their own, so the few lines are written here on asyncio.
+
+``on_idle`` runs on the model's thread once the queue has been empty for ``IDLE_S``, and after
+``BUSY_S`` of passes without such a pause: the server hands freed memory back to the OS there
+(``_runtime.release_free_memory``). Without it, batches of every size from 1 to ``max_batch``
+leave the tuned heap fragmented, and the process grew by ~350 MB over 3,200 yoga requests.
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from .. import _faults
 
 __all__ = ["BatchStats", "MicroBatcher", "ModelThread", "QueueFull"]
+
+IDLE_S = 1.0  # a pause this long ends a burst
+BUSY_S = 10.0  # the longest run of passes between two on_idle calls
 
 
 class QueueFull(Exception):
@@ -76,6 +85,7 @@ class BatchStats:
     batches: int = 0
     images: int = 0
     largest: int = 0
+    idle_calls: int = 0
 
     def to_dict(self) -> dict:
         mean = self.images / self.batches if self.batches else 0.0
@@ -84,6 +94,7 @@ class BatchStats:
             "images": self.images,
             "mean_batch": round(mean, 2),
             "largest_batch": self.largest,
+            "memory_releases": self.idle_calls,
         }
 
 
@@ -108,12 +119,20 @@ class MicroBatcher:
         max_wait_s: float,
         max_queue: int,
         coming: Callable[[], int] = lambda: 1,
+        on_idle: Callable[[], object] | None = None,
     ):
-        self.run, self.worker, self.coming = run, worker, coming
+        self.run, self.worker, self.coming, self.on_idle = run, worker, coming, on_idle
+        self._idle_done = True  # nothing ran since the last on_idle call
+        self._last_idle = time.monotonic()
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
+
+    @property
+    def released(self) -> bool:
+        """Whether ``on_idle`` has run since the last pass (the server is idle and trimmed)."""
+        return self._idle_done
 
     @property
     def waiting(self) -> int:
@@ -151,7 +170,7 @@ class MicroBatcher:
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            batch = [await self._first()]
             deadline = loop.time() + self.max_wait_s
             while len(batch) < self.max_batch:
                 if not self._queue.empty():  # arrived while the last pass ran: no waiting
@@ -165,6 +184,26 @@ class MicroBatcher:
                 except asyncio.TimeoutError:  # noqa: UP041 - builtin only from 3.11
                     break
             await self._run(batch)
+            self._idle_done = False
+            if time.monotonic() - self._last_idle > BUSY_S:
+                await self._idle()
+
+    async def _first(self) -> _Pending:
+        """The next image; on the way, ``on_idle`` once the queue has been empty ``IDLE_S``."""
+        if self.on_idle is None or self._idle_done:
+            return await self._queue.get()
+        try:
+            return await asyncio.wait_for(self._queue.get(), IDLE_S)
+        except asyncio.TimeoutError:  # noqa: UP041 - builtin only from 3.11
+            await self._idle()
+            return await self._queue.get()
+
+    async def _idle(self) -> None:
+        try:
+            await self.worker.call(self.on_idle)
+        finally:
+            self._idle_done, self._last_idle = True, time.monotonic()
+            self.stats.idle_calls += 1
 
     async def _run(self, batch: list[_Pending]) -> None:
         groups: dict[Hashable, list[_Pending]] = {}

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from .._runtime import release_free_memory
 from ..data.images import ImageDecodeError, decode_bytes, is_pixel_limit
 from ..data.transforms import decode_size
 from ..errors import VisiontuneError
@@ -92,6 +93,7 @@ class Service:
             max_wait_s=config.max_wait_ms / 1000,
             max_queue=config.max_queue,
             coming=lambda: self.decoding,
+            on_idle=release_free_memory,
         )
         self.decoding = 0  # uploads being decoded: the batcher waits for them, not for others
         self._decoders: anyio.CapacityLimiter | None = None  # made on the event loop
