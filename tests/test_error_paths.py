@@ -99,6 +99,8 @@ CASES = [
     ("export", "listrun", ERROR),
     ("export", "badrun --format bogus", USAGE),
     ("export", "badrun --tolerance x", USAGE),
+    ("export", "badrun --quantize int4", USAGE),
+    ("export", "badrun --max-drop x", USAGE),
     ("extract", f"nope --out e.npz {T}", ERROR),
     ("extract", f"afile.txt --out e.npz {T}", ERROR),
     ("extract", f"empty --out e.npz {T}", ERROR),

@@ -393,40 +393,73 @@ def export(
     out: str | Path | None = None,
     tolerance: float | None = None,
     max_images: int | None = None,
+    quantize: str = "none",
+    max_drop: float | None = None,
+    min_speedup: float = 1.0,
 ) -> ExportReport:
-    """Export the model of ``run`` to ``out`` (default ``RUN/model.onnx`` or
-    ``RUN/model.torchscript.pt``; a folder gets that name inside it): uint8 RGB crops in, class
+    """Export the model of ``run`` to ``out`` (default ``RUN/model.onnx``, ``RUN/model.int8.onnx``
+    or ``RUN/model.torchscript.pt``; a folder gets that name inside it): uint8 RGB crops in, class
     probabilities out, class names and preprocessing embedded. It is first compared with the run's
     own model on up to ``max_images`` of its images; a difference above ``tolerance`` raises
     ``ExportError`` and writes nothing. Defaults: ``exporting.parity.TOLERANCE`` (1e-4) and
-    ``MAX_IMAGES``."""
+    ``MAX_IMAGES``. ``quantize="int8"`` (ONNX) then quantizes the checked graph and writes it only
+    if, on the run's validation split, it loses at most ``max_drop`` points (default 0.5) and runs
+    at least ``min_speedup`` times as fast as the fp32 file here (``exporting.quantize``)."""
     from . import _runtime
     from .exporting.exporter import check_format, default_export_name, export_model
     from .exporting.parity import MAX_IMAGES, TOLERANCE
     from .prediction.predictor import TrainedModel
 
     check_format(format)
+    int8 = _check_quantize(quantize, format)
     _runtime.tune_allocator()
     trained = TrainedModel.from_run(run)
     model, labels, config = trained.model, trained.labels, trained.config
-    target = Path(run) / default_export_name(format) if out is None else Path(out)
+    name = "model.int8.onnx" if int8 else default_export_name(format)
+    target = Path(run) / name if out is None else Path(out)
     if target.is_dir():
-        target = target / default_export_name(format)
+        target = target / name
     check_writable_file(target, "export --out")  # before the parity check: a bad target fails fast
-    data = (config.get("training") or {}).get("data")
-    tolerance = TOLERANCE if tolerance is None else tolerance
-    max_images = MAX_IMAGES if max_images is None else max_images
-    return export_model(
-        model,
-        labels,
-        format=format,
-        out=target,
-        data=data,
-        tolerance=tolerance,
-        max_images=max_images,
-        temperature=trained.temperature,
-        detector=trained.detector,
-    )
+    options = {
+        "format": format,
+        "data": (config.get("training") or {}).get("data"),
+        "tolerance": TOLERANCE if tolerance is None else tolerance,
+        "max_images": MAX_IMAGES if max_images is None else max_images,
+        "temperature": trained.temperature,
+        "detector": trained.detector,
+    }
+    if not int8:
+        return export_model(model, labels, out=target, **options)
+    from .exporting.quantize import MAX_DROP, quantize_onnx, run_crops
+
+    calibration, validation = run_crops(config, trained.preprocess)
+    fp32 = target.with_name(target.name + ".fp32.partial")
+    try:
+        report = export_model(model, labels, out=fp32, **options)
+        gate = quantize_onnx(
+            fp32,
+            target,
+            calibration=calibration,
+            validation=validation,
+            max_drop=MAX_DROP if max_drop is None else max_drop,
+            min_speedup=min_speedup,
+        )
+    finally:
+        fp32.unlink(missing_ok=True)
+    quantization = gate.to_dict()
+    return replace(report, path=target, size_bytes=target.stat().st_size, quantization=quantization)
+
+
+def _check_quantize(quantize: str, format: str) -> bool:
+    from .choices import QUANTIZE_MODES
+
+    if quantize not in QUANTIZE_MODES:
+        raise VisiontuneError(
+            f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}"
+        )
+    if quantize == "int8" and format != "onnx":
+        raise VisiontuneError("--quantize int8 is for ONNX exports (onnxruntime's quantization)")
+    return quantize == "int8"
 
 
 def extract(

@@ -10,6 +10,7 @@ __all__ = [
     "BALANCE_MODES",
     "DEVICES",
     "EXPORT_FORMATS",
+    "QUANTIZE_MODES",
     "HEAD_SOLVERS",
     "PREDICTION_FORMATS",
     "STRATEGIES",
@@ -30,5 +31,6 @@ DEVICES = ("auto", "cpu", "cuda")
 TTA_MODES = ("none", "flip", "5crop", "10crop")
 # ``visiontune export --format``.
 EXPORT_FORMATS = ("onnx", "torchscript")
+QUANTIZE_MODES = ("none", "int8")  # export --quantize: int8 is ONNX only, gated
 # ``visiontune predict --format``.
 PREDICTION_FORMATS = ("table", "csv", "json")

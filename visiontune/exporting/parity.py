@@ -70,13 +70,23 @@ class ExportReport:
     top1_agreement: float  # fraction of images with the same top-1 class
     size_bytes: int
     max_unknown_diff: float | None = None  # of the unknown score, when the export carries it
+    quantization: dict | None = None  # an int8 file: its gate (``exporting.quantize``)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"wrote {self.path} ({self.format}, {self.size_bytes / 1e6:.1f} MB); parity with the "
             f"eager model on {self.inputs}: max |dp| = {self.max_abs_diff:.2e} (tolerance "
             f"{self.tolerance:.0e}), same top-1 on {self.top1_agreement:.0%}"
         )
+        q = self.quantization
+        if q:
+            text += (
+                f"; int8 (the fp32 graph's parity above): validation accuracy "
+                f"{100 * q['fp32_accuracy']:.2f} % -> {100 * q['int8_accuracy']:.2f} % on "
+                f"{q['images']} images, same top-1 on {q['agreement']:.1%}, "
+                f"{q['speedup']:.2f}x the fp32 file's speed here ({', '.join(q['instructions'])})"
+            )
+        return text
 
 
 def _pick_evenly(paths: list[Path], count: int) -> list[Path]:

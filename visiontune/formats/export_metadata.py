@@ -50,7 +50,7 @@ INPUT_DESCRIPTION = (
 OUTPUT_DESCRIPTION = "float32 (batch, classes): softmax probabilities in the order of 'classes'"
 
 # the rest are plain strings
-_JSON_FIELDS = ("format_version", "classes", "preprocess", "temperature", "unknown")
+_JSON_FIELDS = ("format_version", "classes", "preprocess", "temperature", "unknown", "quantization")
 _REQUIRED = ("format_version", "classes", "preprocess", "weights_sha256")
 
 
@@ -70,6 +70,8 @@ class ExportMetadata:
     temperature: float = 1.0  # divides the logits inside the graph (calibration)
     # {"output": UNKNOWN_NAME, "threshold": 1.0, "rate": ...} when the graph scores unknown images
     unknown: dict | None = None
+    # {"type": "int8-static-qdq", ...the gate's measurements} for a quantized export
+    quantization: dict | None = None
 
     @property
     def labels(self) -> LabelMap:
@@ -84,6 +86,8 @@ class ExportMetadata:
         }
         if self.temperature != 1.0 or self.unknown is not None:  # older exports had neither
             meaning["trust"] = {"temperature": self.temperature, "unknown": self.unknown}
+        if self.quantization is not None:
+            meaning["quantization"] = self.quantization
         return meaning_digest(meaning)
 
     def sealed(self, weights_sha256: str) -> ExportMetadata:
@@ -104,6 +108,7 @@ class ExportMetadata:
             "content_sha256": self.content_sha256,
             "temperature": self.temperature,
             **({"unknown": self.unknown} if self.unknown is not None else {}),
+            **({"quantization": self.quantization} if self.quantization is not None else {}),
         }
 
     def to_strings(self) -> dict[str, str]:
@@ -139,6 +144,7 @@ class ExportMetadata:
             format_version=version,
             temperature=_temperature(data.get("temperature", 1.0), source),
             unknown=_unknown(data.get("unknown"), source),
+            quantization=_quantization(data.get("quantization"), source),
         )
         if "content_sha256" in data and meta.content_sha256 != meta.expected_content_sha256():
             raise BundleError(
@@ -175,6 +181,12 @@ def _unknown(value, source: str) -> dict | None:
         return None
     if not isinstance(value, dict) or value.get("output") != UNKNOWN_NAME:
         raise BundleError(f"{source}: metadata 'unknown' must name the {UNKNOWN_NAME} output")
+    return value
+
+
+def _quantization(value, source: str) -> dict | None:
+    if value is not None and not isinstance(value, dict):
+        raise BundleError(f"{source}: metadata 'quantization' must be a JSON object")
     return value
 
 

@@ -1,0 +1,114 @@
+"""int8 against fp32 ONNX on yoga: speed of the graph and of ``predict``, and accuracy.
+
+    python benchmarks/int8.py [--run RUN] [--rounds 3]
+
+One yoga run (``head``, Lite0; trained into ``--work`` when ``--run`` is not given) is exported
+twice: ``visiontune export RUN`` (fp32) and ``--quantize int8`` (its gate's validation numbers
+are reported as measured during the export). Then, alternating fp32 and int8, round after
+round: the graph alone on a batch of 32 eval crops (onnxruntime, this process), and
+``predict`` on every yoga TEST file through ``visiontune.load(FILE)`` (decoding in its loader's
+worker processes included). TEST accuracy of each file from ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import YOGA, write_section  # noqa: E402
+from serve import yoga_run  # noqa: E402
+
+
+def _graph_speed(model, crops: np.ndarray, repeats: int = 5) -> float:
+    model.run(crops)  # warm
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model.run(crops)
+    return repeats * len(crops) / (time.perf_counter() - start)
+
+
+def _predict_speed(model, paths: list[Path]) -> float:
+    start = time.perf_counter()
+    model.predict(paths, batch_size=32)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def measure(run: Path, rounds: int) -> tuple[dict, dict]:
+    import visiontune
+    from visiontune.exporting.quantize import run_crops
+    from visiontune.prediction.predictor import TrainedModel
+
+    fp32_report = visiontune.export(run, out=run / "model.onnx")
+    int8_report = visiontune.export(run, quantize="int8")
+    models = {"fp32": visiontune.load(fp32_report.path), "int8": visiontune.load(int8_report.path)}
+    trained = TrainedModel.from_run(run)
+    crops = run_crops(trained.config, trained.preprocess, validation=32)[1][0]
+    paths = sorted(p for p in (YOGA / "TEST").rglob("*") if p.is_file())
+    speeds: dict = {(name, kind): [] for name in models for kind in ("graph", "predict")}
+    for r in range(rounds):
+        for name, model in models.items():
+            speeds[(name, "graph")].append(_graph_speed(model, crops))
+            speeds[(name, "predict")].append(_predict_speed(model, paths))
+            print(f"round {r + 1} {name}: {speeds[(name, 'predict')][-1]:.1f} img/s", flush=True)
+    accuracy = {name: m.evaluate(YOGA / "TEST")["accuracy"] for name, m in models.items()}
+    sizes = {"fp32": fp32_report.size_bytes, "int8": int8_report.size_bytes}
+    return {k: statistics.median(v) for k, v in speeds.items()}, {
+        "accuracy": accuracy,
+        "gate": int8_report.quantization,
+        "sizes": sizes,
+    }
+
+
+def body(speeds: dict, facts: dict, rounds: int) -> str:
+    gate = facts["gate"]
+    rows = [
+        "| file | size | graph, batch 32 | `predict` on TEST (467 files) | TEST accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("fp32", "int8"):
+        rows.append(
+            f"| {name} | {facts['sizes'][name] / 1e6:.1f} MB | {speeds[(name, 'graph')]:.1f} img/s "
+            f"| {speeds[(name, 'predict')]:.1f} img/s | {100 * facts['accuracy'][name]:.2f} % |"
+        )
+    graph = speeds[("int8", "graph")] / speeds[("fp32", "graph")]
+    predict = speeds[("int8", "predict")] / speeds[("fp32", "predict")]
+    drop = 100 * (facts["accuracy"]["fp32"] - facts["accuracy"]["int8"])
+    return (
+        "## int8 ONNX export (yoga `head` run, Lite0)\n\n"
+        "`visiontune export RUN --quantize int8`: onnxruntime static quantization (QDQ, "
+        "per-channel int8 weights, uint8 activations calibrated on 128 training images) of the "
+        "backbone's body; head, softmax and unknown score float32. Medians over "
+        f"{rounds} alternating rounds.\n\n" + "\n".join(rows) + "\n\n"
+        f"int8 / fp32: **{graph:.2f}x** the graph's speed, {predict:.2f}x `predict`'s (which "
+        f"also decodes and crops every photo); TEST accuracy {drop:+.2f} points "
+        f"(fp32 minus int8). The export's gate, on the run's {gate['images']} validation "
+        f"images: accuracy {100 * gate['fp32_accuracy']:.2f} % -> "
+        f"{100 * gate['int8_accuracy']:.2f} %, same top-1 on {100 * gate['agreement']:.1f} %, "
+        f"{gate['speedup']:.2f}x measured during the export. CPU int8 instructions: "
+        f"{', '.join(gate['instructions'])}. Quantizing the convolutions alone (a dequantize and "
+        "quantize around every ReLU6 and addition) measured 0.65-0.94x during development, "
+        "so the body is quantized whole."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=Path("/work/bench/serve"))
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    run = args.run or yoga_run(args.work)
+    speeds, facts = measure(run, args.rounds)
+    text = body(speeds, facts, args.rounds)
+    write_section("int8", text, command="python benchmarks/int8.py")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
