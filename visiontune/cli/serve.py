@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from ..serve.config import ServeConfig
 from .evaluate import split_runs
@@ -15,54 +16,53 @@ def _default(name: str) -> str:
     return f"(default: {ServeConfig.default(name)})"
 
 
-def _add_limits(p) -> None:
-    p.add_argument(
+# (flag, ServeConfig field, type, metavar, help): each limit's default comes from ServeConfig
+_LIMITS = (
+    (
         "--max-batch",
-        type=int,
-        default=ServeConfig.default("max_batch"),
-        help="images from concurrent requests sharing one forward pass; 1 turns batching "
-        f"off {_default('max_batch')}",
-    )
-    p.add_argument(
+        "max_batch",
+        int,
+        "N",
+        "images from concurrent requests sharing one forward pass; 1 turns batching off",
+    ),
+    (
         "--max-wait-ms",
-        type=float,
-        default=ServeConfig.default("max_wait_ms"),
-        help="how long the first image of a batch waits for others (while a pass runs, the "
-        f"next batch fills without waiting) {_default('max_wait_ms')}",
-    )
-    p.add_argument(
-        "--decode-threads",
-        type=int,
-        default=ServeConfig.default("decode_threads"),
-        help=f"uploads decoded at once; 0: one per core {_default('decode_threads')}",
-    )
-    p.add_argument(
+        "max_wait_ms",
+        float,
+        "MS",
+        "how long the first image of a batch waits for others still being decoded (while a "
+        "pass runs, the next batch fills without waiting)",
+    ),
+    ("--decode-threads", "decode_threads", int, "N", "uploads decoded at once; 0: one per core"),
+    (
         "--max-queue",
-        type=int,
-        default=ServeConfig.default("max_queue"),
-        help="images waiting for the model; past it requests get 503 at once "
-        f"{_default('max_queue')}",
-    )
-    p.add_argument(
-        "--max-upload-mb",
-        type=float,
-        default=ServeConfig.default("max_upload_mb"),
-        help=f"largest request body; larger ones get 413 {_default('max_upload_mb')}",
-    )
-    p.add_argument(
-        "--max-files",
-        type=int,
-        default=ServeConfig.default("max_files"),
-        help=f"images in one request {_default('max_files')}",
-    )
-    p.add_argument(
+        "max_queue",
+        int,
+        "N",
+        "images waiting for the model; past it requests get 503 at once",
+    ),
+    ("--max-upload-mb", "max_upload_mb", float, "MB", "largest request body; larger ones get 413"),
+    ("--max-files", "max_files", int, "N", "images in one request"),
+    (
         "--graceful-timeout",
-        type=float,
-        default=ServeConfig.default("graceful_timeout_s"),
-        metavar="SECONDS",
-        help="on Ctrl-C/SIGTERM: time in-flight requests get to finish "
-        f"{_default('graceful_timeout_s')}",
-    )
+        "graceful_timeout_s",
+        float,
+        "SECONDS",
+        "on Ctrl-C/SIGTERM: time in-flight requests get to finish",
+    ),
+)
+
+
+def _add_limits(p) -> None:
+    for flag, name, kind, metavar, text in _LIMITS:
+        p.add_argument(
+            flag,
+            dest=name,
+            type=kind,
+            metavar=metavar,
+            default=ServeConfig.default(name),
+            help=textwrap.fill(f"{text} {_default(name)}", 64),  # raw help: wrapped here
+        )
 
 
 def _add_serve(sub) -> None:
@@ -114,17 +114,8 @@ def _add_serve(sub) -> None:
 
 
 def _run_serve(args) -> int:
-    config = ServeConfig(
-        host=args.host,
-        port=args.port,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue,
-        decode_threads=args.decode_threads,
-        max_upload_mb=args.max_upload_mb,
-        max_files=args.max_files,
-        graceful_timeout_s=args.graceful_timeout,
-    )
+    limits = {name: getattr(args, name) for _, name, *_ in _LIMITS}
+    config = ServeConfig(host=args.host, port=args.port, **limits)
     from ..api import load
     from ..serve import create_app, run_server
 

@@ -5,16 +5,6 @@
 const $ = (id) => document.getElementById(id);
 let card = null;
 
-function element(tag, attrs = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "text") node.textContent = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.appendChild(child);
-  return node;
-}
-
 async function loadCard() {
   const response = await fetch("/model");
   card = await response.json();

@@ -1,16 +1,6 @@
 // visiontune serve: the model card page, drawn from GET /model.
 "use strict";
 
-function element(tag, attrs = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "text") node.textContent = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.appendChild(child);
-  return node;
-}
-
 const percent = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(2)} %`);
 const plain = (x) => (x === null || x === undefined ? "–" :
   typeof x === "object" ? JSON.stringify(x) : String(x));
