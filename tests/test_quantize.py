@@ -37,6 +37,8 @@ def test_an_int8_file_is_written_sealed_and_predicts(run):
     assert report.path == run / "model.int8.onnx" and report.path.is_file()
     gate = report.quantization
     assert gate["images"] == 20 and 0 <= gate["agreement"] <= 1 and gate["speedup"] > 0
+    assert all(0 <= share <= 1 for share in gate["flagged"])  # the run scores unknown images
+    assert "flagged unknown on validation" in report.summary()
     _, proto, meta = read_onnx(report.path)
     assert meta.quantization["type"] == "int8-static-qdq"
     ops = {n.op_type for n in proto.graph.node}

@@ -86,6 +86,11 @@ class ExportReport:
                 f"{q['images']} images, same top-1 on {q['agreement']:.1%}, "
                 f"{q['speedup']:.2f}x the fp32 file's speed here ({', '.join(q['instructions'])})"
             )
+            if q["flagged"][0] is not None:
+                text += (
+                    f"; flagged unknown on validation: fp32 {q['flagged'][0]:.1%}, "
+                    f"int8 {q['flagged'][1]:.1%}"
+                )
         return text
 
 

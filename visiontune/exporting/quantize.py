@@ -32,7 +32,7 @@ import onnx
 
 from .._io import atomic_write
 from ..errors import ExportError
-from ..formats.export_metadata import INPUT_NAME, OUTPUT_NAME, ExportMetadata
+from ..formats.export_metadata import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME, ExportMetadata
 from ..formats.onnx_reader import onnx_digest, read_onnx
 
 __all__ = ["MAX_DROP", "Int8Gate", "cpu_int8_instructions", "quantize_onnx", "run_crops"]
@@ -72,6 +72,9 @@ class Int8Gate:
     max_drop: float
     min_speedup: float = 1.0
     instructions: tuple[str, ...] = ()
+    # validation images flagged unknown by (fp32, int8): reported, since the rejection
+    # threshold was set on fp32 features (None: the graph has no unknown score)
+    flagged: tuple[float | None, float | None] = (None, None)
 
     @property
     def drop(self) -> float:
@@ -104,6 +107,7 @@ class Int8Gate:
             **asdict(self),
             "drop_points": round(self.drop, 3),
             "instructions": list(self.instructions),
+            "flagged": list(self.flagged),
         }
 
 
@@ -165,12 +169,19 @@ def _session(proto: onnx.ModelProto):
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def _predict(session, images: np.ndarray, batch: int = 32) -> np.ndarray:
+def _predict(session, images: np.ndarray, batch: int = 32, output: str = OUTPUT_NAME) -> np.ndarray:
     parts = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch]})[0]
+        session.run([output], {INPUT_NAME: images[i : i + batch]})[0]
         for i in range(0, len(images), batch)
     ]
     return np.concatenate(parts)
+
+
+def _flagged(session, images: np.ndarray) -> float | None:
+    """The share of ``images`` the graph's unknown score flags (above 1), None without one."""
+    if UNKNOWN_NAME not in {o.name for o in session.get_outputs()}:
+        return None
+    return float((_predict(session, images, output=UNKNOWN_NAME) > 1.0).mean())
 
 
 def _speedup(fp32, int8, images: np.ndarray) -> float:
@@ -205,6 +216,7 @@ def measure_gate(
         agreement=float((before == after).mean()),
         images=len(labels),
         speedup=_speedup(fp32_session, int8_session, images),
+        flagged=(_flagged(fp32_session, images), _flagged(int8_session, images)),
         max_drop=max_drop,
         min_speedup=min_speedup,
         instructions=tuple(cpu_int8_instructions()),
