@@ -39,6 +39,7 @@ __all__ = [
     "check_parity",
     "check_unknown_parity",
     "parity_inputs",
+    "pick_evenly",
     "reference_outputs",
 ]
 
@@ -94,11 +95,11 @@ class ExportReport:
         return text
 
 
-def _pick_evenly(paths: list[Path], count: int) -> list[Path]:
-    """Up to ``count`` paths spread over the sorted list, so every class folder is likely hit."""
-    if len(paths) <= count:
-        return paths
-    return [paths[i] for i in np.linspace(0, len(paths) - 1, count).round().astype(int)]
+def pick_evenly(items: list, count: int) -> list:
+    """Up to ``count`` items spread over the sorted list, so every class folder is likely hit."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).round().astype(int)]
 
 
 def _as_inputs(images: list, spec: PreprocessSpec, source: str) -> ParityInputs:
@@ -112,7 +113,7 @@ def _as_inputs(images: list, spec: PreprocessSpec, source: str) -> ParityInputs:
 
 def _real_inputs(data: Path, spec: PreprocessSpec, max_images: int) -> ParityInputs | None:
     decoded = []
-    for path in _pick_evenly(list_images(data), max_images * 2):  # spares, for undecodable files
+    for path in pick_evenly(list_images(data), max_images * 2):  # spares, for undecodable files
         try:
             decoded.append(decode_image(path, min_short_side=decode_size(spec)).image)
         except ImageDecodeError:
@@ -159,7 +160,8 @@ def reference_outputs(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """What the export must reproduce: the run's predictor's probabilities (and unknown
     scores, where it has them) on the same decoded images."""
-    return predictor.image_outputs(inputs.decoded)
+    out = predictor.decoded_outputs(inputs.decoded)
+    return out.probs, out.unknown
 
 
 def check_unknown_parity(

@@ -34,6 +34,7 @@ from .._io import atomic_write
 from ..errors import ExportError
 from ..formats.export_metadata import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME, ExportMetadata
 from ..formats.onnx_reader import onnx_digest, read_onnx
+from .parity import pick_evenly
 
 __all__ = ["MAX_DROP", "Int8Gate", "cpu_int8_instructions", "quantize_onnx", "run_crops"]
 
@@ -251,17 +252,11 @@ def run_crops(
     splits = scan_folder(
         data, val_fraction=training.get("val_fraction", 0.15), seed=training.get("seed", 0)
     )
-    train, _ = _crops(_spread(splits.train, calibration), spec)
-    val = _crops(_spread(splits.val, validation), spec)
+    train, _ = _crops(pick_evenly(splits.train, calibration), spec)
+    val = _crops(pick_evenly(splits.val, validation), spec)
     if not len(train) or not len(val[0]):
         raise ExportError(f"no decodable training or validation images in {data}")
     return train, val
-
-
-def _spread(samples: list, count: int) -> list:
-    if len(samples) <= count:
-        return list(samples)
-    return [samples[i] for i in np.linspace(0, len(samples) - 1, count).round().astype(int)]
 
 
 def _crops(samples: list, spec) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import torch
 from ..backbones import Classifier
 from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
-from ..data.transforms import decode_size, eval_transform
+from ..data.transforms import decode_size
 from ..engine.loop import Runtime, run_inference
 from ..evaluation.rejection import FeatureGaussians, RejectionScale, UnknownDetector
 from ..formats.bundle import load_bundle
@@ -96,18 +96,9 @@ class TrainedModel(Predictor):
         return {"temperature": self.temperature, "validation": trust.get("calibration")}
 
     @torch.inference_mode()
-    def image_outputs(self, images: Sequence) -> tuple[np.ndarray, np.ndarray | None]:
-        """Calibrated class probabilities ``(N, classes)`` of already decoded images (PIL or
-        uint8 tensors), each through the run's eval transform, in one batch and without TTA,
-        and their normalised unknown scores ``(N,)`` (None without rejection statistics), from
-        one forward pass: what the export parity check compares an exported file with."""
-        transform = eval_transform(self.preprocess)
-        batch = torch.stack([transform(im).as_subclass(torch.Tensor) for im in images])
-        out = self._scored()(batch[:, None].to(self.device)).float().cpu().numpy()  # one view
-        return self._split(out)
-
-    @torch.inference_mode()
     def decoded_outputs(self, images: Sequence, *, tta: str = "none") -> Outputs:
+        # tta="none" is the run's eval transform, one view: what the export parity check
+        # compares an exported file with.
         views = TTAViews(self.preprocess, tta)
         batch = torch.stack([views(image) for image in images]).to(self.device)
         probs, unknown = self._split(self._scored()(batch).float().cpu().numpy())

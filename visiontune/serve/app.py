@@ -26,7 +26,7 @@ from ..prediction.ensemble import Ensemble
 from .batcher import QueueFull
 from .card import find_reports, model_card
 from .config import ServeConfig
-from .limits import BodyLimit, BodyTooLarge
+from .limits import BodyLimit, BodyTooLarge, too_large_response
 from .service import RequestError, Service, Upload
 
 __all__ = ["STATIC", "create_app"]
@@ -83,7 +83,7 @@ def _add_error_handlers(app: FastAPI, config: ServeConfig) -> None:
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(_request, _exc):
-        return BodyLimit.response(config.max_upload_bytes)
+        return too_large_response(config.max_upload_bytes)
 
 
 async def _uploads(request: Request, config: ServeConfig) -> list[Upload]:

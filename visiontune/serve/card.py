@@ -15,10 +15,10 @@ from .._version import __version__
 from ..prediction.base import Predictor
 from ..prediction.ensemble import Ensemble
 from ..prediction.onnx_predictor import OnnxModel
+from ..training.outdir import is_report
 
 __all__ = ["find_reports", "model_card", "runtime_versions"]
 
-REPORT_FILES = ("index.html", "metrics.json")
 _PACKAGES = ("torch", "torchvision", "timm", "onnxruntime", "fastapi", "uvicorn", "pillow")
 
 
@@ -37,11 +37,7 @@ def find_reports(run_dir: Path | None) -> list[Path]:
     """Evaluation report folders directly inside ``run_dir``, by name."""
     if run_dir is None or not Path(run_dir).is_dir():
         return []
-    return sorted(
-        child
-        for child in Path(run_dir).iterdir()
-        if child.is_dir() and all((child / name).is_file() for name in REPORT_FILES)
-    )
+    return sorted(child for child in Path(run_dir).iterdir() if is_report(child))
 
 
 def _read_metrics(run_dir: Path | None) -> dict:

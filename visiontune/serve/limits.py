@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-__all__ = ["BodyLimit", "BodyTooLarge"]
+__all__ = ["BodyLimit", "BodyTooLarge", "too_large_response"]
 
 _DRAIN_FACTOR = 4  # past this many times the limit the connection is dropped, not drained
 
@@ -19,7 +19,7 @@ class BodyTooLarge(Exception):
     """The body grew past the limit while it streamed in (no Content-Length was sent)."""
 
 
-def _too_large(limit: int) -> JSONResponse:
+def too_large_response(limit: int) -> JSONResponse:
     megabytes = limit / (1024 * 1024)
     return JSONResponse(
         {
@@ -47,7 +47,7 @@ class BodyLimit:
             # would otherwise see a broken pipe instead of the 413 and its message.
             if int(length) <= _DRAIN_FACTOR * self.max_bytes:
                 await self._drain(receive)
-            return await _too_large(self.max_bytes)(scope, receive, send)
+            return await too_large_response(self.max_bytes)(scope, receive, send)
         received = 0
 
         async def counted():
@@ -66,7 +66,3 @@ class BodyLimit:
             message = await receive()
             if message["type"] != "http.request" or not message.get("more_body"):
                 return
-
-    @staticmethod
-    def response(limit: int) -> JSONResponse:
-        return _too_large(limit)

@@ -24,6 +24,7 @@ from .checkpoints import refuse_interrupted
 __all__ = [
     "FINISHED_MARKERS",
     "check_out",
+    "is_report",
     "missing_folders",
     "refuse_finished",
     "remove_empty",
@@ -63,7 +64,7 @@ def check_out(run_dir: Path, *, overwrite: bool, resuming: bool = False) -> None
         refuse_finished(run_dir, overwrite=overwrite)
 
 
-def _is_report(folder: Path) -> bool:
+def is_report(folder: Path) -> bool:
     return folder.is_dir() and all((folder / name).is_file() for name in REPORT_FILES)
 
 
@@ -76,7 +77,7 @@ def remove_old_run(run_dir: Path, *, keep_members: int = 0) -> None:
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     for child in run_dir.iterdir():
-        if _is_report(child):
+        if is_report(child):
             shutil.rmtree(child)
     members = run_dir / "members"
     if members.is_dir():
