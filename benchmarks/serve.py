@@ -148,10 +148,8 @@ def measure(run: Path, paths: list[Path], rounds: int) -> dict:
                     print(
                         f"round {r + 1}: {mode}, {clients} clients: {speed:.1f} img/s", flush=True
                     )
-            for name, fn in (("predict (in process)", _predict_in_process),):
-                results.setdefault((name, None), {"speed": [], "latency": []})["speed"].append(
-                    fn(model, paths)
-                )
+            in_process = results.setdefault(("predict (in process)", None), {"speed": []})
+            in_process["speed"].append(_predict_in_process(model, paths))
             command = results.setdefault(("visiontune predict (command)", None), {"speed": []})
             command["speed"].append(_predict_command(run, paths))
     finally:
@@ -160,7 +158,7 @@ def measure(run: Path, paths: list[Path], rounds: int) -> dict:
     return results
 
 
-def table(results: dict, count: int) -> str:
+def table(results: dict) -> str:
     rows = [
         "| what | clients | images/s | request p50 | request p99 |",
         "|---|---|---|---|---|",
@@ -195,8 +193,7 @@ def main() -> None:
         "`--max-batch 32 --max-wait-ms 5` (the defaults); off: `--max-batch 1`. "
         "images/s is the median over rounds; latencies are per request, over all rounds. The "
         "clients run in one Python process on the same two cores as the server, so at 32 "
-        "clients their own work takes a share of the cores from the model.\n\n"
-        + table(results, len(paths))
+        "clients their own work takes a share of the cores from the model.\n\n" + table(results)
     )
     write_section("serve", body, command="python benchmarks/serve.py")
     print(body)

@@ -13,7 +13,6 @@ import anyio
 import anyio.to_thread
 import numpy as np
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from .._runtime import release_free_memory
 from ..data.images import ImageDecodeError, decode_bytes, is_pixel_limit
@@ -180,7 +179,7 @@ class Service:
         top = out.probs.argmax(1).tolist()  # the calibrated (and TTA-averaged) top class
         overlays = await self.worker.call(explain_decoded, self.model, images, top)
         # PNG encoding off the event loop too: a few ms per overlay
-        urls = await run_in_threadpool(lambda: [_data_url(o) for o in overlays])
+        urls = await anyio.to_thread.run_sync(lambda: [_data_url(o) for o in overlays])
         for row, url in zip(rows, urls, strict=True):
             row["explanation"] = url
 
