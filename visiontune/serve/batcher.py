@@ -16,7 +16,8 @@ batching; they are servers of their own, so the few lines are written here on as
 ``on_idle`` runs on the model's thread once the queue has been empty for ``IDLE_S``, and after
 ``BUSY_S`` of passes without such a pause: the server hands freed memory back to the OS there
 (``_runtime.release_free_memory``). Without it, batches of every size from 1 to ``max_batch``
-leave the tuned heap fragmented, and the process grew by ~350 MB over 3,200 yoga requests.
+leave the tuned heap fragmented and the process grows round after round of load; with it, it
+comes back to the same size each time it idles (``benchmarks/serve_memory.py``).
 """
 
 from __future__ import annotations
