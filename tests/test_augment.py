@@ -418,7 +418,7 @@ def test_fit_records_the_pipeline_and_evaluation_never_augments(
 
     monkeypatch.setattr(augment_ops, "build_image_pipeline", refuse)
     monkeypatch.setattr(augment_ops, "build_batch_pipeline", refuse)
-    model = visiontune.load(out)
+    model = visiontune.load(out, precision="fp32")  # compared with fp32 forward passes below
     test_dir = trained_data / "test"
     rows = model.predict([test_dir], top_k=3, workers=0)
     metrics = visiontune.evaluate(out, test_dir, workers=0)

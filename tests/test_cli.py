@@ -477,3 +477,18 @@ def test_python_dash_m_runs_the_cli(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "efficientnet_lite0" in done.stdout and "embedded" in done.stdout
+
+
+def test_a_closed_pipe_ends_predict_quietly(trained_run, trained_data):
+    # The reader is gone before the command can print (it is still importing torch), as with
+    # `visiontune predict ... | head -0`: no traceback and no error line, exit 128 + SIGPIPE.
+    proc = subprocess.Popen(
+        [*_console_command(), "predict", str(trained_run.run_dir), str(trained_data / "test")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""

@@ -177,7 +177,7 @@ def test_torchscript_metadata_is_an_extra_file(exports):
 def test_predict_from_onnx_equals_predict_from_the_run(exports, runs, export_data, key):
     onnx_model = visiontune.load(exports[(key, "onnx")].path)
     assert isinstance(onnx_model, OnnxModel)
-    run_model = visiontune.load(runs[key])
+    run_model = visiontune.load(runs[key], precision="fp32")  # the export is an fp32 graph
     names = run_model.labels.names
     assert onnx_model.labels.names == names
     from_onnx = onnx_model.predict([export_data], top_k=3, workers=0)

@@ -80,6 +80,9 @@ def _outcome(run: Path) -> tuple[dict, list, dict]:
     """metrics.json (without timing), history (without seconds) and the weights of a run."""
     metrics = _without_seconds(json.loads((run / "metrics.json").read_text()))
     metrics.pop("timing")
+    # a resumed run reads the activations the interrupted one stored: counts differ, not values
+    for key in ("computed", "from_cache", "seconds"):
+        (metrics.get("activation_cache") or {}).pop(key, None)
     history = [
         {k: v for k, v in row.items() if k != "seconds"}
         for row in json.loads((run / "history.json").read_text())

@@ -146,6 +146,7 @@ def advise(
     from .data.folder import scan_folder
     from .data.loader import default_workers
     from .engine.loop import Runtime
+    from .engine.precision import resolve_precision
     from .features.cache import FeatureCache
     from .training.advice import measure_and_decide
 
@@ -154,8 +155,13 @@ def advise(
     _runtime.configure_threads()
     splits = scan_folder(data, val_fraction=0.0, seed=seed)
     model = create_backbone(backbone, weights=weights or "default")
-    runtime = Runtime.on(_runtime.resolve_device(device), progress=progress)
-    store = FeatureCache.for_backbone(cache_dir, model) if cache else None
+    where = _runtime.resolve_device(device)
+    # train's --precision auto, so the features it measures are the ones train then reads
+    chosen = resolve_precision("auto", where, cache_dir=cache_dir, keep=cache)
+    runtime = Runtime.on(where, progress=progress, precision=chosen)
+    store = (
+        FeatureCache.for_backbone(cache_dir, model, precision=chosen.inference) if cache else None
+    )
     workers = default_workers() if workers is None else workers
     return measure_and_decide(
         splits, model, runtime=runtime, cache=store, workers=workers, seed=seed
@@ -298,19 +304,28 @@ def _is_onnx(run: Runs) -> bool:
     return single is not None and str(single).lower().endswith(".onnx")
 
 
-def load(run: Runs, *, device: str = "cpu") -> TrainedModel | Ensemble:
+def load(
+    run: Runs, *, device: str = "cpu", precision: str | None = None
+) -> TrainedModel | Ensemble:
     """A saved run folder for prediction; an ensemble folder (``train --ensemble``) or a list of
     folders loads as one ``Ensemble`` that averages its members' probabilities; an ``.onnx``
-    file from ``visiontune export`` as an ``OnnxModel`` (same ``predict``/``evaluate``)."""
+    file from ``visiontune export`` as an ``OnnxModel`` (same ``predict``/``evaluate``).
+    ``precision`` (``fp32``, ``bf16``, ``auto``): instead of the precision each run was trained
+    and calibrated in, which it predicts in by default."""
     from . import _runtime
     from .prediction.ensemble import load_predictor
 
     _runtime.tune_allocator()
     if _is_onnx(run):
+        if precision is not None:
+            raise VisiontuneError(
+                "--precision applies to run folders: an .onnx file runs its graph as exported "
+                "(fp32, or int8 with export --quantize)"
+            )
         from .prediction.onnx_predictor import OnnxModel  # onnxruntime only when asked for
 
         return OnnxModel.from_file(run if isinstance(run, str | Path) else run[0])
-    return load_predictor(run, device=device)
+    return load_predictor(run, device=device, precision=precision)
 
 
 def evaluate(
@@ -322,19 +337,21 @@ def evaluate(
     progress: bool = False,
     tta: str = "none",
     report: str | Path | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on ``folder/<class>/``.
     ``tta``: ``none``, ``flip``, ``5crop`` or ``10crop`` views per image, probabilities averaged.
-    ``report``: a folder to write ``index.html``, ``metrics.json`` and figures into."""
+    ``report``: a folder to write ``index.html``, ``metrics.json`` and figures into.
+    ``precision``: see ``load``."""
     from .evaluation.report import check_report_dir
     from .prediction.report import evaluation_report
 
     check_run_options(batch_size=batch_size, workers=workers)
     options = {"batch_size": batch_size, "workers": workers, "progress": progress, "tta": tta}
     if report is None:
-        return load(run).evaluate(folder, **options)
+        return load(run, precision=precision).evaluate(folder, **options)
     check_report_dir(report)  # before any work: a bad folder writes nothing
-    return evaluation_report(load(run), run, folder, report, **options)
+    return evaluation_report(load(run, precision=precision), run, folder, report, **options)
 
 
 def predict(
@@ -349,6 +366,7 @@ def predict(
     reject: str | float | None = None,
     reject_rate: float | None = None,
     explain: str | Path | None = None,
+    precision: str | None = None,
 ) -> list[dict]:
     """Top-k classes with calibrated probabilities for each image file (folders are
     expanded), and whether it looks like none of the classes: ``unknown`` and
@@ -356,7 +374,8 @@ def predict(
     ``reject``: ``"auto"`` (flag a share ``reject_rate`` of validation images, default the
     run's 5 %), ``"none"``, or a threshold on ``unknown_score``. ``explain``: a folder for one
     Grad-CAM overlay PNG per image, of its top class, named after the image
-    (``prediction.explain.overlay_names``); each row gets ``explanation``, its path."""
+    (``prediction.explain.overlay_names``); each row gets ``explanation``, its path.
+    ``precision``: see ``load``."""
     check_run_options(batch_size=batch_size, workers=workers)
     options = {
         "top_k": top_k,
@@ -367,7 +386,7 @@ def predict(
         "reject_rate": reject_rate,
     }
     if explain is None:
-        return load(run).predict(paths, progress=progress, **options)
+        return load(run, precision=precision).predict(paths, progress=progress, **options)
     from .prediction.explain import check_explainable, explain_images  # model code: only here
 
     check_writable_dir(explain, "--explain folder")  # before any work
@@ -376,7 +395,7 @@ def predict(
             "--explain needs the run folder, not an .onnx export: Grad-CAM takes gradients "
             "through the network, which the exported file does not give"
         )
-    model = load(run)
+    model = load(run, precision=precision)
     check_explainable(model)
     rows = model.predict(paths, progress=progress, **options)
     tops = {r["path"]: r["top"][0]["class"] for r in rows if "top" in r}

@@ -12,6 +12,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "QUANTIZE_MODES",
     "HEAD_SOLVERS",
+    "PRECISIONS",
     "PREDICTION_FORMATS",
     "STRATEGIES",
     "STRATEGY_CHOICES",
@@ -32,5 +33,7 @@ TTA_MODES = ("none", "flip", "5crop", "10crop")
 # ``visiontune export --format``.
 EXPORT_FORMATS = ("onnx", "torchscript")
 QUANTIZE_MODES = ("none", "int8")  # export --quantize: int8 is ONNX only, gated
+# ``--precision`` (``visiontune.engine.precision``): auto measures whether bf16 pays here.
+PRECISIONS = ("auto", "fp32", "bf16")
 # ``visiontune predict --format``.
 PREDICTION_FORMATS = ("table", "csv", "json")

@@ -22,7 +22,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 
-from .choices import BALANCE_MODES, DEVICES, HEAD_SOLVERS, STRATEGY_CHOICES
+from .choices import BALANCE_MODES, DEVICES, HEAD_SOLVERS, PRECISIONS, STRATEGY_CHOICES
 from .data.augment import AugmentSpec, augment_help, parse_augment
 from .errors import VisiontuneError
 
@@ -137,6 +137,15 @@ class TrainConfig:
         "and train the head on them too",
         metavar="K",
     )
+    activation_views: int = option(
+        2,
+        "partial/gradual: compute the frozen stages' output once for K augmented views\n"
+        "of each training image and train the unfrozen stages on them, epoch e on view\n"
+        "e mod K, instead of recomputing the frozen stages for fresh augmentations\n"
+        "every epoch; 0 recomputes (always so for mixup/cutmix, torchrun, or a backbone\n"
+        "that cannot be cut)",
+        metavar="K",
+    )
     head_solver: str = option(
         "lbfgs",
         "with --strategy head: 'lbfgs' fits the head as a logistic regression on the\n"
@@ -171,6 +180,17 @@ class TrainConfig:
         None, "image-loading worker processes (default: one per spare core, max 4)"
     )
     device: str = option("auto", "auto, cpu, cuda or cuda:N; a GPU uses mixed precision")
+    precision: str = option(
+        "auto",
+        "autocast dtype of extraction, training and prediction:\n"
+        "fp32 - full precision throughout\n"
+        "bf16 - bfloat16 autocast for inference and training\n"
+        "auto - bf16 (fp16 without it) on a GPU; on a CPU, bf16 inference only where\n"
+        "       it has native bf16 kernels and a one-time check finds them faster,\n"
+        "       training in fp32 (BENCHMARKS.md, Precision). Saved with the model,\n"
+        "       which predicts in it",
+        choices=PRECISIONS,
+    )
     out: str | None = option(
         None, "run folder (default: runs/<time>-<backbone>-<strategy>)", metavar="DIR"
     )
@@ -329,6 +349,7 @@ def _problems(c: TrainConfig) -> list[str]:
             ("strategy", c.strategy, STRATEGY_CHOICES),
             ("head_solver", c.head_solver, HEAD_SOLVERS),
             ("balance", c.balance, BALANCE_MODES),
+            ("precision", c.precision, PRECISIONS),
         )
         if value not in valid
     ]
@@ -344,6 +365,7 @@ def _problems(c: TrainConfig) -> list[str]:
         _at_least("unfreeze", c.unfreeze, 0, optional=True),
         _at_least("patience", c.patience, 1, optional=True),
         _at_least("cache-views", c.cache_views, 0),
+        _at_least("activation-views", c.activation_views, 0),
         _at_least("workers", c.workers, 0, optional=True),
         _seed_problem(c.seed),
         _in_range("backbone-lr-mult", c.backbone_lr_mult, 0, 1, high_open=False),

@@ -143,10 +143,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visiontune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `visiontune predict ... | head`: the reader has what it wanted
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what the shell reports for a tool killed by the pipe
     except Exception as exc:
         if debug:
             raise
         return _report(exc)
+
+
+def _silence_stdout() -> None:
+    # Python's documented recipe: point stdout at devnull, so flushing it at exit cannot raise
+    # a second BrokenPipeError ("Exception ignored ... BrokenPipeError") after ours.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _report(exc: Exception) -> int:

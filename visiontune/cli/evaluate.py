@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..choices import TTA_MODES
+from .options import add_precision_option
 
 TTA_HELP = """test-time augmentation: views per image, their probabilities averaged
 (default: none). The image is resized as for evaluation (short side size/crop_pct):
@@ -63,6 +64,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument(
         "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
     )
+    add_precision_option(p)
     p.set_defaults(run=_run_evaluate)
 
 
@@ -77,6 +79,7 @@ def _run_evaluate(args) -> int:
         progress=not args.json and sys.stderr.isatty(),
         tta=args.tta,
         report=args.report,
+        precision=args.precision,
     )
     if args.json:
         print(json.dumps(metrics, indent=2))

@@ -12,7 +12,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, Field, fields
 
-__all__ = ["add_cache_options", "add_config_options", "given_options"]
+__all__ = [
+    "PRECISION_HELP",
+    "add_cache_options",
+    "add_config_options",
+    "add_precision_option",
+    "given_options",
+]
 
 # Annotation (as written, under ``from __future__ import annotations``) -> argparse type.
 _TYPES = {"int": int, "float": float, "str": str}
@@ -69,3 +75,16 @@ def add_cache_options(p) -> None:
     p.add_argument(
         "--no-cache", dest="cache", action="store_false", help="bypass the feature cache"
     )
+
+
+PRECISION_HELP = (
+    "autocast dtype of the forward passes: fp32, bf16, or auto (bf16 where this machine has\n"
+    "fast native kernels); default: the precision the run was trained and calibrated in"
+)
+
+
+def add_precision_option(p) -> None:
+    """``--precision`` of the commands that load a run (predict, evaluate, serve)."""
+    from ..choices import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)

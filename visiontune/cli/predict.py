@@ -10,6 +10,7 @@ import sys
 from ..choices import PREDICTION_FORMATS, TTA_MODES
 from ..errors import VisiontuneError
 from .evaluate import TTA_HELP, split_runs
+from .options import add_precision_option
 
 EXPLAIN_HELP = """write one PNG per image into DIR: where the evidence for its top
 class lies, as a Grad-CAM heat map (red: strong, blue: none) blended over
@@ -87,6 +88,7 @@ def _add_predict(sub) -> None:
     p.add_argument(
         "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
     )
+    add_precision_option(p)
     p.set_defaults(run=_run_predict)
 
 
@@ -106,6 +108,7 @@ def _run_predict(args) -> int:
         reject=args.reject,
         reject_rate=args.reject_rate,
         explain=args.explain,
+        precision=args.precision,
     )
     if args.format == "json":
         print(json.dumps(results, indent=2))

@@ -8,6 +8,7 @@ import textwrap
 
 from ..serve.config import ServeConfig
 from .evaluate import split_runs
+from .options import add_precision_option
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -110,6 +111,7 @@ def _add_serve(sub) -> None:
         help="info also logs every request (default: %(default)s)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    add_precision_option(p)
     p.set_defaults(run=_run_serve)
 
 
@@ -120,7 +122,8 @@ def _run_serve(args) -> int:
     from ..serve import create_app, run_server
 
     runs = split_runs(args.runs)
-    model = load(runs if len(runs) > 1 else runs[0], device=args.device)
+    target = runs if len(runs) > 1 else runs[0]
+    model = load(target, device=args.device, precision=args.precision)
     if config.host not in _LOOPBACK:
         print(
             f"visiontune serve: warning: listening on {config.host} opens the model to the "

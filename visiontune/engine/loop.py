@@ -13,7 +13,6 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +29,7 @@ from ..errors import TrainingDiverged
 from ..formats.checkpoint import TrainingState
 from .distributed import Distributed
 from .optim import apply_lr, lr_multiplier
+from .precision import Precision, autocast
 
 __all__ = [
     "EvalOutput",
@@ -107,11 +107,20 @@ class Runtime:
     progress: bool = False
     # Under torchrun: training steps run through DistributedDataParallel.
     distributed: Distributed | None = None
+    # The autocast dtypes of inference and training (``engine.precision``); fp32 by default.
+    precision: Precision = field(default_factory=Precision)
 
     @classmethod
-    def on(cls, device: torch.device, *, progress: bool, distributed=None) -> Runtime:
+    def on(
+        cls,
+        device: torch.device,
+        *,
+        progress: bool,
+        distributed=None,
+        precision: Precision | None = None,
+    ) -> Runtime:
         """The default for ``device``: ``channels_last`` on the CPU, where oneDNN prefers it."""
-        return cls(device, device.type == "cpu", progress, distributed)
+        return cls(device, device.type == "cpu", progress, distributed, precision or Precision())
 
 
 @dataclass
@@ -131,13 +140,6 @@ class EvalOutput:
 def _bar_disabled(runtime: Runtime, num_batches: int) -> bool | None:
     """Batch bars only for passes long enough to watch; None lets tqdm hide them off a terminal."""
     return True if not runtime.progress or num_batches < 8 else None
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return nullcontext()
 
 
 def _to_device(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -212,7 +214,7 @@ def train_one_epoch(
         inputs, targets = _to_device(inputs, runtime), targets.to(runtime.device)
         # Soft (mixed) targets count as their largest share for accuracy.
         labels = targets.argmax(1) if targets.ndim == 2 else targets
-        with _autocast(runtime.device):
+        with autocast(runtime.device, runtime.precision.training):
             logits = forward(inputs)
             loss = loss_fn(
                 logits.float(), targets
@@ -258,7 +260,7 @@ def run_inference(
             on_batch(batch)
         if len(batch.labels) == 0:
             continue
-        with torch.inference_mode(), _autocast(runtime.device):
+        with torch.inference_mode(), autocast(runtime.device, runtime.precision.inference):
             out = model(_to_device(batch.images, runtime))
         outputs.append(out.float().cpu())
         labels.append(batch.labels)
@@ -397,6 +399,7 @@ def fit(
     on_epoch_start: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
     state: TrainingState | None = None,
     on_checkpoint: Callable[[TrainingState], None] | None = None,
+    forward: nn.Module | None = None,
 ) -> list[dict]:
     """Train for ``cfg.epochs`` with early stopping; leaves the best epoch's weights in ``model``.
 
@@ -404,7 +407,11 @@ def fit(
     raise ``StopTraining``. ``on_epoch_start(epoch, model, optimizer)`` runs before each epoch's
     training (a strategy's, e.g. to unfreeze). ``state`` continues a run from a checkpoint (model
     and optimizer already restored); ``on_checkpoint(state)`` is called after every epoch.
+    ``forward``: the module that maps the loaders' inputs to logits, sharing ``model``'s
+    parameters (cached activations into the top stages); default ``model`` itself. ``model``
+    is still the one whose modes are set and whose weights are kept and checkpointed.
     """
+    net = forward if forward is not None else model
     schedule = _schedule(len(train_loader), cfg)
     state = copy.copy(state) if state is not None else TrainingState()
     state.history = list(state.history)
@@ -427,12 +434,12 @@ def fit(
             set_train_mode=set_train_mode,
             on_batch=on_batch,
             **schedule,
-            wrapped=dist.wrap(model) if dist else None,
+            wrapped=dist.wrap(net) if dist else forward,
             timebox=timebox,
         )
         if dist:
             dist.sync_buffers(model)
-        val = _validate(model, val_loader, runtime=runtime, on_batch=on_batch, timebox=timebox)
+        val = _validate(net, val_loader, runtime=runtime, on_batch=on_batch, timebox=timebox)
         lr = max(g["lr"] for g in optimizer.param_groups)
         row = {"epoch": epoch + 1, **train_stats, "val_loss": val.loss, "val_acc": val.accuracy}
         row.update(lr=lr, seconds=time.perf_counter() - start)

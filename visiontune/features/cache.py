@@ -89,17 +89,23 @@ def _tensor_digest(backbone: Backbone) -> str:
 
 
 def model_description(
-    backbone: Backbone, *, pooling: str | None = None, view: str | None = None
+    backbone: Backbone,
+    *,
+    pooling: str | None = None,
+    view: str | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Everything but the image that decides a stored feature (what ``model_key`` hashes).
 
     Weights are named by ``backbone.weights.identity`` (the weights file's hash); without one
     (random init, hub weights, fine-tuned weights from a run's bundle) the tensors are hashed,
     because a source string such as "random initialisation" would make two different networks
-    share a key. ``pooling`` defaults to the body's own pool type.
+    share a key. ``pooling`` defaults to the body's own pool type. ``precision``: the autocast
+    dtype the features were computed in (``engine.precision``); fp32 adds nothing to the
+    description, so fp32 caches written before precisions existed keep their keys.
     """
     weights = backbone.weights.identity or f"tensors:{_tensor_digest(backbone)}"
-    return {
+    description = {
         "format_version": FORMAT_VERSION,
         "backbone": backbone.name,
         "weights_sha256": weights,
@@ -107,6 +113,9 @@ def model_description(
         "pooling": pooling or _pooling_of(backbone),
         "view": view,
     }
+    if precision != "fp32":
+        description["precision"] = precision
+    return description
 
 
 def description_key(description: dict) -> str:
@@ -189,10 +198,12 @@ class FeatureCache:
         *,
         pooling: str | None = None,
         view: str | None = None,
+        precision: str = "fp32",
         identity: str = "stat",
     ) -> FeatureCache:
-        """The cache of ``model_key(backbone, pooling=..., view=...)``, keeping the description."""
-        description = model_description(backbone, pooling=pooling, view=view)
+        """The cache of ``model_key(backbone, pooling=..., view=..., precision=...)``, keeping
+        the description."""
+        description = model_description(backbone, pooling=pooling, view=view, precision=precision)
         return cls(root, description_key(description), description=description, identity=identity)
 
     @property

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from ..backbones import Backbone
@@ -97,13 +98,16 @@ def extract_features(
     view_seed: int | None = None,
     augment: str = "standard",
     pca: PCAStats | None = None,
+    network: nn.Module | None = None,
 ) -> FeatureSet:
     """Features with the backbone's deterministic eval preprocessing; undecodable files skipped.
 
     ``cache``: read features stored for these files and run the backbone only on the rest, which
     are then stored. ``view_seed``: instead of the eval view, augmented view ``view_seed`` of each
     image (``train_transform(augment=..., pca=...)``, seeded per image); a cache for it must be
-    made with ``view=view_descriptor(describe_view(augment, pca), view_seed)``.
+    made with ``view=view_descriptor(describe_view(augment, pca), view_seed)``. ``network``:
+    the module run on the preprocessed images instead of ``backbone`` (a ``BackboneSplit``'s
+    flattened ``lower`` part, for cached activations; its cache names it in ``pooling``).
 
     >>> from visiontune.backbones import create_backbone
     >>> from visiontune.data.folder import scan_folder
@@ -119,7 +123,7 @@ def extract_features(
 
     def run(part: list[Sample], label: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return run_backbone(
-            backbone,
+            network if network is not None else backbone,
             _dataset(backbone, part, view_seed, augment, pca),
             runtime=runtime,
             batch_size=batch_size,
@@ -135,12 +139,13 @@ def extract_features(
     view = (
         view_descriptor(describe_view(augment, pca), view_seed) if view_seed is not None else None
     )
-    _check_cache(cache, backbone, view)
-    return _extract_cached(backbone, samples, cache, run, desc)
+    _check_cache(cache, backbone, view, runtime.precision.inference)
+    width = backbone.num_features if network is None else 0  # of an empty result
+    return _extract_cached(samples, cache, run, desc, width)
 
 
 def run_backbone(
-    backbone: Backbone,
+    backbone: nn.Module,
     dataset: ImageDataset,
     *,
     runtime: Runtime,
@@ -150,7 +155,8 @@ def run_backbone(
     desc: str,
 ):
     """``(features, labels, indices)`` of ``dataset``'s decodable images, in order, through
-    ``backbone`` on ``runtime.device``; undecodable ones are recorded in ``skips``."""
+    ``backbone`` (or any module mapping image batches to rows) on ``runtime.device``;
+    undecodable ones are recorded in ``skips``."""
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
     record = skips.record if skips is not None else None
     backbone = backbone.to(runtime.device)
@@ -159,11 +165,13 @@ def run_backbone(
     return run_inference(backbone, loader, runtime=runtime, on_batch=record, desc=desc)
 
 
-def _check_cache(cache: FeatureCache, backbone: Backbone, view: str | None) -> None:
-    """Refuse a cache made for another backbone, preprocessing or view: its rows would be wrong."""
+def _check_cache(cache: FeatureCache, backbone: Backbone, view: str | None, precision: str) -> None:
+    """Refuse a cache made for another backbone, preprocessing, view or precision: its rows
+    would be wrong."""
     if cache.description is None:  # built from a bare key: the caller vouches for it
         return
-    expected = model_description(backbone, pooling=cache.description.get("pooling"), view=view)
+    pooling = cache.description.get("pooling")
+    expected = model_description(backbone, pooling=pooling, view=view, precision=precision)
     if description_key(expected) != cache.key:
         raise ValueError(f"{cache} was made for {cache.description}, not for {expected}")
 
@@ -176,7 +184,7 @@ def _image_key(cache: FeatureCache, sample: Sample) -> str | None:
 
 
 def _extract_cached(
-    backbone: Backbone, samples: list[Sample], cache: FeatureCache, run, desc: str
+    samples: list[Sample], cache: FeatureCache, run, desc: str, width: int
 ) -> FeatureSet:
     """Look every sample up, run ``run`` on the misses chunk by chunk, store each chunk."""
     keys = [_image_key(cache, s) for s in samples]
@@ -193,7 +201,6 @@ def _extract_cached(
         cache.store([keys[done[j]] for j in keyed], features[keyed])
         rows.update(zip(done, features, strict=False))
     order = sorted(rows)
-    width = backbone.num_features
     features = torch.stack([rows[i] for i in order]) if order else torch.empty(0, width)
     labels = torch.tensor([samples[i].label for i in order], dtype=torch.long)
     computed = len(order) - sum(1 for i in order if keys[i] in found)

@@ -117,6 +117,8 @@ def _meaning(config: dict) -> dict:
         "preprocess": PreprocessSpec.from_dict(config["preprocess"]).to_dict(),
         "head": {"type": head.get("type", "linear"), "dropout": float(head.get("dropout", 0.0))},
     }
+    if "precision" in config:  # the dtype its outputs were validated and calibrated in
+        meaning["precision"] = config["precision"].get("inference")
     if "trust" in config:  # the temperature and rejection scale change what outputs mean
         trust = config["trust"]
         meaning["trust"] = {"temperature": trust.get("temperature"), **trust.get("rejection", {})}

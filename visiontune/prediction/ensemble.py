@@ -199,12 +199,18 @@ def _run_folders(runs: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def load_predictor(
-    runs: str | Path | Sequence[str | Path], *, device: str | torch.device = "cpu"
+    runs: str | Path | Sequence[str | Path],
+    *,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
 ) -> TrainedModel | Ensemble:
     """A ``TrainedModel`` for one plain run folder; an ``Ensemble`` for an ensemble folder or
-    several folders (the members of all of them averaged together)."""
+    several folders (the members of all of them averaged together). ``precision``: see
+    ``TrainedModel.from_run`` (default: each run's own)."""
     runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
     if len(runs) == 1 and not is_ensemble_folder(runs[0]):
-        return TrainedModel.from_run(runs[0], device=device)
-    members = [TrainedModel.from_run(f, device=device) for f in _run_folders(runs)]
+        return TrainedModel.from_run(runs[0], device=device, precision=precision)
+    members = [
+        TrainedModel.from_run(f, device=device, precision=precision) for f in _run_folders(runs)
+    ]
     return Ensemble(members, run_dir=runs[0] if len(runs) == 1 else None)

@@ -17,6 +17,7 @@ from ..data.folder import Sample
 from ..data.loader import ImageDataset, SkipLog, default_workers, make_loader
 from ..data.transforms import decode_size
 from ..engine.loop import Runtime, run_inference
+from ..engine.precision import Precision, autocast, resolve_precision
 from ..evaluation.rejection import FeatureGaussians, RejectionScale, UnknownDetector
 from ..formats.bundle import load_bundle
 from ..formats.trust import read_trust_tensors, temperature_of
@@ -50,6 +51,7 @@ class TrainedModel(Predictor):
         run_dir: Path | None = None,
         temperature: float = 1.0,
         detector: UnknownDetector | None = None,
+        precision: Precision | None = None,
     ):
         self.model = model.eval().to(device)
         self.labels = labels
@@ -58,10 +60,21 @@ class TrainedModel(Predictor):
         self.run_dir = run_dir
         self.temperature = float(temperature)  # divides the logits (evaluation.calibration)
         self.detector = detector  # unknown-image scores (evaluation.rejection), or None
+        # The autocast dtype of its forward passes: the run's own, which its calibration and
+        # rejection threshold were fitted in (``engine.precision``); fp32 unless told.
+        self.precision = precision or Precision()
 
     @classmethod
-    def from_run(cls, run: str | Path, *, device: str | torch.device = "cpu") -> TrainedModel:
+    def from_run(
+        cls, run: str | Path, *, device: str | torch.device = "cpu", precision: str | None = None
+    ) -> TrainedModel:
+        """The bundle in ``run``; ``precision`` (``fp32``, ``bf16``, ``auto``) overrides the
+        one it was trained and calibrated in, which it predicts in by default."""
         model, labels, config = load_bundle(run)
+        if precision is None:
+            chosen = Precision.from_dict(config.get("precision"))
+        else:
+            chosen = resolve_precision(precision, torch.device(device))
         return cls(
             model,
             labels,
@@ -70,6 +83,7 @@ class TrainedModel(Predictor):
             run_dir=Path(run),
             temperature=temperature_of(config),
             detector=_detector(Path(run), config),
+            precision=chosen,
         )
 
     @property
@@ -101,7 +115,9 @@ class TrainedModel(Predictor):
         # compares an exported file with.
         views = TTAViews(self.preprocess, tta)
         batch = torch.stack([views(image) for image in images]).to(self.device)
-        probs, unknown = self._split(self._scored()(batch).float().cpu().numpy())
+        with autocast(self.device, self.precision.inference):
+            out = self._scored()(batch)
+        probs, unknown = self._split(out.float().cpu().numpy())
         return Outputs(probs, np.arange(len(images)), unknown)
 
     def _scored(self) -> ScoredViews:
@@ -132,7 +148,7 @@ class TrainedModel(Predictor):
         out, _, indices = run_inference(
             self._scored(),
             loader,
-            runtime=Runtime(self.device, progress=progress),
+            runtime=Runtime(self.device, progress=progress, precision=self.precision),
             desc="predict",
             on_batch=skips.record,
         )

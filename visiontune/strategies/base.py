@@ -85,6 +85,12 @@ class Strategy:
     def trainable_stages(self, num_stages: int) -> set[int]:
         raise NotImplementedError
 
+    def lowest_trained_stage(self, num_stages: int) -> int:
+        """The first stage that trains at any point of the run (``num_stages``: none does).
+        Every stage below it stays frozen, BatchNorm included, so its output for an image view
+        never changes and can be computed once (``training.activations``)."""
+        return min(self.trainable_stages(num_stages), default=num_stages)
+
     def _stage_plan(self, model: Classifier) -> list[tuple[str, list[str], bool]]:
         stages = model.backbone.stages()
         trainable = self.trainable_stages(len(stages))
@@ -260,6 +266,9 @@ class GradualStrategy(Strategy):
     def trainable_stages(self, num_stages: int) -> set[int]:
         self.limit(num_stages)
         return set(range(num_stages - self.unfrozen, num_stages))
+
+    def lowest_trained_stage(self, num_stages: int) -> int:
+        return num_stages - self.limit(num_stages)
 
     def stage_lr(self, depth: int, *, lr: float, backbone_lr_mult: float) -> float:
         """LR of the stage ``depth`` places below the top (0 = the one under the head)."""

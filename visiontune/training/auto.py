@@ -55,7 +55,7 @@ from ..strategies.evidence import (
 )
 from .advice import apply_advice, measure_and_decide
 from .outdir import check_out, remove_old_run
-from .plan import default_run_dir, feature_cache
+from .plan import default_run_dir, feature_cache, run_runtime
 from .run import FitResult, json_text, run_training
 
 __all__ = ["RULE", "train_auto"]
@@ -108,11 +108,11 @@ def _say(config: TrainConfig, text: str) -> None:
 def _measure(config: TrainConfig, backbone_name: str) -> Context:
     """Scan and measure the data with the first backbone, as ``visiontune advise`` does."""
     device = _runtime.resolve_device(config.device)
-    runtime = Runtime.on(device, progress=config.progress)
     workers = config.workers if config.workers is not None else default_workers()
     splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
     backbone = create_backbone(backbone_name, weights=config.weights or "default")
-    cache = feature_cache(config, backbone)
+    runtime = run_runtime(config, device, progress=config.progress)
+    cache = feature_cache(config, backbone, runtime=runtime)
     advice = measure_and_decide(
         splits, backbone, runtime=runtime, cache=cache, workers=workers, seed=config.seed
     )
@@ -267,7 +267,8 @@ def _promote(root: Path, kept: Candidate, record: dict, started: float) -> FitRe
     }
     atomic_write_text(root / "metrics.json", json_text(metrics))
     atomic_write_text(root / AUTO_FILE, json_text(record))
-    model = TrainedModel(kept.result.model.model, kept.result.model.labels, run_dir=root)
+    chosen = kept.result.model
+    model = TrainedModel(chosen.model, chosen.labels, run_dir=root, precision=chosen.precision)
     return FitResult(root, model, kept.result.history, metrics)
 
 

@@ -17,6 +17,7 @@ from ..engine.loop import fit as fit_loop
 from ..engine.optim import build_optimizer
 from ..evaluation.metrics import metrics_from_logits
 from ..formats.checkpoint import TrainingState
+from .activations import activation_training, with_views
 from .checkpoints import RunCheckpoints, restore, splits_fingerprint
 from .frozen import warm_start_head
 from .plan import Plan
@@ -30,6 +31,7 @@ class FinetuneOutcome:
     history: list[dict]
     test: dict | None  # TEST metrics, when DATA has a test split
     warm_start: dict | None  # the linear probe the head started from, if any
+    activations: dict | None = None  # the cached-activation path: used, or why not
 
 
 def _loaders(plan: Plan, data: PreparedData):
@@ -115,8 +117,13 @@ def finetune(plan: Plan, data: PreparedData, skips: SkipLog) -> FinetuneOutcome:
     mixer = build_batch_transform(plan.config.augment_spec, num_classes=len(data.splits.labels))
     cfg = replace(plan.loop, batch_transform=mixer, class_weights=loss_weights)
     warm_start = _warm_start(plan, data, skips)
-    optimizer = build_optimizer(plan.param_groups, weight_decay=plan.config.weight_decay)
     model.to(runtime.device)
+    cached, activations = activation_training(plan, data, skips)
+    on_epoch_start, forward = strategy.on_epoch_start, None
+    if cached is not None:
+        train, val, forward = cached.train, cached.val, cached.forward
+        on_epoch_start = with_views(strategy.on_epoch_start, cached.views)
+    optimizer = build_optimizer(plan.param_groups, weight_decay=plan.config.weight_decay)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     checkpoints = RunCheckpoints(
@@ -135,13 +142,14 @@ def finetune(plan: Plan, data: PreparedData, skips: SkipLog) -> FinetuneOutcome:
         cfg=cfg,
         runtime=runtime,
         set_train_mode=strategy.set_train_mode,
-        on_epoch_start=strategy.on_epoch_start,
+        on_epoch_start=on_epoch_start,
         on_batch=skips.record,
         state=state,
         on_checkpoint=lambda progress: checkpoints.save(
             model, optimizer, progress, strategy, skips
         ),
+        forward=forward,
     )
     if runtime.distributed:
         runtime.distributed.check_in_sync(model)
-    return FinetuneOutcome(history, _test_metrics(plan, data, skips), warm_start)
+    return FinetuneOutcome(history, _test_metrics(plan, data, skips), warm_start, activations)

@@ -38,7 +38,7 @@ def _split_features(plan: Plan, parts: dict, skips: SkipLog) -> dict[str, Featur
         backbone,
         parts,
         runtime=replace(plan.runtime, distributed=None),
-        cache=feature_cache(plan.config, backbone),
+        cache=feature_cache(plan.config, backbone, runtime=plan.runtime),
         workers=plan.workers,
         skips=skips,
     )
@@ -58,7 +58,9 @@ def _augmented_views(plan: Plan, data: PreparedData, skips: SkipLog) -> list[Fea
             skips=skips,
             view_seed=seed,
             desc=f"augmented view {seed + 1}/{config.cache_views}",
-            cache=feature_cache(config, backbone, view=view_descriptor(view, seed)),
+            cache=feature_cache(
+                config, backbone, runtime=plan.runtime, view=view_descriptor(view, seed)
+            ),
             augment=config.augment_spec,
             pca=data.pca,
         )

@@ -11,9 +11,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+import torch
+
 from .. import _runtime
 from .._console import console, stage_table
-from .._paths import check_writable_dir
+from .._paths import check_writable_dir, default_cache_dir
 from .._seeding import seed_all
 from ..backbones import Classifier, Head, create_backbone
 from ..config import TrainConfig
@@ -22,6 +24,7 @@ from ..data.loader import default_workers
 from ..engine import distributed
 from ..engine.distributed import Distributed
 from ..engine.loop import LoopConfig, Runtime
+from ..engine.precision import resolve_precision
 from ..engine.speed import train_step_seconds
 from ..errors import VisiontuneError
 from ..features.cache import FeatureCache
@@ -31,7 +34,7 @@ from ..strategies.evidence import TRAIN_STEP_COST
 from .advice import apply_advice, measure_and_decide
 from .outdir import check_out
 
-__all__ = ["Plan", "feature_cache", "make_plan", "print_plan"]
+__all__ = ["Plan", "feature_cache", "make_plan", "print_plan", "run_runtime"]
 
 # The TEST pass after training is timed from a training step; it also decodes every image and,
 # unlike a training step, is not overlapped with the loader's workers: half as much again.
@@ -62,11 +65,39 @@ class Plan:
         return self.runtime.distributed is None or self.runtime.distributed.is_main
 
 
-def feature_cache(config: TrainConfig, backbone, *, view: str | None = None):
-    """The on-disk feature cache of ``backbone`` (and ``view``), unless ``--no-cache``."""
+def feature_cache(
+    config: TrainConfig,
+    backbone,
+    *,
+    runtime: Runtime,
+    view: str | None = None,
+    pooling: str | None = None,
+):
+    """The on-disk feature cache of ``backbone`` (``view``, ``pooling``) as ``runtime``
+    computes it (its inference precision is in the key), unless ``--no-cache``."""
     if not config.cache:
         return None
-    return FeatureCache.for_backbone(config.cache_dir, backbone, view=view)
+    return FeatureCache.for_backbone(
+        config.cache_dir,
+        backbone,
+        view=view,
+        pooling=pooling,
+        precision=runtime.precision.inference,
+    )
+
+
+def run_runtime(
+    config: TrainConfig, device: torch.device, *, progress: bool, distributed_ctx=None
+) -> Runtime:
+    """The runtime of a training run: ``device`` with ``--precision`` resolved for it (a
+    one-time speed check on this machine for ``auto``, ``engine.precision``, kept in the
+    cache folder unless ``--no-cache``). Under torchrun rank 0 decides for every rank."""
+    folder = (config.cache_dir or default_cache_dir()) if config.cache else None
+    precision = distributed.on_main_rank(
+        distributed_ctx,
+        lambda: resolve_precision(config.precision, device, cache_dir=folder, keep=config.cache),
+    )
+    return Runtime.on(device, progress=progress, distributed=distributed_ctx, precision=precision)
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -123,7 +154,7 @@ def _advise(config, splits, backbone, runtime, workers, explicit) -> tuple[Train
         backbone,
         runtime=runtime,
         workers=workers,
-        cache=feature_cache(config, backbone),
+        cache=feature_cache(config, backbone, runtime=runtime),
         seed=config.seed,
     )
     if runtime.progress:
@@ -177,12 +208,12 @@ def make_plan(
         device = dist.device
     elif device is None:
         device = _runtime.resolve_device(config.device)
-    runtime = Runtime.on(device, progress=progress, distributed=dist)
     workers = default_workers() if config.workers is None else config.workers
     splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
     backbone = create_backbone(config.backbone, weights=config.weights or "default")
-    advice = resume.extra.get("advice") if resume else None
+    advice, runtime = resume.extra.get("advice") if resume else None, None
     if config.strategy == "auto":  # rank 0 measures; every rank trains what it chose
+        runtime = run_runtime(config, device, progress=progress, distributed_ctx=dist)
         solo = replace(runtime, distributed=None)
         config, advice = distributed.on_main_rank(
             dist, lambda: _advise(config, splits, backbone, solo, workers, explicit)
@@ -197,6 +228,9 @@ def make_plan(
         backbone_lr_mult=config.backbone_lr_mult,
         weight_decay=config.weight_decay,
     )
+    # Once data, backbone and strategy are known good: a run refused for them writes nothing
+    # (``auto``'s speed check may go into the cache folder).
+    runtime = runtime or run_runtime(config, device, progress=progress, distributed_ctx=dist)
     loop = LoopConfig(
         epochs=config.epochs,
         warmup_epochs=config.warmup_epochs,

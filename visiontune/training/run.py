@@ -63,6 +63,7 @@ class Outcome:
     skips: dict  # ``SkipLog.to_dict()``: every file skipped or noted, on every rank
     warm_start: dict | None = None
     extraction: dict | None = None  # the frozen path: features computed vs from the cache
+    activations: dict | None = None  # partial/gradual: the cached-activation path, or why not
     trust: TrustFit | None = None  # calibration and rejection statistics (rank 0 only)
 
 
@@ -80,16 +81,16 @@ def train(plan: Plan, data: PreparedData) -> Outcome:
     if plan.strategy.uses_frozen_backbone:
         head = distributed.on_main_rank(dist, lambda: _head(plan, data, skips), plan.model.head)
         history, test, warm_start, extraction = head.history, head.test, None, head.extraction
-        features = head.features
+        activations, features = None, head.features
     else:
         tuned = finetune(plan, data, skips)
         history, test, warm_start, extraction = tuned.history, tuned.test, tuned.warm_start, None
-        features = None
+        activations, features = tuned.activations, None
     trust = fit_trust(plan, data, skips, features) if plan.writes else None
     if dist:  # each rank decoded its own share of the images
         for found in dist.gather(skips.to_dict()):
             skips.update(found)
-    return Outcome(history, test, skips.to_dict(), warm_start, extraction, trust)
+    return Outcome(history, test, skips.to_dict(), warm_start, extraction, activations, trust)
 
 
 def _head(plan: Plan, data: PreparedData, skips: SkipLog):
@@ -171,6 +172,7 @@ def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float
             "test": outcome.test,
             "head_warm_start": outcome.warm_start,
             "feature_extraction": outcome.extraction,
+            "activation_cache": outcome.activations,
             "data_checks": data.screening.record,
             **(outcome.trust.metrics() if outcome.trust else {}),
             **({"excluded_suspects": data.suspects} if data.suspects is not None else {}),
@@ -180,6 +182,7 @@ def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float
                 "total_s": seconds,
                 **({"trust_s": outcome.trust.seconds} if outcome.trust else {}),
                 "device": str(plan.runtime.device),
+                "precision": plan.runtime.precision.to_dict(),
                 **({"processes": dist.world_size} if dist else {}),
             },
         }
@@ -207,6 +210,7 @@ def write_run(plan: Plan, data: PreparedData, outcome: Outcome, metrics: dict) -
         "training": plan.config.to_dict(),
         "augment": data.augment_record,
         "data": data.splits.summary(),
+        "precision": plan.runtime.precision.to_dict(),
         **({"advice": plan.advice} if plan.advice else {}),
     }
     run_dir = plan.run_dir
@@ -273,5 +277,11 @@ def run_training(
         warning = no_validation_warning(outcome.history)
         if warning and plan.writes:
             warnings.warn(warning, VisiontuneWarning, stacklevel=2)
-    trained = TrainedModel(model, data.splits.labels, config=None, run_dir=plan.run_dir)
+    trained = TrainedModel(
+        model,
+        data.splits.labels,
+        config=None,
+        run_dir=plan.run_dir,
+        precision=plan.runtime.precision,
+    )
     return FitResult(plan.run_dir, trained, outcome.history, metrics)

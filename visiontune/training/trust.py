@@ -86,7 +86,11 @@ class TrustFit:
 def _features(plan: Plan, data: PreparedData, skips: SkipLog) -> dict[str, FeatureSet]:
     splits, backbone = data.splits, plan.model.backbone
     # A fine-tuned backbone's features are this run's alone: not worth a cache entry.
-    cache = feature_cache(plan.config, backbone) if plan.strategy.uses_frozen_backbone else None
+    cache = (
+        feature_cache(plan.config, backbone, runtime=plan.runtime)
+        if plan.strategy.uses_frozen_backbone
+        else None
+    )
     backbone.eval()
     return extract_parts(
         backbone,
