@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 import signal
@@ -126,7 +127,7 @@ def _post(url: str, files: list[tuple[str, bytes]], **params) -> httpx.Response:
 # --- the JSON API -------------------------------------------------------------------------------
 
 
-def test_predict_health_and_model_answer(server, faces):
+def test_predict_health_and_model_answer(server, faces, face_run):
     images = _test_images(faces)
     files = [(p.name, p.read_bytes()) for p, _ in images]
     reply = _post(server.url, files, top_k=2)
@@ -145,6 +146,8 @@ def test_predict_health_and_model_answer(server, faces):
     member = card["members"][0]
     assert member["backbone"] == "efficientnet_lite0" and member["preprocess"]["size"] == 224
     assert member["metrics"]["test"]["accuracy"] > 0.8
+    saved = json.loads((face_run / "config.json").read_text())["precision"]
+    assert member["precision"] == saved  # served in the precision it was calibrated in
     assert {"visiontune", "torch", "fastapi"} <= set(card["versions"])
 
 

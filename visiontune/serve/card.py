@@ -82,6 +82,7 @@ def _member_card(member) -> dict:
         "strategy": (config.get("strategy") or {}).get("name"),
         "data": config.get("data"),
         "augment": (config.get("augment") or {}).get("text"),
+        "precision": member.precision.to_dict(),  # what it predicts in here
         "trained_with": config.get("versions"),
         "metrics": _metrics_summary(_read_metrics(member.run_dir)),
     }

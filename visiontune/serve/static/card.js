@@ -30,6 +30,8 @@ function memberRows(member) {
     ["backbone", `${plain(member.backbone)} (${plain(member.weights)})`],
     ["strategy", plain(member.strategy)],
     ["augmentation", plain(member.augment)],
+    ["precision", member.precision ? `${plain(member.precision.inference)} inference ` +
+      `(${plain(member.precision.reason)})` : "–"],
     ["training data", `${plain(data.root)}: ${plain(data.train)} train, ${plain(data.val)} ` +
       `validation (${plain(data.val_source)}), ${plain(data.test)} test images`],
     ["validation", `accuracy ${percent(val.accuracy)} on ${plain(val.images)} images`],
