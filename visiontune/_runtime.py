@@ -20,6 +20,7 @@ import torch
 
 __all__ = [
     "configure_threads",
+    "cpu_info",
     "process_started",
     "release_free_memory",
     "resolve_device",
@@ -101,3 +102,17 @@ def process_started() -> float:
 
 
 _IMPORTED = time.monotonic()
+
+
+def cpu_info(field: str) -> str | None:
+    """The first ``field`` line of ``/proc/cpuinfo`` (``"model name"``, ``"flags"``), or None
+    where there is none (not Linux, or not reported)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == field:
+            return value.strip()
+    return None

@@ -14,7 +14,7 @@ runs on images as before.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ class BackboneSplit:
     lower: nn.Module
     upper: nn.Module
     boundary: str  # the name of the first stage in ``upper`` (``Backbone.stages()``)
-    first_stage: int
+    shape: tuple[int, ...] = ()  # (C, H, W): one image's activations between the two parts
 
 
 class _Lower(nn.Module):
@@ -75,8 +75,9 @@ def _families(body: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[n
     return None
 
 
-def _holds(split: BackboneSplit, backbone: Backbone) -> bool:
-    """``upper(lower(x)) == backbone(x)`` on a probe batch, in eval mode, modes restored."""
+def _checked_shape(split: BackboneSplit, backbone: Backbone) -> tuple[int, ...] | None:
+    """The ``(C, H, W)`` that ``lower`` hands ``upper`` for one image, if ``upper(lower(x))``
+    equals ``backbone(x)`` on a probe batch (in eval mode, modes restored); else None."""
     size = backbone.preprocess.size
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     was_training = backbone.training
@@ -85,10 +86,12 @@ def _holds(split: BackboneSplit, backbone: Backbone) -> bool:
     try:
         with torch.no_grad():
             x = x.to(device)
-            whole, parts = backbone(x), split.upper(split.lower(x))
+            middle = split.lower(x)
+            whole, parts = backbone(x), split.upper(middle)
     finally:
         backbone.train(was_training)
-    return whole.shape == parts.shape and torch.allclose(whole, parts, atol=1e-4, rtol=1e-4)
+    holds = whole.shape == parts.shape and torch.allclose(whole, parts, atol=1e-4, rtol=1e-4)
+    return tuple(middle.shape[1:]) if holds else None
 
 
 def split_backbone(backbone: Backbone, first_stage: int) -> BackboneSplit | None:
@@ -103,5 +106,6 @@ def split_backbone(backbone: Backbone, first_stage: int) -> BackboneSplit | None
         return None
     lower = _Lower(stem + later[: first_stage - 1])
     upper = _Upper(backbone.body, later[first_stage - 1 :], tail)
-    split = BackboneSplit(lower, upper, stages[first_stage][0], first_stage)
-    return split if _holds(split, backbone) else None
+    split = BackboneSplit(lower, upper, stages[first_stage][0])
+    shape = _checked_shape(split, backbone)
+    return replace(split, shape=shape) if shape is not None else None

@@ -32,6 +32,7 @@ from torch import nn
 
 from .._io import atomic_write_text
 from .._paths import default_cache_dir
+from .._runtime import cpu_info
 from ..choices import PRECISIONS
 
 __all__ = ["DTYPES", "Precision", "autocast", "bf16_speedup", "native_bf16", "resolve_precision"]
@@ -110,19 +111,10 @@ def _measure_speedup(rounds: int = 3) -> float:
     return ratios[len(ratios) // 2]
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _machine_key() -> str:
     """What the measured speed-up holds for: the processor, torch's version, its threads."""
-    return f"{_cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    cpu = cpu_info("model name") or platform.processor() or platform.machine()
+    return f"{cpu}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
 _MEASURED: dict[str, float] = {}  # this process's measurements, by machine key

@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 
 from .._io import atomic_write
+from .._runtime import cpu_info
 from ..errors import ExportError
 from ..formats.export_metadata import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME, ExportMetadata
 from ..formats.onnx_reader import onnx_digest, read_onnx
@@ -49,15 +50,7 @@ _INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 def cpu_int8_instructions() -> list[str]:
     """The int8-relevant instruction sets this CPU reports (onnxruntime's MLAS kernels use the
     best of them): AMX and VNNI do int8 dot products in one instruction; AVX2 alone does not."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set(
-        next(
-            (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
-        )
-    )
+    flags = set((cpu_info("flags") or "").split())
     return [f for f in _INT8_FLAGS if f in flags]
 
 

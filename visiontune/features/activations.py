@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..backbones import Backbone
 from ..backbones.split import BackboneSplit
 from ..data.folder import Sample
 from .extract import FeatureSet
@@ -24,7 +23,6 @@ __all__ = [
     "ActivationViews",
     "Flattened",
     "activation_pooling",
-    "activation_shape",
     "common_samples",
 ]
 
@@ -43,20 +41,6 @@ class Flattened(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x).flatten(1)
-
-
-def activation_shape(split: BackboneSplit, backbone: Backbone) -> tuple[int, ...]:
-    """``(C, H, W)`` of one image's activations at the boundary (one probe forward pass)."""
-    size = backbone.preprocess.size
-    device = next(backbone.parameters()).device
-    was_training = split.lower.training
-    split.lower.eval()
-    try:
-        with torch.no_grad():
-            out = split.lower(torch.zeros(1, 3, size, size, device=device))
-    finally:
-        split.lower.train(was_training)
-    return tuple(out.shape[1:])
 
 
 def common_samples(views: Sequence[FeatureSet]) -> list[FeatureSet]:

@@ -25,6 +25,7 @@ What changes, and what does not:
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -40,7 +41,6 @@ from ..features.activations import (
     ActivationViews,
     Flattened,
     activation_pooling,
-    activation_shape,
 )
 from ..features.cache import view_descriptor
 from ..features.extract import FeatureSet, extract_features
@@ -60,7 +60,6 @@ class ActivationTraining:
     train: object  # DataLoader over ActivationViews
     val: object
     views: ActivationViews
-    record: dict  # metrics.json "activation_cache"
 
 
 def _free_memory() -> int | None:
@@ -101,9 +100,7 @@ def _view_seeds(plan: Plan) -> list[int]:
 
 def _too_large(plan: Plan, data: PreparedData, shape: tuple[int, ...]) -> str | None:
     rows = len(data.splits.train) * plan.config.activation_views + len(data.splits.val)
-    size = rows * 4
-    for dim in shape:
-        size *= dim
+    size = rows * math.prod(shape) * 4  # float32
     free = _free_memory()
     if free is not None and size > MEMORY_SHARE * free:
         return f"the activations would take {size / 2**30:.1f} GiB of {free / 2**30:.1f} free"
@@ -168,8 +165,7 @@ def activation_training(
     if reason is None:
         split, reason = _split(plan)
     if split is not None:
-        shape = activation_shape(split, plan.model.backbone)
-        reason = _too_large(plan, data, shape)
+        reason = _too_large(plan, data, split.shape)
     if reason is not None:
         return None, {"used": False, "reason": reason}
     started = time.perf_counter()
@@ -179,19 +175,19 @@ def activation_training(
         for v, seed in enumerate(_view_seeds(plan))
     ]
     val = _extract(plan, data, skips, split, None, desc="activations, validation")
-    views = ActivationViews(train_views, shape)
+    views = ActivationViews(train_views, split.shape)
     record = {
         "used": True,
         "boundary": split.boundary,
         "views": count,
-        "shape": list(shape),
+        "shape": list(split.shape),
         "computed": sum(v.computed for v in train_views) + val.computed,
         "from_cache": sum(v.from_cache for v in train_views) + val.from_cache,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    train, val_loader = _loaders(plan, views, ActivationViews([val], shape))
+    train, val_loader = _loaders(plan, views, ActivationViews([val], split.shape))
     forward = nn.Sequential(split.upper, plan.model.head)
-    return ActivationTraining(forward, train, val_loader, views, record), record
+    return ActivationTraining(forward, train, val_loader, views), record
 
 
 def with_views(on_epoch_start, views: ActivationViews):
