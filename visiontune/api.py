@@ -15,10 +15,11 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._paths import check_writable_dir, check_writable_file
+from ._paths import check_writable_dir, check_writable_file, default_cache_dir
 from .config import TrainConfig, changed_options, check_run_options
 from .data.checks import CheckReport, check_folder
 from .data.duplicates import DEFAULT_NEAR_DISTANCE
+from .data.manifest import ManifestColumns
 from .errors import VisiontuneError
 
 if TYPE_CHECKING:  # the workflows import torch when called, so `visiontune check` never does
@@ -56,9 +57,21 @@ def _train_config(data, config: TrainConfig | None, options: dict) -> tuple[Trai
     if unknown:
         valid = ", ".join(TrainConfig.field_names())
         raise VisiontuneError(f"unknown training option(s) {', '.join(unknown)}; valid: {valid}")
+    data = _data_path(data, options.get("cache_dir", config.cache_dir if config else None))
     base = config if config is not None else TrainConfig(data=str(data))
     merged = replace(base, **{**options, "data": str(data)})
     return merged, set(options) | (changed_options(config) if config is not None else set())
+
+
+def _data_path(data, cache_dir: str | None):
+    """``data`` itself, or for a pandas DataFrame the manifest file it is saved as (under the
+    cache folder's ``manifests/``), which the run then records."""
+    from .data.manifest import is_manifest, save_frame
+
+    if isinstance(data, str | Path) or not is_manifest(data):
+        return data
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return save_frame(data, root / "manifests")
 
 
 def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> FitResult:
@@ -133,6 +146,7 @@ def advise(
     workers: int | None = None,
     device: str = "auto",
     progress: bool = False,
+    columns: ManifestColumns | None = None,
 ) -> Advice:
     """Measure ``data`` (train and val splits, never test) against ``backbone`` and choose a
     fine-tuning strategy, as ``--strategy auto`` does (``visiontune.strategies.advisor``).
@@ -143,7 +157,7 @@ def advise(
     """
     from . import _runtime
     from .backbones import create_backbone
-    from .data.folder import scan_folder
+    from .data.dataset import scan_data
     from .data.loader import default_workers
     from .engine.loop import Runtime
     from .engine.precision import resolve_precision
@@ -153,7 +167,7 @@ def advise(
     check_run_options(workers=workers, seed=seed)
     _runtime.tune_allocator()
     _runtime.configure_threads()
-    splits = scan_folder(data, val_fraction=0.0, seed=seed)
+    splits = scan_data(data, columns, val_fraction=0.0, seed=seed)
     model = create_backbone(backbone, weights=weights or "default")
     where = _runtime.resolve_device(device)
     # train's --precision auto, so the features it measures are the ones train then reads
@@ -177,6 +191,7 @@ def check(
     max_pixels: int = 50_000_000,
     imbalance_ratio: float = 3.0,
     workers: int | None = None,
+    columns: ManifestColumns | None = None,
 ) -> CheckReport:
     """Every finding about the images under ``data`` (any layout ``train`` accepts): unreadable
     and truncated files, odd formats, tiny and huge images, class counts and imbalance, exact and
@@ -203,6 +218,7 @@ def check(
         max_pixels=max_pixels,
         imbalance_ratio=imbalance_ratio,
         workers=workers,
+        columns=columns,
     )
 
 
@@ -218,6 +234,7 @@ def audit(
     workers: int | None = None,
     progress: bool = False,
     report: str | Path | None = None,
+    columns: ManifestColumns | None = None,
 ) -> AuditResult:
     """Find wrong labels (``label-issue``), ``outlier`` and ``ambiguous`` images in every split
     of ``data``, from out-of-fold probabilities of ``folds``-fold linear probes on the frozen
@@ -251,6 +268,7 @@ def audit(
         folds=folds,
         seed=seed,
         probe=report is not None,  # the head the report's overlays explain
+        columns=columns,
     )
     if report is not None:
         overlays = _audit_overlays(model, result, Path(report))
@@ -338,6 +356,7 @@ def evaluate(
     tta: str = "none",
     report: str | Path | None = None,
     precision: str | None = None,
+    columns: ManifestColumns | None = None,
 ) -> dict:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on ``folder/<class>/``.
     ``tta``: ``none``, ``flip``, ``5crop`` or ``10crop`` views per image, probabilities averaged.
@@ -348,6 +367,7 @@ def evaluate(
 
     check_run_options(batch_size=batch_size, workers=workers)
     options = {"batch_size": batch_size, "workers": workers, "progress": progress, "tta": tta}
+    options["columns"] = columns
     if report is None:
         return load(run, precision=precision).evaluate(folder, **options)
     check_report_dir(report)  # before any work: a bad folder writes nothing
@@ -492,6 +512,7 @@ def extract(
     batch_size: int = 64,
     workers: int | None = None,
     progress: bool = False,
+    columns: ManifestColumns | None = None,
 ) -> dict:
     """Write every image's pooled features to ``out`` (``.npz``, or ``.parquet`` with pyarrow):
     columns ``path``, ``label``, ``class_name``, ``split``, ``embedding``. ``backbone`` may be a
@@ -507,7 +528,14 @@ def extract(
     check_writable_file(out, "extract --out")
     model, store, workers = embedding_model(backbone, weights, cache, cache_dir, workers)
     return write_embeddings(
-        data, out, model, cache=store, batch_size=batch_size, workers=workers, progress=progress
+        data,
+        out,
+        model,
+        cache=store,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        columns=columns,
     )
 
 

@@ -24,13 +24,16 @@ from functools import cached_property
 
 from .choices import BALANCE_MODES, DEVICES, HEAD_SOLVERS, PRECISIONS, STRATEGY_CHOICES
 from .data.augment import AugmentSpec, augment_help, parse_augment
+from .data.manifest import ManifestColumns
 from .errors import VisiontuneError
 
 __all__ = [
+    "DATA_OPTIONS",
     "MAX_SEED",
     "STRATEGY_DEFAULTS",
     "TrainConfig",
     "changed_options",
+    "manifest_columns",
     "check_run_options",
     "option",
     "parse_duration",
@@ -173,7 +176,35 @@ class TrainConfig:
         "that look like no class; metrics.json lists them (excluded_suspects)",
     )
     val_fraction: float = option(
-        0.15, "share of train held out (stratified, seeded) when DATA has no val split"
+        0.15,
+        "share of train held out (stratified, seeded) when DATA has no val split;\n"
+        "with --group-column, whole groups are held out",
+    )
+    path_column: str | None = option(
+        None,
+        "DATA as a .csv/.parquet manifest: its column of image paths, relative to the\n"
+        "manifest's folder or absolute (default: path, image, file, filename...)",
+        metavar="NAME",
+    )
+    label_column: str | None = option(
+        None,
+        "the manifest's column of labels (default: label, labels, class, category...)",
+        metavar="NAME",
+    )
+    group_column: str | None = option(
+        None,
+        "the manifest's column of groups (a patient, a person, a video): the held-out\n"
+        "validation split never shares a group with train (default: none)",
+        metavar="NAME",
+    )
+    label_delimiter: str = option(
+        ";", "separates the labels of a multi-label manifest cell", metavar="TEXT"
+    )
+    multi_label: bool = option(
+        False,
+        "every image may carry several labels (a manifest cell 'dog;ball'): sigmoid\n"
+        "outputs, per-class thresholds chosen on validation (default: on when a label\n"
+        "cell holds --label-delimiter)",
     )
     seed: int = option(0, "seed for the split, initialisation, shuffling and augmentation")
     workers: int | None = option(
@@ -230,6 +261,11 @@ class TrainConfig:
             raise VisiontuneError(f"--augment: {exc}") from None
 
     @property
+    def manifest_columns(self) -> ManifestColumns:
+        """How to read DATA when it is a manifest."""
+        return manifest_columns(self)
+
+    @property
     def time_budget_s(self) -> float | None:
         """``time_budget`` in seconds (validated by the constructor)."""
         return None if self.time_budget is None else parse_duration(self.time_budget)
@@ -255,6 +291,24 @@ class TrainConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+# The options that say how to read DATA: every command that takes DATA takes these.
+DATA_OPTIONS = ("path_column", "label_column", "group_column", "label_delimiter", "multi_label")
+
+
+def manifest_columns(options) -> ManifestColumns:
+    """``ManifestColumns`` from an object with the ``DATA_OPTIONS`` attributes (a
+    ``TrainConfig``, parsed arguments); missing ones keep their defaults."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in DATA_OPTIONS}
+    value = {name: getattr(options, name, defaults[name]) for name in DATA_OPTIONS}
+    return ManifestColumns(
+        path=value["path_column"],
+        label=value["label_column"],
+        group=value["group_column"],
+        delimiter=value["label_delimiter"],
+        multi_label=bool(value["multi_label"]),
+    )
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
@@ -353,6 +407,8 @@ def _problems(c: TrainConfig) -> list[str]:
         )
         if value not in valid
     ]
+    if not isinstance(c.label_delimiter, str) or not c.label_delimiter:
+        found.append(f"--label-delimiter must be a non-empty text, got {c.label_delimiter!r}")
     if c.backbone == "auto" and c.strategy != "auto":
         found.append("--backbone auto races the embedded backbones: it needs --strategy auto")
     if c.device not in DEVICES and not str(c.device).startswith("cuda:"):

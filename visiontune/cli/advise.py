@@ -6,7 +6,8 @@ import json
 import shlex
 import sys
 
-from .options import add_cache_options
+from ..config import manifest_columns
+from .options import DATA_HELP, add_cache_options, add_data_options
 
 
 def _add_advise(sub) -> None:
@@ -22,8 +23,11 @@ def _add_advise(sub) -> None:
         "`train --strategy auto` runs exactly this.",
     )
     p.add_argument(
-        "data", metavar="DATA", help="folder of class sub-folders, or of train/val/test splits"
+        "data",
+        metavar="DATA",
+        help=DATA_HELP,
     )
+    add_data_options(p)
     p.add_argument(
         "--backbone", default="efficientnet_lite0", help="backbone name (default: %(default)s)"
     )
@@ -56,6 +60,7 @@ def _run_advise(args) -> int:
         seed=args.seed,
         workers=args.workers,
         progress=not args.json and sys.stderr.isatty(),
+        columns=manifest_columns(args),
     ).to_dict()
     if args.json:
         print(json.dumps(advice, indent=2))

@@ -7,8 +7,9 @@ import argparse
 import json
 import sys
 
+from ..config import manifest_columns
 from ..errors import VisiontuneError
-from .options import add_cache_options
+from .options import DATA_HELP, add_cache_options, add_data_options
 
 DESCRIPTION = """\
 Find images in DATA (every split: train, val and test) whose label looks wrong. Each image
@@ -42,7 +43,12 @@ def _add_audit(sub) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("data", metavar="DATA", help="folder of class sub-folders, or of splits")
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        help=DATA_HELP,
+    )
+    add_data_options(p)
     p.add_argument(
         "--backbone",
         default="efficientnet_lite0",
@@ -122,6 +128,7 @@ def _run_audit(args) -> int:
         workers=args.workers,
         progress=not args.json and sys.stderr.isatty(),
         report=args.report,
+        columns=manifest_columns(args),
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..config import manifest_columns
 from ..data.checks import FINDING_TYPES
 from ..data.duplicates import DEFAULT_NEAR_DISTANCE
 from ..errors import VisiontuneError
+from .options import DATA_HELP, add_data_options
 
 SEVERITY_ORDER = ("error", "warning", "info")
 
@@ -40,8 +42,11 @@ def _add_check(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "data", metavar="DATA", help="folder of class sub-folders, or of train/val/test splits"
+        "data",
+        metavar="DATA",
+        help=DATA_HELP,
     )
+    add_data_options(p)
     p.add_argument(
         "--json", action="store_true", help="print one JSON object: every finding and all its files"
     )
@@ -112,6 +117,7 @@ def _run_check(args) -> int:
         max_pixels=args.max_pixels,
         imbalance_ratio=args.imbalance_ratio,
         workers=args.workers,
+        columns=manifest_columns(args),
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

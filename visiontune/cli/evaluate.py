@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from ..choices import TTA_MODES
-from .options import add_precision_option
+from ..config import manifest_columns
+from .options import add_data_options, add_precision_option
 
 TTA_HELP = """test-time augmentation: views per image, their probabilities averaged
 (default: none). The image is resized as for evaluation (short side size/crop_pct):
@@ -47,7 +48,13 @@ def _add_evaluate(sub) -> None:
         formatter_class=argparse.RawTextHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN", nargs="+", help=RUNS_HELP)
-    p.add_argument("dir", metavar="DIR", help="folder of class sub-folders")
+    p.add_argument(
+        "dir",
+        metavar="DATA",
+        help="folder of class sub-folders, or a .csv/.parquet manifest (its test rows, or\n"
+        "every row when it has no split column)",
+    )
+    add_data_options(p)
     p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(
@@ -80,6 +87,7 @@ def _run_evaluate(args) -> int:
         tta=args.tta,
         report=args.report,
         precision=args.precision,
+        columns=manifest_columns(args),
     )
     if args.json:
         print(json.dumps(metrics, indent=2))

@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from .options import add_cache_options
+from ..config import manifest_columns
+from .options import DATA_HELP, add_cache_options, add_data_options
 
 
 def _add_extract(sub) -> None:
@@ -17,7 +18,12 @@ def _add_extract(sub) -> None:
         "path, label, class_name, split and embedding per image to FILE (.npz; .parquet "
         "with pyarrow). Reads and fills the feature cache.",
     )
-    p.add_argument("data", metavar="DATA")
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        help=DATA_HELP,
+    )
+    add_data_options(p)
     p.add_argument("--out", required=True, metavar="FILE", help="output file, .npz or .parquet")
     p.add_argument(
         "--backbone",
@@ -44,6 +50,7 @@ def _run_extract(args) -> int:
         cache_dir=args.cache_dir,
         workers=args.workers,
         progress=sys.stderr.isatty(),
+        columns=manifest_columns(args),
     )
     print(
         f"wrote {summary['rows']} embeddings of dimension {summary['dim']} to {summary['out']} "

@@ -13,13 +13,16 @@ import argparse
 from dataclasses import MISSING, Field, fields
 
 __all__ = [
+    "DATA_HELP",
     "PRECISION_HELP",
     "add_cache_options",
     "add_config_options",
+    "add_data_options",
     "add_precision_option",
     "given_options",
 ]
 
+DATA_HELP = "folder of class sub-folders or of train/val/test splits, or a .csv/.parquet manifest"
 # Annotation (as written, under ``from __future__ import annotations``) -> argparse type.
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -55,6 +58,18 @@ def add_config_options(parser: argparse.ArgumentParser, config_class) -> None:
     for f in fields(config_class):
         if f.metadata.get("cli", True) and f.default is not MISSING:
             _add(parser, f)
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """``TrainConfig``'s manifest options (``DATA_OPTIONS``), for the commands other than train
+    that read DATA (check, advise, audit, evaluate, extract); defaults kept, so
+    ``config.manifest_columns(args)`` reads them."""
+    from ..config import DATA_OPTIONS, TrainConfig
+
+    for f in fields(TrainConfig):
+        if f.name in DATA_OPTIONS:
+            _add(parser, f)
+            parser.set_defaults(**{f.name: f.default})
 
 
 def given_options(args: argparse.Namespace, config_class) -> dict:

@@ -31,7 +31,8 @@ def _add_train(sub) -> None:
         "data",
         metavar="DATA",
         nargs="?",
-        help="folder of class sub-folders, or of train/val/test splits (not with --resume)",
+        help="folder of class sub-folders or of train/val/test splits, or a .csv/.parquet\n"
+        "manifest (see --path-column); not with --resume",
     )
     add_config_options(p, TrainConfig)
     p.add_argument(

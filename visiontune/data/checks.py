@@ -16,9 +16,11 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .dataset import scan_data
 from .duplicates import DEFAULT_NEAR_DISTANCE, exact_groups, near_groups
-from .folder import IMAGE_EXTENSIONS, DatasetSplits, ignored_name, scan_folder
+from .folder import IMAGE_EXTENSIONS, DatasetSplits, ignored_name
 from .inspect import EXPECTED_FORMATS, MIN_USABLE_SIDE, FileInfo, decode_file, inspect_file
+from .manifest import ManifestColumns
 
 __all__ = [
     "FINDING_TYPES",
@@ -72,6 +74,11 @@ FINDING_TYPES = {
         "a val/test image with a byte-identical copy in train: it inflates the held-out accuracy",
     ),
     "label-conflict": ("error", "the same image filed under two or more classes"),
+    "group-leakage": (
+        "error",
+        "a manifest's --group-column group (a patient, a person) with images both in train "
+        "and in val/test: the held-out score then measures recognising the group",
+    ),
 }
 
 MODE_NAMES = {
@@ -160,6 +167,7 @@ class _Where:
 
     def __init__(self, splits: DatasetSplits):
         self.root = Path(splits.root)
+        self.rows: dict[str, int] = splits.manifest.get("rows", {})
         self.split: dict[str, str] = {}
         self.label: dict[str, str] = {}
         for part in PARTS:
@@ -168,10 +176,12 @@ class _Where:
                 self.label[str(sample.path)] = splits.labels.names[sample.label]
 
     def rel(self, path: str) -> str:
+        """``path`` as messages show it: relative to DATA, with its manifest row."""
+        row = f" (row {self.rows[path]})" if path in self.rows else ""
         try:
-            return Path(path).relative_to(self.root).as_posix()
+            return Path(path).relative_to(self.root).as_posix() + row
         except ValueError:
-            return path
+            return path + row
 
 
 def _file_findings(
@@ -455,11 +465,31 @@ def check_splits(
     findings += _mode_findings(infos, where)
     findings += _balance_findings(counts, imbalance_ratio)
     findings += _duplicate_findings(infos, where)
+    findings += _group_findings(splits, where)
     if decode and near_distance is not None:
         findings += _near_findings(infos, where, near_distance)
     return CheckReport(
         str(splits.root), splits.layout, counts, infos, findings, time.perf_counter() - started
     )
+
+
+def _group_findings(splits: DatasetSplits, where: _Where) -> list[Finding]:
+    """One ``group-leakage`` finding per held-out split sharing groups with train."""
+    train = {s.group for s in splits.train if s.group is not None}
+    found = []
+    for part in ("val", "test"):
+        shared = [s for s in getattr(splits, part) if s.group in train]
+        if not shared:
+            continue
+        groups = sorted({s.group for s in shared})
+        shown = ", ".join(groups[:5]) + (f" and {len(groups) - 5} more" if len(groups) > 5 else "")
+        message = (
+            f"{len(groups)} group(s) in both train and {part} ({shown}): {len(shared)} {part} "
+            f"image(s), e.g. {where.rel(str(shared[0].path))}"
+        )
+        files = [str(s.path) for s in shared]
+        found.append(Finding("group-leakage", "error", message, files, {"groups": groups}))
+    return found
 
 
 def check_folder(
@@ -471,16 +501,17 @@ def check_folder(
     max_pixels: int = 50_000_000,
     imbalance_ratio: float = 3.0,
     workers: int | None = None,
+    columns: ManifestColumns | None = None,
 ) -> CheckReport:
-    """Scan ``root`` (any layout ``scan_folder`` accepts; nothing held out of train) and check
-    it with ``check_splits``.
+    """Scan ``root`` (any layout ``scan_data`` accepts, a manifest read by ``columns``; nothing
+    held out of train) and check it with ``check_splits``.
 
     >>> report = check_folder(photos, workers=0)
     >>> report.has_errors, report.summary()
     (False, {'class-counts': 1})
     """
     return check_splits(
-        scan_folder(root, val_fraction=0.0),
+        scan_data(root, columns, val_fraction=0.0),
         decode=decode,
         near_distance=near_distance,
         min_side=min_side,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "DatasetSplits",
     "Sample",
     "expand_image_paths",
+    "group_split",
     "ignored_name",
     "list_images",
     "scan_class_folder",
@@ -88,8 +90,20 @@ SPLIT_ALIASES = {
 
 @dataclass(frozen=True)
 class Sample:
+    """One image and its label. ``group``: the manifest's ``--group-column`` value (a patient,
+    a person, a video), so a held-out split never shares a group with train. ``multi_hot``: a
+    multi-label image's 0/1 per class (``label`` is then its first class), empty otherwise."""
+
     path: Path
     label: int
+    group: str | None = None
+    multi_hot: tuple[int, ...] = ()
+
+    @property
+    def target(self):
+        """What the loader yields as this image's label: the class index, or the multi-hot row
+        (a batch of them collates to a ``(batch, classes)`` tensor)."""
+        return self.multi_hot if self.multi_hot else self.label
 
 
 @dataclass
@@ -106,9 +120,13 @@ class DatasetSplits:
     # files under DATA that are not used, path -> {"type", "reason"}: "unsupported-file" (an
     # extension that is not an image type we read), "stray-image" (an image outside any class)
     left_out: dict[str, dict] = field(default_factory=dict)
+    multi_label: bool = False  # samples carry ``multi_hot`` rows (a manifest's label sets)
+    # A manifest's record (``data.manifest``): its path, sha256, the columns read, and the row
+    # number of each path (for messages); empty for a folder.
+    manifest: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {
+        found = {
             "root": str(self.root),
             "layout": self.layout,
             "classes": list(self.labels.names),
@@ -117,6 +135,11 @@ class DatasetSplits:
             "test": len(self.test),
             "val_source": self.val_source,
         }
+        if self.multi_label:
+            found["multi_label"] = True
+        if self.manifest:
+            found["manifest"] = {k: v for k, v in self.manifest.items() if k != "rows"}
+        return found
 
 
 def ignored_name(name: str) -> bool:
@@ -251,7 +274,10 @@ def _split_dirs(root: Path) -> dict[str, Path]:
 def stratified_split(
     samples: list[Sample], fraction: float, seed: int
 ) -> tuple[list[Sample], list[Sample]]:
-    """Hold out ``fraction`` of each class (at least one image where a class has two or more)."""
+    """Hold out ``fraction`` of each class (at least one image where a class has two or more).
+    Samples with a ``group`` are split by group instead (``group_split``)."""
+    if fraction > 0 and any(s.group is not None for s in samples):
+        return group_split(samples, fraction, seed)
     rng = random.Random(seed)
     by_class: dict[int, list[Sample]] = {}
     for s in samples:
@@ -271,6 +297,33 @@ def stratified_split(
 
 def _path_key(sample: Sample) -> str:
     return str(sample.path)
+
+
+def group_split(
+    samples: list[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Hold out about ``fraction`` of the images, whole groups at a time and stratified by
+    class as far as the groups allow (scikit-learn's ``StratifiedGroupKFold``: its first fold
+    of ``round(1 / fraction)``), so no group is on both sides. Fewer groups than folds: one
+    seeded ``GroupShuffleSplit``. Samples without a group are each a group of their own."""
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+    groups = [s.group if s.group is not None else f"\0{s.path}" for s in samples]
+    labels = [s.label for s in samples]
+    folds = max(2, round(1 / fraction))
+    rows = list(range(len(samples)))
+    if len(set(groups)) >= folds and min(Counter(labels).values()) >= folds:
+        splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed % 2**32)
+        kept, held = next(splitter.split(rows, labels, groups))
+    elif len(set(groups)) >= 2:
+        splitter = GroupShuffleSplit(1, test_size=fraction, random_state=seed % 2**32)
+        kept, held = next(splitter.split(rows, labels, groups))
+    else:
+        raise DataError(f"every image is in one group ({groups[0]!r}): no group can be held out")
+    return (
+        sorted((samples[i] for i in kept), key=_path_key),
+        sorted((samples[i] for i in held), key=_path_key),
+    )
 
 
 def scan_folder(

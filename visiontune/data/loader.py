@@ -49,8 +49,8 @@ class ImageDataset(Dataset):
         try:
             decoded = decode_image(sample.path, min_short_side=self.decode_size)
         except ImageDecodeError as exc:
-            return None, sample.label, index, str(exc), str(sample.path)
-        return self.transform(decoded.image), sample.label, index, decoded.note, str(sample.path)
+            return None, sample.target, index, str(exc), str(sample.path)
+        return self.transform(decoded.image), sample.target, index, decoded.note, str(sample.path)
 
 
 @dataclass

@@ -20,7 +20,8 @@ from .augment import (
     compute_pca_stats,
     parse_augment,
 )
-from .folder import Sample, scan_folder
+from .dataset import scan_data
+from .folder import Sample
 from .images import ImageDecodeError, decode_image
 from .transforms import decode_size, eval_transform
 
@@ -159,7 +160,7 @@ def write_augment_preview(
         spec = parse_augment(augment)
     except ValueError as exc:
         raise VisiontuneError(f"--augment: {exc}") from None
-    splits = scan_folder(data, val_fraction=0.0)
+    splits = scan_data(data, val_fraction=0.0)
     pca = compute_pca_stats(splits.train, seed=seed) if spec.uses_pca else None
     preprocess = PreprocessSpec(size=size)
     try:

@@ -233,17 +233,23 @@ def run_crops(
     """uint8 eval crops of the run's training images (``calibration`` of them, spread over the
     classes) and of its validation split (up to ``validation``, with class indices), the split
     rebuilt from the run's data folder, validation fraction and seed as training made it."""
-    from ..data.folder import scan_folder
+    from types import SimpleNamespace
+
+    from ..config import manifest_columns
+    from ..data.dataset import scan_data
 
     training = config.get("training") or {}
     data = training.get("data")
-    if not data or not Path(data).is_dir():
+    if not data or not Path(data).exists():
         raise ExportError(
             f"an int8 export calibrates on the run's training images and is checked on its "
             f"validation split, but its data folder {data} is gone"
         )
-    splits = scan_folder(
-        data, val_fraction=training.get("val_fraction", 0.15), seed=training.get("seed", 0)
+    splits = scan_data(
+        data,
+        manifest_columns(SimpleNamespace(**training)),
+        val_fraction=training.get("val_fraction", 0.15),
+        seed=training.get("seed", 0),
     )
     train, _ = _crops(pick_evenly(splits.train, calibration), spec)
     val = _crops(pick_evenly(splits.val, validation), spec)

@@ -89,4 +89,4 @@ class ActivationViews(Dataset):
 
     def __getitem__(self, index: int):
         view = self.views[self.epoch % len(self.views)]
-        return view.features[index].view(self.shape), int(view.labels[index]), index, None, None
+        return view.features[index].view(self.shape), view.labels[index].tolist(), index, None, None

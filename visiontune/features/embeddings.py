@@ -9,8 +9,10 @@ import numpy as np
 from .. import _runtime
 from .._io import atomic_write
 from ..backbones import Backbone, create_backbone
-from ..data.folder import Sample, expand_image_paths, scan_folder
+from ..data.dataset import scan_data
+from ..data.folder import Sample, expand_image_paths
 from ..data.loader import SkipLog, default_workers
+from ..data.manifest import ManifestColumns
 from ..engine.loop import Runtime
 from ..errors import DataError, VisiontuneError
 from ..formats.bundle import load_bundle
@@ -53,15 +55,18 @@ def write_embeddings(
     batch_size: int,
     workers: int,
     progress: bool,
+    columns: ManifestColumns | None = None,
 ) -> dict:
-    """Every image's pooled features under ``data`` to ``out`` (``.npz`` or ``.parquet``).
+    """Every image's pooled features under ``data`` (a folder, or a manifest read by
+    ``columns``) to ``out`` (``.npz`` or ``.parquet``).
 
     ``cache``: where features are read from and stored. Returns a summary (rows, dimension, computed
     vs cached, skipped files)."""
     out = Path(out)
     if out.suffix not in (".npz", ".parquet"):
         raise VisiontuneError(f"--out must end in .npz or .parquet, got {out.name}")
-    splits = scan_folder(data, val_fraction=0.0, min_classes=1)  # no classifier: one class is fine
+    # No classifier: one class is fine.
+    splits = scan_data(data, columns, val_fraction=0.0, min_classes=1)
     skips = SkipLog()
     parts = {"train": splits.train, "val": splits.val, "test": splits.test}
     features = extract_parts(

@@ -49,7 +49,13 @@ class FeatureDataset(Dataset):
         return len(self.features)
 
     def __getitem__(self, index: int):
-        return self.features.features[index], int(self.features.labels[index]), index, None, None
+        return (
+            self.features.features[index],
+            self.features.labels[index].tolist(),
+            index,
+            None,
+            None,
+        )
 
 
 class _SeededViews(ImageDataset):
@@ -202,7 +208,7 @@ def _extract_cached(
         rows.update(zip(done, features, strict=False))
     order = sorted(rows)
     features = torch.stack([rows[i] for i in order]) if order else torch.empty(0, width)
-    labels = torch.tensor([samples[i].label for i in order], dtype=torch.long)
+    labels = torch.tensor([samples[i].target for i in order], dtype=torch.long)
     computed = len(order) - sum(1 for i in order if keys[i] in found)
     return FeatureSet(
         features,

@@ -10,13 +10,15 @@ fewer rejected); ``"none"`` turns it off.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..data.folder import Sample, expand_image_paths, scan_class_folder
+from ..data.dataset import labelled_samples
+from ..data.folder import Sample, expand_image_paths
 from ..data.loader import SkipLog
+from ..data.manifest import ManifestColumns
 from ..errors import VisiontuneError
 from ..evaluation.metrics import classification_metrics, expected_calibration_error
 from ..evaluation.predictions import LabelledPredictions
@@ -67,6 +69,9 @@ class Predictor:
     ``passes_per_image`` and ``_probabilities`` (an ``Outputs``)."""
 
     labels: LabelMap
+    # Multi-label: ``probs`` are per-class sigmoids, a class is predicted above its threshold.
+    multi_label: bool = False
+    thresholds: np.ndarray | None = None
 
     def passes_per_image(self, tta: str = "none") -> int:
         """Forward passes through a network per image: views x members."""
@@ -172,6 +177,13 @@ class Predictor:
             row["unknown_score"] = score
         return row
 
+    def labelled_samples(self, data, columns: ManifestColumns | None = None) -> list[Sample]:
+        """The images ``evaluate`` scores: ``data.dataset.labelled_samples`` with this model's
+        classes (a multi-label model reads every manifest cell as a label set)."""
+        if self.multi_label:
+            columns = replace(columns or ManifestColumns(), multi_label=True)
+        return labelled_samples(data, self.labels, columns)
+
     def evaluate(
         self,
         folder: str | Path,
@@ -180,9 +192,11 @@ class Predictor:
         workers: int | None = None,
         progress: bool = False,
         tta: str = "none",
+        columns: ManifestColumns | None = None,
     ) -> dict:
-        """Metrics on ``folder/<class>/<images>``; the class folders must be model classes."""
-        _, samples = scan_class_folder(Path(folder), self.labels)
+        """Metrics on ``folder/<class>/<images>`` (the class folders must be model classes), or
+        on a manifest's test rows (``data.dataset.labelled_samples``, read by ``columns``)."""
+        samples = self.labelled_samples(folder, columns)
         return self.evaluate_samples(
             samples, batch_size=batch_size, workers=workers, progress=progress, tta=tta
         )
@@ -219,10 +233,11 @@ class Predictor:
         workers: int | None = None,
         progress: bool = False,
         tta: str = "none",
+        columns: ManifestColumns | None = None,
     ) -> LabelledPredictions:
-        """Each image's class probabilities on ``folder/<class>/<images>`` beside its true label:
-        what ``evaluate(..., report=DIR)`` builds its report from."""
-        _, samples = scan_class_folder(Path(folder), self.labels)
+        """Each image's class probabilities on ``folder/<class>/<images>`` (or a manifest's test
+        rows) beside its true label: what ``evaluate(..., report=DIR)`` builds its report from."""
+        samples = self.labelled_samples(folder, columns)
         passes = self.passes_per_image(tta)  # checks ``tta`` before any work
         skips = SkipLog()
         out = self._probabilities(

@@ -112,11 +112,13 @@ def evaluation_report(
     workers: int | None,
     progress: bool,
     tta: str,
+    columns=None,
 ) -> dict:
-    """Evaluate ``predictor`` on ``folder`` and write the report into ``out_dir``; the metrics
+    """Evaluate ``predictor`` on ``folder`` (or a manifest's test rows, read by ``columns``) and
+    write the report into ``out_dir``; the metrics
     (what ``metrics.json`` holds) plus ``tta`` and ``report``, the page's path."""
     predictions = predictor.labelled_predictions(
-        folder, batch_size=batch_size, workers=workers, progress=progress, tta=tta
+        folder, batch_size=batch_size, workers=workers, progress=progress, tta=tta, columns=columns
     )
     explanations, note = gallery_explanations(predictor, predictions, Path(out_dir))
     metrics = write_report(

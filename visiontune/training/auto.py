@@ -35,7 +35,8 @@ from .._io import atomic_write_text
 from ..backbones import Classifier, Head, create_backbone, embedded_backbones
 from ..config import TrainConfig
 from ..data.augment import parse_augment
-from ..data.folder import DatasetSplits, scan_folder
+from ..data.dataset import scan_data
+from ..data.folder import DatasetSplits
 from ..data.loader import default_workers
 from ..engine.loop import Runtime
 from ..engine.speed import train_step_seconds
@@ -109,7 +110,9 @@ def _measure(config: TrainConfig, backbone_name: str) -> Context:
     """Scan and measure the data with the first backbone, as ``visiontune advise`` does."""
     device = _runtime.resolve_device(config.device)
     workers = config.workers if config.workers is not None else default_workers()
-    splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    splits = scan_data(
+        config.data, config.manifest_columns, val_fraction=config.val_fraction, seed=config.seed
+    )
     backbone = create_backbone(backbone_name, weights=config.weights or "default")
     runtime = run_runtime(config, device, progress=config.progress)
     cache = feature_cache(config, backbone, runtime=runtime)

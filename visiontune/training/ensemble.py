@@ -19,7 +19,7 @@ from .._console import console
 from .._io import atomic_write_text
 from ..backbones import create_backbone
 from ..config import TrainConfig
-from ..data.folder import scan_folder
+from ..data.dataset import scan_data
 from ..errors import VisiontuneError
 from ..prediction.ensemble import Ensemble, write_ensemble_file
 from .outdir import check_out, remove_old_run
@@ -74,7 +74,9 @@ def train_ensemble(
     configs = member_configs(config, members=members, backbones=backbones)
     if config.out:  # before any work: writable, and not a finished ensemble unless --overwrite
         check_out(Path(config.out).expanduser(), overwrite=config.overwrite)
-    splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    splits = scan_data(
+        config.data, config.manifest_columns, val_fraction=config.val_fraction, seed=config.seed
+    )
     if len(set(c.backbone for c in configs)) > 1:
         _check_backbones(configs)
     root = default_run_dir(replace(config, backbone="ensemble"))

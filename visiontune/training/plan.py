@@ -19,7 +19,8 @@ from .._paths import check_writable_dir, default_cache_dir
 from .._seeding import seed_all
 from ..backbones import Classifier, Head, create_backbone
 from ..config import TrainConfig
-from ..data.folder import DatasetSplits, scan_folder
+from ..data.dataset import scan_data
+from ..data.folder import DatasetSplits
 from ..data.loader import default_workers
 from ..engine import distributed
 from ..engine.distributed import Distributed
@@ -209,7 +210,9 @@ def make_plan(
     elif device is None:
         device = _runtime.resolve_device(config.device)
     workers = default_workers() if config.workers is None else config.workers
-    splits = scan_folder(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    splits = scan_data(
+        config.data, config.manifest_columns, val_fraction=config.val_fraction, seed=config.seed
+    )
     backbone = create_backbone(config.backbone, weights=config.weights or "default")
     advice, runtime = resume.extra.get("advice") if resume else None, None
     if config.strategy == "auto":  # rank 0 measures; every rank trains what it chose

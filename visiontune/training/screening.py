@@ -53,9 +53,12 @@ def screen_splits(
     splits, _ = _without(splits, set(unusable))
     leaked = leaked_files(report)
     conflicts = [f.files for f in report.of_type("label-conflict")]
+    groups = {f.message: f.details["groups"] for f in report.of_type("group-leakage")}
     if warn:
         _warn(report, leaked, conflicts, exclude_duplicates)
         _warn_left_out(splits.left_out)
+        for message in groups:
+            console.print(f"[bold red]warning:[/] {message}; the held-out score is optimistic")
     excluded = None
     if exclude_duplicates:
         splits, dropped = _without(splits, set(leaked))
@@ -64,6 +67,7 @@ def screen_splits(
     record = {
         "leakage": {"val": by_split["val"], "test": by_split["test"], "files": leaked},
         "label_conflicts": conflicts,
+        "group_leakage": list(groups.values()),
         "excluded_duplicates": excluded,
         "left_out": splits.left_out,
         "seconds": round(report.seconds, 3),

@@ -6,8 +6,10 @@ import time
 from pathlib import Path
 
 from ..backbones import Backbone
-from ..data.folder import DatasetSplits, scan_folder
+from ..data.dataset import scan_data
+from ..data.folder import DatasetSplits
 from ..data.loader import SkipLog
+from ..data.manifest import ManifestColumns
 from ..engine.loop import Runtime
 from ..errors import DataError
 from ..features.cache import FeatureCache
@@ -96,11 +98,17 @@ def audit_folder(
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
     probe: bool = False,
+    columns: ManifestColumns | None = None,
 ) -> AuditResult:
-    """Every image of ``data`` (class folders, or train/val/test splits of them) audited; a
-    folder without splits is audited whole (nothing is held out as validation). ``probe``: as
-    ``audit_splits``."""
-    splits = scan_folder(data, val_fraction=0.0, seed=seed)
+    """Every image of ``data`` (class folders, train/val/test splits of them, or a manifest
+    read by ``columns``) audited; data without splits is audited whole (nothing is held out as
+    validation). ``probe``: as ``audit_splits``."""
+    splits = scan_data(data, columns, val_fraction=0.0, seed=seed)
+    if splits.multi_label:
+        raise DataError(
+            "audit finds label issues of single-label data (one class per image); confident "
+            "learning's multi-label variant is not built in"
+        )
     return audit_splits(
         splits,
         backbone,
