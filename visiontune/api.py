@@ -466,7 +466,13 @@ def export(
         "max_images": MAX_IMAGES if max_images is None else max_images,
         "temperature": trained.temperature,
         "detector": trained.detector,
+        "thresholds": trained.thresholds,
     }
+    if int8 and trained.multi_label:
+        raise VisiontuneError(
+            "--quantize int8's gate measures top-1 agreement and accuracy; a multi-label "
+            "model is exported in fp32 only"
+        )
     if not int8:
         return export_model(model, labels, out=target, **options)
     from .exporting.quantize import MAX_DROP, quantize_onnx, run_crops

@@ -92,6 +92,8 @@ def _run_evaluate(args) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
+    if metrics.get("task") == "multi-label":
+        return _print_multi_label(metrics)
     print(
         f"accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images "
         f"(tta {metrics['tta']}: {metrics['forward_passes_per_image']} forward passes per image)"
@@ -114,6 +116,37 @@ def _run_evaluate(args) -> int:
     print(" " * 12 + "".join(f"{n[:8]:>9}" for n in names))
     for name, row in zip(names, metrics["confusion_matrix"], strict=False):
         print(f"{name[:12]:<12}" + "".join(f"{v:>9}" for v in row))
+    for path, reason in metrics.get("skipped", {}).items():
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if "report" in metrics:
+        print(f"report: {metrics['report']}")
+    return 0
+
+
+def _print_multi_label(metrics: dict) -> int:
+    """A multi-label evaluation: the summary at the run's thresholds and at 0.5, per class."""
+    fixed = metrics["at_0.5"]
+    print(
+        f"mAP {metrics['mAP']:.4f}, macro F1 {metrics['macro_f1']:.4f} (at 0.5: "
+        f"{fixed['macro_f1']:.4f}), micro F1 {metrics['micro_f1']:.4f}, subset accuracy "
+        f"{metrics['subset_accuracy']:.4f} on {metrics['num_images']} images (tta "
+        f"{metrics['tta']}: {metrics['forward_passes_per_image']} forward passes per image)"
+    )
+    header = ("precision", "recall", "f1", "AP", "threshold")
+    print(f"{'class':<20}" + "".join(f"{h:>10}" for h in header) + f"{'support':>9}")
+    for name, row in metrics["per_class"].items():
+        ap = row["average_precision"]
+        values = (
+            row["precision"],
+            row["recall"],
+            row["f1"],
+            ap if ap is not None else float("nan"),
+        )
+        print(
+            f"{name:<20}"
+            + "".join(f"{v:>10.3f}" for v in (*values, row["threshold"]))
+            + f"{row['support']:>9}"
+        )
     for path, reason in metrics.get("skipped", {}).items():
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if "report" in metrics:

@@ -119,11 +119,19 @@ def _run_predict(args) -> int:
             if "error" in r:
                 print(f"{r['path']}\tERROR {r['error']}")
             else:
-                tops = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
+                shown = _shown(r)
+                tops = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in shown)
+                tops = tops or "(no class above its threshold)"
                 flag = f"\tUNKNOWN (score {r['unknown_score']:.2f})" if r.get("unknown") else ""
                 why = f"\t{r['explanation']}" if "explanation" in r else ""
                 print(f"{r['path']}\t{tops}{flag}{why}")
     return 1 if all("error" in r for r in results) else 0
+
+
+def _shown(row: dict) -> list[dict]:
+    """The classes a row names: a multi-label model's every class above its threshold, else
+    the top k."""
+    return row["labels"] if "labels" in row else row.get("top", [])
 
 
 def _print_csv(results: list[dict], *, explained: bool) -> None:
@@ -135,7 +143,7 @@ def _print_csv(results: list[dict], *, explained: bool) -> None:
     for r in results:
         why = [r.get("explanation", "")] * explained
         unknown = str(r["unknown"]).lower() if "unknown" in r else ""
-        for rank, top in enumerate(r.get("top", []), 1):
+        for rank, top in enumerate(_shown(r), 1):
             probability = f"{top['probability']:.6f}"
             writer.writerow([r["path"], rank, top["class"], probability, unknown, "", *why])
         if "error" in r:

@@ -17,10 +17,20 @@ def print_summary(result) -> None:
         print(f"auto tried {tried}; kept {decision['kept']}: {decision['reasons'][-1]}")
     val = result.metrics["val"]
     chosen = f"L2 strength C={val['C']:g}" if "C" in val else f"best epoch {val['best_epoch']}"
-    accuracy = "n/a" if val["accuracy"] is None else f"{val['accuracy']:.4f}"
-    print(f"validation accuracy {accuracy} ({chosen})")
+    thresholds = result.metrics.get("thresholds")
+    if thresholds and "val" in thresholds:  # multi-label: scored at the per-class thresholds
+        scores = thresholds["val"]
+        print(f"validation mAP {scores['mAP']:.4f}, macro F1 {scores['macro_f1']:.4f} ({chosen})")
+    else:
+        accuracy = "n/a" if val["accuracy"] is None else f"{val['accuracy']:.4f}"
+        print(f"validation accuracy {accuracy} ({chosen})")
     test = result.metrics.get("test")
-    if test and test.get("accuracy") is not None:
+    if test and test.get("task") == "multi-label":
+        print(
+            f"test mAP {test['mAP']:.4f}, macro F1 {test['macro_f1']:.4f} on "
+            f"{test['num_images']} images"
+        )
+    elif test and test.get("accuracy") is not None:
         print(f"test accuracy {test['accuracy']:.4f} on {test['num_images']} images")
     excluded = (result.metrics.get("data_checks") or {}).get("excluded_duplicates")
     if excluded:
@@ -43,7 +53,12 @@ def print_ensemble_summary(result) -> None:
         print(f"member {member['run']} ({member['backbone']}, seed {member['seed']}): ", end="")
         print_summary(fitted)
     test = result.metrics.get("test")
-    if test and test.get("accuracy") is not None:
+    if test and test.get("task") == "multi-label":
+        print(
+            f"ensemble of {len(result.members)}: test mAP {test['mAP']:.4f}, macro F1 "
+            f"{test['macro_f1']:.4f} on {test['num_images']} images"
+        )
+    elif test and test.get("accuracy") is not None:
         print(
             f"ensemble of {len(result.members)}: test accuracy {test['accuracy']:.4f} on "
             f"{test['num_images']} images"

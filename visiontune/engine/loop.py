@@ -28,6 +28,7 @@ from .._seeding import derive_seed, seed_all
 from ..errors import TrainingDiverged
 from ..formats.checkpoint import TrainingState
 from .distributed import Distributed
+from .objective import correct_count, task_loss
 from .optim import apply_lr, lr_multiplier
 from .precision import Precision, autocast
 
@@ -132,9 +133,10 @@ class EvalOutput:
 
     @property
     def accuracy(self) -> float:
+        """Top-1 accuracy; for multi-label targets, subset accuracy at probability 0.5."""
         if len(self.labels) == 0:
             return float("nan")
-        return float((self.logits.argmax(1) == self.labels).float().mean())
+        return correct_count(self.logits, self.labels) / len(self.labels)
 
 
 def _bar_disabled(runtime: Runtime, num_batches: int) -> bool | None:
@@ -155,10 +157,10 @@ class _Totals:
     correct: int = 0
     seen: int = 0
 
-    def add(self, loss: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.loss += loss * len(labels)
-        self.correct += int((logits.argmax(1) == labels).sum())
-        self.seen += len(labels)
+    def add(self, loss: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.loss += loss * len(targets)
+        self.correct += correct_count(logits, targets)
+        self.seen += len(targets)
 
 
 def train_one_epoch(
@@ -187,7 +189,6 @@ def train_one_epoch(
     forward = wrapped if wrapped is not None else model
     dist = runtime.distributed
     weight = None if cfg.class_weights is None else cfg.class_weights.to(runtime.device)
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     totals = _Totals()
     bar = tqdm(
         loader,
@@ -212,18 +213,17 @@ def train_one_epoch(
         if cfg.batch_transform is not None:
             inputs, targets = cfg.batch_transform(inputs, targets)
         inputs, targets = _to_device(inputs, runtime), targets.to(runtime.device)
-        # Soft (mixed) targets count as their largest share for accuracy.
-        labels = targets.argmax(1) if targets.ndim == 2 else targets
         with autocast(runtime.device, runtime.precision.training):
             logits = forward(inputs)
-            loss = loss_fn(
-                logits.float(), targets
-            )  # CrossEntropyLoss takes class probabilities too
+            # Cross-entropy takes soft (mixed) class probabilities too.
+            loss = task_loss(
+                logits.float(), targets, weight=weight, label_smoothing=cfg.label_smoothing
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
-        totals.add(loss.item(), logits, labels)
+        totals.add(loss.item(), logits.detach(), targets)
         bar.set_postfix(
             loss=f"{totals.loss / totals.seen:.3f}", acc=f"{totals.correct / totals.seen:.3f}"
         )
@@ -280,11 +280,11 @@ def evaluate_epoch(
     on_batch: Callable | None = None,
     desc: str = "eval",
 ) -> EvalOutput:
-    """Logits, labels and mean cross-entropy over ``loader``."""
+    """Logits, labels and the mean loss (``task_loss``, unsmoothed) over ``loader``."""
     logits, labels, indices = run_inference(
         model, loader, runtime=runtime, on_batch=on_batch, desc=desc
     )
-    loss = float(nn.functional.cross_entropy(logits, labels)) if len(labels) else float("nan")
+    loss = float(task_loss(logits, labels)) if len(labels) else float("nan")
     return EvalOutput(logits, labels, indices, loss)
 
 

@@ -178,7 +178,14 @@ def most_confused_pairs(
 
 
 def metrics_from_logits(logits, labels, names: Sequence[str]) -> dict:
-    """``classification_metrics`` of a model's raw outputs (torch tensors) against ``labels``."""
+    """``classification_metrics`` of a model's raw outputs (torch tensors) against ``labels``;
+    for multi-hot ``labels``, ``multilabel_metrics`` at probability 0.5 (the thresholds are
+    chosen on validation after training)."""
+    if labels.ndim == 2:
+        from .multilabel import DEFAULT_THRESHOLD, multilabel_metrics
+
+        thresholds = [DEFAULT_THRESHOLD] * len(names)
+        return multilabel_metrics(labels.numpy(), logits.sigmoid().numpy(), thresholds, names)
     probs = logits.softmax(1).numpy() if len(labels) else None
     preds = logits.argmax(1).numpy() if len(labels) else []
     return classification_metrics(labels.numpy(), preds, names, probs)

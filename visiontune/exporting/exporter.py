@@ -8,6 +8,7 @@ onto ``out``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,7 +17,12 @@ from .._version import __version__
 from ..choices import EXPORT_FORMATS
 from ..errors import VisiontuneError
 from ..evaluation.rejection import UnknownDetector
-from ..formats.export_metadata import UNKNOWN_NAME, ExportMetadata
+from ..formats.export_metadata import (
+    MULTI_LABEL_OUTPUT,
+    OUTPUT_DESCRIPTION,
+    UNKNOWN_NAME,
+    ExportMetadata,
+)
 from ..prediction.predictor import TrainedModel
 from ..specs import LabelMap
 from .parity import (
@@ -58,6 +64,7 @@ def export_model(
     max_images: int = MAX_IMAGES,
     temperature: float = 1.0,
     detector: UnknownDetector | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> ExportReport:
     """Export a ``Classifier`` (``model.backbone`` carries name and preprocessing) to ``out``.
 
@@ -65,6 +72,7 @@ def export_model(
     with a ``ParityWarning``, when it is missing. ``temperature`` goes inside the graph; the
     ``detector``'s unknown score becomes a second output of an ONNX export (TorchScript keeps
     one output: its consumers expect a tensor, and ONNX is the recommended format).
+    ``thresholds``: a multi-label model's, into the metadata; its graph outputs sigmoids.
     """
     check_format(format)
     if not tolerance > 0:
@@ -74,7 +82,12 @@ def export_model(
     out = Path(out)
     detector = detector if format == "onnx" else None
     predictor = TrainedModel(
-        model, labels, device="cpu", temperature=temperature, detector=detector
+        model,
+        labels,
+        device="cpu",
+        temperature=temperature,
+        detector=detector,
+        thresholds=thresholds,
     )
     model = predictor.model
     spec = predictor.preprocess
@@ -85,6 +98,8 @@ def export_model(
         visiontune_version=__version__,
         temperature=float(temperature),
         unknown=_unknown_entry(detector),
+        thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
+        output=OUTPUT_DESCRIPTION if thresholds is None else MULTI_LABEL_OUTPUT,
     )
     inputs = parity_inputs(data, spec, max_images=max_images)
     eager, eager_unknown = reference_outputs(predictor, inputs)
@@ -98,7 +113,13 @@ def export_model(
     def check_unknown(run_exported) -> None:
         measured["unknown"] = check_unknown_parity(eager_unknown, run_exported, inputs)
 
-    wrapper = ProbabilityModel(model, spec, temperature=temperature, detector=detector)
+    wrapper = ProbabilityModel(
+        model,
+        spec,
+        temperature=temperature,
+        detector=detector,
+        multi_label=thresholds is not None,
+    )
     if format == "onnx":
         from .onnx import export_onnx
 

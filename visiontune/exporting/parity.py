@@ -25,8 +25,9 @@ from PIL import Image
 
 from ..data.folder import list_images
 from ..data.images import ImageDecodeError, decode_image
+from ..data.manifest import is_manifest, manifest_samples
 from ..data.transforms import decode_size, eval_geometry
-from ..errors import ExportError, VisiontuneWarning
+from ..errors import DataError, ExportError, VisiontuneWarning
 from ..prediction.predictor import TrainedModel
 from ..specs import PreprocessSpec
 
@@ -111,9 +112,20 @@ def _as_inputs(images: list, spec: PreprocessSpec, source: str) -> ParityInputs:
     )
 
 
+def _data_images(data: Path) -> list[Path]:
+    """The images of a data folder, or those a manifest lists (none if it is unreadable)."""
+    if data.is_dir():
+        return list_images(data)
+    try:
+        parts = manifest_samples(data)[0]
+    except DataError:
+        return []
+    return sorted({s.path for part in parts.values() for s in part})
+
+
 def _real_inputs(data: Path, spec: PreprocessSpec, max_images: int) -> ParityInputs | None:
     decoded = []
-    for path in pick_evenly(list_images(data), max_images * 2):  # spares, for undecodable files
+    for path in pick_evenly(_data_images(data), max_images * 2):  # spares, for undecodable files
         try:
             decoded.append(decode_image(path, min_short_side=decode_size(spec)).image)
         except ImageDecodeError:
@@ -140,7 +152,7 @@ def parity_inputs(
 ) -> ParityInputs:
     """Real images from the run's data folder; generated ones, with a ``ParityWarning``, when it
     is gone or holds nothing decodable."""
-    if data is not None and Path(data).is_dir():
+    if data is not None and (Path(data).is_dir() or is_manifest(data) and Path(data).is_file()):
         found = _real_inputs(Path(data), spec, max_images)
         if found is not None:
             return found

@@ -19,7 +19,8 @@ __all__ = ["ProbabilityModel"]
 
 
 class ProbabilityModel(nn.Module):
-    """``softmax(classifier(normalise(images / 255)) / temperature)`` for uint8
+    """``softmax(classifier(normalise(images / 255)) / temperature)`` (``multi_label``: each
+    class's sigmoid) for uint8
     ``(N, 3, size, size)`` input; with a ``detector``, also each image's normalised unknown score
     ``(N,)`` (``evaluation.rejection``), computed from the same pooled features in the graph."""
 
@@ -30,9 +31,11 @@ class ProbabilityModel(nn.Module):
         *,
         temperature: float = 1.0,
         detector: UnknownDetector | None = None,
+        multi_label: bool = False,
     ):
         super().__init__()
         self.classifier = classifier
+        self.multi_label = multi_label  # per-class sigmoids instead of one softmax
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("inv_temperature", torch.tensor(1.0 / float(temperature)))
@@ -51,6 +54,8 @@ class ProbabilityModel(nn.Module):
         # model sees bit-for-bit the input the eager model saw in training and evaluation.
         x = images.to(torch.float32) * (1.0 / 255.0)
         x = (x - self.mean) / self.std
+        if self.multi_label:
+            return torch.sigmoid(self.classifier(x) * self.inv_temperature)
         if not self.scores_unknown:
             return torch.softmax(self.classifier(x) * self.inv_temperature, dim=1)
         features = self.classifier.backbone(x)

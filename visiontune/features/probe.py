@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
-from torch.nn import functional as F
 
 from ..backbones import Head
+from ..engine.objective import correct_count, is_multi_hot, task_loss
 from ..errors import DataError, TrainingDiverged
 from .extract import FeatureSet
 
@@ -74,10 +74,10 @@ def fit_logistic(
     def closure():
         optimizer.zero_grad()
         if sample_weight is None:
-            data_loss = F.cross_entropy(x @ weight.T + bias, y)
+            data_loss = task_loss(x @ weight.T + bias, y)
         else:  # sklearn's sample_weight: each row's loss counts that many times, still over n
             data_loss = (
-                F.cross_entropy(x @ weight.T + bias, y, reduction="none") * sample_weight
+                task_loss(x @ weight.T + bias, y, reduction="none") * sample_weight
             ).sum() / len(x)
         loss = data_loss + penalty * (weight * weight).sum()
         loss.backward()
@@ -98,8 +98,8 @@ def _scores(
 def _logit_scores(
     logits: torch.Tensor, y: torch.Tensor, class_weight: torch.Tensor | None = None
 ) -> tuple[float, float]:
-    return float((logits.argmax(1) == y).float().mean()), float(
-        F.cross_entropy(logits, y, weight=class_weight)
+    return correct_count(logits, y) / max(len(y), 1), float(
+        task_loss(logits, y, weight=class_weight)
     )
 
 
@@ -122,6 +122,8 @@ def _folds(train: FeatureSet, seed: int) -> list[tuple[np.ndarray, np.ndarray]] 
     None when a class has fewer than two images."""
     groups = [str(i) if s is None else str(s.path) for i, s in enumerate(train.samples)]
     labels = train.labels.numpy()
+    if labels.ndim == 2:  # multi-label: stratified by each image's first class
+        labels = labels.argmax(1)
     per_class = {}
     for group, label in zip(groups, labels.tolist(), strict=True):
         per_class.setdefault(label, set()).add(group)
@@ -197,7 +199,7 @@ def _score_by_cross_validation(
     oof = cross_validated_logits(
         train,
         [row["C"] for row in history],
-        num_classes=int(y.max()) + 1,
+        num_classes=y.shape[1] if is_multi_hot(y) else int(y.max()) + 1,
         max_iter=max_iter,
         sample_weight=None if class_weight is None else class_weight.float()[y],
         seed=seed,
@@ -230,7 +232,8 @@ def fit_linear_probe(
     """
     x, y = train.features.float(), train.labels.long()
     num_classes = head.num_classes
-    missing = set(range(num_classes)) - set(y.tolist())
+    present = y.sum(0).nonzero().flatten() if is_multi_hot(y) else y
+    missing = set(range(num_classes)) - set(present.tolist())
     if missing:  # a class with no decodable training image cannot be learnt
         raise DataError(
             f"class(es) {sorted(int(c) for c in missing)} have no decodable training image"

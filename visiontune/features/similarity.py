@@ -104,7 +104,10 @@ def measure(
             seed=seed,
             max_images=bn_images,
         )
-    accuracy = probe_accuracy(features.features.numpy(), features.labels.numpy(), seed=seed)
+    labels = features.labels.numpy()
+    if labels.ndim == 2:  # multi-label: how well the features tell each image's first class
+        labels = np.array([s.label for s in features.samples])
+    accuracy = probe_accuracy(features.features.numpy(), labels, seed=seed)
     return Measurements(
         num_images=len(pool),
         num_classes=len(splits.labels),

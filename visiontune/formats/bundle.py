@@ -122,6 +122,8 @@ def _meaning(config: dict) -> dict:
     if "trust" in config:  # the temperature and rejection scale change what outputs mean
         trust = config["trust"]
         meaning["trust"] = {"temperature": trust.get("temperature"), **trust.get("rejection", {})}
+        if trust.get("multi_label"):  # sigmoid outputs, cut at these thresholds
+            meaning["trust"]["thresholds"] = trust.get("thresholds")
     return meaning
 
 

@@ -9,7 +9,9 @@ Format version 1, the contract of an exported file:
 - input ``images``: ``uint8`` RGB, ``(batch, 3, size, size)``, the image resized (short side to
   ``size / crop_pct``, ``interpolation``, antialiased) and centre-cropped to ``size``; the batch
   axis is dynamic. Scaling to [0, 1] and normalising with ``mean``/``std`` happen inside.
-- output ``probabilities``: ``float32 (batch, classes)``, softmax over ``classes`` in order.
+- output ``probabilities``: ``float32 (batch, classes)``, softmax over ``classes`` in order; for
+  a multi-label model (``thresholds`` present), each class's own sigmoid, and a class is
+  predicted where its probability reaches its threshold.
 
 Two checksums: ``weights_sha256`` over the weight tensors, and ``content_sha256`` over that digest
 together with ``classes`` and ``preprocess``, the metadata that gives the outputs their meaning.
@@ -31,6 +33,8 @@ from .validation import check_classes, check_format_version, check_preprocess, m
 
 __all__ = [
     "EXPORT_FORMAT_VERSION",
+    "MULTI_LABEL_OUTPUT",
+    "OUTPUT_DESCRIPTION",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "UNKNOWN_NAME",
@@ -48,9 +52,21 @@ INPUT_DESCRIPTION = (
     "and centre-cropped to size; normalised inside the model"
 )
 OUTPUT_DESCRIPTION = "float32 (batch, classes): softmax probabilities in the order of 'classes'"
+MULTI_LABEL_OUTPUT = (
+    "float32 (batch, classes): each class's sigmoid probability in the order of 'classes'; a "
+    "class is present where it reaches its entry of 'thresholds'"
+)
 
 # the rest are plain strings
-_JSON_FIELDS = ("format_version", "classes", "preprocess", "temperature", "unknown", "quantization")
+_JSON_FIELDS = (
+    "format_version",
+    "classes",
+    "preprocess",
+    "temperature",
+    "unknown",
+    "quantization",
+    "thresholds",
+)
 _REQUIRED = ("format_version", "classes", "preprocess", "weights_sha256")
 
 
@@ -72,6 +88,8 @@ class ExportMetadata:
     unknown: dict | None = None
     # {"type": "int8-static-qdq", ...the gate's measurements} for a quantized export
     quantization: dict | None = None
+    # A multi-label model's per-class probability thresholds (its outputs are sigmoids)
+    thresholds: tuple[float, ...] | None = None
 
     @property
     def labels(self) -> LabelMap:
@@ -88,6 +106,8 @@ class ExportMetadata:
             meaning["trust"] = {"temperature": self.temperature, "unknown": self.unknown}
         if self.quantization is not None:
             meaning["quantization"] = self.quantization
+        if self.thresholds is not None:
+            meaning["thresholds"] = list(self.thresholds)
         return meaning_digest(meaning)
 
     def sealed(self, weights_sha256: str) -> ExportMetadata:
@@ -109,6 +129,7 @@ class ExportMetadata:
             "temperature": self.temperature,
             **({"unknown": self.unknown} if self.unknown is not None else {}),
             **({"quantization": self.quantization} if self.quantization is not None else {}),
+            **({"thresholds": list(self.thresholds)} if self.thresholds is not None else {}),
         }
 
     def to_strings(self) -> dict[str, str]:
@@ -145,6 +166,7 @@ class ExportMetadata:
             temperature=_temperature(data.get("temperature", 1.0), source),
             unknown=_unknown(data.get("unknown"), source),
             quantization=_quantization(data.get("quantization"), source),
+            thresholds=_thresholds(data.get("thresholds"), source, len(data["classes"])),
         )
         if "content_sha256" in data and meta.content_sha256 != meta.expected_content_sha256():
             raise BundleError(
@@ -182,6 +204,16 @@ def _unknown(value, source: str) -> dict | None:
     if not isinstance(value, dict) or value.get("output") != UNKNOWN_NAME:
         raise BundleError(f"{source}: metadata 'unknown' must name the {UNKNOWN_NAME} output")
     return value
+
+
+def _thresholds(value, source: str, classes: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, list) and len(value) == classes
+    ok = ok and all(isinstance(t, int | float) and 0 < t <= 1 for t in value)
+    if not ok:
+        raise BundleError(f"{source}: metadata thresholds must be {classes} numbers in (0, 1]")
+    return tuple(float(t) for t in value)
 
 
 def _quantization(value, source: str) -> dict | None:

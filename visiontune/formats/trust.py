@@ -29,6 +29,7 @@ __all__ = [
     "check_trust",
     "read_trust_tensors",
     "temperature_of",
+    "thresholds_of",
     "write_trust_tensors",
 ]
 
@@ -54,11 +55,30 @@ def _number(value, where: str, name: str, *, positive: bool = False) -> float:
     return float(value)
 
 
+def _check_thresholds(trust: dict, where: str) -> None:
+    """A multi-label bundle's per-class thresholds: probabilities, one per class."""
+    if not trust.get("multi_label"):
+        return
+    values = trust.get("thresholds")
+    if not isinstance(values, list) or not values:
+        raise BundleError(f"{where}: a multi-label trust entry needs a list of thresholds")
+    for value in values:
+        if not 0 < _number(value, where, "thresholds") <= 1:
+            raise BundleError(f"{where}: trust.thresholds must lie in (0, 1], got {value!r}")
+
+
+def thresholds_of(config: dict) -> list[float] | None:
+    """A multi-label bundle's per-class probability thresholds; None for single-label."""
+    trust = config.get("trust", {})
+    return [float(t) for t in trust["thresholds"]] if trust.get("multi_label") else None
+
+
 def check_trust(trust, where: str) -> None:
     """``config.json``'s ``trust`` entry, bounds-checked (see the module docstring)."""
     if not isinstance(trust, dict):
         raise BundleError(f"{where}: trust must be an object, got {type(trust).__name__}")
     _number(trust.get("temperature", 1.0), where, "temperature", positive=True)
+    _check_thresholds(trust, where)
     rejection = trust.get("rejection")
     if rejection is None:
         return

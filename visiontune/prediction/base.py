@@ -21,6 +21,7 @@ from ..data.loader import SkipLog
 from ..data.manifest import ManifestColumns
 from ..errors import VisiontuneError
 from ..evaluation.metrics import classification_metrics, expected_calibration_error
+from ..evaluation.multilabel import multilabel_metrics
 from ..evaluation.predictions import LabelledPredictions
 from ..evaluation.rejection import check_rate
 from ..specs import LabelMap
@@ -166,11 +167,19 @@ class Predictor:
 
     def _row(self, path: str, out: Outputs, j: int, k: int, threshold: float | None) -> dict:
         probs = out.probs[j]
-        order = np.argsort(-probs)[:k]
+        order = np.argsort(-probs)
         row = {
             "path": path,
-            "top": [{"class": self.labels.names[c], "probability": float(probs[c])} for c in order],
+            "top": [
+                {"class": self.labels.names[c], "probability": float(probs[c])} for c in order[:k]
+            ],
         }
+        if self.multi_label:  # every class at or above its own threshold, most probable first
+            row["labels"] = [
+                {"class": self.labels.names[c], "probability": float(probs[c])}
+                for c in order
+                if probs[c] >= self.thresholds[c]
+            ]
         if threshold is not None:
             score = float(out.unknown[j])
             row["unknown"] = bool(score > threshold)
@@ -216,9 +225,14 @@ class Predictor:
             samples, batch_size=batch_size, workers=workers, progress=progress, skips=skips, tta=tta
         )
         probs, indices = out.probs, out.indices
-        y_true = [samples[i].label for i in indices]
-        metrics = classification_metrics(y_true, probs.argmax(1), self.labels.names, probs)
-        metrics["expected_calibration_error"] = expected_calibration_error(y_true, probs)
+        if self.multi_label:
+            y_true = [samples[i].multi_hot for i in indices]
+            names = list(self.labels.names)
+            metrics = multilabel_metrics(y_true, probs, self.thresholds, names)
+        else:
+            y_true = [samples[i].label for i in indices]
+            metrics = classification_metrics(y_true, probs.argmax(1), self.labels.names, probs)
+            metrics["expected_calibration_error"] = expected_calibration_error(y_true, probs)
         metrics["calibration"] = self.calibration_record()
         metrics["skipped"] = skips.to_dict()["skipped"]
         metrics["tta"] = tta
@@ -246,7 +260,7 @@ class Predictor:
         probs, indices = out.probs, out.indices
         return LabelledPredictions(
             paths=[str(samples[i].path) for i in indices],
-            y_true=np.array([samples[i].label for i in indices], dtype=int),
+            y_true=np.array([samples[i].target for i in indices], dtype=int),
             probs=probs,
             class_names=list(self.labels.names),
             forward_passes=passes,

@@ -84,6 +84,14 @@ class Ensemble(Predictor):
         self.members = list(members)
         self.labels = _check_same_classes(self.members)
         self.run_dir = run_dir
+        kinds = {m.multi_label for m in self.members}
+        if len(kinds) > 1:
+            raise VisiontuneError("ensemble members must all be multi-label, or none of them")
+        self.multi_label = kinds.pop()
+        # The averaged sigmoids are cut at the members' mean thresholds: each member's was
+        # chosen on the same validation split, and the mean of probabilities moves with them.
+        if self.multi_label:
+            self.thresholds = np.mean([m.thresholds for m in self.members], axis=0)
 
     def __repr__(self) -> str:
         names = [m.model.backbone.name for m in self.members]

@@ -40,6 +40,8 @@ class OnnxModel(Predictor):
         self.preprocess = metadata.preprocess
         self.path = path
         self.run_dir = None  # no run folder behind it; ``path`` is the file
+        self.multi_label = metadata.thresholds is not None  # its outputs are sigmoids
+        self.thresholds = None if metadata.thresholds is None else np.array(metadata.thresholds)
 
     @classmethod
     def from_file(cls, path: str | Path, *, threads: int | None = None) -> OnnxModel:

@@ -20,7 +20,7 @@ from ..engine.loop import Runtime, run_inference
 from ..engine.precision import Precision, autocast, resolve_precision
 from ..evaluation.rejection import FeatureGaussians, RejectionScale, UnknownDetector
 from ..formats.bundle import load_bundle
-from ..formats.trust import read_trust_tensors, temperature_of
+from ..formats.trust import read_trust_tensors, temperature_of, thresholds_of
 from ..specs import LabelMap
 from .base import Outputs, Predictor, expand_image_paths
 from .scored import ScoredViews
@@ -52,6 +52,7 @@ class TrainedModel(Predictor):
         temperature: float = 1.0,
         detector: UnknownDetector | None = None,
         precision: Precision | None = None,
+        thresholds=None,
     ):
         self.model = model.eval().to(device)
         self.labels = labels
@@ -63,6 +64,10 @@ class TrainedModel(Predictor):
         # The autocast dtype of its forward passes: the run's own, which its calibration and
         # rejection threshold were fitted in (``engine.precision``); fp32 unless told.
         self.precision = precision or Precision()
+        # A multi-label model's per-class thresholds: given, or the bundle's.
+        thresholds = thresholds if thresholds is not None else thresholds_of(self.config)
+        self.multi_label = thresholds is not None
+        self.thresholds = None if thresholds is None else np.asarray(thresholds)
 
     @classmethod
     def from_run(
@@ -121,7 +126,12 @@ class TrainedModel(Predictor):
         return Outputs(probs, np.arange(len(images)), unknown)
 
     def _scored(self) -> ScoredViews:
-        return ScoredViews(self.model, temperature=self.temperature, detector=self.detector)
+        return ScoredViews(
+            self.model,
+            temperature=self.temperature,
+            detector=self.detector,
+            multi_label=self.multi_label,
+        )
 
     def _split(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """``ScoredViews``' columns: the probabilities, and the unknown score if it has one."""

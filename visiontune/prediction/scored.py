@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..backbones import Classifier
+from ..engine.objective import task_probabilities
 from ..evaluation.rejection import UnknownDetector
 
 __all__ = ["ScoredViews"]
@@ -14,8 +15,8 @@ __all__ = ["ScoredViews"]
 
 class ScoredViews(nn.Module):
     """``(batch, views, 3, H, W)`` -> ``(batch, classes)`` mean probabilities of
-    ``softmax(logits / temperature)``, or ``(batch, classes + 1)`` with the mean unknown score
-    (``detector``) as the last column.
+    ``softmax(logits / temperature)`` (``multi_label``: per-class sigmoids), or
+    ``(batch, classes + 1)`` with the mean unknown score (``detector``) as the last column.
 
     Probabilities are averaged, not logits: each view votes with a distribution, so one
     overconfident view cannot outweigh the others by its logit scale. The temperature comes
@@ -29,8 +30,10 @@ class ScoredViews(nn.Module):
         temperature: float = 1.0,
         detector: UnknownDetector | None = None,
         channels_last: bool = True,
+        multi_label: bool = False,
     ):
         super().__init__()
+        self.multi_label = multi_label  # each class's sigmoid, not one softmax
         self.model = model
         self.temperature = float(temperature)
         self.detector = detector
@@ -49,5 +52,7 @@ class ScoredViews(nn.Module):
         return torch.cat([probs, scores[:, None]], dim=1)
 
     def _average(self, logits: torch.Tensor, batch: int, count: int) -> torch.Tensor:
-        probs = torch.softmax(logits.float() / self.temperature, dim=1)
+        probs = task_probabilities(
+            logits, multi_label=self.multi_label, temperature=self.temperature
+        )
         return probs.view(batch, count, -1).mean(dim=1)

@@ -19,7 +19,7 @@ from .._paths import check_writable_dir, default_cache_dir
 from .._seeding import seed_all
 from ..backbones import Classifier, Head, create_backbone
 from ..config import TrainConfig
-from ..data.dataset import scan_data
+from ..data.dataset import describe_data, scan_data
 from ..data.folder import DatasetSplits
 from ..data.loader import default_workers
 from ..engine import distributed
@@ -35,7 +35,7 @@ from ..strategies.evidence import TRAIN_STEP_COST
 from .advice import apply_advice, measure_and_decide
 from .outdir import check_out
 
-__all__ = ["Plan", "feature_cache", "make_plan", "print_plan", "run_runtime"]
+__all__ = ["Plan", "check_multi_label", "feature_cache", "make_plan", "print_plan", "run_runtime"]
 
 # The TEST pass after training is timed from a training step; it also decodes every image and,
 # unlike a training step, is not overlapped with the loader's workers: half as much again.
@@ -182,6 +182,26 @@ def _loop_deadline(
     return deadline - after
 
 
+def check_multi_label(config: TrainConfig, splits: DatasetSplits) -> None:
+    """Refuse the options that assume one class per image, for multi-label data."""
+    if not splits.multi_label:
+        return
+    refused = [
+        (config.balance != "none", f"--balance {config.balance}"),
+        (
+            bool(config.augment_spec.batch_ops),
+            "--augment " + ",".join(config.augment_spec.batch_ops),
+        ),
+        (config.exclude_suspects, "--exclude-suspects"),
+    ]
+    for given, flag in refused:
+        if given:
+            raise VisiontuneError(
+                f"{flag} assumes one class per image; {describe_data(config.data)} is "
+                "multi-label (a label cell holds several classes, or --multi-label)"
+            )
+
+
 def make_plan(
     config: TrainConfig,
     *,
@@ -213,6 +233,7 @@ def make_plan(
     splits = scan_data(
         config.data, config.manifest_columns, val_fraction=config.val_fraction, seed=config.seed
     )
+    check_multi_label(config, splits)
     backbone = create_backbone(config.backbone, weights=config.weights or "default")
     advice, runtime = resume.extra.get("advice") if resume else None, None
     if config.strategy == "auto":  # rank 0 measures; every rank trains what it chose

@@ -158,6 +158,15 @@ def no_validation_warning(history: list[dict]) -> str | None:
     )
 
 
+def _test_at_thresholds(outcome: Outcome) -> dict | None:
+    """TEST's metrics; a multi-label run's at its validation-chosen thresholds (training
+    scored TEST at 0.5, before the thresholds were chosen)."""
+    fit = outcome.trust.thresholds if outcome.trust else None
+    if outcome.test is None or fit is None or "test" not in fit.scores:
+        return outcome.test
+    return fit.scores["test"]
+
+
 def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float) -> dict:
     """``metrics.json``: the chosen epoch's (or probe's) validation scores, TEST, the data; a
     score that does not exist (no validation images) is None."""
@@ -169,7 +178,7 @@ def run_metrics(plan: Plan, data: PreparedData, outcome: Outcome, seconds: float
             "strategy": plan.config.strategy,
             "val": {"accuracy": best["val_acc"], "loss": best["val_loss"], **chosen},
             "val_images": len(data.splits.val),
-            "test": outcome.test,
+            "test": _test_at_thresholds(outcome),
             "head_warm_start": outcome.warm_start,
             "feature_extraction": outcome.extraction,
             "activation_cache": outcome.activations,

@@ -24,6 +24,7 @@ import torch
 from ..data.loader import SkipLog
 from ..evaluation.calibration import TemperatureFit, fit_temperature, scaled_probabilities
 from ..evaluation.metrics import expected_calibration_error
+from ..evaluation.multilabel import DEFAULT_THRESHOLD, choose_thresholds, multilabel_metrics
 from ..evaluation.rejection import (
     DEFAULT_REJECT_RATE,
     FeatureGaussians,
@@ -38,7 +39,7 @@ from ..formats.trust import REJECTION_SCORE
 from .plan import Plan, feature_cache
 from .prepare import PreparedData
 
-__all__ = ["TrustFit", "fit_trust"]
+__all__ = ["ThresholdFit", "TrustFit", "fit_trust"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class TrustFit:
     scale_from: str | None  # "validation" or "train"
     test: dict | None  # TEST's ECE before/after and the share flagged unknown
     seconds: float = 0.0  # the features pass and the fits
+    # Multi-label: each class's probability threshold, chosen on validation, and its record.
+    thresholds: ThresholdFit | None = None
 
     def bundle_entry(self) -> dict:
         """``config.json``'s ``trust`` entry (``formats.trust``; the digest is added there)."""
@@ -56,6 +59,9 @@ class TrustFit:
             "temperature": self.calibration.temperature,
             "calibration": self.calibration.to_dict(),  # on validation: why this T
         }
+        if self.thresholds is not None:
+            entry["multi_label"] = True
+            entry["thresholds"] = [float(t) for t in self.thresholds.values]
         if self.scale is not None:
             entry["rejection"] = {
                 "score": REJECTION_SCORE,
@@ -78,6 +84,8 @@ class TrustFit:
                 **({"test": self.test["rejected"]} if self.test else {}),
             }
         calibration = self.calibration.to_dict()
+        if self.thresholds is not None:
+            return {"calibration": calibration, "rejection": None, **self.thresholds.metrics()}
         if self.test:
             calibration["test"] = {k: self.test[k] for k in ("ece_before", "ece_after")}
         return {"calibration": calibration, "rejection": rejection}
@@ -122,6 +130,57 @@ def _test_record(plan, test: FeatureSet, fit: TemperatureFit, gaussians, scale) 
     return record
 
 
+@dataclass(frozen=True)
+class ThresholdFit:
+    """Per-class thresholds of a multi-label run, chosen on validation, and how they score on
+    validation (and TEST) beside a fixed 0.5."""
+
+    values: np.ndarray
+    chosen_by: str  # "validation", or "default" (no validation images: all 0.5)
+    scores: dict  # split -> multilabel_metrics at the thresholds (its ``at_0.5``: at 0.5)
+
+    def metrics(self) -> dict:
+        return {
+            "thresholds": {
+                "chosen_by": self.chosen_by,
+                "values": [float(t) for t in self.values],
+                **{split: _summary(scores) for split, scores in self.scores.items()},
+            }
+        }
+
+
+def _summary(metrics: dict) -> dict:
+    keys = ("mAP", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss")
+    return {**{k: metrics[k] for k in keys}, "at_0.5": metrics["at_0.5"]}
+
+
+def _fit_thresholds(plan: Plan, parts: dict[str, FeatureSet], names) -> ThresholdFit:
+    """Thresholds maximising each class's F1 on validation; TEST scored with them."""
+    probs = {k: 1 / (1 + np.exp(-_logits(plan, v))) for k, v in parts.items() if v is not None}
+    val = parts.get("val")
+    if val is not None and len(val):
+        values, chosen_by = choose_thresholds(val.labels.numpy(), probs["val"]), "validation"
+    else:
+        values, chosen_by = np.full(len(names), DEFAULT_THRESHOLD), "default"
+    scores = {
+        k: multilabel_metrics(parts[k].labels.numpy(), probs[k], values, names)
+        for k in ("val", "test")
+        if k in probs and len(parts[k])
+    }
+    return ThresholdFit(values, chosen_by, scores)
+
+
+def _fit_multi_label(plan, data, features, started: float) -> TrustFit:
+    """Multi-label runs: thresholds only. The temperature and the rejection statistics are
+    single-label tools (a softmax's scale; class means of images with one class each)."""
+    parts = {k: features.get(k) for k in ("val", "test")}
+    names = list(data.splits.labels.names)
+    empty = fit_temperature(np.zeros((0, len(names))), np.zeros(0, dtype=int))
+    calibration = replace(empty, reason="multi-label: sigmoid outputs, per-class thresholds")
+    thresholds = _fit_thresholds(plan, parts, names)
+    return TrustFit(calibration, None, None, None, None, time.perf_counter() - started, thresholds)
+
+
 def fit_trust(
     plan: Plan,
     data: PreparedData,
@@ -133,6 +192,8 @@ def fit_trust(
     started = time.perf_counter()
     if features is None:
         features = _features(plan, data, skips)
+    if data.splits.multi_label:
+        return _fit_multi_label(plan, data, features, started)
     train, val, test = (features.get(k) for k in ("train", "val", "test"))
     if val is not None:
         fit = fit_temperature(_logits(plan, val), val.labels.numpy())
