@@ -70,7 +70,7 @@ def _no_training(monkeypatch) -> None:
         raise AssertionError("work started before --out was checked")
 
     monkeypatch.setattr("visiontune.training.plan.create_backbone", refuse)
-    monkeypatch.setattr("visiontune.training.plan.scan_folder", refuse)
+    monkeypatch.setattr("visiontune.training.plan.scan_data", refuse)
 
 
 @pytest.fixture

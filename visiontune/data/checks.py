@@ -16,6 +16,8 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from .dataset import scan_data
 from .duplicates import DEFAULT_NEAR_DISTANCE, exact_groups, near_groups
 from .folder import IMAGE_EXTENSIONS, DatasetSplits, ignored_name
@@ -282,7 +284,12 @@ def _class_counts(splits: DatasetSplits) -> dict[str, dict[str, int]]:
     for part in PARTS:
         samples = getattr(splits, part)
         if samples:
-            per_class = Counter(splits.labels.names[s.label] for s in samples)
+            # Every label of a multi-label image counts (``Sample.label`` is only its first).
+            per_class = Counter(
+                splits.labels.names[c]
+                for s in samples
+                for c in (np.flatnonzero(s.multi_hot) if s.multi_hot else [s.label])
+            )
             counts[part] = {name: per_class[name] for name in splits.labels.names}
     return counts
 

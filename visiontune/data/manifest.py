@@ -15,12 +15,13 @@ column, cell or file, an unknown split, a path listed twice (or in two splits: l
 seen once (usually a typo) or only outside train, an empty train split.
 
 >>> import pandas as pd
->>> rows = [(f"{c}/{n}.png", c) for c in ("cat", "dog") for n in range(3)]
->>> frame = pd.DataFrame(rows, columns=["path", "label"])
->>> root = Path(photos) / "train"  # the files exist there
->>> splits = scan_manifest(frame, root=root, val_fraction=0.34)
->>> splits.layout, splits.labels.names, len(splits.train), len(splits.val)
-('manifest', ('cat', 'dog'), 4, 2)
+>>> root = Path(photos) / "train"
+>>> files = sorted(root.rglob("*.png"))
+>>> frame = pd.DataFrame({"path": [p.relative_to(root).as_posix() for p in files],
+...                       "label": [p.parent.name for p in files]})
+>>> splits = scan_manifest(frame, root=root, val_fraction=0.25)
+>>> splits.layout, splits.labels.names, len(splits.train) + len(splits.val) == len(files)
+('manifest', ('cat', 'dog'), True)
 """
 
 from __future__ import annotations

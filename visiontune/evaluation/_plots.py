@@ -18,7 +18,13 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from .._io import atomic_write
 
-__all__ = ["history_kind", "plot_confusion_matrix", "plot_history", "plot_reliability"]
+__all__ = [
+    "history_kind",
+    "plot_confusion_matrix",
+    "plot_error_cooccurrence",
+    "plot_history",
+    "plot_reliability",
+]
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -45,6 +51,25 @@ def plot_confusion_matrix(
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title("Confusion matrix (rows: true, columns: predicted)")
+    _save(fig, path)
+
+
+def plot_error_cooccurrence(path: Path, counts: np.ndarray, labels: Sequence[str]) -> None:
+    """A multi-label evaluation's errors: rows the class missed, columns the class wrongly
+    predicted on the same image (``multilabel_report.error_cooccurrence``)."""
+    n = len(labels)
+    side = min(24.0, max(4.5, 0.55 * n + 2.5))
+    fig = Figure(figsize=(side, side * 0.9))
+    ax = fig.subplots()
+    ax.imshow(counts, cmap="Reds")
+    ax.set_xticks(range(n), labels=list(labels), rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=list(labels))
+    if n <= 30:
+        for (i, j), value in np.ndenumerate(counts):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=8)
+    ax.set_xlabel("wrongly predicted class")
+    ax.set_ylabel("missed class")
+    ax.set_title("Errors on the same image (rows: missed, columns: wrongly predicted)")
     _save(fig, path)
 
 

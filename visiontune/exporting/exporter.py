@@ -53,6 +53,21 @@ def check_format(format: str) -> str:
     return format
 
 
+def _metadata(predictor: TrainedModel, temperature: float, detector) -> ExportMetadata:
+    """What the exported file says about itself (``formats.export_metadata``)."""
+    thresholds = predictor.thresholds
+    return ExportMetadata(
+        classes=tuple(predictor.labels.names),
+        preprocess=predictor.preprocess,
+        backbone=predictor.model.backbone.name,
+        visiontune_version=__version__,
+        temperature=temperature,
+        unknown=_unknown_entry(detector),
+        thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
+        output=OUTPUT_DESCRIPTION if thresholds is None else MULTI_LABEL_OUTPUT,
+    )
+
+
 def export_model(
     model: torch.nn.Module,
     labels: LabelMap,
@@ -91,16 +106,7 @@ def export_model(
     )
     model = predictor.model
     spec = predictor.preprocess
-    meta = ExportMetadata(
-        classes=tuple(labels.names),
-        preprocess=spec,
-        backbone=model.backbone.name,
-        visiontune_version=__version__,
-        temperature=float(temperature),
-        unknown=_unknown_entry(detector),
-        thresholds=None if thresholds is None else tuple(float(t) for t in thresholds),
-        output=OUTPUT_DESCRIPTION if thresholds is None else MULTI_LABEL_OUTPUT,
-    )
+    meta = _metadata(predictor, float(temperature), detector)
     inputs = parity_inputs(data, spec, max_images=max_images)
     eager, eager_unknown = reference_outputs(predictor, inputs)
     measured: dict = {"unknown": None}

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import VisiontuneError
+from ..evaluation.multilabel_report import write_multilabel_report
 from ..evaluation.predictions import LabelledPredictions
 from ..evaluation.report import (
     EXPLAIN_DIR,
@@ -120,6 +121,12 @@ def evaluation_report(
     predictions = predictor.labelled_predictions(
         folder, batch_size=batch_size, workers=workers, progress=progress, tta=tta, columns=columns
     )
+    if predictor.multi_label:
+        context = _context(predictor, runs, folder, tta)
+        metrics = write_multilabel_report(
+            out_dir, predictions, predictor.thresholds, context=context
+        )
+        return {**metrics, "tta": tta, "report": str(Path(out_dir) / "index.html")}
     explanations, note = gallery_explanations(predictor, predictions, Path(out_dir))
     metrics = write_report(
         out_dir,

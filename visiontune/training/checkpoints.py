@@ -26,7 +26,7 @@ def splits_fingerprint(splits: DatasetSplits) -> str:
             path = Path(sample.path)
             rel = path.relative_to(root) if path.is_relative_to(root) else path
             size = path.stat().st_size if path.exists() else -1
-            digest.update(f"{part}\t{rel}\t{sample.label}\t{size}\n".encode())
+            digest.update(f"{part}\t{rel}\t{sample.target}\t{size}\n".encode())
     return digest.hexdigest()
 
 

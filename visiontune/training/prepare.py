@@ -30,7 +30,8 @@ def _refuse_empty_classes(splits: DatasetSplits) -> None:
     """Every class still needs a training image once unusable files are left out."""
     counts = [0] * len(splits.labels)
     for sample in splits.train:
-        counts[sample.label] += 1
+        for c in [i for i, h in enumerate(sample.multi_hot) if h] or [sample.label]:
+            counts[c] += 1
     empty = [name for name, count in zip(splits.labels.names, counts, strict=True) if not count]
     if empty:
         raise DataError(
