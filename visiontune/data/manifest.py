@@ -84,7 +84,7 @@ def read_manifest(source):
     import pandas as pd
 
     if _is_frame(source):
-        frame = source.astype(str).where(source.notna(), None)
+        frame = _as_text(source)
         digest = hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
         return frame.reset_index(drop=True), Path.cwd(), {"path": None, "sha256": digest}
     path = Path(source).expanduser()
@@ -94,12 +94,24 @@ def read_manifest(source):
         if path.suffix.lower() == ".csv":
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
         else:
-            frame = pd.read_parquet(path).astype(str)
+            frame = pd.read_parquet(path)
     except (ValueError, OSError, ImportError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable {path.suffix[1:]} manifest ({exc})") from None
-    frame = frame.where(frame != "", None)
+    frame = _as_text(frame)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return frame, path.resolve().parent, {"path": str(path.resolve()), "sha256": digest}
+
+
+def _as_text(frame):
+    """Every cell as a string, or None where it is empty (NaN, None, blank)."""
+    import pandas as pd
+
+    def text(value):
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            return None
+        return str(value) if str(value).strip() else None
+
+    return frame.astype(object).map(text)
 
 
 def _column(frame, given: str | None, names: tuple[str, ...], what: str, *, needed: bool):
@@ -131,7 +143,8 @@ def _rows(indices) -> str:
 
 
 def _refuse_blank(frame, column: str, what: str) -> None:
-    blank = [i for i, v in enumerate(frame[column]) if v is None or not str(v).strip()]
+    # pandas may hold an empty cell as None or as NaN, depending on the column's inferred dtype.
+    blank = [i for i, v in enumerate(frame[column]) if v is None or v != v or not str(v).strip()]
     if blank:
         raise DataError(f"the manifest's {_rows(blank)}: no {what} (column {column!r})")
 
