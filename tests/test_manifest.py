@@ -240,3 +240,14 @@ def test_folders_scan_as_before(images):
     assert _paths(via_data.val) == _paths(via_folder.val)
     with pytest.raises(DataError, match="is a folder"):
         scan_data(images, ManifestColumns(label="diagnosis"))
+
+
+def test_check_names_the_row_of_an_unreadable_image(images, capsys):
+    rows = _rows(images)
+    broken = images / "train" / "cat" / "cat_1.png"
+    broken.write_bytes(b"not an image at all")
+    path = _write(images / "m.csv", rows)
+    row = next(i for i, r in enumerate(rows) if r["path"] == "train/cat/cat_1.png") + 2
+    assert main(["check", str(path), "--no-near-duplicates"]) == 1
+    out = capsys.readouterr().out
+    assert "unreadable" in out and f"train/cat/cat_1.png (row {row})" in out

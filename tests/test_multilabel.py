@@ -221,24 +221,21 @@ def test_edited_threshold_is_refused(head_run, tmp_path):
         visiontune.load(copy)
 
 
-def test_full_strategy_trains_with_binary_cross_entropy(manifest, tmp_path):
+@pytest.mark.parametrize("strategy", ["full", "partial"])  # partial: on cached activations
+def test_fine_tuning_trains_with_binary_cross_entropy(manifest, tmp_path, strategy):
+    out = str(tmp_path / strategy)
     result = visiontune.fit(
-        manifest,
-        strategy="full",
-        epochs=1,
-        out=str(tmp_path / "full"),
-        progress=False,
-        workers=0,
-        **TINY,
+        manifest, strategy=strategy, epochs=1, out=out, progress=False, workers=0, **TINY
     )
     history = json.loads((result.run_dir / "history.json").read_text())
     rows = history if isinstance(history, list) else history["epochs"]
     # BCE per class averages below log(2) ~ 0.69 once it learns anything; cross-entropy over
     # three classes would start near log(3) ~ 1.10.
     assert 0 < rows[0]["train_loss"] < 0.9
-    assert (
-        json.loads((result.run_dir / "metrics.json").read_text())["test"]["task"] == "multi-label"
-    )
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["test"]["task"] == "multi-label"
+    if strategy == "partial":
+        assert metrics["activation_cache"]["used"] is True
 
 
 @pytest.mark.parametrize(
