@@ -57,21 +57,23 @@ def _train_config(data, config: TrainConfig | None, options: dict) -> tuple[Trai
     if unknown:
         valid = ", ".join(TrainConfig.field_names())
         raise VisiontuneError(f"unknown training option(s) {', '.join(unknown)}; valid: {valid}")
-    data = _data_path(data, options.get("cache_dir", config.cache_dir if config else None))
-    base = config if config is not None else TrainConfig(data=str(data))
-    merged = replace(base, **{**options, "data": str(data)})
+    base = config if config is not None else TrainConfig(data="")
+    merged = replace(base, **options)
+    data = _data_path(data, merged.cache_dir, merged.manifest_columns)
+    merged = replace(merged, data=str(data))
     return merged, set(options) | (changed_options(config) if config is not None else set())
 
 
-def _data_path(data, cache_dir: str | None):
+def _data_path(data, cache_dir: str | None, columns):
     """``data`` itself, or for a pandas DataFrame the manifest file it is saved as (under the
-    cache folder's ``manifests/``), which the run then records."""
+    cache folder's ``manifests/``, its ``columns.path`` made absolute), which the run then
+    records."""
     from .data.manifest import is_manifest, save_frame
 
     if isinstance(data, str | Path) or not is_manifest(data):
         return data
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return save_frame(data, root / "manifests")
+    return save_frame(data, root / "manifests", columns)
 
 
 def fit(data: str | Path, *, config: TrainConfig | None = None, **options) -> FitResult:

@@ -97,32 +97,35 @@ def read_manifest(source):
             frame = pd.read_parquet(path)
     except (ValueError, OSError, ImportError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable {path.suffix[1:]} manifest ({exc})") from None
-    frame = _as_text(frame)
+    # Positions, not a Parquet file's stored index, number the rows.
+    frame = _as_text(frame).reset_index(drop=True)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return frame, path.resolve().parent, {"path": str(path.resolve()), "sha256": digest}
 
 
 def _as_text(frame):
     """Every cell as a string, or None where it is empty (NaN, None, blank)."""
+    return frame.astype(object).map(_text)
+
+
+def _text(value) -> str | None:
     import pandas as pd
 
-    def text(value):
-        if value is None or (not isinstance(value, str) and pd.isna(value)):
-            return None
-        return str(value) if str(value).strip() else None
-
-    return frame.astype(object).map(text)
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return str(value) if str(value).strip() else None
 
 
 def _column(frame, given: str | None, names: tuple[str, ...], what: str, *, needed: bool):
-    columns = {str(c).lower(): str(c) for c in frame.columns}
+    columns = {str(c).lower(): c for c in frame.columns}
     if given is not None:
         if given in frame.columns:
             return given
         if given.lower() in columns:
             return columns[given.lower()]
         raise DataError(
-            f"the manifest has no {what} column {given!r} (columns: {', '.join(frame.columns)})"
+            f"the manifest has no {what} column {given!r} (columns: "
+            f"{', '.join(map(str, frame.columns))})"
         )
     for name in names:
         if name in columns:
@@ -332,5 +335,6 @@ def _rooted(frame, root: Path, columns: ManifestColumns):
     """``frame`` with its relative paths made absolute from ``root``."""
     column = _column(frame, columns.path, PATH_NAMES, "path", needed=True)
     frame = frame.copy()
-    frame[column] = [str(root / str(p)) if p is not None else None for p in frame[column]]
+    # A blank cell (None, NaN) stays blank, to be refused as such, not as a file named "nan".
+    frame[column] = [str(root / _text(p).strip()) if _text(p) else None for p in frame[column]]
     return frame
