@@ -332,6 +332,11 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="write the table from --work's log, run nothing"
     )
+    parser.add_argument(
+        "--section",
+        default="strategies",
+        help="the BENCHMARKS.md section to write (another name keeps the full table beside it)",
+    )
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -361,8 +366,11 @@ def main() -> None:
                 json.dumps({k: v for k, v in result.items() if k != "advice"}),
                 flush=True,
             )
+    title = "Strategies across datasets: does `--strategy auto` choose well?"
+    if args.section != "strategies":
+        title += f" ({', '.join(strategies)} only)"
     body = (
-        "## Strategies across datasets: does `--strategy auto` choose well?\n\n"
+        f"## {title}\n\n"
         "`visiontune.fit(data, strategy=...)` with every other option at its default "
         "(EfficientNet-Lite0, seed 0, 15 % of TRAIN held out for validation), then TEST; each run "
         "in its own process with a cold feature cache, so `auto`'s wall time includes its "
@@ -396,7 +404,16 @@ def main() -> None:
         )
         + (f"\n{args.note}\n" if args.note else "")
     )
-    write_section("strategies", body, command="python benchmarks/strategies.py")
+    command = "python benchmarks/strategies.py" + "".join(
+        f" --{name} {value}"
+        for name, value, default in (
+            ("datasets", args.datasets, ",".join(DATASETS)),
+            ("strategies", args.strategies, ",".join(STRATEGIES)),
+            ("section", args.section, "strategies"),
+        )
+        if value != default
+    )
+    write_section(args.section, body, command=command)
 
 
 if __name__ == "__main__":

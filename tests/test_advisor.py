@@ -242,6 +242,47 @@ def test_batchnorm_shift_is_small_on_the_data_the_statistics_came_from(tmp_path)
     )  # measuring changes nothing
 
 
+def _reference_shift(backbone, batches) -> float:
+    """The shift from float64 ``torch.var_mean`` over each BatchNorm input: what the recorder's
+    matrix-product moments must reproduce."""
+    layers = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    inputs: dict[int, list] = {id(m): [] for m in layers}
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs[id(m)].append(a[0])) for m in layers]
+    with torch.no_grad():
+        for batch in batches:
+            backbone(batch)
+    for hook in hooks:
+        hook.remove()
+    per_layer = []
+    for m in layers:
+        var, mean = torch.var_mean(torch.cat(inputs[id(m)]).double(), dim=(0, 2, 3), correction=0)
+        var_data, var_run = var + m.eps, m.running_var.double() + m.eps
+        delta2 = (mean - m.running_mean.double()) ** 2
+        kl = 0.5 * ((var_data + delta2) / var_run + (var_run + delta2) / var_data) - 1
+        per_layer.append(float(kl.median()))
+    return float(np.mean(per_layer))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_recorded_shift_equals_var_mean_over_every_batch(channels_last):
+    from visiontune.features.similarity import BatchNormRecorder
+
+    torch.manual_seed(0)
+    backbone = create_backbone("test_efficientnet", weights="none").eval()
+    for m in backbone.modules():  # pretrained-looking statistics, so the recorder records
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    backbone.to(memory_format=memory)
+    batches = [(torch.randn(n, 3, 40, 40) * 2 + 1).to(memory_format=memory) for n in (5, 3)]
+    with BatchNormRecorder(backbone) as recorder, torch.no_grad():
+        for batch in batches:
+            backbone(batch)
+    assert recorder.images == 8
+    assert recorder.shift() == pytest.approx(_reference_shift(backbone, batches), rel=1e-4)
+
+
 def test_measure_takes_batchnorm_statistics_from_the_extraction_pass(tmp_path):
     """Cold cache: the statistics come from the extraction's own pass over every image and equal a
     separate pass's; warm cache (no forward pass): a separate pass over a sample runs instead."""
@@ -426,7 +467,8 @@ def test_the_rule_alone_records_the_advice(colours, tmp_path):
 
 
 def test_fit_auto_keeps_explicit_options(tmp_path):
-    data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6})
+    # noise: the head is not perfect on validation, so auto measures and applies the advice
+    data = _noise_folder(tmp_path / "data", count=20)
     result = visiontune.fit(
         data,
         **TINY,

@@ -262,12 +262,28 @@ def test_the_decision_record_schema(tmp_path, noisy, monkeypatch):
     assert record["budget"] is None
 
 
-def test_the_head_alone_when_the_advisor_says_so(tmp_path):
+def test_a_head_perfect_on_validation_ends_the_search_unmeasured(tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the data was measured after a perfect head")
+
+    monkeypatch.setattr(auto, "measure_and_decide", never)
     data = make_class_folder(tmp_path / "data", {"cat": 6, "dog": 6})
     result = visiontune.fit(data, **TINY, workers=0, out=str(tmp_path / "run"), progress=False)
     record = result.metrics["auto"]
+    assert [c["name"] for c in record["candidates"]] == ["head"]
+    assert record["candidates"][0]["accuracy"] == 1.0
+    assert record["advice"] is None and "not measured" in record["reasons"][-1]
+    assert "perfect on validation" in record["reasons"][-1]
+
+
+def test_the_head_alone_when_the_advisor_says_so(tmp_path, noisy, monkeypatch):
+    monkeypatch.setattr(auto, "measure_and_decide", _forced("head"))
+    result = visiontune.fit(noisy, **TINY, workers=0, out=str(tmp_path / "run"), progress=False)
+    record = result.metrics["auto"]
     assert record["kept"] == "head" and len(record["candidates"]) == 1
-    assert "no fine-tune tried" in record["reasons"][-1]
+    assert record["candidates"][0]["accuracy"] < 1.0
+    assert "quadrant says the head is enough" in record["reasons"][-1]
+    assert record["advice"]["strategy"] == "head" and record["advice"]["applied"] == {}
 
 
 # --------------------------------------------------------------------------- the time budget

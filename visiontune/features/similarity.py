@@ -191,10 +191,22 @@ def _untrained(layers) -> bool:
     return all(bool((m.running_mean == 0).all() and (m.running_var == 1).all()) for m in layers)
 
 
+def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(variance, mean)`` of ``x`` ``(N, C, ...)``, as ``torch.var_mean`` over every
+    other dimension. ``var_mean`` reduces a channels-last activation with strided loops, at up to
+    4x the cost of the convolution that made it; two matrix products with a row of ``1/M`` (the
+    mean, then the centred squares) run in BLAS instead, 2-6x faster on a 2-core CPU."""
+    rows = x.movedim(1, -1).reshape(-1, x.shape[1]).float()  # a view when channels-last
+    weights = torch.full((1, rows.shape[0]), 1.0 / rows.shape[0], dtype=rows.dtype)
+    mean = weights @ rows
+    var = weights @ (rows - mean).square_()
+    return var.squeeze(0), mean.squeeze(0)
+
+
 class BatchNormRecorder:
     """Per-channel statistics of the inputs of every pretrained BatchNorm layer, gathered by
     forward pre-hooks while the backbone runs: ``with BatchNormRecorder(backbone) as r: ...``,
-    then ``r.shift()``. Each batch costs one ``var_mean`` per layer, small next to its convolutions.
+    then ``r.shift()``. Each batch costs two small matrix products per layer (``_channel_moments``).
     """
 
     def __init__(self, backbone: nn.Module):
@@ -216,8 +228,7 @@ class BatchNormRecorder:
 
     def _record(self, module: nn.Module, args) -> None:
         x = args[0].detach()
-        dims = [d for d in range(x.ndim) if d != 1]
-        var, mean = torch.var_mean(x.float(), dim=dims, correction=0)
+        var, mean = _channel_moments(x)
         n = x.numel() // x.shape[1]
         mean = mean.double()
         moments = self._moments.setdefault(id(module), [0.0, 0.0, 0])

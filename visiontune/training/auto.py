@@ -3,16 +3,18 @@
 A rule fitted to a handful of datasets (``strategies.advisor``) says which fine-tune *may* pay;
 only the data can say whether it does. So ``auto`` gathers evidence, cheapest first:
 
-1. **Measure** train + val (never test) as ``visiontune advise`` does: size, class balance, a
-   cross-validated linear probe, the BatchNorm shift. The advisor's quadrant names the fine-tune
-   worth trying (``partial``, ``full`` or ``gradual``), or none (small data similar to ImageNet).
-2. **Head** on cached features, always (seconds). With ``--backbone auto`` one head per
+1. **Head** on cached features, always (seconds). With ``--backbone auto`` one head per
    installed embedded backbone (EfficientNet-Lite0/1/2), the bigger kept only when it wins
-   (``strategies.evidence.keep_challenger``).
-3. **Fine-tune**, when the advisor names one, the head left room on validation (it is not
-   perfect there) and, under ``--time-budget``, at least two epochs fit (speed measured on this
-   machine). Its augmentation is chosen first (``--augment`` given: kept): the strongest crop
-   and flip that keep the label, judged by the head on augmented views of the validation images.
+   (``strategies.evidence.keep_challenger``). A head perfect on validation ends the search
+   here: nothing is measured, nothing fine-tuned.
+2. **Measure** train + val (never test) as ``visiontune advise`` does: size, class balance, a
+   cross-validated linear probe, the BatchNorm shift (the head's extraction left the features
+   cached, so this reads them). The advisor's quadrant names the fine-tune worth trying
+   (``partial``, ``full`` or ``gradual``), or none (small data similar to ImageNet).
+3. **Fine-tune**, when the advisor names one and, under ``--time-budget``, at least two epochs
+   fit (speed measured on this machine). Its augmentation is chosen first (``--augment``
+   given: kept): the strongest crop and flip that keep the label, judged by the head on
+   augmented views of the validation images.
 4. **Keep** the head only when it beats the fine-tune on validation beyond noise, or ties on
    accuracy with a clearly lower validation loss; an inconclusive comparison keeps the
    advisor's fine-tune: the rule stands until the evidence says otherwise.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import _runtime
@@ -62,8 +64,9 @@ from .run import FitResult, json_text, run_training
 __all__ = ["RULE", "train_auto"]
 
 RULE = (
-    "candidates are trained cheapest first (head on cached features, then the advisor's "
-    "fine-tune when the head is not perfect on validation and time allows); of two, the one "
+    "candidates are trained cheapest first (head on cached features; then, when the head is "
+    "not perfect on validation, the data is measured and the advisor's fine-tune tried where "
+    "it names one and time allows); of two, the one "
     "whose validation accuracy is higher by more than the noise of the difference (binomial "
     "standard error, at least one image) is kept, or, equal within noise, the one whose "
     "validation loss is lower by more than 10 %; otherwise the advisor's fine-tune (against the "
@@ -75,10 +78,9 @@ MIN_AUGMENT_IMAGES = 25
 
 @dataclass(frozen=True)
 class Context:
-    """What every candidate shares: the splits as scanned, the advice, where it runs."""
+    """What every candidate shares: the splits as scanned, where it runs."""
 
     splits: DatasetSplits
-    advice: Advice
     runtime: Runtime
     workers: int
 
@@ -106,21 +108,30 @@ def _say(config: TrainConfig, text: str) -> None:
         console.print(f"[bold]auto[/] {text}")
 
 
-def _measure(config: TrainConfig, backbone_name: str) -> Context:
-    """Scan and measure the data with the first backbone, as ``visiontune advise`` does."""
+def _context(config: TrainConfig) -> Context:
+    """The splits as every candidate scans them, and where they run."""
     device = _runtime.resolve_device(config.device)
     workers = config.workers if config.workers is not None else default_workers()
     splits = scan_data(
         config.data, config.manifest_columns, val_fraction=config.val_fraction, seed=config.seed
     )
+    return Context(splits, run_runtime(config, device, progress=config.progress), workers)
+
+
+def _measure(config: TrainConfig, ctx: Context, backbone_name: str) -> Advice:
+    """The data measured with the first backbone, as ``visiontune advise`` does."""
     backbone = create_backbone(backbone_name, weights=config.weights or "default")
-    runtime = run_runtime(config, device, progress=config.progress)
-    cache = feature_cache(config, backbone, runtime=runtime)
+    cache = feature_cache(config, backbone, runtime=ctx.runtime)
     advice = measure_and_decide(
-        splits, backbone, runtime=runtime, cache=cache, workers=workers, seed=config.seed
+        ctx.splits,
+        backbone,
+        runtime=ctx.runtime,
+        cache=cache,
+        workers=ctx.workers,
+        seed=config.seed,
     )
     _say(config, f"advice {advice.quadrant} -> {advice.strategy}: {advice.reason}")
-    return Context(splits, advice, runtime, workers)
+    return advice
 
 
 def _train(
@@ -191,16 +202,21 @@ def _fine_tune_cost(config: TrainConfig, ctx: Context, backbone: str) -> float:
     )
 
 
+def _why_not_measure(head: Candidate) -> str | None:
+    """Why neither the data is measured nor a fine-tune tried (None: go on)."""
+    if head.score.accuracy is None:
+        return "without validation images a fine-tune could not be judged"
+    if head.score.accuracy == 1.0:
+        return "the head is already perfect on validation: nothing left to gain"
+    return None
+
+
 def _why_not_fine_tune(
-    config: TrainConfig, ctx: Context, head: Candidate, deadline: float | None
+    config: TrainConfig, ctx: Context, advice: Advice, head: Candidate, deadline: float | None
 ) -> tuple[str | None, dict]:
     """Why no fine-tune is tried (None: try it), and the time estimate when there is a budget."""
-    if ctx.advice.strategy == "head":
-        return f"the advisor's {ctx.advice.quadrant} quadrant says the head is enough", {}
-    if head.score.accuracy is None:
-        return "without validation images a fine-tune could not be judged", {}
-    if head.score.accuracy == 1.0:
-        return "the head is already perfect on validation: nothing left to gain", {}
+    if advice.strategy == "head":
+        return f"the advisor's {advice.quadrant} quadrant says the head is enough", {}
     if deadline is None:
         return None, {}
     per_image = _fine_tune_cost(config, ctx, head.result.model.model.backbone.name)
@@ -220,11 +236,13 @@ def _why_not_fine_tune(
     )
 
 
-def _fine_tune_config(config: TrainConfig, head: Candidate, ctx: Context, explicit) -> tuple:
+def _fine_tune_config(
+    config: TrainConfig, head: Candidate, ctx: Context, advice: Advice, explicit
+) -> tuple:
     """The advisor's fine-tune on the kept head's backbone, with the augmentation chosen."""
     tuned, applied = apply_advice(
         replace(config, backbone=head.result.model.model.backbone.name),
-        ctx.advice.to_dict(),
+        advice.to_dict(),
         explicit=set(explicit),
     )
     augment = None
@@ -275,6 +293,33 @@ def _promote(root: Path, kept: Candidate, record: dict, started: float) -> FitRe
     return FitResult(root, model, kept.result.history, metrics)
 
 
+@dataclass(frozen=True)
+class Challenge:
+    """What measuring the data and trying the advisor's fine-tune against the head gave."""
+
+    advice: dict | None  # the advice record, with the settings ``applied``
+    reason: str
+    tuned: Candidate | None = None  # None: no fine-tune tried
+    wins: bool = False
+    estimate: dict = field(default_factory=dict)  # the budget's, when there is one
+    augment: dict | None = None
+
+
+def _challenge(config, ctx, kept: Candidate, root: Path, explicit, deadline) -> Challenge:
+    """Measure the data and, where the advisor names a fine-tune and time allows, train it."""
+    advice = _measure(config, ctx, _check_backbone_choice(config)[0])
+    skip, estimate = _why_not_fine_tune(config, ctx, advice, kept, deadline)
+    if skip is not None:
+        record = {**advice.to_dict(), "applied": {}}
+        return Challenge(record, f"no fine-tune tried: {skip}", estimate=estimate)
+    tuned, applied, augment = _fine_tune_config(config, kept, ctx, advice, explicit)
+    _say(config, f"candidate {tuned.strategy}: fine-tuning {tuned.backbone}")
+    step_seconds = estimate.get("step_s_per_image")
+    tuned_run = _train(tuned.strategy, tuned, root, explicit, deadline, step_seconds)
+    wins, why = keep_challenger(kept.score, tuned_run.score, tie="challenger")
+    return Challenge(applied, why, tuned_run, wins, estimate, augment)
+
+
 def train_auto(config: TrainConfig, *, explicit: frozenset[str] = frozenset()) -> FitResult:
     """Train ``auto``'s candidates into ``RUN/candidates`` and keep the best on validation."""
     started = time.monotonic()
@@ -282,31 +327,28 @@ def train_auto(config: TrainConfig, *, explicit: frozenset[str] = frozenset()) -
     deadline = _runtime.process_started() + budget if budget else None
     backbones = _check_backbone_choice(config)
     root = _root(config)
-    ctx = _measure(config, backbones[0])
+    ctx = _context(config)
     heads = _heads(config, root, backbones, explicit)
     kept_index, reasons = choose_best([h.score for h in heads])
     candidates, kept = list(heads), heads[kept_index]
-    skip, estimate = _why_not_fine_tune(config, ctx, kept, deadline)
-    applied = augment = None
+    skip = _why_not_measure(kept)
     if skip is None:
-        tuned, applied, augment = _fine_tune_config(config, kept, ctx, explicit)
-        _say(config, f"candidate {tuned.strategy}: fine-tuning {tuned.backbone}")
-        step_seconds = estimate.get("step_s_per_image")
-        tuned_run = _train(tuned.strategy, tuned, root, explicit, deadline, step_seconds)
-        candidates.append(tuned_run)
-        wins, why = keep_challenger(kept.score, tuned_run.score, tie="challenger")
-        reasons.append(why)
-        kept = tuned_run if wins else kept
+        challenge = _challenge(config, ctx, kept, root, explicit, deadline)
+        if challenge.tuned is not None:
+            candidates.append(challenge.tuned)
+            kept = challenge.tuned if challenge.wins else kept
     else:
-        reasons.append(f"no fine-tune tried: {skip}")
+        challenge = Challenge(None, f"no fine-tune tried: {skip}; the data was not measured")
+    reasons.append(challenge.reason)
     _say(config, f"kept {kept.name}: {reasons[-1]}")
     record = {
         "rule": RULE,
         "kept": kept.name,
         "reasons": reasons,
         "candidates": [c.record(root, c is kept) for c in candidates],
-        "advice": applied or {**ctx.advice.to_dict(), "applied": {}},  # nothing fine-tuned
-        "augment": augment,
-        "budget": {"seconds": budget, **estimate} if budget else None,
+        # None: not measured (the head was perfect on validation, or there is none)
+        "advice": challenge.advice,
+        "augment": challenge.augment,
+        "budget": {"seconds": budget, **challenge.estimate} if budget else None,
     }
     return _promote(root, kept, record, started)
