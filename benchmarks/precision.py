@@ -2,7 +2,6 @@
 
     python benchmarks/precision.py [--datasets yoga,elpv,textures] [--seeds 0,1,2]
                                    [--runs /tmp/vt-activations/runs] [--train-seeds 0,1]
-                                   [--skip-defaults]
 
 What `--precision auto` rests on (``visiontune.engine.precision``), measured in one run:
 
@@ -16,8 +15,8 @@ What `--precision auto` rests on (``visiontune.engine.precision``), measured in 
    (trained in fp32), TEST accuracy evaluated with `precision="fp32"` and `"bf16"`.
 4. **Training in bf16**: `visiontune train yoga --strategy partial --precision bf16`, against
    the same seeds' fp32-trained runs in --runs.
-5. **Time to accuracy with the defaults**: `visiontune train yoga` (nothing else), wall time
-   from launch to exit, and its TEST accuracy (target >= 99.0 % within 90 s).
+`benchmarks/time_to_accuracy.py` times `visiontune train yoga` with every default (once part
+of this script).
 """
 
 from __future__ import annotations
@@ -159,18 +158,6 @@ def bf16_training(seeds: list[int], runs: Path, work: Path) -> dict:
     return out
 
 
-def defaults(work: Path) -> dict:
-    wall, metrics = _train([str(YOGA), "--out", str(work / "defaults"), "--overwrite"])
-    result = {
-        "wall_s": wall,
-        "test_acc": metrics["test"]["accuracy"],
-        "kept": (metrics.get("auto") or {}).get("kept", metrics.get("strategy")),
-        "tried": [c["name"] for c in (metrics.get("auto") or {}).get("candidates", [])],
-    }
-    print("defaults", json.dumps(result), flush=True)
-    return result
-
-
 def _speed_rows(s: dict) -> list[str]:
     rows = []
     for what, label in (
@@ -198,7 +185,7 @@ def _accuracy_rows(label: str, results: dict) -> list[str]:
     return rows
 
 
-def report(s, h, f, t, d) -> str:
+def report(s, h, f, t) -> str:
     body = (
         "## Precision: bf16 against fp32 (`--precision`)\n\n"
         "Speed: median images/s of alternating rounds in one process; in brackets the fraction "
@@ -221,14 +208,6 @@ def report(s, h, f, t, d) -> str:
             f"\nbf16 training epoch: {statistics.mean(t['bf16_epoch_s']):.1f} s against "
             f"{statistics.mean(t['fp32_epoch_s']):.1f} s in fp32 (both on cached activations).\n"
         )
-    if d:
-        met = d["wall_s"] <= 90 and d["test_acc"] >= 0.99
-        body += (
-            f"\nTime to accuracy with the defaults, `visiontune train yoga`: {d['wall_s']:.0f} s "
-            f"wall (process start included) for {100 * d['test_acc']:.2f} % TEST, auto tried "
-            f"{', '.join(d['tried']) or '-'} and kept **{d['kept']}**. Target ≥ 99.0 % within "
-            f"90 s: **{'met' if met else 'not met'}**.\n"
-        )
     return body
 
 
@@ -240,7 +219,6 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--runs", default="/tmp/vt-activations/runs")
     parser.add_argument("--train-seeds", default="0,1")
-    parser.add_argument("--skip-defaults", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vt-precision-"))
     seeds = [int(x) for x in args.seeds.split(",")]
@@ -249,13 +227,11 @@ def main() -> None:
     f = finetuned_inference(Path(args.runs))
     train_seeds = [int(x) for x in args.train_seeds.split(",") if x]
     t = bf16_training(train_seeds, Path(args.runs), work) if train_seeds else None
-    d = None if args.skip_defaults else defaults(work)
     command = (
         f"python benchmarks/precision.py --datasets {args.datasets} --seeds {args.seeds} "
         f"--runs {args.runs} --train-seeds {args.train_seeds}"
-        + (" --skip-defaults" if args.skip_defaults else "")
     )
-    write_section("precision", report(s, h, f, t, d), command=command)
+    write_section("precision", report(s, h, f, t), command=command)
 
 
 if __name__ == "__main__":

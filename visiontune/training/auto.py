@@ -108,8 +108,10 @@ def _say(config: TrainConfig, text: str) -> None:
         console.print(f"[bold]auto[/] {text}")
 
 
-def _context(config: TrainConfig) -> Context:
-    """The splits as every candidate scans them, and where they run."""
+def _context(config: TrainConfig, backbone_name: str) -> Context:
+    """The splits as every candidate scans them, and where they run; a bad backbone or weights
+    file is refused first, before the precision check writes its record to the cache."""
+    create_backbone(backbone_name, weights=config.weights or "default")
     device = _runtime.resolve_device(config.device)
     workers = config.workers if config.workers is not None else default_workers()
     splits = scan_data(
@@ -327,7 +329,7 @@ def train_auto(config: TrainConfig, *, explicit: frozenset[str] = frozenset()) -
     deadline = _runtime.process_started() + budget if budget else None
     backbones = _check_backbone_choice(config)
     root = _root(config)
-    ctx = _context(config)
+    ctx = _context(config, backbones[0])
     heads = _heads(config, root, backbones, explicit)
     kept_index, reasons = choose_best([h.score for h in heads])
     candidates, kept = list(heads), heads[kept_index]
