@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import re
@@ -86,3 +87,24 @@ def _commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+class ResultLog:
+    """A benchmark's results as JSON lines in ``path``, one row per finished run, so an
+    interrupted benchmark continues where it stopped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        text = path.read_text() if path.exists() else ""
+        self.rows: list[dict] = [json.loads(line) for line in text.splitlines()]
+
+    def has(self, **key) -> bool:
+        """Whether a row with these values is logged already."""
+        return any(all(row.get(k) == v for k, v in key.items()) for row in self.rows)
+
+    def add(self, row: dict) -> None:
+        """``row`` kept, printed and appended to the file."""
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")

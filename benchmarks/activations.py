@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import YOGA, write_section  # noqa: E402
+from _report import YOGA, ResultLog, write_section  # noqa: E402
 from strategies import dataset_path  # noqa: E402
 
 
@@ -117,21 +117,16 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    log = work / "results.jsonl"
-    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    log = ResultLog(work / "results.jsonl")
     names, seeds = args.datasets.split(","), [int(s) for s in args.seeds.split(",")]
     for name in names:
         data = data_of(name, work)
         for seed in seeds:
             order = (0, args.views) if seed % 2 == 0 else (args.views, 0)
             for views in order:
-                key = (name, seed, views)
-                if any((r["dataset"], r["seed"], r["views"]) == key for r in done):
-                    continue
-                done.append(run_one(data, name, seed, views, work))
-                print(json.dumps(done[-1]), flush=True)
-                with log.open("a") as f:
-                    f.write(json.dumps(done[-1]) + "\n")
+                if not log.has(dataset=name, seed=seed, views=views):
+                    log.add(run_one(data, name, seed, views, work))
+    done = log.rows
     body = (
         "## Fine-tuning on cached activations: `partial`, frozen stages once vs every epoch\n\n"
         "`visiontune train DATA --strategy partial --seed S` with `--activation-views 0` "

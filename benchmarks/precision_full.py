@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_section  # noqa: E402
+from _report import ResultLog, write_section  # noqa: E402
 from strategies import dataset_path  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
@@ -107,19 +107,14 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    log = work / "results.jsonl"
-    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    log = ResultLog(work / "results.jsonl")
     names, seeds = args.datasets.split(","), [int(s) for s in args.seeds.split(",")]
     for name in names:
         for seed in seeds:
-            if any((r["dataset"], r["seed"]) == (name, seed) for r in done):
-                continue
-            done.append(run_one(name, seed, work))
-            print(json.dumps(done[-1]), flush=True)
-            with log.open("a") as f:
-                f.write(json.dumps(done[-1]) + "\n")
+            if not log.has(dataset=name, seed=seed):
+                log.add(run_one(name, seed, work))
     command = f"python benchmarks/precision_full.py --datasets {args.datasets} --seeds {args.seeds}"
-    write_section("precision-full", report(names, done), command=command)
+    write_section("precision-full", report(names, log.rows), command=command)
 
 
 if __name__ == "__main__":

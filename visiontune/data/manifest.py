@@ -336,5 +336,6 @@ def _rooted(frame, root: Path, columns: ManifestColumns):
     column = _column(frame, columns.path, PATH_NAMES, "path", needed=True)
     frame = frame.copy()
     # A blank cell (None, NaN) stays blank, to be refused as such, not as a file named "nan".
-    frame[column] = [str(root / _text(p).strip()) if _text(p) else None for p in frame[column]]
+    texts = (_text(p) for p in frame[column])
+    frame[column] = [str(root / text.strip()) if text else None for text in texts]
     return frame

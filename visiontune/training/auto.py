@@ -34,7 +34,7 @@ from pathlib import Path
 from .. import _runtime
 from .._console import console
 from .._io import atomic_write_text
-from ..backbones import Classifier, Head, create_backbone, embedded_backbones
+from ..backbones import Backbone, Classifier, Head, create_backbone, embedded_backbones
 from ..config import TrainConfig
 from ..data.augment import parse_augment
 from ..data.dataset import scan_data
@@ -78,11 +78,13 @@ MIN_AUGMENT_IMAGES = 25
 
 @dataclass(frozen=True)
 class Context:
-    """What every candidate shares: the splits as scanned, where it runs."""
+    """What every candidate shares: the splits as scanned, where it runs, and the first
+    backbone, created once to refuse a bad name or weights file early and reused to measure."""
 
     splits: DatasetSplits
     runtime: Runtime
     workers: int
+    backbone: Backbone
 
 
 @dataclass(frozen=True)
@@ -111,18 +113,19 @@ def _say(config: TrainConfig, text: str) -> None:
 def _context(config: TrainConfig, backbone_name: str) -> Context:
     """The splits as every candidate scans them, and where they run; a bad backbone or weights
     file is refused first, before the precision check writes its record to the cache."""
-    create_backbone(backbone_name, weights=config.weights or "default")
+    backbone = create_backbone(backbone_name, weights=config.weights or "default")
     device = _runtime.resolve_device(config.device)
     workers = config.workers if config.workers is not None else default_workers()
     splits = scan_data(
         config.data, config.manifest_columns, val_fraction=config.val_fraction, seed=config.seed
     )
-    return Context(splits, run_runtime(config, device, progress=config.progress), workers)
+    runtime = run_runtime(config, device, progress=config.progress)
+    return Context(splits, runtime, workers, backbone)
 
 
-def _measure(config: TrainConfig, ctx: Context, backbone_name: str) -> Advice:
+def _measure(config: TrainConfig, ctx: Context) -> Advice:
     """The data measured with the first backbone, as ``visiontune advise`` does."""
-    backbone = create_backbone(backbone_name, weights=config.weights or "default")
+    backbone = ctx.backbone
     cache = feature_cache(config, backbone, runtime=ctx.runtime)
     advice = measure_and_decide(
         ctx.splits,
@@ -309,7 +312,7 @@ class Challenge:
 
 def _challenge(config, ctx, kept: Candidate, root: Path, explicit, deadline) -> Challenge:
     """Measure the data and, where the advisor names a fine-tune and time allows, train it."""
-    advice = _measure(config, ctx, _check_backbone_choice(config)[0])
+    advice = _measure(config, ctx)
     skip, estimate = _why_not_fine_tune(config, ctx, advice, kept, deadline)
     if skip is not None:
         record = {**advice.to_dict(), "applied": {}}
