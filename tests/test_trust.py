@@ -11,7 +11,7 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, make_split_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -19,7 +19,7 @@ from hypothesis.extra.numpy import arrays
 import visiontune
 from visiontune.cli import main
 from visiontune.data.transforms import eval_transform
-from visiontune.errors import BundleError, VisiontuneError
+from visiontune.errors import BundleError, VisiontuneError, VisiontuneWarning
 from visiontune.evaluation.calibration import fit_temperature, scaled_probabilities
 from visiontune.evaluation.metrics import expected_calibration_error
 from visiontune.evaluation.rejection import (
@@ -27,6 +27,7 @@ from visiontune.evaluation.rejection import (
     rejection_scale,
     unknown_scores,
 )
+from visiontune.evaluation.shift import ALPHA, compare_splits
 
 QUIET = dict(workers=0, progress=False)
 
@@ -137,6 +138,58 @@ def test_the_scale_flags_at_most_the_rate_of_its_own_images(scores, rate):
 
 # ---------------------------------------------------------------------------- a real tiny run
 
+# ------------------------------------------------------------- validation against TEST
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=300))
+def test_a_split_compared_with_itself_never_differs(correct):
+    shift = compare_splits(correct, correct, correct, correct)
+    assert not shift.differ and shift.warning() is None
+    assert shift.accuracy_p == pytest.approx(1.0) and shift.flagged_p == pytest.approx(1.0)
+
+
+def test_accuracies_apart_beyond_noise_differ_and_warn():
+    val = np.r_[np.ones(146), np.zeros(16)]  # 90.1 % of 162, as yoga's validation
+    test = np.r_[np.ones(453), np.zeros(14)]  # 97.0 % of 467, as yoga's TEST
+    shift = compare_splits(val, test)
+    assert shift.differ and shift.accuracy_p < ALPHA and shift.flagged_p is None
+    assert "90.1 % on validation and 97.0 % on TEST" in shift.warning()
+
+
+def test_a_few_points_on_a_small_split_are_noise():
+    val = np.r_[np.ones(18), np.zeros(2)]  # 90 % of 20
+    test = np.r_[np.ones(97), np.zeros(3)]  # 97 % of 100
+    assert not compare_splits(val, test).differ
+
+
+def test_reject_rates_apart_differ_even_at_equal_accuracy():
+    right = np.ones(200, dtype=bool)
+    flagged_val, flagged_test = np.arange(200) < 10, np.arange(400) < 1  # 5 % against 0.25 %
+    shift = compare_splits(right, np.ones(400, dtype=bool), flagged_val, flagged_test)
+    assert shift.differ and shift.accuracy_p == pytest.approx(1.0)
+    assert "5.0 % and 0.2 % flagged unknown" in shift.warning()
+
+
+def test_a_test_split_unlike_validation_is_recorded_and_warned(tmp_path):
+    # TEST's class folders rotated: every TEST image is filed under another class's colour, so
+    # the model that is right on validation is wrong on TEST.
+    data = make_split_folder(
+        tmp_path / "data",
+        {"train": {"bird": 5, "cat": 5, "dog": 5}, "val": {"bird": 3, "cat": 3, "dog": 3}},
+    )
+    make_split_folder(tmp_path / "t", {"test": {"bird": 4, "cat": 4, "dog": 4}})
+    (data / "test").mkdir()
+    for src, dst in (("bird", "cat"), ("cat", "dog"), ("dog", "bird")):
+        (tmp_path / "t" / "test" / src).rename(data / "test" / dst)
+    with pytest.warns(VisiontuneWarning, match="validation and TEST differ"):
+        result = visiontune.fit(
+            data, **TINY, strategy="head", out=str(tmp_path / "run"), cache=False, **QUIET
+        )
+    shift = result.metrics["validation_vs_test"]
+    assert shift["differ"] and shift["val_images"] == 9 and shift["test_images"] == 12
+    assert shift["val_accuracy"] > shift["test_accuracy"]
+    assert shift["test_accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
+
 
 @pytest.fixture(scope="module")
 def head_run(trained_data, tmp_path_factory):
@@ -157,6 +210,8 @@ def test_the_bundle_stores_temperature_and_rejection(head_run):
     metrics = json.loads((head_run / "metrics.json").read_text())
     assert set(metrics["calibration"]) >= {"temperature", "ece_before", "ece_after", "test"}
     assert metrics["rejection"]["threshold_from"] == "validation"
+    shift = metrics["validation_vs_test"]  # 6 val and 9 TEST images of the same kind
+    assert (shift["val_images"], shift["test_images"]) == (6, 9) and not shift["differ"]
 
 
 def test_predicted_probabilities_are_the_tempered_softmax(head_run, trained_data):

@@ -283,9 +283,10 @@ def run_training(
         except BaseException:  # a failed or interrupted run leaves no empty folder behind
             remove_empty(created)
             raise
-        warning = no_validation_warning(outcome.history)
-        if warning and plan.writes:
-            warnings.warn(warning, VisiontuneWarning, stacklevel=2)
+        shift = outcome.trust.shift if outcome.trust else None
+        for warning in (no_validation_warning(outcome.history), shift and shift.warning()):
+            if warning and plan.writes:
+                warnings.warn(warning, VisiontuneWarning, stacklevel=2)
     trained = TrainedModel(
         model,
         data.splits.labels,

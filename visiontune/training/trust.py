@@ -10,7 +10,10 @@ frozen backbone ``head`` training already has them) gives pooled features and lo
   the training images set the scale; they sit closer to their own class means than new images
   do, so more genuine images are flagged than the rate says, and the record says so;
 - TEST, when DATA has one, is scored with the calibrated probabilities: its ECE before and
-  after, and the share of TEST images the automatic threshold flags.
+  after, and the share of TEST images the automatic threshold flags;
+- validation and TEST are compared (``evaluation.shift``): where their accuracy or flagged
+  share differ beyond noise, both fits hold for validation's kind of image and not TEST's, and
+  the run warns.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..evaluation.rejection import (
     rejection_scale,
     unknown_scores,
 )
+from ..evaluation.shift import SplitShift, compare_splits
 from ..features.extract import FeatureSet
 from ..features.splits import extract_parts
 from ..formats.trust import REJECTION_SCORE
@@ -52,6 +56,7 @@ class TrustFit:
     seconds: float = 0.0  # the features pass and the fits
     # Multi-label: each class's probability threshold, chosen on validation, and its record.
     thresholds: ThresholdFit | None = None
+    shift: SplitShift | None = None  # validation against TEST, where both have images
 
     def bundle_entry(self) -> dict:
         """``config.json``'s ``trust`` entry (``formats.trust``; the digest is added there)."""
@@ -88,7 +93,8 @@ class TrustFit:
             return {"calibration": calibration, "rejection": None, **self.thresholds.metrics()}
         if self.test:
             calibration["test"] = {k: self.test[k] for k in ("ece_before", "ece_after")}
-        return {"calibration": calibration, "rejection": rejection}
+        shift = self.shift.to_dict() if self.shift else None
+        return {"calibration": calibration, "rejection": rejection, "validation_vs_test": shift}
 
 
 def _features(plan: Plan, data: PreparedData, skips: SkipLog) -> dict[str, FeatureSet]:
@@ -114,6 +120,20 @@ def _logits(plan: Plan, part: FeatureSet) -> np.ndarray:
     head = plan.model.head.eval()
     with torch.no_grad():
         return head(part.features.to(next(head.parameters()).device)).float().cpu().numpy()
+
+
+def _shift(plan, val, test, gaussians, scale) -> SplitShift | None:
+    """Validation against TEST: classified correctly, and flagged at the automatic threshold."""
+    if val is None or test is None or not len(val) or not len(test):
+        return None
+
+    def correct(part: FeatureSet) -> np.ndarray:
+        return _logits(plan, part).argmax(1) == part.labels.numpy()
+
+    def flagged(part: FeatureSet) -> np.ndarray | None:
+        return None if scale is None else unknown_scores(gaussians, part.features, scale) > 1
+
+    return compare_splits(correct(val), correct(test), flagged(val), flagged(test))
 
 
 def _test_record(plan, test: FeatureSet, fit: TemperatureFit, gaussians, scale) -> dict:
@@ -206,4 +226,6 @@ def fit_trust(
         reference = val if scale_from == "validation" else train
         scale = rejection_scale(unknown_scores(gaussians, reference.features), DEFAULT_REJECT_RATE)
     record = _test_record(plan, test, fit, gaussians, scale) if test is not None else None
-    return TrustFit(fit, gaussians, scale, scale_from, record, time.perf_counter() - started)
+    shift = _shift(plan, val, test, gaussians, scale)
+    seconds = time.perf_counter() - started
+    return TrustFit(fit, gaussians, scale, scale_from, record, seconds, shift=shift)
