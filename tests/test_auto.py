@@ -33,6 +33,7 @@ from visiontune.strategies.evidence import (
     Score,
     accuracy_noise,
     auto_plan,
+    cannot_catch_up,
     choose_augment,
     choose_best,
     fine_tune_fits,
@@ -97,6 +98,51 @@ def test_the_rule_never_keeps_both_and_never_prefers_a_worse_by_noise(a, b, n, l
     assert not (ab and ba)  # a strict order: never "each is better than the other"
     if b < a - accuracy_noise(first, second):
         assert not ab
+
+
+def _curve(*accuracies):
+    return [{"val_acc": a} for a in accuracies]
+
+
+def test_a_fine_tune_is_given_up_only_from_half_its_epochs_and_only_when_it_cannot_catch_up():
+    head = Score("head", 0.867, 0.35, 90)  # elpv's head: 86.7 % of 90 validation images
+    flat = _curve(0.70, 0.77, 0.78)
+    assert cannot_catch_up(head, flat[:2], epochs=6) is None  # before half: never
+    why = cannot_catch_up(head, flat, epochs=6)
+    assert why.startswith("given up after 3 of 6 epochs") and "81.0%" in why  # 78 + 3 x 1
+    assert cannot_catch_up(head, _curve(0.70, 0.78, 0.84), epochs=6) is None  # still rising
+    assert cannot_catch_up(head, _curve(0.80, 0.82, 0.83), epochs=6) is None  # inside noise
+    assert cannot_catch_up(head, _curve(0.5, 0.5, 0.5, 0.5, 0.5, 0.5), epochs=6) is None  # done
+    assert cannot_catch_up(Score("head", None, None, 0), flat, epochs=6) is None  # no val
+
+
+@given(
+    st.lists(st.floats(0, 1), min_size=1, max_size=12),
+    st.integers(1, 12),
+    st.floats(0, 1),
+    st.integers(1, 2000),
+)
+def test_a_curve_within_one_image_of_the_head_is_never_given_up(curve, epochs, head, images):
+    incumbent = Score("head", head, 0.3, images)
+    why = cannot_catch_up(incumbent, _curve(*curve), epochs)
+    if why is not None:  # only past half, before the end, and behind beyond noise
+        assert epochs / 2 <= len(curve) < epochs
+        # the projection is at least the best so far, and the noise at least one image
+        assert head - max(curve) > 1 / images
+
+
+def test_auto_gives_up_a_fine_tune_its_rule_stops_and_says_why(tmp_path, noisy, monkeypatch):
+    monkeypatch.setattr(auto, "measure_and_decide", _forced("partial", epochs=4))
+
+    def after_two(incumbent, history, epochs):  # a curve that cannot win, at epoch 2
+        assert incumbent.name == "head" and epochs == 4
+        return "given up after 2 of 4 epochs: test" if len(history) == 2 else None
+
+    monkeypatch.setattr(auto, "cannot_catch_up", after_two)
+    result = visiontune.fit(noisy, **TINY, workers=0, out=str(tmp_path / "run"), progress=False)
+    tuned = json.loads((tmp_path / "run" / "candidates" / "partial" / "history.json").read_text())
+    assert len(tuned) == 2
+    assert result.metrics["auto"]["reasons"][-1].startswith("partial given up after 2 of 4")
 
 
 def test_choose_best_walks_cheapest_first():

@@ -184,6 +184,29 @@ def test_patience_counts_epochs_since_the_last_improvement():
     assert len(history) == 8  # improving every epoch never triggers patience 1
 
 
+def test_a_give_up_rule_sees_the_curve_and_stops_training():
+    train, val = _problem()
+    model = _linear()
+    seen = []
+
+    def give_up(history, epochs):
+        seen.append((len(history), epochs, history[-1]["val_acc"]))
+        return "enough" if len(history) == 3 else None
+
+    history = fit(
+        model,
+        train,
+        val,
+        _optimizer(model, lr=0.05),
+        cfg=LoopConfig(epochs=8, give_up=give_up, **CFG),
+        runtime=RUNTIME,
+        set_train_mode=lambda m: m.train(),
+    )
+    assert len(history) == 3 and [n for n, _, _ in seen] == [1, 2, 3]
+    assert all(epochs == 8 for _, epochs, _ in seen)
+    assert [acc for _, _, acc in seen] == [r["val_acc"] for r in history]
+
+
 def test_a_callback_can_stop_training():
     train, val = _problem()
     model = _linear()

@@ -191,6 +191,24 @@ def test_a_test_split_unlike_validation_is_recorded_and_warned(tmp_path):
     assert shift["test_accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
 
 
+def test_validation_copies_of_training_images_are_left_out_of_the_fits(tmp_path):
+    import shutil
+
+    data = make_split_folder(
+        tmp_path / "data",
+        {"train": {"bird": 5, "cat": 5}, "val": {"bird": 11, "cat": 11}},
+    )
+    for i, image in enumerate(sorted((data / "train" / "cat").iterdir())[:2]):
+        shutil.copyfile(image, data / "val" / "cat" / f"copy{i}.png")  # 24 val, 2 copies
+    result = visiontune.fit(
+        data, **TINY, strategy="head", out=str(tmp_path / "run"), cache=False, **QUIET
+    )
+    calibration, rejection = result.metrics["calibration"], result.metrics["rejection"]
+    assert result.metrics["data_checks"]["leakage"]["val"] == 2
+    assert calibration["val_copies_left_out"] == 2 and calibration["images"] == 22
+    assert rejection["val_copies_left_out"] == 2
+
+
 @pytest.fixture(scope="module")
 def head_run(trained_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("trust") / "run"
@@ -210,6 +228,7 @@ def test_the_bundle_stores_temperature_and_rejection(head_run):
     metrics = json.loads((head_run / "metrics.json").read_text())
     assert set(metrics["calibration"]) >= {"temperature", "ece_before", "ece_after", "test"}
     assert metrics["rejection"]["threshold_from"] == "validation"
+    assert metrics["calibration"]["val_copies_left_out"] == 0
     shift = metrics["validation_vs_test"]  # 6 val and 9 TEST images of the same kind
     assert (shift["val_images"], shift["test_images"]) == (6, 9) and not shift["differ"]
 

@@ -72,6 +72,9 @@ class LoopConfig:
     # less what the caller needs afterwards): the LR schedule is compressed to end there, and the
     # epoch running at that moment is cut short, validated and the last one.
     deadline: float | None = None
+    # (history so far, epochs planned) -> why to stop now, or None: a rule on the validation
+    # curve (``auto`` gives up a fine-tune that cannot catch the head); checked after each epoch.
+    give_up: Callable[[list[dict], int], str | None] | None = None
 
 
 class TimeBox:
@@ -385,6 +388,13 @@ def _epochs_bar(state: TrainingState, cfg: LoopConfig, runtime: Runtime):
     )
 
 
+def _stop_now(state: TrainingState, cfg: LoopConfig, timebox, dist) -> bool:
+    """Whether the time budget is spent, or ``cfg.give_up`` says the curve cannot pay."""
+    if timebox and _time_is_up(timebox, dist, stepped=True):
+        return True
+    return bool(cfg.give_up and cfg.give_up(state.history, cfg.epochs))
+
+
 def fit(
     model: nn.Module,
     train_loader,
@@ -455,7 +465,7 @@ def fit(
                 on_epoch_end(row)
         except StopTraining:
             state.done = True
-        if timebox and _time_is_up(timebox, dist, stepped=True):  # the budget is spent
+        if _stop_now(state, cfg, timebox, dist):
             state.done = True
         if on_checkpoint:
             on_checkpoint(copy.copy(state))

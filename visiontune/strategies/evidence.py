@@ -15,6 +15,12 @@ what the candidates actually scored on the validation split (never on test):
   validation images, and the strongest crop whose views score as well as the mildest crop's
   (within two standard errors) is kept; a flip is kept unless flipped views score worse than
   clean ones by more than two standard errors (text, digits, arrows change class when mirrored).
+* ``cannot_catch_up``: whether a fine-tune still training should be given up. From half its
+  epochs on, its validation curve is extrapolated: its best accuracy so far plus, for every epoch
+  left, the mean gain per epoch of the second half of its curve so far. Learning curves flatten
+  (and the cosine schedule slows the late epochs further), so the straight line is optimistic;
+  when even it ends below the head beyond the noise of the comparison, the rest of the
+  fine-tune would be spent on a candidate that ``keep_challenger`` will refuse.
 * ``fine_tune_fits``: whether a fine-tune of at least ``MIN_FINE_TUNE_EPOCHS`` fits a time
   budget, from a measured training-step speed.
 
@@ -38,6 +44,7 @@ __all__ = [
     "Score",
     "accuracy_noise",
     "auto_plan",
+    "cannot_catch_up",
     "choose_augment",
     "choose_best",
     "fine_tune_fits",
@@ -146,6 +153,49 @@ def choose_best(candidates: list[Score]) -> tuple[int, list[str]]:
         if wins:
             kept = i
     return kept, reasons
+
+
+def _projected(curve: list[float], epochs: int) -> tuple[float, float]:
+    """The best of ``curve`` (validation accuracy per epoch) so far, extrapolated linearly to
+    ``epochs`` at the mean gain per epoch of the running best over the last half of the curve
+    (its last ``n // 2`` steps, one at least); and that gain."""
+    best = [max(curve[: i + 1]) for i in range(len(curve))]
+    steps = max(1, len(best) // 2)
+    gain = (best[-1] - best[-1 - steps]) / steps if len(best) > steps else 0.0
+    return min(1.0, best[-1] + gain * (epochs - len(best))), gain
+
+
+def cannot_catch_up(incumbent: Score, history: list[dict], epochs: int) -> str | None:
+    """Why a challenger fine-tuning for ``epochs`` (its ``history`` rows so far, with
+    ``val_acc``) is to be given up against ``incumbent``, or None to let it go on.
+
+    >>> head = Score("head", accuracy=0.867, loss=0.35, images=90)
+    >>> flat = [{"val_acc": a} for a in (0.70, 0.77, 0.78)]
+    >>> cannot_catch_up(head, flat, epochs=6) is not None   # 78 %, +1 point an epoch
+    True
+    >>> rising = [{"val_acc": a} for a in (0.70, 0.78, 0.84)]
+    >>> cannot_catch_up(head, rising, epochs=6) is None     # +6 points an epoch: may win
+    True
+    """
+    done = len(history)
+    curve = [r.get("val_acc") for r in history]
+    if incumbent.accuracy is None or not incumbent.images or done >= epochs:
+        return None
+    if done < max(MIN_FINE_TUNE_EPOCHS, math.ceil(epochs / 2)):
+        return None
+    if any(a is None or not math.isfinite(a) for a in curve):
+        return None
+    projected, gain = _projected(curve, epochs)
+    reach = Score("challenger", projected, None, incumbent.images)
+    noise = accuracy_noise(incumbent, reach)
+    if incumbent.accuracy - projected <= noise:
+        return None
+    return (
+        f"given up after {done} of {epochs} epochs: its best validation accuracy so far is "
+        f"{100 * max(curve):.1f}%; gaining {100 * gain:.1f} points an epoch to the end it would "
+        f"reach {100 * projected:.1f}%, below {incumbent.name}'s {100 * incumbent.accuracy:.1f}% "
+        f"beyond noise (±{100 * noise:.1f} points)"
+    )
 
 
 def _retained(accuracy: float, reference: float, images: int) -> bool:

@@ -14,7 +14,9 @@ only the data can say whether it does. So ``auto`` gathers evidence, cheapest fi
 3. **Fine-tune**, when the advisor names one and, under ``--time-budget``, at least two epochs
    fit (speed measured on this machine). Its augmentation is chosen first (``--augment``
    given: kept): the strongest crop and flip that keep the label, judged by the head on
-   augmented views of the validation images.
+   augmented views of the validation images. From half its epochs on, the fine-tune is given
+   up when its validation curve, extrapolated optimistically, cannot catch the head beyond
+   noise (``strategies.evidence.cannot_catch_up``): its remaining epochs would be wasted.
 4. **Keep** the head only when it beats the fine-tune on validation beyond noise, or ties on
    accuracy with a clearly lower validation loss; an inconclusive comparison keeps the
    advisor's fine-tune: the rule stands until the evidence says otherwise.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from .. import _runtime
@@ -51,6 +54,7 @@ from ..strategies import Advice
 from ..strategies.evidence import (
     CROP_LADDER,
     Score,
+    cannot_catch_up,
     choose_augment,
     choose_best,
     fine_tune_fits,
@@ -66,7 +70,8 @@ __all__ = ["RULE", "train_auto"]
 RULE = (
     "candidates are trained cheapest first (head on cached features; then, when the head is "
     "not perfect on validation, the data is measured and the advisor's fine-tune tried where "
-    "it names one and time allows); of two, the one "
+    "it names one and time allows, and given up from half its epochs on when its validation "
+    "curve, extrapolated linearly, cannot catch the head beyond noise); of two, the one "
     "whose validation accuracy is higher by more than the noise of the difference (binomial "
     "standard error, at least one image) is kept, or, equal within noise, the one whose "
     "validation loss is lower by more than 10 %; otherwise the advisor's fine-tune (against the "
@@ -140,10 +145,17 @@ def _measure(config: TrainConfig, ctx: Context) -> Advice:
 
 
 def _train(
-    name: str, config: TrainConfig, root: Path, explicit, deadline=None, step_seconds=None
+    name: str,
+    config: TrainConfig,
+    root: Path,
+    explicit,
+    deadline=None,
+    step_seconds=None,
+    give_up=None,
 ) -> Candidate:
     """``config`` trained into ``RUN/candidates/NAME``; ``step_seconds``: a training step's
-    measured cost, when the budget check timed one already (``run_training`` then does not)."""
+    measured cost, when the budget check timed one already (``run_training`` then does not);
+    ``give_up``: the rule that stops its fine-tune early (``LoopConfig.give_up``)."""
     started = time.monotonic()
     out = root / "candidates" / name
     result = run_training(
@@ -151,6 +163,7 @@ def _train(
         explicit=explicit,
         deadline=deadline,
         step_seconds=step_seconds,
+        give_up=give_up,
     )
     val = result.metrics["val"]
     images = result.metrics.get("val_images") or 0
@@ -320,8 +333,14 @@ def _challenge(config, ctx, kept: Candidate, root: Path, explicit, deadline) -> 
     tuned, applied, augment = _fine_tune_config(config, kept, ctx, advice, explicit)
     _say(config, f"candidate {tuned.strategy}: fine-tuning {tuned.backbone}")
     step_seconds = estimate.get("step_s_per_image")
-    tuned_run = _train(tuned.strategy, tuned, root, explicit, deadline, step_seconds)
+    give_up = partial(cannot_catch_up, kept.score)
+    tuned_run = _train(tuned.strategy, tuned, root, explicit, deadline, step_seconds, give_up)
     wins, why = keep_challenger(kept.score, tuned_run.score, tie="challenger")
+    # The rule is pure: run on the whole curve it says whether it stopped the fine-tune.
+    given_up = cannot_catch_up(kept.score, tuned_run.result.history, tuned.resolve().epochs)
+    if given_up:
+        _say(config, f"{tuned.strategy} {given_up}")
+        why = f"{tuned.strategy} {given_up}; {why}"
     return Challenge(applied, why, tuned_run, wins, estimate, augment)
 
 

@@ -211,12 +211,14 @@ def make_plan(
     resume: Checkpoint | None = None,
     deadline: float | None = None,
     step_seconds: float | None = None,
+    give_up=None,
 ) -> Plan:
     """Decide the run ``config`` describes. ``device``: default ``config.device`` resolved (under
     torchrun, the rank's own); ``explicit``: the options the user gave (``auto`` keeps them);
     ``resume``: the checkpoint of the interrupted run it continues; ``deadline``
     (``time.monotonic()``): when the run must be written by; ``step_seconds``: a training
-    step's measured seconds per image, if the caller timed one."""
+    step's measured seconds per image, if the caller timed one; ``give_up``: the loop's rule
+    for stopping a fine-tune early (``LoopConfig.give_up``)."""
     if dist and config.batch_size % dist.world_size:
         raise VisiontuneError(
             f"--batch-size {config.batch_size} is the global batch and must divide evenly "
@@ -262,6 +264,7 @@ def make_plan(
         patience=config.patience,
         seed=config.seed,
         deadline=_loop_deadline(deadline, model, strategy, splits, config, runtime, step_seconds),
+        give_up=give_up,
     )
     run_dir = _name_run_dir(config, dist, resuming=resume is not None)
     return Plan(

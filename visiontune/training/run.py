@@ -247,12 +247,14 @@ def run_training(
     resume: Checkpoint | None = None,
     deadline: float | None = None,
     step_seconds: float | None = None,
+    give_up=None,
 ) -> FitResult:
     """Plan, prepare, train and save one run, in one process or as a rank under torchrun.
 
     ``deadline`` (``time.monotonic()``): when the run must be written by; default
     ``--time-budget`` from the process's start, or none. ``step_seconds``: seconds per image
-    of a training step of this model, when the caller has measured it (else it is timed)."""
+    of a training step of this model, when the caller has measured it (else it is timed).
+    ``give_up``: a rule that stops fine-tuning early (``LoopConfig.give_up``)."""
     started = time.perf_counter()
     if deadline is None and config.time_budget_s:
         deadline = _runtime.process_started() + config.time_budget_s
@@ -269,6 +271,7 @@ def run_training(
             resume=resume,
             deadline=deadline,
             step_seconds=step_seconds,
+            give_up=give_up,
         )
         if plan.runtime.progress:
             print_plan(plan)
