@@ -294,6 +294,16 @@ def _table(results: dict, datasets, strategies) -> str:
     return "\n".join(rows)
 
 
+def _decisions(results: dict, datasets) -> str:
+    """``auto``'s last reason on each dataset (its validation scores), as a list."""
+    lines = [
+        f"- {name}: {r['auto']['kept']} kept; {r['auto']['reasons'][-1]}"
+        for name in datasets
+        if (r := results.get(name, {}).get("auto")) and "auto" in r
+    ]
+    return "\n`auto`'s decisions:\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def _loaded(r: dict | None) -> bool:
     """A run that started with something else on the cores: its wall time is inflated."""
     return bool(r) and r.get("load_before", 0) > BUSY_LOAD
@@ -397,6 +407,7 @@ def main() -> None:
         "them: its accuracy stands, its wall time is inflated and not comparable.\n\n"
         + _table(results, datasets, strategies)
         + "\n"
+        + _decisions(results, datasets)
         + (
             f"\nNot run this time: {', '.join(skipped)}.\n"
             if (skipped := [d for d in DATASETS if d not in datasets])

@@ -21,7 +21,7 @@ from visiontune.cli import main
 from visiontune.data.transforms import eval_transform
 from visiontune.errors import BundleError, VisiontuneError, VisiontuneWarning
 from visiontune.evaluation.calibration import fit_temperature, scaled_probabilities
-from visiontune.evaluation.metrics import expected_calibration_error
+from visiontune.evaluation.metrics import calibrated_ece, expected_calibration_error
 from visiontune.evaluation.rejection import (
     fit_feature_gaussians,
     rejection_scale,
@@ -138,6 +138,23 @@ def test_the_scale_flags_at_most_the_rate_of_its_own_images(scores, rate):
 
 # ---------------------------------------------------------------------------- a real tiny run
 
+
+def test_the_calibrated_ece_floor_falls_with_more_images_and_is_zero_for_certain_models():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=4000)
+    small, large = calibrated_ece(probs[:100]), calibrated_ece(probs)
+    assert large["mean"] < small["mean"] / 3  # about 1 / sqrt(N): 6.3x fewer images
+    assert small["mean"] < small["p95"] and calibrated_ece(probs[:100]) == small  # seeded
+    assert calibrated_ece(np.eye(3)[[0, 1, 2, 2]])["p95"] == 0.0  # sure and always right
+    assert calibrated_ece(np.zeros((0, 3))) is None
+
+
+def test_an_overconfident_model_scores_above_its_calibrated_floor():
+    logits, labels = _overconfident(400)  # says 99.5 %, is right 70 % of the time
+    probs = scaled_probabilities(logits, 1.0)
+    assert expected_calibration_error(labels, probs) > 10 * calibrated_ece(probs)["p95"]
+
+
 # ------------------------------------------------------------- validation against TEST
 
 
@@ -229,6 +246,7 @@ def test_the_bundle_stores_temperature_and_rejection(head_run):
     assert set(metrics["calibration"]) >= {"temperature", "ece_before", "ece_after", "test"}
     assert metrics["rejection"]["threshold_from"] == "validation"
     assert metrics["calibration"]["val_copies_left_out"] == 0
+    assert set(metrics["calibration"]["test"]["ece_if_calibrated"]) == {"mean", "p95", "draws"}
     shift = metrics["validation_vs_test"]  # 6 val and 9 TEST images of the same kind
     assert (shift["val_images"], shift["test_images"]) == (6, 9) and not shift["differ"]
 

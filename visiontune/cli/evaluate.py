@@ -166,7 +166,14 @@ def _print_calibration(metrics: dict) -> None:
         how = "each member's own temperature"
     else:
         how = "uncalibrated: the run stores no temperature"
-    print(f"calibration error (ECE, 15 bins) {ece:.4f} ({how})")
+    floor = metrics.get("ece_if_calibrated")
+    noise = (
+        f"; a perfectly calibrated model would show {floor['mean']:.4f} on these images "
+        f"(95 %: {floor['p95']:.4f})"
+        if floor
+        else ""
+    )
+    print(f"calibration error (ECE, 15 bins) {ece:.4f} ({how}){noise}")
 
 
 def register(sub) -> None:

@@ -15,6 +15,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, t
 __all__ = [
     "metrics_from_logits",
     "calibration_bins",
+    "calibrated_ece",
     "classification_metrics",
     "expected_calibration_error",
     "most_confused_pairs",
@@ -147,6 +148,36 @@ def expected_calibration_error(
     return float(
         sum(row["count"] / total * abs(row["accuracy"] - row["confidence"]) for row in table)
     )
+
+
+def calibrated_ece(
+    probs: np.ndarray, *, bins: int = 15, draws: int = 200, seed: int = 0
+) -> dict | None:
+    """The ECE a perfectly calibrated model with these probabilities would still show on this
+    many images: labels drawn from its own probabilities, ``draws`` times (consistency
+    resampling, Bröcker & Smith 2007). Binned ECE is biased upwards on few images (by
+    several points on a hundred images of a model 86 % sure), so a measured ECE is only evidence of
+    miscalibration above this: ``mean`` and ``p95`` (the 95th percentile) of the draws.
+
+    >>> rng = np.random.default_rng(1)
+    >>> probs = rng.dirichlet(np.ones(3) * 0.3, size=2000)   # sure of most images
+    >>> labels = np.array([rng.choice(3, p=p) for p in probs])  # and calibrated by construction
+    >>> floor = calibrated_ece(probs)
+    >>> floor["mean"] < 0.03 and expected_calibration_error(labels, probs) < floor["p95"]
+    True
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(probs) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    cumulative = probs.cumsum(1)
+    eces = []
+    for _ in range(draws):
+        drawn = (rng.uniform(size=(len(probs), 1)) > cumulative).sum(1)
+        eces.append(
+            expected_calibration_error(np.minimum(drawn, probs.shape[1] - 1), probs, bins=bins)
+        )
+    return {"mean": float(np.mean(eces)), "p95": float(np.quantile(eces, 0.95)), "draws": draws}
 
 
 def most_confused_pairs(

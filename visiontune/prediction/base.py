@@ -20,7 +20,11 @@ from ..data.folder import Sample, expand_image_paths
 from ..data.loader import SkipLog
 from ..data.manifest import ManifestColumns
 from ..errors import VisiontuneError
-from ..evaluation.metrics import classification_metrics, expected_calibration_error
+from ..evaluation.metrics import (
+    calibrated_ece,
+    classification_metrics,
+    expected_calibration_error,
+)
 from ..evaluation.multilabel import multilabel_metrics
 from ..evaluation.predictions import LabelledPredictions
 from ..evaluation.rejection import check_rate
@@ -233,6 +237,7 @@ class Predictor:
             y_true = [samples[i].label for i in indices]
             metrics = classification_metrics(y_true, probs.argmax(1), self.labels.names, probs)
             metrics["expected_calibration_error"] = expected_calibration_error(y_true, probs)
+            metrics["ece_if_calibrated"] = calibrated_ece(probs)
         metrics["calibration"] = self.calibration_record()
         metrics["skipped"] = skips.to_dict()["skipped"]
         metrics["tta"] = tta

@@ -30,7 +30,7 @@ import torch
 
 from ..data.loader import SkipLog
 from ..evaluation.calibration import TemperatureFit, fit_temperature, scaled_probabilities
-from ..evaluation.metrics import expected_calibration_error
+from ..evaluation.metrics import calibrated_ece, expected_calibration_error
 from ..evaluation.multilabel import DEFAULT_THRESHOLD, choose_thresholds, multilabel_metrics
 from ..evaluation.rejection import (
     DEFAULT_REJECT_RATE,
@@ -99,7 +99,8 @@ class TrustFit:
         if self.thresholds is not None:
             return {"calibration": calibration, "rejection": None, **self.thresholds.metrics()}
         if self.test:
-            calibration["test"] = {k: self.test[k] for k in ("ece_before", "ece_after")}
+            keys = ("ece_before", "ece_after", "ece_if_calibrated")
+            calibration["test"] = {k: self.test[k] for k in keys}
         shift = self.shift.to_dict() if self.shift else None
         return {"calibration": calibration, "rejection": rejection, "validation_vs_test": shift}
 
@@ -150,6 +151,8 @@ def _test_record(plan, test: FeatureSet, fit: TemperatureFit, gaussians, scale) 
         "ece_after": expected_calibration_error(
             labels, scaled_probabilities(logits, fit.temperature)
         ),
+        # what a perfectly calibrated model with these probabilities would show on TEST
+        "ece_if_calibrated": calibrated_ece(scaled_probabilities(logits, fit.temperature)),
         "rejected": None,
     }
     if scale is not None:
