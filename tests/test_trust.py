@@ -308,6 +308,14 @@ def test_evaluate_reports_ece_and_the_calibration_record(head_run, trained_data)
     config = json.loads((head_run / "config.json").read_text())
     assert calibration["temperature"] == config["trust"]["temperature"]
     assert calibration["validation"]["images"] == 6
+    floor = metrics["ece_if_calibrated"]  # a calibrated model's ECE on these 9 images
+    assert 0 <= floor["mean"] <= floor["p95"] <= 1 and floor["draws"] == 200
+
+
+def test_cli_evaluate_prints_the_ece_beside_a_calibrated_models(head_run, trained_data, capsys):
+    assert main(["evaluate", str(head_run), str(trained_data / "test"), "--workers", "0"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("calibration"))
+    assert "a perfectly calibrated model would show" in line
 
 
 @pytest.mark.parametrize(
