@@ -17,6 +17,7 @@ from visiontune.cli import main
 from visiontune.errors import DataError, VisiontuneError
 from visiontune.evaluation._plots import history_kind, plot_history
 from visiontune.evaluation.metrics import (
+    calibrated_ece,
     calibration_bins,
     expected_calibration_error,
     most_confused_pairs,
@@ -192,6 +193,7 @@ def test_report_agrees_with_a_hand_computed_confusion_matrix(tmp_path):
         expected_calibration_error(Y_TRUE, PROBS, bins=15)
     )
     assert sum(row["count"] for row in metrics["reliability"]) == 6
+    assert metrics["ece_if_calibrated"] == calibrated_ece(PROBS, bins=15)
     assert [(p["true"], p["predicted"], p["count"]) for p in metrics["most_confused"]] == [
         ("ant", "bee", 1),
         ("bee", "cow", 1),
@@ -213,6 +215,7 @@ def test_thumbnails_are_decoded_like_training_images(tmp_path):
     assert cmyk.mode == "RGB" and cmyk.size == (48, 40)
     page = (out / "index.html").read_text()
     assert 'src="thumbs/miss-0001.jpg"' in page and 'src="confusion_matrix.png"' in page
+    assert "a calibrated model: " in page  # the ECE tile gives its floor
     assert str(tmp_path) not in page.split("<h2>Misclassified")[0]  # no absolute links to files
 
 

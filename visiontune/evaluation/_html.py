@@ -42,6 +42,14 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def _floor(metrics: Mapping) -> str:
+    """What a perfectly calibrated model would score on these images, for the ECE tile."""
+    floor = metrics.get("ece_if_calibrated")
+    if not floor:
+        return ""
+    return f"; a calibrated model: {_pct(floor['mean'])} (up to {_pct(floor['p95'])})"
+
+
 def _tiles(metrics: Mapping) -> str:
     n, correct = metrics["num_images"], round((metrics["accuracy"] or 0) * metrics["num_images"])
     tiles = [("accuracy", _pct(metrics["accuracy"]), f"{correct} of {n} images")]
@@ -57,7 +65,7 @@ def _tiles(metrics: Mapping) -> str:
         (
             "calibration error (ECE)",
             _pct(metrics["expected_calibration_error"]),
-            f"{metrics['calibration_bins']} equal-width confidence bins",
+            f"{metrics['calibration_bins']} equal-width confidence bins" + _floor(metrics),
         ),
         ("forward passes per image", str(metrics["forward_passes_per_image"]), "views x models"),
     ]

@@ -28,6 +28,7 @@ from ..errors import DataError
 from ._html import render_page
 from ._plots import plot_confusion_matrix, plot_history, plot_reliability
 from .metrics import (
+    calibrated_ece,
     calibration_bins,
     expected_calibration_error,
     most_confused_pairs,
@@ -101,6 +102,7 @@ def report_metrics(predictions: LabelledPredictions, *, bins: int = CALIBRATION_
     ks = sorted({1} | {k for k in TOP_K if k < len(p.class_names)})
     metrics["top_k_accuracy"] = {str(k): top_k_accuracy(p.y_true, p.probs, k=k) for k in ks}
     metrics["expected_calibration_error"] = expected_calibration_error(p.y_true, p.probs, bins=bins)
+    metrics["ece_if_calibrated"] = calibrated_ece(p.probs, bins=bins)
     metrics["calibration_bins"] = bins
     metrics["reliability"] = calibration_bins(p.y_true, p.probs, bins=bins)
     metrics["most_confused"] = most_confused_pairs(metrics["confusion_matrix"], p.class_names)
