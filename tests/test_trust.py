@@ -386,3 +386,19 @@ def test_the_onnx_export_carries_temperature_and_scores(head_run, trained_data):
     prob = [[t["probability"] for t in r["top"]] for r in a]
     np.testing.assert_allclose(prob, [[t["probability"] for t in r["top"]] for r in b], atol=1e-4)
     assert exported.threshold_for_rate(0.5) == pytest.approx(run.threshold_for_rate(0.5), abs=1e-4)
+
+
+def test_the_onnx_model_runs_its_graph_once_per_batch_for_both_outputs(head_run, trained_data):
+    report = visiontune.export(head_run, format="onnx", out=head_run / "once.onnx")
+    exported = visiontune.load(report.path)
+    real, calls = exported.session, []
+
+    class Counting:  # the session, counting the passes and the outputs asked for
+        def run(self, outputs, feed):
+            calls.append(list(outputs))
+            return real.run(outputs, feed)
+
+    exported.session = Counting()
+    rows = exported.predict([trained_data / "test"], batch_size=4, workers=0, reject="auto")
+    assert len(rows) == 9 and all("unknown_score" in r for r in rows)
+    assert calls == [["probabilities", "unknown_score"]] * 3  # 9 images, batches of 4

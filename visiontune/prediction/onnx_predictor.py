@@ -68,10 +68,17 @@ class OnnxModel(Predictor):
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for a uint8 ``(N, 3, size, size)`` batch of eval crops."""
-        probs = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
+        return self._run(images, [OUTPUT_NAME])[0]
+
+    def _run(self, images: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+        """The named outputs of one pass of the graph over a uint8 batch: asking for the
+        probabilities and the unknown score together runs the backbone once, not twice."""
+        found = self.session.run(outputs, {INPUT_NAME: np.ascontiguousarray(images)})
         # A graph whose class axis is not fixed could only be checked once it ran.
-        check_class_count(self.metadata, probs.shape[-1], source=str(self.path or "the model"))
-        return probs
+        if OUTPUT_NAME in outputs:
+            probs = found[outputs.index(OUTPUT_NAME)]
+            check_class_count(self.metadata, probs.shape[-1], source=str(self.path or "the model"))
+        return found
 
     def calibration_record(self) -> dict | None:
         return {"temperature": self.metadata.temperature, "validation": None}
@@ -84,8 +91,7 @@ class OnnxModel(Predictor):
 
     def unknown_scores(self, images: np.ndarray) -> np.ndarray:
         """The graph's normalised unknown score of a uint8 batch (an export that carries it)."""
-        feed = {INPUT_NAME: np.ascontiguousarray(images)}
-        return self.session.run([UNKNOWN_NAME], feed)[0]
+        return self._run(images, [UNKNOWN_NAME])[0]
 
     def decoded_outputs(self, images: Sequence, *, tta: str = "none") -> Outputs:
         self.passes_per_image(tta)
@@ -95,10 +101,10 @@ class OnnxModel(Predictor):
 
     def _outputs(self, images: np.ndarray, indices: np.ndarray) -> Outputs:
         """The graph's probabilities (and unknown scores, where it has them) of a uint8 batch."""
-        unknown = None
-        if self.metadata.unknown is not None:
-            unknown = self.unknown_scores(images).astype(np.float64)
-        return Outputs(self.run(images), indices, unknown)
+        if self.metadata.unknown is None:
+            return Outputs(self.run(images), indices, None)
+        probs, unknown = self._run(images, [OUTPUT_NAME, UNKNOWN_NAME])
+        return Outputs(probs, indices, unknown.astype(np.float64))
 
     def _probabilities(
         self,
