@@ -8,6 +8,8 @@ import os
 import platform
 import re
 import subprocess
+import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -108,3 +110,18 @@ class ResultLog:
         print(json.dumps(row), flush=True)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def timed_train(data: Path, out: Path, cache: Path, *options: str):
+    """``python -m visiontune train DATA OPTIONS --out OUT --cache-dir CACHE --no-progress`` as
+    its own process, so Python's start and the imports are inside the wall time: ``(wall
+    seconds from launch to exit, the 1-minute load average before it, the finished process)``."""
+    load = round(os.getloadavg()[0], 2)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "visiontune", "train", str(data), *options]
+        + ["--out", str(out), "--cache-dir", str(cache), "--no-progress"],
+        capture_output=True,
+        text=True,
+    )
+    return time.monotonic() - started, load, proc

@@ -13,41 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import YOGA, write_section  # noqa: E402
+from _report import YOGA, timed_train, write_section  # noqa: E402
 
 
 def run_budget(data: Path, budget: float, work: Path) -> dict:
     out, cache = work / f"run-{budget:g}", work / f"cache-{budget:g}"
-    load = round(os.getloadavg()[0], 2)
-    started = time.monotonic()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "visiontune",
-            "train",
-            str(data),
-            "--time-budget",
-            f"{budget:g}s",
-            "--out",
-            str(out),
-            "--cache-dir",
-            str(cache),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    wall = time.monotonic() - started
+    wall, load, proc = timed_train(data, out, cache, "--time-budget", f"{budget:g}s")
     if proc.returncode != 0:
         return {"budget": budget, "error": proc.stderr.strip().splitlines()[-1][:200]}
     metrics = json.loads((out / "metrics.json").read_text())

@@ -12,30 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import YOGA, write_section  # noqa: E402
+from _report import YOGA, timed_train, write_section  # noqa: E402
 
 TARGET_ACCURACY, TARGET_SECONDS = 0.99, 90
 
 
 def run_defaults(data: Path, work: Path) -> dict:
     out = work / "run"
-    load = round(os.getloadavg()[0], 2)
-    started = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-m", "visiontune", "train", str(data), "--out", str(out)]
-        + ["--overwrite", "--no-progress", "--cache-dir", str(work / "cache")],
-        check=True,
-        capture_output=True,
-    )
-    wall = time.monotonic() - started
+    wall, load, proc = timed_train(data, out, work / "cache", "--overwrite")
+    proc.check_returncode()
     metrics = json.loads((out / "metrics.json").read_text())
     decision = metrics.get("auto") or {}
     return {

@@ -68,16 +68,15 @@ class OnnxModel(Predictor):
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for a uint8 ``(N, 3, size, size)`` batch of eval crops."""
-        return self._run(images, [OUTPUT_NAME])[0]
+        return self._run(images)[0]
 
-    def _run(self, images: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
-        """The named outputs of one pass of the graph over a uint8 batch: asking for the
-        probabilities and the unknown score together runs the backbone once, not twice."""
+    def _run(self, images: np.ndarray, *, unknown: bool = False) -> list[np.ndarray]:
+        """One pass of the graph over a uint8 batch: the probabilities and, with ``unknown``,
+        the unknown score, together (asked for apart, the backbone would run twice)."""
+        outputs = [OUTPUT_NAME, UNKNOWN_NAME] if unknown else [OUTPUT_NAME]
         found = self.session.run(outputs, {INPUT_NAME: np.ascontiguousarray(images)})
         # A graph whose class axis is not fixed could only be checked once it ran.
-        if OUTPUT_NAME in outputs:
-            probs = found[outputs.index(OUTPUT_NAME)]
-            check_class_count(self.metadata, probs.shape[-1], source=str(self.path or "the model"))
+        check_class_count(self.metadata, found[0].shape[-1], source=str(self.path or "the model"))
         return found
 
     def calibration_record(self) -> dict | None:
@@ -89,10 +88,6 @@ class OnnxModel(Predictor):
             return 1.0
         return float(np.interp(1 - rate, np.linspace(0, 1, len(quantiles)), quantiles))
 
-    def unknown_scores(self, images: np.ndarray) -> np.ndarray:
-        """The graph's normalised unknown score of a uint8 batch (an export that carries it)."""
-        return self._run(images, [UNKNOWN_NAME])[0]
-
     def decoded_outputs(self, images: Sequence, *, tta: str = "none") -> Outputs:
         self.passes_per_image(tta)
         geometry = eval_geometry(self.preprocess)
@@ -103,7 +98,7 @@ class OnnxModel(Predictor):
         """The graph's probabilities (and unknown scores, where it has them) of a uint8 batch."""
         if self.metadata.unknown is None:
             return Outputs(self.run(images), indices, None)
-        probs, unknown = self._run(images, [OUTPUT_NAME, UNKNOWN_NAME])
+        probs, unknown = self._run(images, unknown=True)
         return Outputs(probs, indices, unknown.astype(np.float64))
 
     def _probabilities(

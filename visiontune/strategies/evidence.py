@@ -33,6 +33,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -159,7 +160,7 @@ def _projected(curve: list[float], epochs: int) -> tuple[float, float]:
     """The best of ``curve`` (validation accuracy per epoch) so far, extrapolated linearly to
     ``epochs`` at the mean gain per epoch of the running best over the last half of the curve
     (its last ``n // 2`` steps, one at least); and that gain."""
-    best = [max(curve[: i + 1]) for i in range(len(curve))]
+    best = list(itertools.accumulate(curve, max))
     steps = max(1, len(best) // 2)
     gain = (best[-1] - best[-1 - steps]) / steps if len(best) > steps else 0.0
     return min(1.0, best[-1] + gain * (epochs - len(best))), gain

@@ -130,34 +130,38 @@ def _logits(plan: Plan, part: FeatureSet) -> np.ndarray:
         return head(part.features.to(next(head.parameters()).device)).float().cpu().numpy()
 
 
-def _shift(plan, val, test, gaussians, scale) -> SplitShift | None:
-    """Validation against TEST: classified correctly, and flagged at the automatic threshold."""
-    if val is None or test is None or not len(val) or not len(test):
-        return None
+@dataclass(frozen=True)
+class _Judged:
+    """A split through the trained head and the automatic threshold, computed once for the
+    TEST record and the comparison with validation."""
 
-    def correct(part: FeatureSet) -> np.ndarray:
-        return _logits(plan, part).argmax(1) == part.labels.numpy()
+    logits: np.ndarray
+    labels: np.ndarray
+    flagged: np.ndarray | None  # above the automatic threshold; None: no rejection statistics
 
-    def flagged(part: FeatureSet) -> np.ndarray | None:
-        return None if scale is None else unknown_scores(gaussians, part.features, scale) > 1
+    @property
+    def correct(self) -> np.ndarray:
+        return self.logits.argmax(1) == self.labels
 
-    return compare_splits(correct(val), correct(test), flagged(val), flagged(test))
 
-
-def _test_record(plan, test: FeatureSet, fit: TemperatureFit, gaussians, scale) -> dict:
-    logits, labels = _logits(plan, test), test.labels.numpy()
-    record = {
+def _test_record(test: _Judged, fit: TemperatureFit) -> dict:
+    logits, labels = test.logits, test.labels
+    return {
         "ece_before": expected_calibration_error(labels, scaled_probabilities(logits, 1.0)),
         "ece_after": expected_calibration_error(
             labels, scaled_probabilities(logits, fit.temperature)
         ),
         # what a perfectly calibrated model with these probabilities would show on TEST
         "ece_if_calibrated": calibrated_ece(scaled_probabilities(logits, fit.temperature)),
-        "rejected": None,
+        "rejected": None if test.flagged is None else float(np.mean(test.flagged)),
     }
-    if scale is not None:
-        record["rejected"] = float(np.mean(unknown_scores(gaussians, test.features, scale) > 1))
-    return record
+
+
+def _shift(val: _Judged | None, test: _Judged | None) -> SplitShift | None:
+    """Validation against TEST: classified correctly, and flagged at the automatic threshold."""
+    if val is None or test is None or not len(val.labels) or not len(test.labels):
+        return None
+    return compare_splits(val.correct, test.correct, val.flagged, test.flagged)
 
 
 @dataclass(frozen=True)
@@ -228,19 +232,37 @@ def fit_trust(
     copies = 0
     if val is not None:
         val, copies = _new_images(val, set(data.screening.record["leakage"]["files"]))
-        fit = fit_temperature(_logits(plan, val), val.labels.numpy())
-    else:
-        fit = fit_temperature(np.zeros((0, len(data.splits.labels))), np.zeros(0, dtype=int))
-    gaussians = scale = scale_from = None
-    if train is not None and len(train) >= 2:
-        gaussians = fit_feature_gaussians(train.features.numpy(), train.labels.numpy())
-        scale_from = "validation" if val is not None and len(val) >= 2 else "train"
-        reference = val if scale_from == "validation" else train
-        scale = rejection_scale(unknown_scores(gaussians, reference.features), DEFAULT_REJECT_RATE)
-    record = _test_record(plan, test, fit, gaussians, scale) if test is not None else None
-    shift = _shift(plan, val, test, gaussians, scale)
+    val_logits = _logits(plan, val) if val is not None else np.zeros((0, len(data.splits.labels)))
+    val_labels = val.labels.numpy() if val is not None else np.zeros(0, dtype=int)
+    fit = fit_temperature(val_logits, val_labels)
+    gaussians, scale, scale_from, val_flagged = _fit_rejection(train, val)
+    judged_test = None
+    if test is not None:
+        flagged = None if scale is None else unknown_scores(gaussians, test.features, scale) > 1
+        judged_test = _Judged(_logits(plan, test), test.labels.numpy(), flagged)
+    judged_val = _Judged(val_logits, val_labels, val_flagged) if val is not None else None
+    record = _test_record(judged_test, fit) if judged_test is not None else None
+    shift = _shift(judged_val, judged_test)
     seconds = time.perf_counter() - started
     return TrustFit(fit, gaussians, scale, scale_from, record, seconds, shift=shift, copies=copies)
+
+
+def _fit_rejection(train: FeatureSet | None, val: FeatureSet | None) -> tuple:
+    """``(gaussians, scale, scale_from, val_flagged)``: the statistics fitted on train, their
+    scale on validation (on train without two validation images), and which validation images
+    the automatic threshold flags; all None without two training images."""
+    if train is None or len(train) < 2:
+        return None, None, None, None
+    gaussians = fit_feature_gaussians(train.features.numpy(), train.labels.numpy())
+    scale_from = "validation" if val is not None and len(val) >= 2 else "train"
+    raw = unknown_scores(gaussians, (val if scale_from == "validation" else train).features)
+    scale = rejection_scale(raw, DEFAULT_REJECT_RATE)
+    val_flagged = None
+    if scale_from == "validation":  # its scores are ``raw``: not computed twice
+        val_flagged = scale.normalise(raw) > 1
+    elif val is not None:
+        val_flagged = unknown_scores(gaussians, val.features, scale) > 1
+    return gaussians, scale, scale_from, val_flagged
 
 
 def _new_images(part: FeatureSet, copies: set[str]) -> tuple[FeatureSet, int]:
