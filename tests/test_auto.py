@@ -100,6 +100,42 @@ def test_the_rule_never_keeps_both_and_never_prefers_a_worse_by_noise(a, b, n, l
         assert not ab
 
 
+def _outcomes(rights) -> dict:
+    return {f"{i}.png": bool(r) for i, r in enumerate(rights)}
+
+
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=300))
+def test_paired_noise_is_the_standard_error_of_the_per_image_difference(pairs):
+    a, b = zip(*pairs, strict=True)
+    first = Score("a", float(np.mean(a)), 0.3, len(a), correct=_outcomes(a))
+    second = Score("b", float(np.mean(b)), 0.3, len(b), correct=_outcomes(b))
+    difference = np.array(b, dtype=float) - np.array(a, dtype=float)
+    expected = max(difference.std() / np.sqrt(len(a)), 1 / len(a))
+    assert accuracy_noise(first, second) == pytest.approx(expected, abs=1e-12)
+    assert accuracy_noise(first, second) == pytest.approx(accuracy_noise(second, first))
+
+
+def test_a_paired_difference_counts_where_independent_accuracies_tie():
+    """elpv's numbers: 90 validation images, the head right on 9 the fine-tune misses and the
+    fine-tune on 5 the head misses. As independent accuracies 4 images is inside the noise
+    (the advisor's fine-tune would stand); paired, it is beyond: the head is kept."""
+    head_right = [True] * 66 + [True] * 9 + [False] * 5 + [False] * 10
+    tuned_right = [True] * 66 + [False] * 9 + [True] * 5 + [False] * 10
+    head = Score("head", 75 / 90, 0.39, 90)
+    tuned = Score("partial", 71 / 90, 0.43, 90)
+    assert keep_challenger(head, tuned, tie="challenger")[0] is True  # independent: a tie
+    head, tuned = (
+        replace(head, correct=_outcomes(head_right)),
+        replace(tuned, correct=_outcomes(tuned_right)),
+    )
+    wins, why = keep_challenger(head, tuned, tie="challenger")
+    assert wins is False and "beyond noise" in why and "paired: 5 right only by partial" in why
+    # Outcomes on different images cannot be paired: the independent comparison stands.
+    other = replace(tuned, correct={f"x{k}": v for k, v in tuned.correct.items()})
+    assert accuracy_noise(head, other) == accuracy_noise(replace(head, correct=None), tuned)
+    assert "correct" not in tuned.to_dict()  # the record keeps the counts, in the reason
+
+
 def _curve(*accuracies):
     return [{"val_acc": a} for a in accuracies]
 
@@ -223,9 +259,10 @@ def _scored(scores: dict[str, tuple[float, float]]):
         candidate = real(name, *args, **kwargs)
         if name in scores:
             accuracy, loss = scores[name]
-            candidate = replace(
-                candidate, score=replace(candidate.score, accuracy=accuracy, loss=loss)
-            )
+            # The per-image outcomes go with the real scores they replace: the controlled
+            # accuracies are compared as independent binomials.
+            score = replace(candidate.score, accuracy=accuracy, loss=loss, correct=None)
+            candidate = replace(candidate, score=score)
         return candidate
 
     return train
@@ -306,6 +343,19 @@ def test_the_decision_record_schema(tmp_path, noisy, monkeypatch):
     assert tuned["training"]["lr"] == 0.02  # given: kept over the advisor's 5e-3
     assert record["augment"]["chosen"] is None  # 6 validation images cannot rank crops
     assert record["budget"] is None
+    assert "paired:" in record["reasons"][-1]  # both scored image by image on validation
+
+
+def test_a_run_returns_each_validation_image_outcome(tmp_path, noisy):
+    """``FitResult.val_correct``: one entry per validation image, as many right as the
+    validation accuracy says (what auto pairs its candidates on)."""
+    result = visiontune.fit(
+        noisy, **TINY, strategy="head", workers=0, out=str(tmp_path / "run"), progress=False
+    )
+    outcomes = result.val_correct
+    assert len(outcomes) == result.metrics["val_images"] == 6
+    assert all(Path(k).parent.parent.name == "train" for k in outcomes)  # held out of train/
+    assert sum(outcomes.values()) / 6 == pytest.approx(result.metrics["val"]["accuracy"])
 
 
 def test_a_head_perfect_on_validation_ends_the_search_unmeasured(tmp_path, monkeypatch):

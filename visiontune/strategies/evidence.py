@@ -4,8 +4,13 @@ The advisor's table (``advisor.py``) says which fine-tune *may* pay; these funct
 what the candidates actually scored on the validation split (never on test):
 
 * ``keep_challenger``: of two candidates, the one whose validation accuracy is higher by more
-  than the noise of the difference (``accuracy_noise``: the binomial standard error of two
-  accuracies on n images, at least one image) is kept. Inside the noise the validation loss
+  than the noise of the difference (``accuracy_noise``, at least one image) is kept. Where both
+  carry their per-image outcomes on the same validation images (``Score.correct``), the
+  comparison is paired, as McNemar's test: only the images one gets right and the other wrong
+  count, and the noise is the standard error of the paired difference. Two models of the same
+  backbone get most images right together, so the paired noise is usually well below the
+  independent binomials'. Without
+  outcomes, the two accuracies count as independent binomials. Inside the noise the validation loss
   decides, when one is lower by more than ``LOSS_MARGIN``. Otherwise the evidence is
   inconclusive and the prior stands: for the advisor's fine-tune against the head, the advisor's
   choice (the rule is what the evidence checks, so it loses only to evidence); for a bigger
@@ -29,13 +34,23 @@ what the candidates actually scored on the validation split (never on test):
 False
 >>> keep_challenger(head, Score("full", accuracy=0.99, loss=0.05, images=160))[0]
 True
+
+Paired: the head gets 9 of 90 images right that the fine-tune misses, the fine-tune 5 that the
+head misses; 4 images' difference is beyond the paired noise (±4.1 points):
+
+>>> head_right = [True] * 66 + [True] * 9 + [False] * 5 + [False] * 10
+>>> tuned_right = [True] * 66 + [False] * 9 + [True] * 5 + [False] * 10
+>>> head = Score("head", 75 / 90, 0.39, 90, correct=dict(enumerate(head_right)))
+>>> tuned = Score("partial", 71 / 90, 0.43, 90, correct=dict(enumerate(tuned_right)))
+>>> round(100 * accuracy_noise(head, tuned), 1), keep_challenger(head, tuned, tie="challenger")[0]
+(4.1, False)
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 __all__ = [
     "CROP_LADDER",
@@ -50,6 +65,7 @@ __all__ = [
     "choose_best",
     "fine_tune_fits",
     "keep_challenger",
+    "paired_counts",
 ]
 
 # Inside the accuracy noise, a challenger's validation loss must be this much lower (relative)
@@ -78,21 +94,67 @@ class Score:
     loss: float | None
     images: int
     seconds: float = 0.0
+    # Per validation image (keyed by its path): whether the top class was right, so two
+    # candidates compare image by image (``paired_counts``); None where not measured.
+    correct: dict | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("correct")  # one entry per image: the record keeps the paired counts instead
+        return out
+
+
+def paired_counts(a: Score, b: Score) -> tuple[int, int, int] | None:
+    """``(images, right only by a, right only by b)`` over the validation images both were
+    scored on image by image; None unless both were, on the same images."""
+    if not a.correct or not b.correct or a.correct.keys() != b.correct.keys():
+        return None
+    only_a = sum(a.correct[k] and not b.correct[k] for k in a.correct)
+    only_b = sum(b.correct[k] and not a.correct[k] for k in a.correct)
+    return len(a.correct), only_a, only_b
 
 
 def _se(accuracy: float, images: int) -> float:
     return math.sqrt(accuracy * (1 - accuracy) / max(images, 1))
 
 
+def _gain(a: Score, b: Score) -> float:
+    """``b``'s accuracy minus ``a``'s: from the paired outcomes where both have them."""
+    pairs = paired_counts(a, b)
+    if pairs is None:
+        return b.accuracy - a.accuracy
+    images, only_a, only_b = pairs
+    return (only_b - only_a) / images
+
+
 def accuracy_noise(a: Score, b: Score) -> float:
-    """The standard error of ``b.accuracy - a.accuracy`` (independent binomials), never less
-    than one image: on 31 images one image is 3 points, and one image is never evidence."""
+    """The standard error of ``b``'s accuracy minus ``a``'s, never less than one image: on 31
+    images one image is 3 points, and one image is never evidence. Paired where both have
+    per-image outcomes (McNemar: the variance of the mean per-image difference, from the
+    discordant images alone), else as independent binomials."""
+    pairs = paired_counts(a, b)
+    if pairs is not None:
+        images, only_a, only_b = pairs
+        discordant = only_a + only_b - (only_b - only_a) ** 2 / images
+        return max(math.sqrt(max(discordant, 0.0)) / images, 1 / images)
     images = max(min(a.images, b.images), 1)
     spread = math.sqrt(_se(a.accuracy, images) ** 2 + _se(b.accuracy, images) ** 2)
     return max(spread, 1 / images)
+
+
+def _versus(incumbent: Score, challenger: Score, noise: float) -> str:
+    """The comparison in words: both accuracies, the images, the noise (and the pairs)."""
+    pairs = paired_counts(incumbent, challenger)
+    paired = (
+        f"; paired: {pairs[2]} right only by {challenger.name}, {pairs[1]} only by {incumbent.name}"
+        if pairs
+        else ""
+    )
+    return (
+        f"{challenger.name} {100 * challenger.accuracy:.1f}% vs {incumbent.name} "
+        f"{100 * incumbent.accuracy:.1f}% validation accuracy on {challenger.images} images "
+        f"(noise ±{100 * noise:.1f} points{paired})"
+    )
 
 
 def keep_challenger(
@@ -105,12 +167,8 @@ def keep_challenger(
     if incumbent.accuracy is None or challenger.accuracy is None or not challenger.images:
         return prior is challenger, f"no validation images to compare on: {prior.name} is kept"
     noise = accuracy_noise(incumbent, challenger)
-    gain = challenger.accuracy - incumbent.accuracy
-    versus = (
-        f"{challenger.name} {100 * challenger.accuracy:.1f}% vs {incumbent.name} "
-        f"{100 * incumbent.accuracy:.1f}% validation accuracy on {challenger.images} images "
-        f"(noise ±{100 * noise:.1f} points)"
-    )
+    gain = _gain(incumbent, challenger)
+    versus = _versus(incumbent, challenger, noise)
     if abs(gain) > noise:
         better = challenger if gain > 0 else incumbent
         return better is challenger, f"{versus}: {better.name} is better beyond noise"

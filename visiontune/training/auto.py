@@ -72,8 +72,10 @@ RULE = (
     "not perfect on validation, the data is measured and the advisor's fine-tune tried where "
     "it names one and time allows, and given up from half its epochs on when its validation "
     "curve, extrapolated linearly, cannot catch the head beyond noise); of two, the one "
-    "whose validation accuracy is higher by more than the noise of the difference (binomial "
-    "standard error, at least one image) is kept, or, equal within noise, the one whose "
+    "whose validation accuracy is higher by more than the noise of the difference (the "
+    "standard error of the paired per-image difference, as McNemar's test, where both were "
+    "scored image by image, else of two independent binomials; at least one image) is kept, "
+    "or, equal within noise, the one whose "
     "validation loss is lower by more than 10 %; otherwise the advisor's fine-tune (against the "
     "head) or the cheaper backbone (between heads) is kept"
 )
@@ -167,7 +169,8 @@ def _train(
     )
     val = result.metrics["val"]
     images = result.metrics.get("val_images") or 0
-    score = Score(name, val["accuracy"], val["loss"], images, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    score = Score(name, val["accuracy"], val["loss"], images, seconds, result.val_correct)
     return Candidate(name, result, score)
 
 
@@ -308,7 +311,7 @@ def _promote(root: Path, kept: Candidate, record: dict, started: float) -> FitRe
     atomic_write_text(root / AUTO_FILE, json_text(record))
     chosen = kept.result.model
     model = TrainedModel(chosen.model, chosen.labels, run_dir=root, precision=chosen.precision)
-    return FitResult(root, model, kept.result.history, metrics)
+    return FitResult(root, model, kept.result.history, metrics, kept.result.val_correct)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,9 @@ class FitResult:
     model: TrainedModel
     history: list[dict]
     metrics: dict  # "val", "test" (if DATA has a test split), "skipped", "timing"
+    # Per validation image path: whether the model's top class is right (single-label runs with
+    # validation images; None otherwise). ``--strategy auto`` compares candidates on it.
+    val_correct: dict[str, bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -297,4 +300,5 @@ def run_training(
         run_dir=plan.run_dir,
         precision=plan.runtime.precision,
     )
-    return FitResult(plan.run_dir, trained, outcome.history, metrics)
+    val_correct = outcome.trust.val_correct if outcome.trust else None
+    return FitResult(plan.run_dir, trained, outcome.history, metrics, val_correct)

@@ -62,6 +62,8 @@ class TrustFit:
     thresholds: ThresholdFit | None = None
     shift: SplitShift | None = None  # validation against TEST, where both have images
     copies: int = 0  # validation images left out of the fits: a byte-identical copy in train
+    # Every validation image's path: whether its top class is right (auto pairs candidates on it).
+    val_correct: dict[str, bool] | None = None
 
     def bundle_entry(self) -> dict:
         """``config.json``'s ``trust`` entry (``formats.trust``; the digest is added there)."""
@@ -128,6 +130,12 @@ def _logits(plan: Plan, part: FeatureSet) -> np.ndarray:
     head = plan.model.head.eval()
     with torch.no_grad():
         return head(part.features.to(next(head.parameters()).device)).float().cpu().numpy()
+
+
+def _outcomes(plan: Plan, part: FeatureSet) -> dict[str, bool]:
+    """Each image's path: whether the trained head's top class is its label."""
+    right = _logits(plan, part).argmax(1) == part.labels.numpy()
+    return {str(s.path): bool(r) for s, r in zip(part.samples, right, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -229,8 +237,9 @@ def fit_trust(
     if data.splits.multi_label:
         return _fit_multi_label(plan, data, features, started)
     train, val, test = (features.get(k) for k in ("train", "val", "test"))
-    copies = 0
+    copies, val_correct = 0, None
     if val is not None:
+        val_correct = _outcomes(plan, val)
         val, copies = _new_images(val, set(data.screening.record["leakage"]["files"]))
     val_logits = _logits(plan, val) if val is not None else np.zeros((0, len(data.splits.labels)))
     val_labels = val.labels.numpy() if val is not None else np.zeros(0, dtype=int)
@@ -244,7 +253,17 @@ def fit_trust(
     record = _test_record(judged_test, fit) if judged_test is not None else None
     shift = _shift(judged_val, judged_test)
     seconds = time.perf_counter() - started
-    return TrustFit(fit, gaussians, scale, scale_from, record, seconds, shift=shift, copies=copies)
+    return TrustFit(
+        fit,
+        gaussians,
+        scale,
+        scale_from,
+        record,
+        seconds,
+        shift=shift,
+        copies=copies,
+        val_correct=val_correct,
+    )
 
 
 def _fit_rejection(train: FeatureSet | None, val: FeatureSet | None) -> tuple:
