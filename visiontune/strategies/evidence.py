@@ -9,12 +9,11 @@ what the candidates actually scored on the validation split (never on test):
   comparison is paired, as McNemar's test: only the images one gets right and the other wrong
   count, and the noise is the standard error of the paired difference. Two models of the same
   backbone get most images right together, so the paired noise is usually well below the
-  independent binomials'. Without
-  outcomes, the two accuracies count as independent binomials. Inside the noise the validation loss
-  decides, when one is lower by more than ``LOSS_MARGIN``. Otherwise the evidence is
-  inconclusive and the prior stands: for the advisor's fine-tune against the head, the advisor's
-  choice (the rule is what the evidence checks, so it loses only to evidence); for a bigger
-  backbone against a smaller one, the cheaper.
+  independent binomials'. Without outcomes, the two accuracies count as independent binomials.
+  Inside the noise the validation loss decides, when one is lower by more than ``LOSS_MARGIN``.
+  Otherwise the evidence is inconclusive and the prior stands: for the advisor's fine-tune
+  against the head, the advisor's choice (the rule is what the evidence checks, so it loses only
+  to evidence); for a bigger backbone against a smaller one, the cheaper.
 * ``choose_augment``: the crop scale and flip a fine-tune trains with. An augmentation must keep
   the label: a head fitted on the clean training features scores augmented views of the
   validation images, and the strongest crop whose views score as well as the mildest crop's
@@ -118,9 +117,8 @@ def _se(accuracy: float, images: int) -> float:
     return math.sqrt(accuracy * (1 - accuracy) / max(images, 1))
 
 
-def _gain(a: Score, b: Score) -> float:
-    """``b``'s accuracy minus ``a``'s: from the paired outcomes where both have them."""
-    pairs = paired_counts(a, b)
+def _gain(a: Score, b: Score, pairs: tuple[int, int, int] | None) -> float:
+    """``b``'s accuracy minus ``a``'s: from their ``paired_counts`` where they have them."""
     if pairs is None:
         return b.accuracy - a.accuracy
     images, only_a, only_b = pairs
@@ -132,7 +130,11 @@ def accuracy_noise(a: Score, b: Score) -> float:
     images one image is 3 points, and one image is never evidence. Paired where both have
     per-image outcomes (McNemar: the variance of the mean per-image difference, from the
     discordant images alone), else as independent binomials."""
-    pairs = paired_counts(a, b)
+    return _noise(a, b, paired_counts(a, b))
+
+
+def _noise(a: Score, b: Score, pairs: tuple[int, int, int] | None) -> float:
+    """``accuracy_noise`` from the ``paired_counts`` of ``a`` and ``b`` (None: unpaired)."""
     if pairs is not None:
         images, only_a, only_b = pairs
         discordant = only_a + only_b - (only_b - only_a) ** 2 / images
@@ -142,9 +144,8 @@ def accuracy_noise(a: Score, b: Score) -> float:
     return max(spread, 1 / images)
 
 
-def _versus(incumbent: Score, challenger: Score, noise: float) -> str:
+def _versus(incumbent: Score, challenger: Score, noise: float, pairs) -> str:
     """The comparison in words: both accuracies, the images, the noise (and the pairs)."""
-    pairs = paired_counts(incumbent, challenger)
     paired = (
         f"; paired: {pairs[2]} right only by {challenger.name}, {pairs[1]} only by {incumbent.name}"
         if pairs
@@ -166,9 +167,10 @@ def keep_challenger(
     prior = challenger if tie == "challenger" else incumbent
     if incumbent.accuracy is None or challenger.accuracy is None or not challenger.images:
         return prior is challenger, f"no validation images to compare on: {prior.name} is kept"
-    noise = accuracy_noise(incumbent, challenger)
-    gain = _gain(incumbent, challenger)
-    versus = _versus(incumbent, challenger, noise)
+    pairs = paired_counts(incumbent, challenger)
+    noise = _noise(incumbent, challenger, pairs)
+    gain = _gain(incumbent, challenger, pairs)
+    versus = _versus(incumbent, challenger, noise, pairs)
     if abs(gain) > noise:
         better = challenger if gain > 0 else incumbent
         return better is challenger, f"{versus}: {better.name} is better beyond noise"

@@ -132,12 +132,6 @@ def _logits(plan: Plan, part: FeatureSet) -> np.ndarray:
         return head(part.features.to(next(head.parameters()).device)).float().cpu().numpy()
 
 
-def _outcomes(plan: Plan, part: FeatureSet) -> dict[str, bool]:
-    """Each image's path: whether the trained head's top class is its label."""
-    right = _logits(plan, part).argmax(1) == part.labels.numpy()
-    return {str(s.path): bool(r) for s, r in zip(part.samples, right, strict=True)}
-
-
 @dataclass(frozen=True)
 class _Judged:
     """A split through the trained head and the automatic threshold, computed once for the
@@ -238,11 +232,17 @@ def fit_trust(
         return _fit_multi_label(plan, data, features, started)
     train, val, test = (features.get(k) for k in ("train", "val", "test"))
     copies, val_correct = 0, None
+    val_logits = np.zeros((0, len(data.splits.labels)))
+    val_labels = np.zeros(0, dtype=int)
     if val is not None:
-        val_correct = _outcomes(plan, val)
-        val, copies = _new_images(val, set(data.screening.record["leakage"]["files"]))
-    val_logits = _logits(plan, val) if val is not None else np.zeros((0, len(data.splits.labels)))
-    val_labels = val.labels.numpy() if val is not None else np.zeros(0, dtype=int)
+        # Every validation image's outcome (auto pairs candidates on it); the fits below see
+        # only the new images, their rows of the same logits.
+        val_logits, val_labels = _logits(plan, val), val.labels.numpy()
+        right = _Judged(val_logits, val_labels, None).correct
+        val_correct = {str(s.path): bool(r) for s, r in zip(val.samples, right, strict=True)}
+        val, rows = _new_images(val, set(data.screening.record["leakage"]["files"]))
+        copies = len(val_labels) - len(rows)
+        val_logits, val_labels = val_logits[rows], val_labels[rows]
     fit = fit_temperature(val_logits, val_labels)
     gaussians, scale, scale_from, val_flagged = _fit_rejection(train, val)
     judged_test = None
@@ -284,12 +284,12 @@ def _fit_rejection(train: FeatureSet | None, val: FeatureSet | None) -> tuple:
     return gaussians, scale, scale_from, val_flagged
 
 
-def _new_images(part: FeatureSet, copies: set[str]) -> tuple[FeatureSet, int]:
+def _new_images(part: FeatureSet, copies: set[str]) -> tuple[FeatureSet, np.ndarray]:
     """``part`` without the images in ``copies`` (those with a byte-identical copy in train),
-    and how many were left out."""
-    keep = [i for i, s in enumerate(part.samples) if str(s.path) not in copies]
+    and the rows of ``part`` it kept."""
+    keep = np.array([i for i, s in enumerate(part.samples) if str(s.path) not in copies], int)
     if len(keep) == len(part):
-        return part, 0
-    rows = torch.tensor(keep, dtype=torch.long)
+        return part, keep
+    rows = torch.from_numpy(keep)
     kept = FeatureSet(part.features[rows], part.labels[rows], [part.samples[i] for i in keep])
-    return kept, len(part) - len(keep)
+    return kept, keep
