@@ -328,6 +328,32 @@ def test_measure_takes_batchnorm_statistics_from_the_extraction_pass(tmp_path):
     )
 
 
+def test_a_sample_recorded_earlier_is_measured_without_a_pass_of_its_own(tmp_path, monkeypatch):
+    """``record_sample`` on a cold cache, then ``measure(sample=...)`` on the cache it filled:
+    the same statistics as measuring cold, and no separate statistics pass (made to fail)."""
+    from visiontune.features import similarity
+    from visiontune.features.cache import FeatureCache
+
+    torch.manual_seed(0)
+    splits = scan_folder(make_class_folder(tmp_path / "data", {"cat": 8, "dog": 8}), val_fraction=0)
+    backbone = create_backbone("test_efficientnet", weights="none")
+    _fit_statistics(
+        backbone, scan_folder(_noise_folder(tmp_path / "noise"), val_fraction=0.0).train
+    )
+    reference = measure(splits, backbone, runtime=CFG)
+    cache = FeatureCache.for_backbone(tmp_path / "cache", backbone)
+    sample = similarity.record_sample(splits, backbone, runtime=CFG, cache=cache)
+    assert (sample.bn_images, sample.features.computed) == (16, 16)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a separate statistics pass ran")
+
+    monkeypatch.setattr(similarity, "batchnorm_shift", no_pass)
+    reused = measure(splits, backbone, runtime=CFG, cache=cache, sample=sample)
+    assert reused.bn_images == 16 and reused.bn_shift == pytest.approx(reference.bn_shift)
+    assert reused.probe_accuracy == reference.probe_accuracy
+
+
 # ------------------------------------- similar and different by construction, on the real backbone
 
 

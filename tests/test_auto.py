@@ -18,8 +18,10 @@ from conftest import TINY, make_class_folder
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+from safetensors.torch import save_file
 
 import visiontune
+from visiontune.backbones.sources import load_timm_model
 from visiontune.cli import main
 from visiontune.config import TrainConfig, parse_duration
 from visiontune.data.augment import parse_augment
@@ -370,6 +372,38 @@ def test_a_head_perfect_on_validation_ends_the_search_unmeasured(tmp_path, monke
     assert record["candidates"][0]["accuracy"] == 1.0
     assert record["advice"] is None and "not measured" in record["reasons"][-1]
     assert "perfect on validation" in record["reasons"][-1]
+
+
+def test_auto_records_the_measurement_sample_before_the_head_and_measures_it(
+    tmp_path, noisy, monkeypatch
+):
+    """On a cold cache the sample is extracted first (statistics recorded on the way): the head
+    reads those images from the cache, and the advisor is handed the recorded sample."""
+    handed = []
+
+    def advise(splits, backbone, **kwargs):
+        handed.append(kwargs["sample"])
+        return _forced("head")(splits, backbone, **kwargs)
+
+    monkeypatch.setattr(auto, "measure_and_decide", advise)
+    # A weights file: random weights differ per creation, and the cache is keyed by the weights.
+    weights = tmp_path / "tiny.safetensors"
+    save_file(load_timm_model(TINY["backbone"], weights="none").model.state_dict(), str(weights))
+    result = visiontune.fit(
+        noisy,
+        backbone=TINY["backbone"],
+        weights=str(weights),
+        workers=0,
+        out=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+    )
+    (sample,) = handed
+    assert len(sample.features.samples) == sample.features.computed == 40  # all train + val
+    extraction = result.metrics["feature_extraction"]
+    assert extraction["train"] == {"computed": 0, "from_cache": 34}
+    assert extraction["val"] == {"computed": 0, "from_cache": 6}
+    assert extraction["test"] == {"computed": 8, "from_cache": 0}
 
 
 def test_the_head_alone_when_the_advisor_says_so(tmp_path, noisy, monkeypatch):

@@ -19,6 +19,7 @@ Two measurements, both cheap (``measure`` feeds them to ``visiontune.strategies.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from ..data.transforms import decode_size, eval_transform
 from ..engine.loop import Runtime
 from ..strategies.advisor import Measurements
 from .cache import FeatureCache
-from .extract import extract_features, run_backbone
+from .extract import FeatureSet, extract_features, run_backbone
 from .probe import fit_logistic
 
 __all__ = [
@@ -43,9 +44,11 @@ __all__ = [
     "PROBE_FOLDS",
     "PROBE_IMAGES",
     "BatchNormRecorder",
+    "SampleRecord",
     "batchnorm_shift",
     "measure",
     "probe_accuracy",
+    "record_sample",
 ]
 
 PROBE_FOLDS = 5  # stratified folds (fewer when the smallest class has fewer images)
@@ -56,6 +59,47 @@ PROBE_IMAGES = 2000  # a stratified, seeded subset above this keeps the probe to
 MEASURE_PER_CLASS = 50
 PROBE_C = 0.1  # L2 strength on standardised features; fixed, so the measurement has no tuning loop
 BN_IMAGES = 200  # images the BatchNorm statistics are measured on
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """The measurement sample's features, and the BatchNorm statistics recorded while the
+    backbone computed them (``record_sample``). Taken on a cold cache before anything else reads
+    these images (``train --strategy auto`` does, before its head), it leaves the features cached
+    for the head and ``measure`` then needs no pass of its own."""
+
+    features: FeatureSet
+    shift: float | None  # None: nothing recorded (all served by the cache, or no BatchNorm)
+    bn_images: int  # images the recorder saw: those the backbone ran on
+
+
+def record_sample(
+    splits: DatasetSplits,
+    backbone: Backbone,
+    *,
+    runtime: Runtime,
+    cache: FeatureCache | None = None,
+    workers: int = 0,
+    skips: SkipLog | None = None,
+    seed: int = 0,
+    per_class: int = MEASURE_PER_CLASS,
+) -> SampleRecord:
+    """Features of a seeded sample of up to ``per_class`` train + val images of each class,
+    with the BatchNorm statistics of the images the backbone ran on (not those the cache gave)."""
+    pool = list(splits.train) + list(splits.val)
+    sample = _per_class_sample(pool, per_class, seed)
+    with BatchNormRecorder(backbone) as recorder:
+        features = extract_features(
+            backbone,
+            sample,
+            runtime=runtime,
+            batch_size=64,
+            workers=workers,
+            skips=skips,
+            desc="features (advise)",
+            cache=cache,
+        )
+    return SampleRecord(features, recorder.shift(), recorder.images)
 
 
 def measure(
@@ -69,31 +113,33 @@ def measure(
     seed: int = 0,
     bn_images: int = BN_IMAGES,
     per_class: int = MEASURE_PER_CLASS,
+    sample: SampleRecord | None = None,
 ) -> Measurements:
     """Size, class balance, probe accuracy and BatchNorm shift of ``splits`` (train + val; the
     test split is never looked at, so the choice cannot be fitted to it). Sizes count every image;
     the probe and the statistics look at up to ``per_class`` images of each class (seeded).
 
-    The BatchNorm statistics are gathered during the feature extraction's own forward pass, so
-    on a cold cache measuring costs no extra pass; only when the cache served (nearly) every
+    The BatchNorm statistics are gathered during the feature extraction's own forward pass
+    (``record_sample``; ``sample``: one taken earlier, with the same ``seed`` and ``per_class``),
+    so on a cold cache measuring costs no extra pass; only when the cache served (nearly) every
     image does a separate pass run, over ``bn_images`` of them.
     """
-    pool = list(splits.train) + list(splits.val)
-    counts = np.bincount([s.label for s in pool], minlength=len(splits.labels))
-    sample = _per_class_sample(pool, per_class, seed)
-    with BatchNormRecorder(backbone) as recorder:
-        features = extract_features(
+    if sample is None:
+        sample = record_sample(
+            splits,
             backbone,
-            sample,
             runtime=runtime,
-            batch_size=64,
+            cache=cache,
             workers=workers,
             skips=skips,
-            desc="features (advise)",
-            cache=cache,
+            seed=seed,
+            per_class=per_class,
         )
-    if recorder.images >= min(bn_images, len(sample)):
-        shift, seen = recorder.shift(), recorder.images
+    pool = list(splits.train) + list(splits.val)
+    counts = np.bincount([s.label for s in pool], minlength=len(splits.labels))
+    features = sample.features
+    if sample.shift is not None and sample.bn_images >= min(bn_images, len(features.samples)):
+        shift, seen = sample.shift, sample.bn_images
     else:
         shift, seen = batchnorm_shift(
             backbone,

@@ -9,7 +9,7 @@ from ..config import TrainConfig
 from ..data.folder import DatasetSplits
 from ..engine.loop import Runtime
 from ..features.cache import FeatureCache
-from ..features.similarity import measure
+from ..features.similarity import SampleRecord, measure
 from ..strategies import Advice, decide
 
 __all__ = ["apply_advice", "measure_and_decide"]
@@ -23,10 +23,20 @@ def measure_and_decide(
     cache: FeatureCache | None,
     workers: int,
     seed: int,
+    sample: SampleRecord | None = None,
 ) -> Advice:
-    """Measure the train and val splits (never test) against ``backbone``; the advisor's choice."""
+    """Measure the train and val splits (never test) against ``backbone``; the advisor's choice.
+    ``sample``: the measurement sample's features and statistics, recorded earlier."""
     return decide(
-        measure(splits, backbone, runtime=runtime, cache=cache, workers=workers, seed=seed)
+        measure(
+            splits,
+            backbone,
+            runtime=runtime,
+            cache=cache,
+            workers=workers,
+            seed=seed,
+            sample=sample,
+        )
     )
 
 

@@ -3,14 +3,17 @@
 A rule fitted to a handful of datasets (``strategies.advisor``) says which fine-tune *may* pay;
 only the data can say whether it does. So ``auto`` gathers evidence, cheapest first:
 
+0. **Record** the measurement sample first (up to 50 train + val images a class): extracted
+   into the feature cache with the BatchNorm statistics gathered on the way, so the head reads
+   those images from the cache and measuring later needs no pass of its own.
 1. **Head** on cached features, always (seconds). With ``--backbone auto`` one head per
    installed embedded backbone (EfficientNet-Lite0/1/2), the bigger kept only when it wins
    (``strategies.evidence.keep_challenger``). A head perfect on validation ends the search
-   here: nothing is measured, nothing fine-tuned.
+   here: nothing more is measured, nothing fine-tuned.
 2. **Measure** train + val (never test) as ``visiontune advise`` does: size, class balance, a
-   cross-validated linear probe, the BatchNorm shift (the head's extraction left the features
-   cached, so this reads them). The advisor's quadrant names the fine-tune worth trying
-   (``partial``, ``full`` or ``gradual``), or none (small data similar to ImageNet).
+   cross-validated linear probe, the BatchNorm shift (both on the sample of step 0). The
+   advisor's quadrant names the fine-tune worth trying (``partial``, ``full`` or ``gradual``),
+   or none (small data similar to ImageNet).
 3. **Fine-tune**, when the advisor names one and, under ``--time-budget``, at least two epochs
    fit (speed measured on this machine). Its augmentation is chosen first (``--augment``
    given: kept): the strongest crop and flip that keep the label, judged by the head on
@@ -48,6 +51,7 @@ from ..engine.speed import train_step_seconds
 from ..errors import VisiontuneError
 from ..evaluation.metrics import metrics_from_logits
 from ..features.extract import extract_features
+from ..features.similarity import SampleRecord, record_sample
 from ..formats.bundle import AUTO_FILE
 from ..prediction.predictor import TrainedModel
 from ..strategies import Advice
@@ -92,6 +96,7 @@ class Context:
     runtime: Runtime
     workers: int
     backbone: Backbone
+    sample: SampleRecord | None = None  # the measurement sample, recorded before the head
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,26 @@ def _context(config: TrainConfig, backbone_name: str) -> Context:
     return Context(splits, runtime, workers, backbone)
 
 
+def _record_sample(config: TrainConfig, ctx: Context) -> Context:
+    """The measurement sample extracted into the head's feature cache before the head runs, with
+    the BatchNorm statistics recorded on the way: on a cold cache the head then reads these
+    images from the cache and measuring needs no pass of its own (a separate statistics pass
+    cost about a third of a small set's head). Without a cache there is nothing to share: the
+    data is measured after the head, only when it is."""
+    cache = feature_cache(config, ctx.backbone, runtime=ctx.runtime)
+    if cache is None:
+        return ctx
+    sample = record_sample(
+        ctx.splits,
+        ctx.backbone,
+        runtime=ctx.runtime,
+        cache=cache,
+        workers=ctx.workers,
+        seed=config.seed,
+    )
+    return replace(ctx, sample=sample)
+
+
 def _measure(config: TrainConfig, ctx: Context) -> Advice:
     """The data measured with the first backbone, as ``visiontune advise`` does."""
     backbone = ctx.backbone
@@ -141,6 +166,7 @@ def _measure(config: TrainConfig, ctx: Context) -> Advice:
         cache=cache,
         workers=ctx.workers,
         seed=config.seed,
+        sample=ctx.sample,
     )
     _say(config, f"advice {advice.quadrant} -> {advice.strategy}: {advice.reason}")
     return advice
@@ -354,7 +380,7 @@ def train_auto(config: TrainConfig, *, explicit: frozenset[str] = frozenset()) -
     deadline = _runtime.process_started() + budget if budget else None
     backbones = _check_backbone_choice(config)
     root = _root(config)
-    ctx = _context(config, backbones[0])
+    ctx = _record_sample(config, _context(config, backbones[0]))
     heads = _heads(config, root, backbones, explicit)
     kept_index, reasons = choose_best([h.score for h in heads])
     candidates, kept = list(heads), heads[kept_index]
