@@ -50,6 +50,7 @@ from ..engine.loop import Runtime
 from ..engine.speed import train_step_seconds
 from ..errors import VisiontuneError
 from ..evaluation.metrics import metrics_from_logits
+from ..features.cache import FeatureCache
 from ..features.extract import extract_features
 from ..features.similarity import SampleRecord, record_sample
 from ..formats.bundle import AUTO_FILE
@@ -96,6 +97,7 @@ class Context:
     runtime: Runtime
     workers: int
     backbone: Backbone
+    cache: FeatureCache | None  # the first backbone's eval-view features (None: --no-cache)
     sample: SampleRecord | None = None  # the measurement sample, recorded before the head
 
 
@@ -132,7 +134,8 @@ def _context(config: TrainConfig, backbone_name: str) -> Context:
         config.data, config.manifest_columns, val_fraction=config.val_fraction, seed=config.seed
     )
     runtime = run_runtime(config, device, progress=config.progress)
-    return Context(splits, runtime, workers, backbone)
+    cache = feature_cache(config, backbone, runtime=runtime)
+    return Context(splits, runtime, workers, backbone, cache)
 
 
 def _record_sample(config: TrainConfig, ctx: Context) -> Context:
@@ -141,14 +144,13 @@ def _record_sample(config: TrainConfig, ctx: Context) -> Context:
     images from the cache and measuring needs no pass of its own (a separate statistics pass
     cost about a third of a small set's head). Without a cache there is nothing to share: the
     data is measured after the head, only when it is."""
-    cache = feature_cache(config, ctx.backbone, runtime=ctx.runtime)
-    if cache is None:
+    if ctx.cache is None:
         return ctx
     sample = record_sample(
         ctx.splits,
         ctx.backbone,
         runtime=ctx.runtime,
-        cache=cache,
+        cache=ctx.cache,
         workers=ctx.workers,
         seed=config.seed,
     )
@@ -157,13 +159,11 @@ def _record_sample(config: TrainConfig, ctx: Context) -> Context:
 
 def _measure(config: TrainConfig, ctx: Context) -> Advice:
     """The data measured with the first backbone, as ``visiontune advise`` does."""
-    backbone = ctx.backbone
-    cache = feature_cache(config, backbone, runtime=ctx.runtime)
     advice = measure_and_decide(
         ctx.splits,
-        backbone,
+        ctx.backbone,
         runtime=ctx.runtime,
-        cache=cache,
+        cache=ctx.cache,
         workers=ctx.workers,
         seed=config.seed,
         sample=ctx.sample,
