@@ -60,10 +60,10 @@ FASHION_CLASSES = (
 CHILD = r"""
 import json, sys, time
 import visiontune
-data, strategy, out, cache = sys.argv[1:5]
-options = {"strategy": strategy}
+data, strategy, out, cache, seed = sys.argv[1:6]
+options = {"strategy": strategy, "seed": int(seed)}
 if strategy == "auto-backbones":  # auto racing the installed embedded backbones
-    options = {"strategy": "auto", "backbone": "auto"}
+    options = {"strategy": "auto", "backbone": "auto", "seed": int(seed)}
 start = time.perf_counter()
 result = visiontune.fit(data, **options, out=out, cache_dir=cache, progress=False)
 wall = time.perf_counter() - start
@@ -235,8 +235,8 @@ def dataset_path(name: str, work: Path) -> Path:
     return root
 
 
-def run_one(data: Path, strategy: str, work: Path) -> dict:
-    out = work / "runs" / f"{data.name}-{strategy}-{time.time_ns()}"
+def run_one(data: Path, strategy: str, work: Path, seed: int = 0) -> dict:
+    out = work / "runs" / f"{data.name}-{strategy}-{seed}-{time.time_ns()}"
     # The 1-minute load average before the run: above ~2.5 on this 2-core machine something else
     # shared the cores, and the wall time is inflated.
     measured = {
@@ -244,7 +244,16 @@ def run_one(data: Path, strategy: str, work: Path) -> dict:
         "load_before": round(os.getloadavg()[0], 2),
     }
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(data), strategy, str(out), str(out) + "-cache"],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(data),
+            strategy,
+            str(out),
+            str(out) + "-cache",
+            str(seed),
+        ],
         capture_output=True,
         text=True,
     )
@@ -295,12 +304,14 @@ def _table(results: dict, datasets, strategies) -> str:
 
 
 def _decisions(results: dict, datasets) -> str:
-    """``auto``'s last reason on each dataset (its validation scores), as a list."""
-    lines = [
-        f"- {name}: {r['auto']['kept']} kept; {r['auto']['reasons'][-1]}"
-        for name in datasets
-        if (r := results.get(name, {}).get("auto")) and "auto" in r
-    ]
+    """``auto``'s last reason on each dataset (its validation scores), as a list; seeds other
+    than 0 after seed 0's line."""
+    lines = []
+    for name in datasets:
+        for seed, r in sorted(_seed_runs(results.get(name, {}), "auto").items()):
+            if "auto" in r:
+                label = name if seed == 0 else f"{name} (seed {seed})"
+                lines.append(f"- {label}: {r['auto']['kept']} kept; {r['auto']['reasons'][-1]}")
     return "\n`auto`'s decisions:\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
@@ -309,10 +320,66 @@ def _loaded(r: dict | None) -> bool:
     return bool(r) and r.get("load_before", 0) > BUSY_LOAD
 
 
+def _key(strategy: str, seed: int) -> str:
+    """The results log's name for a run: the strategy, ``@seed`` for seeds other than 0."""
+    return strategy if seed == 0 else f"{strategy}@{seed}"
+
+
+def _brief(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "advice"}
+
+
+def _seed_runs(res: dict, strategy: str) -> dict[int, dict]:
+    """``strategy``'s successful runs on one dataset, by seed."""
+    out = {}
+    for key, r in res.items():
+        name, _, seed = key.partition("@")
+        if name == strategy and r and "error" not in r:
+            out[int(seed or 0)] = r
+    return out
+
+
+def _seeds_table(results: dict, datasets, strategies) -> str:
+    """Mean ± standard deviation of TEST accuracy over the seeds, where more than one ran: a
+    single seed's TEST set moves by one image, 0.2-0.5 points here, and seeds by more."""
+    rows = []
+    for name in datasets:
+        runs = {s: _seed_runs(results.get(name, {}), s) for s in strategies}
+        common = set.intersection(*(set(r) for r in runs.values())) if runs else set()
+        if len(common) < 2:
+            continue
+        means = {}
+        cells = []
+        for s in strategies:
+            accs = np.array([100 * runs[s][k]["test_acc"] for k in sorted(common)])
+            means[s] = accs.mean()
+            cells.append(f"{accs.mean():.1f} % ± {accs.std(ddof=1):.1f}")
+        others = [s for s in strategies if not s.startswith("auto")]
+        best = max(others, key=lambda s: means[s])
+        gap = means["auto"] - means[best] if "auto" in means else float("nan")
+        kept = ", ".join(runs["auto"][k]["auto"]["kept"] for k in sorted(common))
+        verdict = f"{gap:+.1f} pt vs `{best}`" + (" (within 0.5 pt)" if gap >= -0.5 else "")
+        seeds = ", ".join(str(k) for k in sorted(common))
+        rows.append(f"| {name} | {seeds} | " + " | ".join(cells) + f" | {kept} | {verdict} |")
+    if not rows:
+        return ""
+    head = "| dataset | seeds | " + " | ".join(f"`{s}`" for s in strategies)
+    return (
+        "\nOver seeds (the seed draws the validation split, the initialisation and the "
+        "augmentation; TEST accuracy, mean ± standard deviation):\n\n"
+        + head
+        + " | `auto` kept | auto vs best mean |\n|"
+        + "---|" * (len(strategies) + 4)
+        + "\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
 def _verdict(res: dict) -> str:
     """``auto`` against the best fixed strategy (and ``head``): the 0.5-point target, and its
     time as a multiple of the best's (target ≤ 1.3×)."""
-    done = {s: r for s, r in res.items() if r and "error" not in r}
+    done = {s: r for s, r in res.items() if "@" not in s and r and "error" not in r}
     if "auto" not in done or len(done) < 2:
         return "-"
     others = {s: r for s, r in done.items() if not s.startswith("auto")}
@@ -338,6 +405,9 @@ def main() -> None:
         "--work", default=str(Path.home() / ".cache" / "visiontune-bench" / "strategies")
     )
     parser.add_argument("--fresh", action="store_true", help="forget earlier results in --work")
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated seeds; the main table shows seed 0"
+    )
     parser.add_argument("--note", default="", help="a sentence for the report (e.g. what else ran)")
     parser.add_argument(
         "--report-only", action="store_true", help="write the table from --work's log, run nothing"
@@ -359,23 +429,20 @@ def main() -> None:
             row = json.loads(line)
             results.setdefault(row["dataset"], {})[row["strategy"]] = row["result"]
     datasets, strategies = args.datasets.split(","), args.strategies.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
     for name in datasets:
         data = None if args.report_only else dataset_path(name, work)
-        for strategy in strategies:
-            if args.report_only or strategy in results.get(name, {}):
-                continue
-            result = run_one(data, strategy, work)
-            results.setdefault(name, {})[strategy] = result
-            with log.open("a") as fh:
-                fh.write(
-                    json.dumps({"dataset": name, "strategy": strategy, "result": result}) + "\n"
-                )
-            print(
-                name,
-                strategy,
-                json.dumps({k: v for k, v in result.items() if k != "advice"}),
-                flush=True,
-            )
+        for seed in seeds:
+            for strategy in strategies:
+                key = _key(strategy, seed)
+                if args.report_only or key in results.get(name, {}):
+                    continue
+                result = run_one(data, strategy, work, seed)
+                results.setdefault(name, {})[key] = result
+                with log.open("a") as fh:
+                    fh.write(json.dumps({"dataset": name, "strategy": key, "result": result}))
+                    fh.write("\n")
+                print(name, key, json.dumps(_brief(result)), flush=True)
     title = "Strategies across datasets: does `--strategy auto` choose well?"
     if args.section != "strategies":
         title += f" ({', '.join(strategies)} only)"
@@ -407,6 +474,7 @@ def main() -> None:
         "them: its accuracy stands, its wall time is inflated and not comparable.\n\n"
         + _table(results, datasets, strategies)
         + "\n"
+        + _seeds_table(results, datasets, strategies)
         + _decisions(results, datasets)
         + (
             f"\nNot run this time: {', '.join(skipped)}.\n"
@@ -421,6 +489,7 @@ def main() -> None:
             ("datasets", args.datasets, ",".join(DATASETS)),
             ("strategies", args.strategies, ",".join(STRATEGIES)),
             ("section", args.section, "strategies"),
+            ("seeds", args.seeds, "0"),
         )
         if value != default
     )
