@@ -72,6 +72,31 @@ def test_inside_noise_the_loss_decides_by_a_margin_and_a_tie_keeps_the_cheaper()
     assert not keep_challenger(head, Score("partial", 0.95, 0.30, 100), tie="challenger")[0]
 
 
+def test_candidates_are_scored_on_their_loss_after_their_own_temperature(tmp_path, monkeypatch):
+    """A fine-tune trained with label smoothing is under-confident before its temperature: its
+    raw validation loss would lose every tie to the head, fitted without smoothing. A candidate
+    is scored as delivered: its calibrated validation loss where a temperature was fitted."""
+    raw = {"accuracy": 0.9, "loss": 0.50}
+
+    def trained(metrics):
+        def run_training(config, **kwargs):
+            return auto.FitResult(Path(config.out), None, [], {"val": raw, **metrics}, None)
+
+        return run_training
+
+    config = TrainConfig(data=str(tmp_path))
+    monkeypatch.setattr(auto, "run_training", trained({"calibration": {"nll_after": 0.31}}))
+    assert auto._train("partial", config, tmp_path, frozenset()).score.loss == 0.31
+    no_fit = {"calibration": {"nll_after": None}}  # too few validation images for a temperature
+    monkeypatch.setattr(auto, "run_training", trained(no_fit))
+    assert auto._train("partial", config, tmp_path, frozenset()).score.loss == 0.50
+    # What that changes: raw losses 0.50 against the head's 0.40 keep the head on a tie;
+    # calibrated, 0.31 against 0.40, the fine-tune.
+    head = Score("head", 0.9, 0.40, 240)
+    assert not keep_challenger(head, Score("partial", 0.9, 0.50, 240), tie="challenger")[0]
+    assert keep_challenger(head, Score("partial", 0.9, 0.31, 240), tie="challenger")[0]
+
+
 def test_an_inconclusive_comparison_keeps_the_prior():
     head, tuned = Score("head", 0.95, 0.20, 100), Score("partial", 0.96, 0.19, 100)
     assert keep_challenger(head, tuned)[0] is False  # between backbones: the cheaper

@@ -22,7 +22,10 @@ only the data can say whether it does. So ``auto`` gathers evidence, cheapest fi
    noise (``strategies.evidence.cannot_catch_up``): its remaining epochs would be wasted.
 4. **Keep** the head only when it beats the fine-tune on validation beyond noise, or ties on
    accuracy with a clearly lower validation loss; an inconclusive comparison keeps the
-   advisor's fine-tune: the rule stands until the evidence says otherwise.
+   advisor's fine-tune: the rule stands until the evidence says otherwise. The loss compared
+   is the model's as delivered, after its own temperature (``delivered_loss``): a fine-tune
+   trained with label smoothing is under-confident before it, so its raw loss would favour the
+   head, fitted without smoothing, on every tie.
 
     RUN/                 the kept candidate's model, history and metrics (metrics.json "auto")
     RUN/auto.json        the decision: measurements, candidates with scores and times, the rule
@@ -70,7 +73,7 @@ from .outdir import check_out, remove_old_run
 from .plan import default_run_dir, feature_cache, run_runtime
 from .run import FitResult, json_text, run_training
 
-__all__ = ["RULE", "train_auto"]
+__all__ = ["RULE", "delivered_loss", "train_auto"]
 
 RULE = (
     "candidates are trained cheapest first (head on cached features; then, when the head is "
@@ -81,7 +84,8 @@ RULE = (
     "standard error of the paired per-image difference, as McNemar's test, where both were "
     "scored image by image, else of two independent binomials; at least one image) is kept, "
     "or, equal within noise, the one whose "
-    "validation loss is lower by more than 10 %; otherwise the advisor's fine-tune (against the "
+    "validation loss (after its own temperature: the model as delivered) is lower by more "
+    "than 10 %; otherwise the advisor's fine-tune (against the "
     "head) or the cheaper backbone (between heads) is kept"
 )
 # Fewer validation images than this cannot rank augmentations (one image moves 4 points).
@@ -196,8 +200,29 @@ def _train(
     val = result.metrics["val"]
     images = result.metrics.get("val_images") or 0
     seconds = time.monotonic() - started
-    score = Score(name, val["accuracy"], val["loss"], images, seconds, result.val_correct)
+    loss = delivered_loss(result.metrics)
+    score = Score(name, val["accuracy"], loss, images, seconds, result.val_correct)
     return Candidate(name, result, score)
+
+
+def delivered_loss(metrics: dict) -> float | None:
+    """The validation loss of the model as it is delivered: the negative log-likelihood of the
+    validation images without a copy in train after its temperature (``metrics.json``
+    ``calibration``; T = 1 where fitting did not help), else, with too few validation images
+    for a temperature, the raw validation loss.
+
+    Comparing raw losses would be unfair: a fine-tune trained with label smoothing (0.1 by
+    default) is under-confident on validation, its raw loss inflated, while the head is
+    fitted without smoothing; after each one's temperature both are scored as the user gets
+    them (on yoga ``full``'s temperature is 0.69: sharpened).
+
+    >>> delivered_loss({"val": {"loss": 0.43}, "calibration": {"nll_after": 0.36}})
+    0.36
+    >>> delivered_loss({"val": {"loss": 0.43}, "calibration": {"nll_after": None}})
+    0.43
+    """
+    calibrated = (metrics.get("calibration") or {}).get("nll_after")
+    return metrics["val"]["loss"] if calibrated is None else calibrated
 
 
 def _heads(config: TrainConfig, root: Path, backbones: list[str], explicit) -> list[Candidate]:
