@@ -26,7 +26,8 @@ what the candidates actually scored on the validation split (never on test):
   when even it ends below the head beyond the noise of the comparison, the rest of the
   fine-tune would be spent on a candidate that ``keep_challenger`` will refuse.
 * ``fine_tune_fits``: whether a fine-tune of at least ``MIN_FINE_TUNE_EPOCHS`` fits a time
-  budget, from a measured training-step speed.
+  budget, from a measured training-step speed, with the forward passes before its epochs (the
+  cached activations) and after them (TEST, the trust pass: the training loop's own reserve).
 
 >>> head = Score("head", accuracy=0.96, loss=0.15, images=160)
 >>> keep_challenger(head, Score("partial", accuracy=0.97, loss=0.14, images=160))[0]
@@ -53,16 +54,20 @@ from dataclasses import asdict, dataclass, field
 
 __all__ = [
     "CROP_LADDER",
+    "EVAL_MARGIN",
     "LOSS_MARGIN",
     "MIN_FINE_TUNE_EPOCHS",
     "TRAIN_STEP_COST",
+    "WRITE_SECONDS",
     "Score",
     "accuracy_noise",
+    "after_training_images",
     "auto_plan",
     "cannot_catch_up",
     "choose_augment",
     "choose_best",
     "fine_tune_fits",
+    "forward_seconds",
     "keep_challenger",
     "paired_counts",
 ]
@@ -82,6 +87,12 @@ MIN_FINE_TUNE_EPOCHS = 2
 # computes gradients for both activations and weights, about twice the forward's work (the usual
 # 6N-versus-2N FLOPs per example estimate, Kaplan et al. 2020).
 TRAIN_STEP_COST = 3.0
+# A forward pass outside training (TEST, the trust pass, the cached activations) also decodes
+# every image and is not overlapped with the loader's workers: half as much again as a third of
+# a timed training step.
+EVAL_MARGIN = 1.5
+# Writing the bundle, history and metrics, and the process's exit.
+WRITE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -289,18 +300,34 @@ def choose_augment(
     return f"crop={scale:g}" + (",flip=0.5" if flip else ""), why
 
 
+def forward_seconds(step_seconds_per_image: float, images: int) -> float:
+    """Seconds of forward passes over ``images``, decoding included, from a measured training
+    step: a third of a step (``TRAIN_STEP_COST``), and half as much again (``EVAL_MARGIN``)."""
+    return EVAL_MARGIN * step_seconds_per_image / TRAIN_STEP_COST * images
+
+
+def after_training_images(train: int, val: int, test: int) -> int:
+    """Images a fine-tune still passes forward after its last epoch: TEST's evaluation, then
+    the trust pass (``training.trust``) over train, validation and TEST."""
+    return 2 * test + train + val
+
+
 def fine_tune_fits(
     seconds_left: float,
     *,
     step_seconds_per_image: float,
     train_images: int,
     eval_images: int,
+    before_images: int = 0,
 ) -> tuple[bool, float]:
-    """Whether ``MIN_FINE_TUNE_EPOCHS`` of fine-tuning plus one pass over ``eval_images``
-    (validation and test) fit ``seconds_left``; and the estimate, in seconds."""
+    """Whether ``MIN_FINE_TUNE_EPOCHS`` of fine-tuning fit ``seconds_left`` with the forward
+    passes before them (``before_images``: the cached activations' views) and after them
+    (``eval_images``: ``after_training_images``, what the training loop keeps in reserve) and
+    the writing; and the estimate, in seconds. The loop reserves the same time, so a fine-tune
+    that this says fits is not cut inside its first epochs."""
     epoch = step_seconds_per_image * train_images
-    evaluation = step_seconds_per_image / TRAIN_STEP_COST * eval_images
-    needed = MIN_FINE_TUNE_EPOCHS * epoch + evaluation
+    passes = forward_seconds(step_seconds_per_image, eval_images + before_images)
+    needed = MIN_FINE_TUNE_EPOCHS * epoch + passes + WRITE_SECONDS
     return needed <= seconds_left, needed
 
 

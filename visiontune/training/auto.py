@@ -62,6 +62,7 @@ from ..strategies import Advice
 from ..strategies.evidence import (
     CROP_LADDER,
     Score,
+    after_training_images,
     cannot_catch_up,
     choose_augment,
     choose_best,
@@ -293,11 +294,13 @@ def _why_not_fine_tune(
         return None, {}
     per_image = _fine_tune_cost(config, ctx, head.result.model.model.backbone.name)
     left = deadline - time.monotonic()
+    splits = ctx.splits
     fits, needed = fine_tune_fits(
         left,
         step_seconds_per_image=per_image,
-        train_images=len(ctx.splits.train),
-        eval_images=len(ctx.splits.val) + len(ctx.splits.test),
+        train_images=len(splits.train),
+        eval_images=after_training_images(len(splits.train), len(splits.val), len(splits.test)),
+        before_images=_activation_images(config, advice, splits),
     )
     estimate = {"seconds_left": left, "fine_tune_needs_s": needed, "step_s_per_image": per_image}
     if fits:
@@ -306,6 +309,15 @@ def _why_not_fine_tune(
         f"the budget leaves {left:.0f} s; two epochs of fine-tuning need ~{needed:.0f} s",
         estimate,
     )
+
+
+def _activation_images(config: TrainConfig, advice: Advice, splits) -> int:
+    """Images the fine-tune passes through its frozen stages before its first epoch, to cache
+    their activations (``training.activations``): each training image once per view, and the
+    validation images. ``full`` trains every stage, so it caches none."""
+    if advice.strategy == "full" or not config.activation_views:
+        return 0
+    return config.activation_views * len(splits.train) + len(splits.val)
 
 
 def _fine_tune_config(

@@ -31,17 +31,11 @@ from ..errors import VisiontuneError
 from ..features.cache import FeatureCache
 from ..formats.checkpoint import Checkpoint
 from ..strategies import Strategy, make_strategy
-from ..strategies.evidence import TRAIN_STEP_COST
+from ..strategies.evidence import WRITE_SECONDS, after_training_images, forward_seconds
 from .advice import apply_advice, measure_and_decide
 from .outdir import check_out
 
 __all__ = ["Plan", "check_multi_label", "feature_cache", "make_plan", "print_plan", "run_runtime"]
-
-# The TEST pass after training is timed from a training step; it also decodes every image and,
-# unlike a training step, is not overlapped with the loader's workers: half as much again.
-EVAL_MARGIN = 1.5
-# Writing the bundle, history and metrics, and the process's exit.
-WRITE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -177,9 +171,8 @@ def _loop_deadline(
     if per_image is None:
         size, batch = model.backbone.preprocess.size, config.batch_size
         per_image = train_step_seconds(model, size=size, batch_size=batch, runtime=runtime)
-    forward_images = 2 * len(splits.test) + len(splits.train) + len(splits.val)
-    after = EVAL_MARGIN * per_image / TRAIN_STEP_COST * forward_images + WRITE_SECONDS
-    return deadline - after
+    images = after_training_images(len(splits.train), len(splits.val), len(splits.test))
+    return deadline - forward_seconds(per_image, images) - WRITE_SECONDS
 
 
 def check_multi_label(config: TrainConfig, splits: DatasetSplits) -> None:
