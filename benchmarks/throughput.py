@@ -370,7 +370,8 @@ def main() -> None:
             if fvar["jit_freeze"] > 1.1 * fvar["eager"]
             else "kept eager: TorchScript is within 10% of it"
         )
-        + "; bf16 is outside an fp32 tolerance (max abs diff above) |"
+        + "; bf16: `--precision auto` uses it for inference where it measures faster, judged by "
+        'TEST accuracy over seeds, not by this tolerance ("Precision") |'
     )
     cw = head_cold_then_warm()
     rows.append(
@@ -384,8 +385,11 @@ def main() -> None:
         "## Throughput (EfficientNet-Lite0, 224 px)\n\n"
         "Images per second; baseline = timm eager, full PIL decode, default glibc allocator, "
         "contiguous tensors; visiontune = its default path (mallopt-tuned allocator, "
-        "`channels_last`, `inference_mode`, draft-mode JPEG decode in worker processes). Fraction "
-        f"of the fp32 physical limit ({PHYSICAL_LIMIT:.0f} images/s forward).\n\n"
+        "`channels_last`, `inference_mode`, draft-mode JPEG decode in worker processes), in fp32 "
+        "except the `visiontune train` row and the time to accuracy, which run the defaults "
+        "(`--precision auto`: bf16 inference where this CPU's bf16 kernels measure faster; "
+        'BENCHMARKS.md "Precision"). '
+        f"Fraction of the fp32 physical limit ({PHYSICAL_LIMIT:.0f} images/s forward).\n\n"
         "| measurement | baseline | visiontune | ratio | of limit | target |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )

@@ -117,6 +117,26 @@ def test_cached_activations_train_what_the_image_path_trains(data, tmp_path):
             torch.testing.assert_close(tensor, theirs[name], atol=1e-4, rtol=1e-3)
 
 
+def test_partial_on_cached_activations_is_reproducible_under_a_seed(data, tmp_path):
+    """Augmented views drawn in worker processes, the default precision: two runs with one
+    seed give the same weights (a comparison of runs on one machine reads nothing else)."""
+    runs = [
+        _fit(
+            data,
+            tmp_path / f"r{i}",
+            workers=2,
+            precision="auto",
+            seed=5,
+            cache_dir=str(tmp_path / f"c{i}"),
+        )
+        for i in range(2)
+    ]
+    assert all(_cache_record(r)["used"] for r in runs)
+    first, second = (r.model.model.state_dict() for r in runs)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert [r["train_loss"] for r in runs[0].history] == [r["train_loss"] for r in runs[1].history]
+
+
 def test_the_cache_is_read_again_only_for_the_same_boundary_views_and_weights(data, tmp_path):
     cache = tmp_path / "cache"
     first = _cache_record(_fit(data, tmp_path / "a", cache_dir=str(cache), activation_views=2))
