@@ -36,7 +36,7 @@ from visiontune.strategies.evidence import (
     WRITE_SECONDS,
     Score,
     accuracy_noise,
-    after_training_images,
+    after_training_seconds,
     auto_plan,
     cannot_catch_up,
     choose_augment,
@@ -232,10 +232,13 @@ def test_augmentation_backs_off_when_crops_lose_the_label():
 
 def test_a_fine_tune_fits_a_budget_only_with_two_epochs_and_the_evaluation():
     fits, needed = fine_tune_fits(
-        100, step_seconds_per_image=0.02, train_images=1000, eval_images=300
+        100, step_seconds_per_image=0.02, train_images=100, val_images=50, test_images=75
     )
-    assert needed == pytest.approx(2 * 20 + forward_seconds(0.02, 300) + WRITE_SECONDS) and fits
-    assert not fine_tune_fits(30, step_seconds_per_image=0.02, train_images=1000, eval_images=0)[0]
+    # Two epochs of 100 images; after them TEST twice (evaluation, trust), train and val once.
+    after = forward_seconds(0.02, 2 * 75 + 100 + 50) + WRITE_SECONDS
+    assert needed == pytest.approx(2 * 2 + after) and fits
+    assert after == pytest.approx(after_training_seconds(0.02, train=100, val=50, test=75))
+    assert not fine_tune_fits(5, step_seconds_per_image=0.02, train_images=100)[0]
 
 
 def test_the_plan_prices_what_the_loop_reserves_and_the_cached_activations():
@@ -245,12 +248,12 @@ def test_the_plan_prices_what_the_loop_reserves_and_the_cached_activations():
     short stretch of training after caching two views of activations: 23.5 % on validation
     against the head's 90.1 %, the time wasted."""
     train, val, test, step = 918, 162, 467, 0.042
-    after = after_training_images(train, val, test)
     fits, needed = fine_tune_fits(
         95,
         step_seconds_per_image=step,
         train_images=train,
-        eval_images=after,
+        val_images=val,
+        test_images=test,
         before_images=2 * train + val,
     )
     assert not fits and needed > 95
@@ -263,6 +266,38 @@ def test_the_plan_prices_what_the_loop_reserves_and_the_cached_activations():
     stop = plan._loop_deadline(deadline, model, strategy, splits, None, None, per_image=step)
     left_for_epochs = stop - (deadline - needed) - forward_seconds(step, 2 * train + val)
     assert left_for_epochs == pytest.approx(2 * step * train)
+
+
+@pytest.mark.parametrize(
+    "strategy, options, cached",
+    [("partial", {}, True), ("full", {}, False), ("partial", {"activation_views": 0}, False)],
+)
+def test_a_fine_tunes_epochs_are_priced_by_what_they_run(strategy, options, cached):
+    """On cached activations an epoch runs the trainable stages alone: its step is timed on
+    the activations' shape, and the activation pass is priced before the first epoch; where
+    the image path runs, an epoch costs the whole network's step and nothing is cached."""
+    config = TrainConfig(data="d", **TINY, **options)
+    splits = SimpleNamespace(train=[0] * 40, val=[0] * 9, labels=["a", "b", "c"])
+    ctx = SimpleNamespace(splits=splits, runtime=loop.Runtime())
+    advice = Advice(strategy, "big+similar", {"epochs": 2, "unfreeze": 1}, "forced")
+    cost = auto._fine_tune_cost(config, ctx, advice, TINY["backbone"], explicit=())
+    assert cost.network > 0 and cost.epoch > 0
+    assert cost.activation_images == (2 * 40 + 9 if cached else 0)
+    if not cached:
+        assert cost.epoch == cost.network
+    # The plan adds exactly that: two epochs at the epoch's step, the rest at the network's.
+    fits, needed = fine_tune_fits(
+        1e9,
+        step_seconds_per_image=0.03,
+        epoch_step_seconds_per_image=0.01,
+        train_images=40,
+        val_images=9,
+        test_images=5,
+        before_images=cost.activation_images,
+    )
+    after = after_training_seconds(0.03, train=40, val=9, test=5)
+    expected = 2 * 0.01 * 40 + forward_seconds(0.03, cost.activation_images) + after
+    assert fits and needed == pytest.approx(expected)
 
 
 def test_auto_plan_names_the_fine_tune_it_may_try():

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, make_class_folder, make_split_folder
+from safetensors.torch import save_file
 
 import visiontune
+from visiontune.backbones.sources import load_timm_model
 from visiontune.cli import main
 
 
@@ -97,6 +99,34 @@ def test_extract_writes_paths_labels_and_embeddings(split_data, tmp_path):
     assert list(table["class_names"]) == ["cat", "dog"]
     for path, label, name in zip(table["path"], table["label"], table["class_name"], strict=True):
         assert f"/{name}/" in path and table["class_names"][label] == name
+
+
+@pytest.mark.parametrize("precision", [None, "bf16", "fp32"])
+def test_extract_warms_the_cache_train_reads_in_the_same_precision(split_data, tmp_path, precision):
+    """``extract`` (and ``similar``, ``audit``) compute in ``train``'s precision, keyed so: a
+    default ``extract`` fills what a default ``train`` reads (they once ran fp32 against
+    train's bf16 and the warmed cache was never read), and so does any precision given to both."""
+    torch.manual_seed(3)
+    state = load_timm_model("test_efficientnet", weights="none").model.state_dict()
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    options = {"cache_dir": str(tmp_path / "c"), "workers": 0, "weights": str(weights)}
+    options.update({} if precision is None else {"precision": precision})
+    summary = visiontune.api.extract(
+        split_data, tmp_path / "e.npz", backbone="test_efficientnet", **options
+    )
+    assert summary["computed"] == 22
+    run = visiontune.fit(
+        split_data,
+        strategy="head",
+        backbone="test_efficientnet",
+        out=str(tmp_path / "run"),
+        progress=False,
+        **options,
+    )
+    extraction = run.metrics["feature_extraction"]
+    assert sum(v["computed"] for v in extraction.values()) == 0
+    assert sum(v["from_cache"] for v in extraction.values()) == 22
 
 
 def test_extract_rejects_unknown_suffix(split_data, tmp_path):

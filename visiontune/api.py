@@ -149,38 +149,41 @@ def advise(
     device: str = "auto",
     progress: bool = False,
     columns: ManifestColumns | None = None,
+    precision: str = "auto",
 ) -> Advice:
     """Measure ``data`` (train and val splits, never test) against ``backbone`` and choose a
-    fine-tuning strategy, as ``--strategy auto`` does (``visiontune.strategies.advisor``).
+    fine-tuning strategy, as ``--strategy auto`` does (``visiontune.strategies.advisor``);
+    ``precision`` of the features, as ``train``'s (the defaults share its feature cache).
 
     >>> advice = visiontune.advise(photos, **TINY)
     >>> advice.strategy in ("head", "partial", "full", "gradual")
     True
     """
     from . import _runtime
-    from .backbones import create_backbone
     from .data.dataset import scan_data
-    from .data.loader import default_workers
-    from .engine.loop import Runtime
-    from .engine.precision import resolve_precision
-    from .features.cache import FeatureCache
+    from .features.embeddings import embedding_model
     from .training.advice import measure_and_decide
 
     check_run_options(workers=workers, seed=seed)
-    _runtime.tune_allocator()
     _runtime.configure_threads()
     splits = scan_data(data, columns, val_fraction=0.0, seed=seed)
-    model = create_backbone(backbone, weights=weights or "default")
-    where = _runtime.resolve_device(device)
-    # train's --precision auto, so the features it measures are the ones train then reads
-    chosen = resolve_precision("auto", where, cache_dir=cache_dir, keep=cache)
-    runtime = Runtime.on(where, progress=progress, precision=chosen)
-    store = (
-        FeatureCache.for_backbone(cache_dir, model, precision=chosen.inference) if cache else None
+    model = embedding_model(
+        backbone,
+        weights,
+        cache,
+        cache_dir,
+        workers,
+        precision=precision,
+        progress=progress,
+        device=device,
     )
-    workers = default_workers() if workers is None else workers
     return measure_and_decide(
-        splits, model, runtime=runtime, cache=store, workers=workers, seed=seed
+        splits,
+        model.backbone,
+        runtime=model.runtime,
+        cache=model.cache,
+        workers=model.workers,
+        seed=seed,
     )
 
 
@@ -237,13 +240,15 @@ def audit(
     progress: bool = False,
     report: str | Path | None = None,
     columns: ManifestColumns | None = None,
+    precision: str = "auto",
 ) -> AuditResult:
     """Find wrong labels (``label-issue``), ``outlier`` and ``ambiguous`` images in every split
     of ``data``, from out-of-fold probabilities of ``folds``-fold linear probes on the frozen
     ``backbone``'s cached features (``visiontune.trust.audit``). With a test split, the result
     also says the TEST accuracy with and without the flagged TEST images. ``report``: a folder
     for ``index.html`` (thumbnails beside examples of both classes), ``audit.json`` and an
-    editable ``fixes.csv``.
+    editable ``fixes.csv``. ``precision``: of the features, as ``train``'s (the defaults share
+    its feature cache, and ``train --exclude-suspects`` audits the same features).
 
     >>> result = visiontune.audit(photos, **TINY)
     >>> result.counts, {f.kind for f in result.findings} <= {"label-issue", "outlier", "ambiguous"}
@@ -260,20 +265,22 @@ def audit(
     if report is not None:
         check_writable_file(Path(report) / "index.html", "audit --report")
     with isolated_rng(seed):  # a randomly initialised backbone (weights "none") the same each time
-        model, store, workers = embedding_model(backbone, weights, cache, cache_dir, workers)
+        model = embedding_model(
+            backbone, weights, cache, cache_dir, workers, precision=precision, progress=progress
+        )
     result = audit_folder(
         data,
-        model,
-        cache=store,
-        workers=workers,
-        progress=progress,
+        model.backbone,
+        cache=model.cache,
+        workers=model.workers,
+        runtime=model.runtime,
         folds=folds,
         seed=seed,
         probe=report is not None,  # the head the report's overlays explain
         columns=columns,
     )
     if report is not None:
-        overlays = _audit_overlays(model, result, Path(report))
+        overlays = _audit_overlays(model.backbone, result, Path(report))
         write_audit_report(
             report, result, root=data, context={"backbone": backbone}, explanations=overlays
         )
@@ -521,10 +528,12 @@ def extract(
     workers: int | None = None,
     progress: bool = False,
     columns: ManifestColumns | None = None,
+    precision: str = "auto",
 ) -> dict:
     """Write every image's pooled features to ``out`` (``.npz``, or ``.parquet`` with pyarrow):
     columns ``path``, ``label``, ``class_name``, ``split``, ``embedding``. ``backbone`` may be a
-    run folder (its fine-tuned backbone). Uses and fills the feature cache.
+    run folder (its fine-tuned backbone). Uses and fills the feature cache, in ``precision``
+    resolved as ``train``'s (the defaults warm the cache a default ``train`` reads).
 
     >>> summary = visiontune.extract(photos, "emb.npz", **TINY)
     >>> summary["rows"], summary["dim"] > 0
@@ -534,17 +543,10 @@ def extract(
 
     check_run_options(batch_size=batch_size, workers=workers)
     check_writable_file(out, "extract --out")
-    model, store, workers = embedding_model(backbone, weights, cache, cache_dir, workers)
-    return write_embeddings(
-        data,
-        out,
-        model,
-        cache=store,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-        columns=columns,
+    model = embedding_model(
+        backbone, weights, cache, cache_dir, workers, precision=precision, progress=progress
     )
+    return write_embeddings(data, out, model, batch_size=batch_size, columns=columns)
 
 
 def similar(
@@ -558,8 +560,10 @@ def similar(
     cache_dir: str | None = None,
     workers: int | None = None,
     progress: bool = False,
+    precision: str = "auto",
 ) -> list[dict]:
-    """The ``k`` images under ``folder`` most similar to ``query`` (cosine on pooled features).
+    """The ``k`` images under ``folder`` most similar to ``query`` (cosine on pooled features,
+    computed in ``precision`` as ``extract`` computes them).
 
     >>> query = next((photos / "test" / "cat").iterdir())
     >>> visiontune.similar(TINY["backbone"], query, photos, k=1, weights="none")[0]["score"] > 0.99
@@ -568,10 +572,10 @@ def similar(
     from .features.embeddings import embedding_model, similar_images
 
     check_run_options(workers=workers)
-    model, store, workers = embedding_model(run_or_backbone, weights, cache, cache_dir, workers)
-    return similar_images(
-        model, query, folder, k=k, cache=store, workers=workers, progress=progress
+    model = embedding_model(
+        run_or_backbone, weights, cache, cache_dir, workers, precision=precision, progress=progress
     )
+    return similar_images(model, query, folder, k=k)
 
 
 def augment_preview(

@@ -7,7 +7,12 @@ import shlex
 import sys
 
 from ..config import manifest_columns
-from .options import DATA_HELP, add_cache_options, add_data_options
+from .options import (
+    DATA_HELP,
+    add_cache_options,
+    add_data_options,
+    add_feature_precision_option,
+)
 
 
 def _add_advise(sub) -> None:
@@ -36,6 +41,7 @@ def _add_advise(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_cache_options(p)
+    add_feature_precision_option(p)
     p.add_argument(
         "--seed",
         type=int,
@@ -57,6 +63,7 @@ def _run_advise(args) -> int:
         weights=args.weights,
         cache=args.cache,
         cache_dir=args.cache_dir,
+        precision=args.precision,
         seed=args.seed,
         workers=args.workers,
         progress=not args.json and sys.stderr.isatty(),

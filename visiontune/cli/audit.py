@@ -9,7 +9,12 @@ import sys
 
 from ..config import manifest_columns
 from ..errors import VisiontuneError
-from .options import DATA_HELP, add_cache_options, add_data_options
+from .options import (
+    DATA_HELP,
+    add_cache_options,
+    add_data_options,
+    add_feature_precision_option,
+)
 
 DESCRIPTION = """\
 Find images in DATA (every split: train, val and test) whose label looks wrong. Each image
@@ -70,6 +75,7 @@ def _add_audit(sub) -> None:
     p.add_argument("--out", metavar="DIR", default=None, help="with --apply: the new folder")
     p.add_argument("--copy", action="store_true", help="with --apply: copy files, not symlinks")
     add_cache_options(p)
+    add_feature_precision_option(p)
     p.add_argument(
         "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
     )
@@ -125,6 +131,7 @@ def _run_audit(args) -> int:
         seed=args.seed,
         cache=args.cache,
         cache_dir=args.cache_dir,
+        precision=args.precision,
         workers=args.workers,
         progress=not args.json and sys.stderr.isatty(),
         report=args.report,

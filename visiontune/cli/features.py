@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 
 from ..config import manifest_columns
-from .options import DATA_HELP, add_cache_options, add_data_options
+from .options import (
+    DATA_HELP,
+    add_cache_options,
+    add_data_options,
+    add_feature_precision_option,
+)
 
 
 def _add_extract(sub) -> None:
@@ -32,6 +37,7 @@ def _add_extract(sub) -> None:
     )
     p.add_argument("--weights", default=None, metavar="PATH", help="local weights file or folder")
     add_cache_options(p)
+    add_feature_precision_option(p)
     p.add_argument(
         "--workers", type=int, default=None, help="loader processes (default: one per spare core)"
     )
@@ -48,6 +54,7 @@ def _run_extract(args) -> int:
         weights=args.weights,
         cache=args.cache,
         cache_dir=args.cache_dir,
+        precision=args.precision,
         workers=args.workers,
         progress=sys.stderr.isatty(),
         columns=manifest_columns(args),
@@ -77,6 +84,7 @@ def _add_similar(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     add_cache_options(p)
+    add_feature_precision_option(p)
     p.set_defaults(run=_run_similar)
 
 
@@ -91,6 +99,7 @@ def _run_similar(args) -> int:
         weights=args.weights,
         cache=args.cache,
         cache_dir=args.cache_dir,
+        precision=args.precision,
         progress=sys.stderr.isatty(),
     )
     if args.json:

@@ -18,6 +18,7 @@ __all__ = [
     "add_cache_options",
     "add_config_options",
     "add_data_options",
+    "add_feature_precision_option",
     "add_precision_option",
     "given_options",
 ]
@@ -96,6 +97,21 @@ PRECISION_HELP = (
     "autocast dtype of the forward passes: fp32, bf16, or auto (bf16 where this machine has\n"
     "fast native kernels); default: the precision the run was trained and calibrated in"
 )
+
+
+def add_feature_precision_option(p) -> None:
+    """``--precision`` of the commands that run a frozen backbone (extract, similar, audit)."""
+    from ..choices import PRECISIONS
+
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="autocast dtype of the backbone's forward passes, resolved as train's --precision\n"
+        "(auto: bf16 where this machine has fast native kernels); the feature cache keeps\n"
+        "each precision apart, so the default fills the cache a default train reads\n"
+        "(default: %(default)s)",
+    )
 
 
 def add_precision_option(p) -> None:

@@ -19,15 +19,24 @@ __all__ = ["train_step_seconds"]
 
 
 def train_step_seconds(
-    model: nn.Module, *, size: int, batch_size: int, runtime: Runtime, steps: int = 2
+    model: nn.Module,
+    *,
+    size: int | None = None,
+    shape: tuple[int, ...] | None = None,
+    batch_size: int,
+    runtime: Runtime,
+    steps: int = 2,
 ) -> float:
     """Seconds per image of one training step of ``model`` (every parameter trainable: the
-    costliest strategy) at ``size`` px, after a warm-up step; ``model`` is not touched."""
+    costliest strategy) on images of ``size`` px, or on inputs of ``shape`` (one example's:
+    the cached activations a ``partial`` epoch trains on), after a warm-up step; ``model`` is
+    not touched."""
     probe = copy.deepcopy(model).to(runtime.device).train()
     for p in probe.parameters():
         p.requires_grad_(True)
-    images = torch.randn(batch_size, 3, size, size, device=runtime.device)
-    if runtime.channels_last:
+    shape = shape or (3, size, size)
+    images = torch.randn(batch_size, *shape, device=runtime.device)
+    if runtime.channels_last and images.ndim == 4:  # as the training loop does
         probe = probe.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     seconds = 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,20 @@ from ..data.folder import Sample, expand_image_paths
 from ..data.loader import SkipLog, default_workers
 from ..data.manifest import ManifestColumns
 from ..engine.loop import Runtime
+from ..engine.precision import resolve_precision
 from ..errors import DataError, VisiontuneError
 from ..formats.bundle import load_bundle
 from .cache import FeatureCache
 from .similar import top_k_similar
 from .splits import extract_parts
 
-__all__ = ["backbone_from", "embedding_model", "similar_images", "write_embeddings"]
+__all__ = [
+    "EmbeddingModel",
+    "backbone_from",
+    "embedding_model",
+    "similar_images",
+    "write_embeddings",
+]
 
 
 def backbone_from(run_or_backbone: str | Path, weights: str | None) -> Backbone:
@@ -32,36 +40,59 @@ def backbone_from(run_or_backbone: str | Path, weights: str | None) -> Backbone:
     return create_backbone(str(run_or_backbone), weights=weights or "default")
 
 
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """A frozen backbone ready to extract outside training: where it runs (``runtime``, with
+    its precision), the feature cache it reads and fills, and the loader processes."""
+
+    backbone: Backbone
+    cache: FeatureCache | None
+    workers: int
+    runtime: Runtime
+
+
 def embedding_model(
     run_or_backbone: str | Path,
     weights: str | None,
     cache: bool,
     cache_dir: str | None,
     workers: int | None,
-) -> tuple[Backbone, FeatureCache | None, int]:
-    """The backbone, its feature cache (unless ``cache`` is false) and the loader processes."""
+    *,
+    precision: str = "auto",
+    progress: bool = False,
+    device: str = "auto",
+) -> EmbeddingModel:
+    """The backbone, where and in which precision it runs, its feature cache (unless ``cache``
+    is false) and the loader processes. ``precision`` is resolved as ``train --precision``
+    resolves it, and the cache is keyed by the result: ``extract``, ``similar`` and ``audit``
+    with the defaults fill the very cache a default ``train`` then reads (they used to extract
+    in fp32 where ``train`` extracts in bf16, so a warmed cache was never read)."""
     _runtime.tune_allocator()
     backbone = backbone_from(run_or_backbone, weights)
-    store = FeatureCache.for_backbone(cache_dir, backbone) if cache else None
-    return backbone, store, default_workers() if workers is None else workers
+    where = _runtime.resolve_device(device)
+    chosen = resolve_precision(precision, where, cache_dir=cache_dir, keep=cache)
+    store = (
+        FeatureCache.for_backbone(cache_dir, backbone, precision=chosen.inference)
+        if cache
+        else None
+    )
+    runtime = Runtime.on(where, progress=progress, precision=chosen)
+    return EmbeddingModel(
+        backbone, store, default_workers() if workers is None else workers, runtime
+    )
 
 
 def write_embeddings(
     data: str | Path,
     out: str | Path,
-    backbone: Backbone,
+    model: EmbeddingModel,
     *,
-    cache: FeatureCache | None,
     batch_size: int,
-    workers: int,
-    progress: bool,
     columns: ManifestColumns | None = None,
 ) -> dict:
     """Every image's pooled features under ``data`` (a folder, or a manifest read by
-    ``columns``) to ``out`` (``.npz`` or ``.parquet``).
-
-    ``cache``: where features are read from and stored. Returns a summary (rows, dimension, computed
-    vs cached, skipped files)."""
+    ``columns``) to ``out`` (``.npz`` or ``.parquet``), read from and stored in ``model``'s
+    cache. Returns a summary (rows, dimension, computed vs cached, skipped files)."""
     out = Path(out)
     if out.suffix not in (".npz", ".parquet"):
         raise VisiontuneError(f"--out must end in .npz or .parquet, got {out.name}")
@@ -70,11 +101,11 @@ def write_embeddings(
     skips = SkipLog()
     parts = {"train": splits.train, "val": splits.val, "test": splits.test}
     features = extract_parts(
-        backbone,
+        model.backbone,
         parts,
-        runtime=Runtime(progress=progress),
-        cache=cache,
-        workers=workers,
+        runtime=model.runtime,
+        cache=model.cache,
+        workers=model.workers,
         skips=skips,
         batch_size=batch_size,
     )
@@ -121,14 +152,7 @@ def _write_table(out: Path, table: dict, class_names) -> None:
 
 
 def similar_images(
-    backbone: Backbone,
-    query: str | Path,
-    folder: str | Path,
-    *,
-    k: int,
-    cache: FeatureCache | None,
-    workers: int,
-    progress: bool,
+    model: EmbeddingModel, query: str | Path, folder: str | Path, *, k: int
 ) -> list[dict]:
     """The ``k`` images under ``folder`` most similar to ``query`` (cosine on pooled features)."""
     if k < 1:
@@ -140,11 +164,11 @@ def similar_images(
     skips = SkipLog()
     parts = {"gallery": gallery, "query": [Sample(query, 0)]}
     feats = extract_parts(
-        backbone,
+        model.backbone,
         parts,
-        runtime=Runtime(progress=progress),
-        cache=cache,
-        workers=workers,
+        runtime=model.runtime,
+        cache=model.cache,
+        workers=model.workers,
         skips=skips,
     )
     if "query" not in feats or not len(feats["query"]):

@@ -27,7 +27,8 @@ what the candidates actually scored on the validation split (never on test):
   fine-tune would be spent on a candidate that ``keep_challenger`` will refuse.
 * ``fine_tune_fits``: whether a fine-tune of at least ``MIN_FINE_TUNE_EPOCHS`` fits a time
   budget, from a measured training-step speed, with the forward passes before its epochs (the
-  cached activations) and after them (TEST, the trust pass: the training loop's own reserve).
+  cached activations) and what comes after them (``after_training_seconds``: TEST, the trust
+  pass and the writing, the very reserve the training loop keeps).
 
 >>> head = Score("head", accuracy=0.96, loss=0.15, images=160)
 >>> keep_challenger(head, Score("partial", accuracy=0.97, loss=0.14, images=160))[0]
@@ -62,6 +63,7 @@ __all__ = [
     "Score",
     "accuracy_noise",
     "after_training_images",
+    "after_training_seconds",
     "auto_plan",
     "cannot_catch_up",
     "choose_augment",
@@ -312,22 +314,37 @@ def after_training_images(train: int, val: int, test: int) -> int:
     return 2 * test + train + val
 
 
+def after_training_seconds(step_seconds_per_image: float, *, train: int, val: int, test: int):
+    """What a fine-tune's run still needs once its last epoch ends: the forward passes of
+    ``after_training_images`` and the writing. The training loop stops its epochs this long
+    before the deadline, and ``fine_tune_fits`` prices the same reserve: one formula, so a
+    fine-tune the plan says fits is never cut inside its first epochs by the loop's reserve."""
+    images = after_training_images(train, val, test)
+    return forward_seconds(step_seconds_per_image, images) + WRITE_SECONDS
+
+
 def fine_tune_fits(
     seconds_left: float,
     *,
     step_seconds_per_image: float,
     train_images: int,
-    eval_images: int,
+    epoch_step_seconds_per_image: float | None = None,
+    val_images: int = 0,
+    test_images: int = 0,
     before_images: int = 0,
 ) -> tuple[bool, float]:
     """Whether ``MIN_FINE_TUNE_EPOCHS`` of fine-tuning fit ``seconds_left`` with the forward
-    passes before them (``before_images``: the cached activations' views) and after them
-    (``eval_images``: ``after_training_images``, what the training loop keeps in reserve) and
-    the writing; and the estimate, in seconds. The loop reserves the same time, so a fine-tune
-    that this says fits is not cut inside its first epochs."""
-    epoch = step_seconds_per_image * train_images
-    passes = forward_seconds(step_seconds_per_image, eval_images + before_images)
-    needed = MIN_FINE_TUNE_EPOCHS * epoch + passes + WRITE_SECONDS
+    passes before them (``before_images``: the cached activations' views) and what the run
+    needs after them (``after_training_seconds``, the training loop's own reserve); and the
+    estimate, in seconds. ``step_seconds_per_image``: the whole network's training step, which
+    prices the forward passes; ``epoch_step_seconds_per_image``: the step the epochs run, when
+    they run less than the whole network (the trainable stages on cached activations)."""
+    epoch = (epoch_step_seconds_per_image or step_seconds_per_image) * train_images
+    before = forward_seconds(step_seconds_per_image, before_images)
+    after = after_training_seconds(
+        step_seconds_per_image, train=train_images, val=val_images, test=test_images
+    )
+    needed = MIN_FINE_TUNE_EPOCHS * epoch + before + after
     return needed <= seconds_left, needed
 
 

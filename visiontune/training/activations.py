@@ -33,7 +33,9 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from .._seeding import derive_seed
+from ..backbones import Backbone
 from ..backbones.split import BackboneSplit, split_backbone
+from ..config import TrainConfig
 from ..data.augment import describe_view
 from ..data.balance import balancing
 from ..data.loader import SkipLog, make_loader
@@ -44,10 +46,11 @@ from ..features.activations import (
 )
 from ..features.cache import view_descriptor
 from ..features.extract import FeatureSet, extract_features
+from ..strategies import Strategy
 from .plan import Plan, feature_cache
 from .prepare import PreparedData
 
-__all__ = ["ActivationTraining", "activation_training", "with_views"]
+__all__ = ["ActivationTraining", "activation_split", "activation_training", "with_views"]
 
 MEMORY_SHARE = 0.5  # of the free physical memory the cached activations may take
 
@@ -69,21 +72,25 @@ def _free_memory() -> int | None:
         return None
 
 
-def _why_not(plan: Plan) -> str | None:
-    """Why the image path must run, before anything is cut or measured; None if nothing."""
-    config = plan.config
+def _why_not(config: TrainConfig) -> str | None:
+    """Why the image path must run, whatever the strategy; None if nothing."""
     if config.activation_views == 0:
         return "--activation-views 0"
     if config.augment_spec.batch_ops:
         return f"--augment {', '.join(config.augment_spec.batch_ops)} mixes whole images"
-    if plan.runtime.distributed is not None:
-        return "under torchrun each rank recomputes its own share"
     return None
 
 
-def _split(plan: Plan) -> tuple[BackboneSplit | None, str | None]:
-    backbone = plan.model.backbone
-    first = plan.strategy.lowest_trained_stage(len(backbone.stages()))
+def activation_split(
+    config: TrainConfig, strategy: Strategy, backbone: Backbone
+) -> tuple[BackboneSplit | None, str | None]:
+    """Where ``strategy`` lets ``config``'s run cut ``backbone`` for cached activations (the
+    trainable ``upper`` part is what each epoch runs), or None and why the image path runs.
+    ``auto`` prices a fine-tune's epochs by it before training one."""
+    reason = _why_not(config)
+    if reason is not None:
+        return None, reason
+    first = strategy.lowest_trained_stage(len(backbone.stages()))
     if first == 0:
         return None, "every stage trains"
     if first == len(backbone.stages()):
@@ -160,10 +167,11 @@ def activation_training(
     plan: Plan, data: PreparedData, skips: SkipLog
 ) -> tuple[ActivationTraining | None, dict]:
     """The cached-activation set-up for this run, or None and the reason (in the record)."""
-    reason = _why_not(plan)
-    split = None
-    if reason is None:
-        split, reason = _split(plan)
+    split, reason = None, None
+    if plan.runtime.distributed is not None:
+        reason = "under torchrun each rank recomputes its own share"
+    else:
+        split, reason = activation_split(plan.config, plan.strategy, plan.model.backbone)
     if split is not None:
         reason = _too_large(plan, data, split.shape)
     if reason is not None:

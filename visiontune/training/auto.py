@@ -40,6 +40,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+from torch import nn
+
 from .. import _runtime
 from .._console import console
 from .._io import atomic_write_text
@@ -58,17 +60,17 @@ from ..features.extract import extract_features
 from ..features.similarity import SampleRecord, record_sample
 from ..formats.bundle import AUTO_FILE
 from ..prediction.predictor import TrainedModel
-from ..strategies import Advice
+from ..strategies import Advice, make_strategy
 from ..strategies.evidence import (
     CROP_LADDER,
     Score,
-    after_training_images,
     cannot_catch_up,
     choose_augment,
     choose_best,
     fine_tune_fits,
     keep_challenger,
 )
+from .activations import activation_split
 from .advice import apply_advice, measure_and_decide
 from .outdir import check_out, remove_old_run
 from .plan import default_run_dir, feature_cache, run_runtime
@@ -265,13 +267,39 @@ def _choose_augment(head: Candidate, ctx: Context) -> dict:
     return {"chosen": chosen, "crops": crops, "flipped": flipped, "why": why}
 
 
-def _fine_tune_cost(config: TrainConfig, ctx: Context, backbone: str) -> float:
-    """Seconds per image of a training step of ``backbone`` here, measured."""
+@dataclass(frozen=True)
+class _FineTuneCost:
+    """A fine-tune's measured training steps here, in seconds per image: ``network``, the whole
+    network's (a third of it prices each forward pass over images), and ``epoch``, what each of
+    its epochs runs: the trainable stages alone on cached activations, else the whole network
+    again. ``activation_images``: the images passed through the frozen stages before the first
+    epoch to cache their activations (each training image once per view, and validation)."""
+
+    network: float
+    epoch: float
+    activation_images: int
+
+
+def _fine_tune_cost(config: TrainConfig, ctx: Context, advice: Advice, backbone: str, explicit):
+    """``_FineTuneCost`` of the advisor's fine-tune on ``backbone`` (with the options the user
+    gave, ``explicit``, as ``_fine_tune_config`` applies it), measured on this machine."""
     model = create_backbone(backbone, weights="none")
-    classifier = Classifier(model, Head(model.num_features, len(ctx.splits.labels)))
+    head = Head(model.num_features, len(ctx.splits.labels))
+    batch, runtime = config.batch_size, ctx.runtime
     size = model.preprocess.size
-    return train_step_seconds(
-        classifier, size=size, batch_size=config.batch_size, runtime=ctx.runtime
+    network = train_step_seconds(
+        Classifier(model, head), size=size, batch_size=batch, runtime=runtime
+    )
+    tuned = apply_advice(config, advice.to_dict(), explicit=set(explicit))[0].resolve()
+    strategy = make_strategy(tuned.strategy, unfreeze=tuned.unfreeze)
+    split, _ = activation_split(tuned, strategy, model)
+    if split is None:
+        return _FineTuneCost(network, network, 0)
+    upper = nn.Sequential(split.upper, head)
+    epoch = train_step_seconds(upper, shape=split.shape, batch_size=batch, runtime=runtime)
+    splits = ctx.splits
+    return _FineTuneCost(
+        network, epoch, tuned.activation_views * len(splits.train) + len(splits.val)
     )
 
 
@@ -285,39 +313,37 @@ def _why_not_measure(head: Candidate) -> str | None:
 
 
 def _why_not_fine_tune(
-    config: TrainConfig, ctx: Context, advice: Advice, head: Candidate, deadline: float | None
+    config: TrainConfig, ctx: Context, advice: Advice, head: Candidate, deadline, explicit
 ) -> tuple[str | None, dict]:
     """Why no fine-tune is tried (None: try it), and the time estimate when there is a budget."""
     if advice.strategy == "head":
         return f"the advisor's {advice.quadrant} quadrant says the head is enough", {}
     if deadline is None:
         return None, {}
-    per_image = _fine_tune_cost(config, ctx, head.result.model.model.backbone.name)
+    cost = _fine_tune_cost(config, ctx, advice, head.result.model.model.backbone.name, explicit)
     left = deadline - time.monotonic()
     splits = ctx.splits
     fits, needed = fine_tune_fits(
         left,
-        step_seconds_per_image=per_image,
+        step_seconds_per_image=cost.network,
+        epoch_step_seconds_per_image=cost.epoch,
         train_images=len(splits.train),
-        eval_images=after_training_images(len(splits.train), len(splits.val), len(splits.test)),
-        before_images=_activation_images(config, advice, splits),
+        val_images=len(splits.val),
+        test_images=len(splits.test),
+        before_images=cost.activation_images,
     )
-    estimate = {"seconds_left": left, "fine_tune_needs_s": needed, "step_s_per_image": per_image}
+    estimate = {
+        "seconds_left": left,
+        "fine_tune_needs_s": needed,
+        "step_s_per_image": cost.network,
+        "epoch_step_s_per_image": cost.epoch,
+    }
     if fits:
         return None, estimate
     return (
         f"the budget leaves {left:.0f} s; two epochs of fine-tuning need ~{needed:.0f} s",
         estimate,
     )
-
-
-def _activation_images(config: TrainConfig, advice: Advice, splits) -> int:
-    """Images the fine-tune passes through its frozen stages before its first epoch, to cache
-    their activations (``training.activations``): each training image once per view, and the
-    validation images. ``full`` trains every stage, so it caches none."""
-    if advice.strategy == "full" or not config.activation_views:
-        return 0
-    return config.activation_views * len(splits.train) + len(splits.val)
 
 
 def _fine_tune_config(
@@ -392,7 +418,7 @@ class Challenge:
 def _challenge(config, ctx, kept: Candidate, root: Path, explicit, deadline) -> Challenge:
     """Measure the data and, where the advisor names a fine-tune and time allows, train it."""
     advice = _measure(config, ctx)
-    skip, estimate = _why_not_fine_tune(config, ctx, advice, kept, deadline)
+    skip, estimate = _why_not_fine_tune(config, ctx, advice, kept, deadline, explicit)
     if skip is not None:
         record = {**advice.to_dict(), "applied": {}}
         return Challenge(record, f"no fine-tune tried: {skip}", estimate=estimate)

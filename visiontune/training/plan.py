@@ -31,7 +31,7 @@ from ..errors import VisiontuneError
 from ..features.cache import FeatureCache
 from ..formats.checkpoint import Checkpoint
 from ..strategies import Strategy, make_strategy
-from ..strategies.evidence import WRITE_SECONDS, after_training_images, forward_seconds
+from ..strategies.evidence import after_training_seconds
 from .advice import apply_advice, measure_and_decide
 from .outdir import check_out
 
@@ -164,15 +164,15 @@ def _loop_deadline(
 ) -> float | None:
     """When fine-tuning must stop for the run to be written by ``deadline``: the TEST pass, the
     trust pass (``training.trust``: one forward pass over train, val and TEST) and the writing
-    come after it, each forward pass timed by a measured training step (``per_image`` or here),
-    a third of which is a forward pass. A frozen backbone's head trains in seconds: not timed."""
+    come after it (``after_training_seconds``, timed by a measured training step: ``per_image``
+    or here). A frozen backbone's head trains in seconds: not timed."""
     if deadline is None or strategy.uses_frozen_backbone:
         return None
     if per_image is None:
         size, batch = model.backbone.preprocess.size, config.batch_size
         per_image = train_step_seconds(model, size=size, batch_size=batch, runtime=runtime)
-    images = after_training_images(len(splits.train), len(splits.val), len(splits.test))
-    return deadline - forward_seconds(per_image, images) - WRITE_SECONDS
+    counts = {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
+    return deadline - after_training_seconds(per_image, **counts)
 
 
 def check_multi_label(config: TrainConfig, splits: DatasetSplits) -> None:
