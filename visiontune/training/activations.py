@@ -50,7 +50,13 @@ from ..strategies import Strategy
 from .plan import Plan, feature_cache
 from .prepare import PreparedData
 
-__all__ = ["ActivationTraining", "activation_split", "activation_training", "with_views"]
+__all__ = [
+    "ActivationTraining",
+    "activation_rows",
+    "activation_split",
+    "activation_training",
+    "with_views",
+]
 
 MEMORY_SHARE = 0.5  # of the free physical memory the cached activations may take
 
@@ -105,9 +111,14 @@ def _view_seeds(plan: Plan) -> list[int]:
     return [derive_seed(plan.config.seed, view) for view in range(plan.config.activation_views)]
 
 
+def activation_rows(config: TrainConfig, splits) -> int:
+    """Images the frozen stages pass before the first epoch: each training image once per view,
+    and validation once. What the cache holds, and what ``auto`` prices before a fine-tune."""
+    return config.activation_views * len(splits.train) + len(splits.val)
+
+
 def _too_large(plan: Plan, data: PreparedData, shape: tuple[int, ...]) -> str | None:
-    rows = len(data.splits.train) * plan.config.activation_views + len(data.splits.val)
-    size = rows * math.prod(shape) * 4  # float32
+    size = activation_rows(plan.config, data.splits) * math.prod(shape) * 4  # float32
     free = _free_memory()
     if free is not None and size > MEMORY_SHARE * free:
         return f"the activations would take {size / 2**30:.1f} GiB of {free / 2**30:.1f} free"

@@ -70,7 +70,7 @@ from ..strategies.evidence import (
     fine_tune_fits,
     keep_challenger,
 )
-from .activations import activation_split
+from .activations import activation_rows, activation_split
 from .advice import apply_advice, measure_and_decide
 from .outdir import check_out, remove_old_run
 from .plan import default_run_dir, feature_cache, run_runtime
@@ -297,10 +297,7 @@ def _fine_tune_cost(config: TrainConfig, ctx: Context, advice: Advice, backbone:
         return _FineTuneCost(network, network, 0)
     upper = nn.Sequential(split.upper, head)
     epoch = train_step_seconds(upper, shape=split.shape, batch_size=batch, runtime=runtime)
-    splits = ctx.splits
-    return _FineTuneCost(
-        network, epoch, tuned.activation_views * len(splits.train) + len(splits.val)
-    )
+    return _FineTuneCost(network, epoch, activation_rows(tuned, ctx.splits))
 
 
 def _why_not_measure(head: Candidate) -> str | None:
