@@ -28,7 +28,7 @@ from visiontune.features.cache import (
     model_key,
     view_descriptor,
 )
-from visiontune.features.extract import extract_features
+from visiontune.features.extract import concat_feature_sets, extract_features, iter_features
 
 CFG = Runtime(progress=False, channels_last=False)
 ATOL = 1e-5  # a row computed alone may differ from the same row in a batch by rounding only
@@ -450,3 +450,23 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert all(
         float(found[f"sha256:{w}-{i}"][0]) == 10 * w + i for w in range(3) for i in range(10)
     )
+
+
+@pytest.mark.parametrize("warm", [None, (), (0, 4, 5), (0, 1, 2, 4, 5, 6)])
+def test_chunks_join_to_the_whole_extraction_however_warm_the_cache(backbone, images, root, warm):
+    """``iter_features``' chunks (what ``extract`` writes one at a time) are ``extract_features``'
+    rows in order: cached rows and computed misses interleaved, an undecodable file left out.
+    ``warm``: indices already cached (None: no cache at all)."""
+    broken = images[0].path.parent / "broken.png"
+    broken.write_bytes(b"not a png")
+    samples = [*images[:3], Sample(broken, 0), *images[3:]]
+    cache = None if warm is None else _cache(root, backbone)
+    if warm:
+        _extract(backbone, [samples[i] for i in warm], cache=cache)
+    chunks = list(
+        iter_features(backbone, samples, runtime=CFG, batch_size=4, workers=0, cache=cache, chunk=2)
+    )
+    assert all(1 <= len(c) <= 2 for c in chunks)
+    _assert_matches_fresh(backbone, concat_feature_sets(chunks), samples)
+    assert sum(c.from_cache for c in chunks) == len(warm or ())
+    assert sum(c.computed for c in chunks) == 6 - len(warm or ())

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import weakref
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import TINY, make_class_folder, make_split_folder
@@ -15,6 +17,8 @@ from safetensors.torch import save_file
 import visiontune
 from visiontune.backbones.sources import load_timm_model
 from visiontune.cli import main
+from visiontune.features import extract as extract_mod
+from visiontune.features.embedding_file import EmbeddingWriter
 
 
 @pytest.fixture()
@@ -127,6 +131,47 @@ def test_extract_warms_the_cache_train_reads_in_the_same_precision(split_data, t
     extraction = run.metrics["feature_extraction"]
     assert sum(v["computed"] for v in extraction.values()) == 0
     assert sum(v["from_cache"] for v in extraction.values()) == 22
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".parquet"])
+def test_extract_writes_chunk_by_chunk_holding_one_at_a_time(
+    split_data, tmp_path, monkeypatch, suffix
+):
+    """``extract`` hands each chunk to the file and lets it go (memory of one chunk, not of
+    every image); the file holds what a one-chunk extraction writes."""
+    torch.manual_seed(3)
+    state = load_timm_model("test_efficientnet", weights="none").model.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    options = {"backbone": "test_efficientnet", "weights": str(tmp_path / "w.safetensors")}
+    options.update(workers=0, precision="fp32", cache_dir=str(tmp_path / "c"))
+    whole = visiontune.extract(split_data, tmp_path / f"whole{suffix}", **options)
+    monkeypatch.setattr(extract_mod, "STORE_EVERY", 5)
+    held, add = [], EmbeddingWriter.add
+
+    def checked_add(self, split, chunk):
+        assert all(ref() is None for ref in held), "an earlier chunk is still alive"
+        held.append(weakref.ref(chunk.features))
+        add(self, split, chunk)
+
+    monkeypatch.setattr(EmbeddingWriter, "add", checked_add)
+    options["cache_dir"] = str(tmp_path / "cold")  # computed, in chunks of 5
+    chunked = visiontune.extract(split_data, tmp_path / f"chunked{suffix}", **options)
+    assert len(held) == 6  # train 16 = 5 + 5 + 5 + 1, test 6 = 5 + 1
+    assert chunked["rows"] == whole["rows"] == 22 and chunked["computed"] == 22
+    a, b = (_read_embeddings(tmp_path / f"{n}{suffix}") for n in ("whole", "chunked"))
+    for column in ("path", "label", "split", "class_name"):
+        assert list(a[column]) == list(b[column])
+    assert b["embedding"].dtype == np.float32
+    assert np.allclose(a["embedding"], b["embedding"], atol=1e-5)
+
+
+def _read_embeddings(path) -> dict:
+    if path.suffix == ".npz":
+        return dict(np.load(path))
+    frame = pd.read_parquet(path)
+    columns = {c: frame[c].to_numpy() for c in frame.columns}
+    columns["embedding"] = np.stack(columns["embedding"])
+    return columns
 
 
 def test_extract_rejects_unknown_suffix(split_data, tmp_path):

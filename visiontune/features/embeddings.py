@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .. import _runtime
 from .._io import atomic_write
 from ..backbones import Backbone, create_backbone
@@ -19,8 +17,9 @@ from ..engine.precision import resolve_precision
 from ..errors import DataError, VisiontuneError
 from ..formats.bundle import load_bundle
 from .cache import FeatureCache
+from .embedding_file import SUFFIXES, embedding_writer
 from .similar import top_k_similar
-from .splits import extract_parts
+from .splits import extract_parts, iter_parts
 
 __all__ = [
     "EmbeddingModel",
@@ -94,61 +93,36 @@ def write_embeddings(
     ``columns``) to ``out`` (``.npz`` or ``.parquet``), read from and stored in ``model``'s
     cache. Returns a summary (rows, dimension, computed vs cached, skipped files)."""
     out = Path(out)
-    if out.suffix not in (".npz", ".parquet"):
+    if out.suffix not in SUFFIXES:
         raise VisiontuneError(f"--out must end in .npz or .parquet, got {out.name}")
     # No classifier: one class is fine.
     splits = scan_data(data, columns, val_fraction=0.0, min_classes=1)
     skips = SkipLog()
     parts = {"train": splits.train, "val": splits.val, "test": splits.test}
-    features = extract_parts(
-        model.backbone,
-        parts,
-        runtime=model.runtime,
-        cache=model.cache,
-        workers=model.workers,
-        skips=skips,
-        batch_size=batch_size,
-    )
-    rows = list(features.items())
-    if not any(len(fs.samples) for _, fs in rows):
-        raise DataError(f"{data}: no decodable images to extract ({len(skips.skipped)} skipped)")
-    table = {
-        "path": np.array([str(s.path) for _, fs in rows for s in fs.samples]),
-        "label": np.concatenate([fs.labels.numpy() for _, fs in rows]),
-        "split": np.array([name for name, fs in rows for _ in fs.samples]),
-        "embedding": np.concatenate([fs.features.numpy() for _, fs in rows]).astype(np.float32),
-    }
-    table["class_name"] = np.array([splits.labels.names[i] for i in table["label"]])
-    _write_table(out, table, splits.labels.names)
-    return {
-        "out": str(out),
-        "rows": len(table["path"]),
-        "dim": int(table["embedding"].shape[1]),
-        "computed": sum(fs.computed for _, fs in rows),
-        "from_cache": sum(fs.from_cache for _, fs in rows),
-        "skipped": skips.to_dict()["skipped"],
-    }
+    counts = {"rows": 0, "dim": 0, "computed": 0, "from_cache": 0}
 
+    def write(tmp: str) -> None:
+        # Each chunk goes to the file as it comes: memory stays one chunk, not every image.
+        with embedding_writer(tmp, splits.labels.names, suffix=out.suffix) as writer:
+            for name, chunk in iter_parts(
+                model.backbone,
+                parts,
+                runtime=model.runtime,
+                cache=model.cache,
+                workers=model.workers,
+                skips=skips,
+                batch_size=batch_size,
+            ):
+                writer.add(name, chunk)
+                counts["computed"] += chunk.computed
+                counts["from_cache"] += chunk.from_cache
+            if not writer.rows:
+                skipped = len(skips.skipped)
+                raise DataError(f"{data}: no decodable images to extract ({skipped} skipped)")
+        counts.update(rows=writer.rows, dim=int(writer.dim))
 
-def _write_table(out: Path, table: dict, class_names) -> None:
-    if out.suffix == ".npz":
-
-        def write(tmp):
-            with open(tmp, "wb") as fh:
-                np.savez(fh, class_names=np.array(class_names), **table)
-
-        atomic_write(out, write)
-        return
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise VisiontuneError(
-            "writing .parquet needs pyarrow (pip install pyarrow); or use .npz"
-        ) from exc
-    columns = {k: v for k, v in table.items() if k != "embedding"}
-    columns["embedding"] = list(table["embedding"])
-    atomic_write(out, lambda tmp: pq.write_table(pa.table(columns), tmp))
+    atomic_write(out, write)  # the callback fills ``counts``: atomic_write returns nothing
+    return {"out": str(out), **counts, "skipped": skips.to_dict()["skipped"]}
 
 
 def similar_images(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +19,16 @@ from ..data.transforms import decode_size, eval_transform, train_transform
 from ..engine.loop import Runtime, run_inference
 from .cache import FeatureCache, description_key, model_description, view_descriptor
 
-__all__ = ["STORE_EVERY", "FeatureDataset", "FeatureSet", "extract_features", "run_backbone"]
+__all__ = [
+    "STORE_EVERY",
+    "FeatureDataset",
+    "FeatureSet",
+    "concat_feature_sets",
+    "empty_feature_set",
+    "extract_features",
+    "iter_features",
+    "run_backbone",
+]
 
 # Images per cache write: a killed extraction keeps what it finished, at one shard per chunk.
 STORE_EVERY = 8192
@@ -114,6 +123,7 @@ def extract_features(
     made with ``view=view_descriptor(describe_view(augment, pca), view_seed)``. ``network``:
     the module run on the preprocessed images instead of ``backbone`` (a ``BackboneSplit``'s
     flattened ``lower`` part, for cached activations; its cache names it in ``pooling``).
+    ``iter_features`` gives the same rows a chunk at a time.
 
     >>> from visiontune.backbones import create_backbone
     >>> from visiontune.data.folder import scan_folder
@@ -125,7 +135,60 @@ def extract_features(
     >>> first.features.shape, first.computed, again.from_cache
     (torch.Size([6, 256]), 6, 6)
     """
+    chunks = iter_features(
+        backbone,
+        samples,
+        runtime=runtime,
+        batch_size=batch_size,
+        workers=workers,
+        skips=skips,
+        desc=desc,
+        cache=cache,
+        view_seed=view_seed,
+        augment=augment,
+        pca=pca,
+        network=network,
+    )
+    sets = list(chunks)
+    width = backbone.num_features if network is None else 0  # of an empty result
+    return concat_feature_sets(sets) if sets else empty_feature_set(width)
+
+
+def iter_features(
+    backbone: Backbone,
+    samples: Sequence[Sample],
+    *,
+    runtime: Runtime,
+    batch_size: int = 64,
+    workers: int = 0,
+    skips: SkipLog | None = None,
+    desc: str = "extract features",
+    cache: FeatureCache | None = None,
+    view_seed: int | None = None,
+    augment: str = "standard",
+    pca: PCAStats | None = None,
+    network: nn.Module | None = None,
+    chunk: int | None = None,
+) -> Iterator[FeatureSet]:
+    """``extract_features``' rows as ``FeatureSet`` s of at most ``chunk`` rows (default
+    ``STORE_EVERY``), in sample order.
+
+    It holds the rows of one chunk it computed (and, with a ``cache``, the rows it read from
+    it), so a caller that writes each chunk out and drops it (``extract``) runs any number of
+    images in the memory of one chunk; joining the chunks is ``extract_features``.
+
+    >>> from visiontune.backbones import create_backbone
+    >>> from visiontune.data.folder import scan_folder
+    >>> backbone = create_backbone(TINY["backbone"], weights=TINY["weights"])
+    >>> test = scan_folder(photos).test
+    >>> chunks = iter_features(backbone, test, runtime=Runtime(progress=False), chunk=4)
+    >>> [len(c) for c in chunks]
+    [4, 2]
+    """
     samples = list(samples)
+    chunk = STORE_EVERY if chunk is None else chunk
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
 
     def run(part: list[Sample], label: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return run_backbone(
@@ -139,15 +202,30 @@ def extract_features(
         )
 
     if cache is None:
-        features, labels, indices = run(samples, desc)
-        kept = [samples[i] for i in indices.tolist()]
-        return FeatureSet(features, labels, kept, computed=len(kept))
+        return _uncached_chunks(samples, run, desc, chunk)
     view = (
         view_descriptor(describe_view(augment, pca), view_seed) if view_seed is not None else None
     )
     _check_cache(cache, backbone, view, runtime.precision.inference)
-    width = backbone.num_features if network is None else 0  # of an empty result
-    return _extract_cached(samples, cache, run, desc, width)
+    return _cached_chunks(samples, cache, run, desc, chunk)
+
+
+def concat_feature_sets(sets: Sequence[FeatureSet]) -> FeatureSet:
+    """One set holding the rows of ``sets`` in order (their ``computed``/``from_cache`` summed)."""
+    if len(sets) == 1:
+        return sets[0]
+    return FeatureSet(
+        torch.cat([s.features for s in sets]),
+        torch.cat([s.labels for s in sets]),
+        [x for s in sets for x in s.samples],
+        computed=sum(s.computed for s in sets),
+        from_cache=sum(s.from_cache for s in sets),
+    )
+
+
+def empty_feature_set(dim: int) -> FeatureSet:
+    """No rows, ``dim`` columns: a missing validation split, say."""
+    return FeatureSet(torch.empty(0, dim), torch.empty(0, dtype=torch.long), [])
 
 
 def run_backbone(
@@ -189,31 +267,63 @@ def _image_key(cache: FeatureCache, sample: Sample) -> str | None:
         return None
 
 
-def _extract_cached(
-    samples: list[Sample], cache: FeatureCache, run, desc: str, width: int
-) -> FeatureSet:
-    """Look every sample up, run ``run`` on the misses chunk by chunk, store each chunk."""
+def _chunk_label(desc: str, n: int, count: int) -> str:
+    return desc if count == 1 else f"{desc} {n + 1}/{count}"
+
+
+def _uncached_chunks(samples: list[Sample], run, desc: str, chunk: int) -> Iterator[FeatureSet]:
+    parts = range(0, len(samples), chunk)
+    for n, start in enumerate(parts):
+        part = samples[start : start + chunk]
+        features, labels, indices = run(part, _chunk_label(desc, n, len(parts)))
+        if len(indices):
+            kept = [part[i] for i in indices.tolist()]
+            yield FeatureSet(features, labels, kept, computed=len(kept))
+
+
+def _cached_chunks(
+    samples: list[Sample], cache: FeatureCache, run, desc: str, chunk: int
+) -> Iterator[FeatureSet]:
+    """Look every sample up, run ``run`` on the misses a chunk at a time and store each chunk
+    (a killed extraction keeps what it finished), yielding the rows up to the next miss."""
     keys = [_image_key(cache, s) for s in samples]
     found, _ = cache.lookup(k for k in keys if k is not None)
-    rows = {i: found[k] for i, k in enumerate(keys) if k in found}
     todo = [i for i, k in enumerate(keys) if k not in found]
-    chunks = range(0, len(todo), STORE_EVERY)
-    for n, start in enumerate(chunks):
-        chunk = todo[start : start + STORE_EVERY]
-        label = desc if len(chunks) == 1 else f"{desc} {n + 1}/{len(chunks)}"
-        features, _, indices = run([samples[i] for i in chunk], label)
-        done = [chunk[j] for j in indices.tolist()]
+    computed: dict[int, torch.Tensor] = {}  # sample index -> row, until it is yielded
+    parts = range(0, len(todo), chunk)
+    ready = 0  # the samples before this index have been yielded
+    for n, start in enumerate(parts):
+        part = todo[start : start + chunk]
+        features, _, indices = run([samples[i] for i in part], _chunk_label(desc, n, len(parts)))
+        done = [part[j] for j in indices.tolist()]
         keyed = [j for j, i in enumerate(done) if keys[i] is not None]
         cache.store([keys[done[j]] for j in keyed], features[keyed])
-        rows.update(zip(done, features, strict=False))
-    order = sorted(rows)
-    features = torch.stack([rows[i] for i in order]) if order else torch.empty(0, width)
-    labels = torch.tensor([samples[i].target for i in order], dtype=torch.long)
-    computed = len(order) - sum(1 for i in order if keys[i] in found)
-    return FeatureSet(
-        features,
-        labels,
-        [samples[i] for i in order],
-        computed=computed,
-        from_cache=len(order) - computed,
-    )
+        computed.update(zip(done, features, strict=True))
+        upto = todo[start + chunk] if start + chunk < len(todo) else len(samples)
+        yield from _rows_as_sets(samples, range(ready, upto), keys, found, computed, chunk)
+        ready = upto
+    yield from _rows_as_sets(samples, range(ready, len(samples)), keys, found, computed, chunk)
+
+
+def _rows_as_sets(
+    samples: list[Sample],
+    indices: range,
+    keys: list[str | None],
+    found: dict[str, torch.Tensor],
+    computed: dict[int, torch.Tensor],
+    chunk: int,
+) -> Iterator[FeatureSet]:
+    """The rows of ``indices`` (read from the cache or computed; skipped images have neither) in
+    sets of at most ``chunk``; computed rows are handed over, not kept."""
+    present = [i for i in indices if i in computed or keys[i] in found]
+    for start in range(0, len(present), chunk):
+        part = present[start : start + chunk]
+        fresh = sum(1 for i in part if i in computed)
+        rows = [computed.pop(i) if i in computed else found[keys[i]] for i in part]
+        yield FeatureSet(
+            torch.stack(rows),
+            torch.tensor([samples[i].target for i in part], dtype=torch.long),
+            [samples[i] for i in part],
+            computed=fresh,
+            from_cache=len(part) - fresh,
+        )

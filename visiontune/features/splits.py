@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
+from collections.abc import Iterator, Sequence
 
 from ..data.folder import Sample
 from ..data.loader import SkipLog
 from ..engine.loop import Runtime
 from .cache import FeatureCache
-from .extract import FeatureSet, extract_features
+from .extract import (
+    FeatureSet,
+    concat_feature_sets,
+    empty_feature_set,
+    iter_features,
+)
 
-__all__ = ["concat_feature_sets", "empty_feature_set", "extract_parts"]
+__all__ = ["concat_feature_sets", "empty_feature_set", "extract_parts", "iter_parts"]
 
 
 def extract_parts(
@@ -26,8 +29,39 @@ def extract_parts(
     batch_size: int = 64,
 ) -> dict[str, FeatureSet]:
     """Eval-view features of each non-empty named part, through ``cache`` where given."""
+    chunks: dict[str, list[FeatureSet]] = {name: [] for name, samples in parts.items() if samples}
+    for name, chunk in iter_parts(
+        backbone,
+        parts,
+        runtime=runtime,
+        cache=cache,
+        workers=workers,
+        skips=skips,
+        batch_size=batch_size,
+    ):
+        chunks[name].append(chunk)
     return {
-        name: extract_features(
+        name: concat_feature_sets(sets) if sets else empty_feature_set(backbone.num_features)
+        for name, sets in chunks.items()
+    }
+
+
+def iter_parts(
+    backbone,
+    parts: dict[str, Sequence[Sample]],
+    *,
+    runtime: Runtime,
+    cache: FeatureCache | None,
+    workers: int,
+    skips: SkipLog,
+    batch_size: int = 64,
+) -> Iterator[tuple[str, FeatureSet]]:
+    """``(name, chunk)``: ``extract_parts``' rows a chunk at a time (``iter_features``), for a
+    caller that writes them out rather than keeping them."""
+    for name, samples in parts.items():
+        if not samples:
+            continue
+        for chunk in iter_features(
             backbone,
             samples,
             runtime=runtime,
@@ -36,21 +70,5 @@ def extract_parts(
             skips=skips,
             desc=f"features ({name})",
             cache=cache,
-        )
-        for name, samples in parts.items()
-        if samples
-    }
-
-
-def concat_feature_sets(sets: list[FeatureSet]) -> FeatureSet:
-    """One set holding the rows of ``sets`` in order."""
-    return FeatureSet(
-        torch.cat([s.features for s in sets]),
-        torch.cat([s.labels for s in sets]),
-        [x for s in sets for x in s.samples],
-    )
-
-
-def empty_feature_set(dim: int) -> FeatureSet:
-    """No rows, ``dim`` columns: a missing validation split, say."""
-    return FeatureSet(torch.empty(0, dim), torch.empty(0, dtype=torch.long), [])
+        ):
+            yield name, chunk
