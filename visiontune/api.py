@@ -177,14 +177,7 @@ def advise(
         progress=progress,
         device=device,
     )
-    return measure_and_decide(
-        splits,
-        model.backbone,
-        runtime=model.runtime,
-        cache=model.cache,
-        workers=model.workers,
-        seed=seed,
-    )
+    return measure_and_decide(splits, model.backbone, seed=seed, **model.options())
 
 
 def check(
@@ -271,13 +264,11 @@ def audit(
     result = audit_folder(
         data,
         model.backbone,
-        cache=model.cache,
-        workers=model.workers,
-        runtime=model.runtime,
         folds=folds,
         seed=seed,
         probe=report is not None,  # the head the report's overlays explain
         columns=columns,
+        **model.options(),
     )
     if report is not None:
         overlays = _audit_overlays(model.backbone, result, Path(report))

@@ -49,6 +49,10 @@ class EmbeddingModel:
     workers: int
     runtime: Runtime
 
+    def options(self) -> dict:
+        """The keywords the extraction helpers (``iter_parts``, ``audit_folder``, ...) take."""
+        return {"runtime": self.runtime, "cache": self.cache, "workers": self.workers}
+
 
 def embedding_model(
     run_or_backbone: str | Path,
@@ -105,13 +109,7 @@ def write_embeddings(
         # Each chunk goes to the file as it comes: memory stays one chunk, not every image.
         with embedding_writer(tmp, splits.labels.names, suffix=out.suffix) as writer:
             for name, chunk in iter_parts(
-                model.backbone,
-                parts,
-                runtime=model.runtime,
-                cache=model.cache,
-                workers=model.workers,
-                skips=skips,
-                batch_size=batch_size,
+                model.backbone, parts, skips=skips, batch_size=batch_size, **model.options()
             ):
                 writer.add(name, chunk)
                 counts["computed"] += chunk.computed
@@ -137,14 +135,7 @@ def similar_images(
     gallery = [Sample(p, 0) for p in expand_image_paths([folder])]
     skips = SkipLog()
     parts = {"gallery": gallery, "query": [Sample(query, 0)]}
-    feats = extract_parts(
-        model.backbone,
-        parts,
-        runtime=model.runtime,
-        cache=model.cache,
-        workers=model.workers,
-        skips=skips,
-    )
+    feats = extract_parts(model.backbone, parts, skips=skips, **model.options())
     if "query" not in feats or not len(feats["query"]):
         reason = skips.skipped.get(str(query), "")
         raise VisiontuneError(f"cannot decode the query image {query}: {reason}")

@@ -104,16 +104,8 @@ def extract_features(
     backbone: Backbone,
     samples: Sequence[Sample],
     *,
-    runtime: Runtime,
-    batch_size: int = 64,
-    workers: int = 0,
-    skips: SkipLog | None = None,
-    desc: str = "extract features",
-    cache: FeatureCache | None = None,
-    view_seed: int | None = None,
-    augment: str = "standard",
-    pca: PCAStats | None = None,
     network: nn.Module | None = None,
+    **options,
 ) -> FeatureSet:
     """Features with the backbone's deterministic eval preprocessing; undecodable files skipped.
 
@@ -123,7 +115,8 @@ def extract_features(
     made with ``view=view_descriptor(describe_view(augment, pca), view_seed)``. ``network``:
     the module run on the preprocessed images instead of ``backbone`` (a ``BackboneSplit``'s
     flattened ``lower`` part, for cached activations; its cache names it in ``pooling``).
-    ``iter_features`` gives the same rows a chunk at a time.
+    The keywords are ``iter_features``' (``runtime`` is required), which gives the same rows a
+    chunk at a time.
 
     >>> from visiontune.backbones import create_backbone
     >>> from visiontune.data.folder import scan_folder
@@ -135,21 +128,7 @@ def extract_features(
     >>> first.features.shape, first.computed, again.from_cache
     (torch.Size([6, 256]), 6, 6)
     """
-    chunks = iter_features(
-        backbone,
-        samples,
-        runtime=runtime,
-        batch_size=batch_size,
-        workers=workers,
-        skips=skips,
-        desc=desc,
-        cache=cache,
-        view_seed=view_seed,
-        augment=augment,
-        pca=pca,
-        network=network,
-    )
-    sets = list(chunks)
+    sets = list(iter_features(backbone, samples, network=network, **options))
     width = backbone.num_features if network is None else 0  # of an empty result
     return concat_feature_sets(sets) if sets else empty_feature_set(width)
 

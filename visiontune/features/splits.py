@@ -18,27 +18,11 @@ from .extract import (
 __all__ = ["concat_feature_sets", "empty_feature_set", "extract_parts", "iter_parts"]
 
 
-def extract_parts(
-    backbone,
-    parts: dict[str, Sequence[Sample]],
-    *,
-    runtime: Runtime,
-    cache: FeatureCache | None,
-    workers: int,
-    skips: SkipLog,
-    batch_size: int = 64,
-) -> dict[str, FeatureSet]:
-    """Eval-view features of each non-empty named part, through ``cache`` where given."""
+def extract_parts(backbone, parts: dict[str, Sequence[Sample]], **options) -> dict[str, FeatureSet]:
+    """Eval-view features of each non-empty named part, through ``cache`` where given; the
+    keywords are ``iter_parts``'."""
     chunks: dict[str, list[FeatureSet]] = {name: [] for name, samples in parts.items() if samples}
-    for name, chunk in iter_parts(
-        backbone,
-        parts,
-        runtime=runtime,
-        cache=cache,
-        workers=workers,
-        skips=skips,
-        batch_size=batch_size,
-    ):
+    for name, chunk in iter_parts(backbone, parts, **options):
         chunks[name].append(chunk)
     return {
         name: concat_feature_sets(sets) if sets else empty_feature_set(backbone.num_features)
