@@ -15,15 +15,18 @@ from conftest import TINY, make_split_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from sklearn.covariance import LedoitWolf
 
 import visiontune
 from visiontune.cli import main
 from visiontune.data.transforms import eval_transform
 from visiontune.errors import BundleError, VisiontuneError, VisiontuneWarning
+from visiontune.evaluation import rejection
 from visiontune.evaluation.calibration import fit_temperature, scaled_probabilities
 from visiontune.evaluation.metrics import calibrated_ece, expected_calibration_error
 from visiontune.evaluation.rejection import (
     fit_feature_gaussians,
+    normalise_rows,
     rejection_scale,
     unknown_scores,
 )
@@ -123,6 +126,27 @@ def test_foreign_features_score_above_known_ones():
     foreign = unknown_scores(stats, _around(5, 200, rng), scale)
     assert (foreign > 1).all()
     assert 0.02 < np.mean(known > 1) < 0.10  # the 5 % rate, on new known images
+
+
+@pytest.mark.parametrize("chunk", [1, 37, 4096])
+def test_the_chunked_fit_is_scikit_learns_ledoit_wolf(chunk):
+    """The statistics are gathered a chunk of rows at a time (memory); however the rows are cut,
+    they are scikit-learn's LedoitWolf on all of them at once, and so are the chunked scores."""
+    rng = np.random.default_rng(1)
+    features = (rng.normal(0, 1, (600, 24)) @ rng.normal(0, 1, (24, 24)) + 3).astype(np.float32)
+    labels = rng.integers(0, 4, 600)
+    labels[labels == 3] = 2  # a class with no rows: its mean is the overall mean
+    stats = fit_feature_gaussians(features, labels, chunk=chunk)
+    unit = normalise_rows(features.astype(np.float64))
+    means = np.stack([unit[labels == c].mean(0) for c in range(3)])
+    expected = LedoitWolf(assume_centered=True).fit(unit - means[labels]).precision_
+    assert stats.class_means.shape == (3, 24)
+    np.testing.assert_allclose(stats.class_means.numpy(), means, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats.precision.numpy(), expected, rtol=1e-4, atol=1e-3)
+    with pytest.MonkeyPatch.context() as patch:  # scores in steps of a few rows: the same
+        patch.setattr(rejection, "SCORE_ELEMENTS", 5 * stats.class_means.numel())
+        stepped = unknown_scores(stats, features)
+    np.testing.assert_allclose(stepped, unknown_scores(stats, features), rtol=1e-6)
 
 
 @settings(max_examples=40, deadline=None)

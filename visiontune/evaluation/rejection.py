@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.covariance import LedoitWolf
+from scipy import linalg
+from sklearn.covariance import shrunk_covariance
 from sklearn.metrics import roc_auc_score
 
 from ..errors import VisiontuneError
@@ -58,6 +59,9 @@ __all__ = [
 ]
 
 DEFAULT_REJECT_RATE = 0.05
+# Rows per step of the fit (its float64 scratch) and elements of the scores' (rows, C, D) step.
+FIT_CHUNK_ROWS = 4096
+SCORE_ELEMENTS = 2**24
 
 
 @dataclass(frozen=True)
@@ -77,20 +81,69 @@ class FeatureGaussians:
         return cls(**{k: tensors[k].to(torch.float32) for k in cls.__dataclass_fields__})
 
 
-def fit_feature_gaussians(features: np.ndarray, labels: np.ndarray) -> FeatureGaussians:
-    """Class means and the shrunk shared covariance of training ``features`` ``(N, D)``."""
-    x = normalise_rows(np.asarray(features, dtype=np.float64))
+def fit_feature_gaussians(features, labels, *, chunk: int = FIT_CHUNK_ROWS) -> FeatureGaussians:
+    """Class means and the shrunk shared covariance of training ``features`` ``(N, D)``
+    (array or tensor), read ``chunk`` rows at a time: beyond the features it holds a few
+    ``(D, D)`` matrices, not float64 copies of every row."""
     y = np.asarray(labels, dtype=int)
-    means = np.stack(
-        [x[y == c].mean(0) if (y == c).any() else x.mean(0) for c in range(int(y.max()) + 1)]
-    )
-    # assume_centered: the rows are already deviations from their own class mean
-    precision = LedoitWolf(assume_centered=True).fit(x - means[y]).precision_
+    means = _class_means(features, y, chunk)
+    moments = _DeviationMoments(means.shape[1])
+    for start in range(0, len(y), chunk):
+        rows = slice(start, start + chunk)
+        moments.add(_unit_rows(features[rows]) - means[y[rows]])
+    precision = linalg.pinvh(moments.ledoit_wolf_covariance(), check_finite=False)
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
     return FeatureGaussians(t(means), t(precision))
+
+
+def _unit_rows(rows) -> np.ndarray:
+    return normalise_rows(np.asarray(rows, dtype=np.float64))
+
+
+def _class_means(features, y: np.ndarray, chunk: int) -> np.ndarray:
+    """Each class's mean normalised feature (the overall mean for a class with no rows)."""
+    classes = int(y.max()) + 1
+    sums, counts = np.zeros((classes, features.shape[1])), np.bincount(y, minlength=classes)
+    for start in range(0, len(y), chunk):
+        np.add.at(sums, y[start : start + chunk], _unit_rows(features[start : start + chunk]))
+    overall = sums.sum(0) / max(len(y), 1)
+    return np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], overall)
+
+
+class _DeviationMoments:
+    """Ledoit-Wolf (2004) covariance of centred rows from sums gathered a chunk at a time.
+
+    scikit-learn's ``LedoitWolf(assume_centered=True)`` computes the same estimate but needs
+    every row in memory, and a squared copy of them: 1.8 GB of float64 for 100k images of
+    1280 features. Its shrinkage uses only ``X.T @ X``, the rows' squared norms and their
+    fourth powers (``sum(X2.T @ X2)`` is ``sum_k |x_k|^4``), so those are summed here and the
+    estimate finished with its own ``shrunk_covariance``; a test holds the two equal.
+    """
+
+    def __init__(self, width: int):
+        self.gram, self.n, self.norm4 = np.zeros((width, width)), 0, 0.0
+
+    def add(self, rows: np.ndarray) -> None:
+        self.gram += rows.T @ rows
+        self.n += len(rows)
+        self.norm4 += float(np.sum(np.einsum("ij,ij->i", rows, rows) ** 2))
+
+    def ledoit_wolf_covariance(self) -> np.ndarray:
+        n, p = self.n, len(self.gram)
+        emp_cov = self.gram / n
+        if p == 1:  # one feature: the shrinkage changes nothing
+            return emp_cov
+        mu = np.trace(emp_cov) / p
+        delta_ = float(np.sum(emp_cov**2))
+        beta = (self.norm4 / n - delta_) / (p * n)
+        delta = (delta_ - 2.0 * mu * np.trace(emp_cov) + p * mu**2) / p
+        beta = min(beta, delta)
+        shrinkage = 0.0 if beta == 0 else beta / delta
+        # beta can round to a hair below 0 (-1e-17 seen on a tiny run); the estimate allows [0, 1]
+        return shrunk_covariance(emp_cov, float(np.clip(shrinkage, 0.0, 1.0)))
 
 
 def normalise_rows(x):
@@ -150,7 +203,10 @@ def unknown_scores(
 ) -> np.ndarray:
     """``raw_scores`` of ``features`` (array or tensor) as float64, normalised by ``scale``."""
     x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-    raw = raw_scores(stats, x).double().numpy()
+    # raw_scores holds (rows, C, D) differences: a step of rows keeps that to SCORE_ELEMENTS.
+    step = max(1, SCORE_ELEMENTS // stats.class_means.numel())
+    parts = [raw_scores(stats, x[i : i + step]) for i in range(0, len(x), step)]
+    raw = (torch.cat(parts) if parts else raw_scores(stats, x)).double().numpy()
     return raw if scale is None else scale.normalise(raw)
 
 
