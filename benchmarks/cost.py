@@ -8,9 +8,10 @@ darkened by up to 10 % and saved at a random JPEG quality of 80-95, so no two fi
 its class is the photo's class, and 10 % of the files form a test split. The files are written
 once per size and kept in ``--work``.
 
-Each stage runs as a process of its own, timed with ``/usr/bin/time`` (wall seconds and the
-peak resident memory of that process; the loader's worker processes, which decode, are not in
-the peak):
+Each stage runs as a process of its own: its wall seconds, the peak resident memory of its main
+process, and the largest peak of its child processes, the DataLoader workers that decode
+(``_peak.py``; a forked worker's resident set counts the main process's pages it shares, so the
+two overlap):
 
 1. ``check``: ``scan_folder`` + ``check_splits(decode=False)`` - the checks ``train`` runs first;
 2. ``extract (cold)``: ``visiontune extract`` into an empty feature cache (Lite0 forward passes);
@@ -91,28 +92,31 @@ def make_dataset(root: Path, size: int) -> Path:
     return root
 
 
-def timed(command: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of ``command`` run by /usr/bin/time."""
+def timed(command: list[str], env: dict) -> tuple[float, float, float]:
+    """(wall seconds, main process's peak RSS MiB, its workers' peak RSS MiB) of ``command``
+    (``-m MODULE ...`` or ``-c CODE ...``, run by ``_peak.py``)."""
+    peak = [sys.executable, str(Path(__file__).resolve().parent / "_peak.py")]
     proc = subprocess.run(
-        ["/usr/bin/time", "-f", "TIME %e %M", *command],
+        ["/usr/bin/time", "-f", "TIME %e", *peak, *command],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
     )
-    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("TIME ")][-1]
     if proc.returncode:
         raise RuntimeError(f"{command} failed: {proc.stderr[-2000:]}")
-    _, wall, kib = line.split()
-    return float(wall), int(kib) / 1024
+    lines = proc.stderr.splitlines()
+    wall = [ln for ln in lines if ln.startswith("TIME ")][-1].split()[1]
+    own, workers = [ln for ln in lines if ln.startswith("PEAK ")][-1].split()[1:]
+    return float(wall), float(own), float(workers)
 
 
 def stages(data: Path, work: Path) -> dict:
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
     env = {"VISIONTUNE_CACHE": str(cache)}
-    vt = [sys.executable, "-m", "visiontune"]
+    vt = ["-m", "visiontune"]
     out = {
-        "check": timed([sys.executable, "-c", CHECK, str(data)], env),
+        "check": timed(["-c", CHECK, str(data)], env),
         "extract (cold)": timed([*vt, "extract", str(data), "--out", str(work / "e.npz")], env),
         "extract (warm)": timed([*vt, "extract", str(data), "--out", str(work / "e.npz")], env),
         "train head (warm)": timed(
@@ -131,6 +135,11 @@ def stages(data: Path, work: Path) -> dict:
     }
     size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
     return {"stages": out, "cache_mb": size / 2**20}
+
+
+def _cell(wall: float, own: float, workers: float = 0.0) -> str:
+    side = f" ({workers:,.0f} MiB)" if workers else ""
+    return f"{wall:.1f} s, {own:,.0f} MiB{side}"
 
 
 def main() -> None:
@@ -155,13 +164,16 @@ def main() -> None:
         "|---" * (len(names) + 2) + "|",
     ]
     for size, r in results.items():
-        cells = [f"{w:.1f} s, {m:,.0f} MiB" for w, m in (r["stages"][n] for n in names)]
+        cells = [_cell(*r["stages"][n]) for n in names]
         rows.append(f"| {size:,} | " + " | ".join(cells) + f" | {r['cache_mb']:,.0f} MB |")
     body = (
         "## Cost curve: 1k to 100k images (Lite0, `head`)\n\n"
         "Distinct JPEGs made from yoga TRAIN photos (random crop, short side 256 px, brightness, "
-        "JPEG quality; 10 % test). Each cell: wall time, and peak resident memory of that "
-        "stage's main process.\n\n" + "\n".join(rows)
+        "JPEG quality; 10 % test). Each stage is a process of its own. Each cell: wall time, the "
+        "peak resident memory of the stage's main process, and in brackets the largest peak of "
+        "its child processes, the DataLoader workers that decode the images (a forked worker's "
+        "resident set counts the pages it shares with the main process, so the two overlap; "
+        "`/usr/bin/time`'s figure is the larger of the two).\n\n" + "\n".join(rows)
     )
     write_section("cost", body, command=f"python benchmarks/cost.py --sizes {args.sizes}")
     print(body)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
+from .. import _runtime
 from .._seeding import derive_seed, isolated_rng, sample_seeds
 from .folder import Sample
 from .images import ImageDecodeError, decode_image
@@ -105,7 +106,8 @@ def default_workers() -> int:
     return max(1, min(4, (cores or 1) - 1))
 
 
-def _seed_worker(worker_id: int) -> None:
+def _start_worker(worker_id: int) -> None:
+    _runtime.tune_worker_allocator()  # so the worker does not keep the parent's free heap
     # torch seeds each worker from the loader's generator; numpy and random follow it so any
     # augmentation library gives the same draws for the same --seed.
     seed = torch.initial_seed() % 2**32
@@ -228,7 +230,7 @@ def make_loader(
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate_skipping_failures,
-        worker_init_fn=_seed_worker if workers > 0 else None,
+        worker_init_fn=_start_worker if workers > 0 else None,
         generator=generator,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
