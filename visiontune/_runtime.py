@@ -37,9 +37,8 @@ _TUNED = False
 # free heap: each chunk of it the worker reuses is copied on write into its own memory, and what
 # it frees stays with it up to the 2 GiB trim threshold. A worker decodes and augments one image
 # at a time (buffers under a few MB, a batch of tens of MB inside the kept 64 MiB top pad), so
-# moderate thresholds cost it no page faults that show. Measured with one worker forked after
-# Lite0 forwards, 4,000 images, four alternating rounds: 0.9-1.8 GB of private memory per worker
-# tuned, 0.17-0.25 GB with these, the loader as fast (median 7.85 s against 7.9 s).
+# moderate thresholds cost it no page faults that show: BENCHMARKS.md, "DataLoader worker
+# memory" (``benchmarks/worker_memory.py``), measures its private memory and speed both ways.
 WORKER_MMAP_THRESHOLD = 16 << 20
 WORKER_TRIM_THRESHOLD = 256 << 20
 
