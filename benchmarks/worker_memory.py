@@ -6,7 +6,7 @@ Each round runs two processes, alternating: one worker forked by ``make_loader``
 Lite0 bf16 forwards (so the parent's tuned heap holds freed activations, as during extraction)
 decodes ``--images`` training photos of ``--data`` (default yoga TRAIN) with the eval transform,
 no model in the loop. ``inherited``: the worker keeps the parent's thresholds (the loader's
-worker start replaced by one that only seeds, as before bc6b9e1); ``reset``: the loader as it
+worker start removed; the eval transform draws no random numbers); ``reset``: the loader as it
 is. Reported: the worker's peak private memory (``Private_Clean + Private_Dirty`` of
 ``/proc/PID/smaps_rollup``, sampled every 0.2 s: pages it copied or allocated, not those it
 shares with the parent) and the loop's wall time.
@@ -26,7 +26,7 @@ from _report import YOGA, write_section  # noqa: E402
 
 CHILD = r"""
 import json, os, sys, threading, time
-import numpy as np, random, torch
+import torch
 from visiontune import _runtime
 from visiontune.backbones import create_backbone
 from visiontune.data.folder import scan_folder
@@ -45,10 +45,7 @@ spec = backbone.preprocess
 dataset = ImageDataset(samples, eval_transform(spec), decode_size=decode_size(spec))
 loader = make_loader(dataset, batch_size=64, shuffle=False, workers=1)
 if mode == "inherited":
-    def seed_only(worker_id):
-        seed = torch.initial_seed() % 2**32
-        np.random.seed(seed); random.seed(seed)
-    loader.worker_init_fn = seed_only
+    loader.worker_init_fn = None  # no worker start: the parent's thresholds, as before bc6b9e1
 peak = [0]
 def watch():
     me = os.getpid()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 import time
@@ -43,6 +44,7 @@ WORKER_MMAP_THRESHOLD = 16 << 20
 WORKER_TRIM_THRESHOLD = 256 << 20
 
 
+@functools.cache  # find_library runs ldconfig in a subprocess; a forked worker inherits this
 def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
