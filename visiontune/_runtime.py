@@ -42,6 +42,10 @@ _TUNED = False
 # memory" (``benchmarks/worker_memory.py``), measures its private memory and speed both ways.
 WORKER_MMAP_THRESHOLD = 16 << 20
 WORKER_TRIM_THRESHOLD = 256 << 20
+# Free memory kept at the heap's top after a trim, in the parent and so in a worker it forks.
+# glibc serves even a request above the mmap threshold from free heap where a chunk fits it, so
+# a worker still fills (and keeps, below its trim threshold) up to this much of what it inherits.
+TOP_PAD = 64 << 20
 
 
 @functools.cache  # find_library runs ldconfig in a subprocess; a forked worker inherits this
@@ -61,7 +65,7 @@ def tune_allocator(*, mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 
             if libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(min(value, 2**31 - 1))):
                 break
         libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(trim_threshold, 2**31 - 1)))
-        libc.mallopt(_M_TOP_PAD, ctypes.c_int(64 << 20))
+        libc.mallopt(_M_TOP_PAD, ctypes.c_int(TOP_PAD))
         _TUNED = True
     except (OSError, AttributeError):
         pass  # not glibc (musl, macOS): nothing to tune
@@ -70,7 +74,8 @@ def tune_allocator(*, mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 
 
 def tune_worker_allocator() -> bool:
     """In a forked loader worker of a tuned process: moderate mmap and trim thresholds (see
-    ``WORKER_MMAP_THRESHOLD``), so the worker does not keep the parent's free heap or its own.
+    ``WORKER_MMAP_THRESHOLD``), so the worker maps its large buffers and unmaps them at free, and
+    hands back its heap's top beyond the trim threshold, instead of keeping up to 2 GiB.
     True if applied; a no-op where the parent was not tuned."""
     if not _TUNED:
         return False

