@@ -126,8 +126,9 @@ def test_preprocess_spec_round_trips_and_validates():
 # long test session's parent leaves free heap of any shape, which the worker may reuse: glibc
 # maps a large block only where no free chunk fits it). The blocks lie between the worker's mmap
 # threshold (16 MiB) and the parent's (glibc's 32 MiB cap): a reset worker takes from its heap
-# only what fits in the free top it inherited (at most the 64 MiB pad), maps the rest and unmaps
-# it at free; a worker with the parent's thresholds grows its heap for them all and keeps them.
+# only what fits in the heap's free top (at most the 64 MiB pad its parent's settings keep there),
+# maps the rest and unmaps it at free; a worker with the parent's thresholds grows its heap for
+# them all and keeps them.
 # Private memory, not resident, is measured: a reused inherited page is copied on write.
 _KEPT_AFTER_FREE = """
 import ctypes, sys, torch
@@ -157,6 +158,7 @@ class KeptAfterFree(torch.utils.data.Dataset):
 
 if not _runtime.tune_allocator():
     sys.exit(3)
+_runtime.release_free_memory()  # nor does the worker inherit free heap to reuse
 loader = make_loader(KeptAfterFree(), batch_size=1, shuffle=False, workers=1)
 if sys.argv[1] == "inherited":
     loader.worker_init_fn = None  # the worker as it was before: the parent's thresholds
