@@ -125,11 +125,11 @@ def test_preprocess_spec_round_trips_and_validates():
 # A fresh interpreter forks the worker, so the heap it inherits is the same at every run (a
 # long test session's parent leaves free heap of any shape, which the worker may reuse: glibc
 # maps a large block only where no free chunk fits it). The blocks lie between the worker's mmap
-# threshold (16 MiB) and the parent's (glibc's 32 MiB cap): a reset worker takes from its heap
-# only what fits in the heap's free top (at most the 64 MiB pad its parent's settings keep there),
-# maps the rest and unmaps it at free; a worker with the parent's thresholds grows its heap for
-# them all and keeps them.
-# Private memory, not resident, is measured: a reused inherited page is copied on write.
+# threshold (16 MiB) and the parent's (1 GiB, or 32 MiB where glibc caps it): a reset worker
+# takes from its heap only what fits in the heap's free top (at most the 64 MiB pad its parent's
+# settings keep there), maps the rest and unmaps it at free; a worker with the parent's
+# thresholds grows its heap for them all and keeps them. Private memory, not resident, is
+# measured: a reused inherited page is copied on write.
 _KEPT_AFTER_FREE = """
 import ctypes, sys, torch
 from visiontune import _runtime

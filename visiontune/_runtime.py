@@ -60,7 +60,8 @@ def tune_allocator(*, mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 
         return _TUNED
     try:
         libc = _libc()
-        # glibc caps M_MMAP_THRESHOLD at HEAP_MAX (32 MiB on 64-bit) and refuses larger values.
+        # Some glibc builds cap M_MMAP_THRESHOLD at 32 MiB (64-bit) and refuse larger values
+        # (this machine's 2.36 takes 1 GiB); the cap is the most they allow.
         for value in (mmap_threshold, 32 << 20):
             if libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(min(value, 2**31 - 1))):
                 break
