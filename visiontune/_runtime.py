@@ -42,7 +42,8 @@ _TUNED = False
 # memory" (``benchmarks/worker_memory.py``), measures its private memory and speed both ways.
 WORKER_MMAP_THRESHOLD = 16 << 20
 WORKER_TRIM_THRESHOLD = 256 << 20
-# Free memory kept at the heap's top after a trim, in the parent and so in a worker it forks.
+# What glibc adds to each growth of the heap and leaves free at its top after a trim, in the
+# parent and so in a worker it forks (the worker does not reset it).
 # glibc serves even a request above the mmap threshold from free heap where a chunk fits it, so
 # a worker still fills (and keeps, below its trim threshold) up to this much of what it inherits.
 TOP_PAD = 64 << 20
