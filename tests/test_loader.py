@@ -162,12 +162,12 @@ _runtime.release_free_memory()  # nor does the worker inherit free heap to reuse
 loader = make_loader(KeptAfterFree(), batch_size=1, shuffle=False, workers=1)
 if sys.argv[1] == "inherited":
     loader.worker_init_fn = None  # the worker as it was before: the parent's thresholds
-print(BLOCKS * BLOCK >> 20, BLOCK >> 20, int(next(iter(loader)).labels[0]))
+print(BLOCKS * BLOCK >> 20, int(next(iter(loader)).labels[0]))
 """
 
 
-def _kept_after_free(worker: str) -> tuple[int, int, int]:
-    """(MiB written, MiB per block, MiB of them kept) by a loader worker that malloc'd, wrote
+def _kept_after_free(worker: str) -> tuple[int, int]:
+    """(MiB written, MiB of them kept) by a loader worker that malloc'd, wrote
     and freed them, with its start as the loader makes it or with the parent's thresholds."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     run = subprocess.run(
@@ -176,13 +176,13 @@ def _kept_after_free(worker: str) -> tuple[int, int, int]:
     if run.returncode == 3:
         pytest.skip("the allocator could not be tuned here")
     assert run.returncode == 0, run.stderr
-    written, block, kept = map(int, run.stdout.split())
-    return written, block, kept
+    written, kept = map(int, run.stdout.split())
+    return written, kept
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_a_loader_worker_gives_back_what_it_frees_though_the_parent_keeps_it():
-    written, block, kept = _kept_after_free("reset")
-    assert kept <= _runtime.TOP_PAD >> 20  # all but what fitted in the inherited top: unmapped
-    written, block, kept_as_before = _kept_after_free("inherited")
+    written, kept = _kept_after_free("reset")
+    assert kept <= _runtime.TOP_PAD >> 20  # all but what fitted in the heap's free top: unmapped
+    written, kept_as_before = _kept_after_free("inherited")
     assert kept_as_before > written // 2  # the control: its heap kept what was freed
