@@ -26,7 +26,7 @@ from visiontune.exporting.parity import TOLERANCE, ParityWarning
 from visiontune.exporting.torchscript import METADATA_FILE, load_torchscript
 from visiontune.formats.bundle import load_bundle
 from visiontune.formats.export_metadata import EXPORT_FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME
-from visiontune.formats.onnx_reader import onnx_session, read_onnx
+from visiontune.formats.onnx_reader import SPINNING_ENTRY, onnx_session, read_onnx
 from visiontune.prediction.onnx_predictor import OnnxModel
 from visiontune.specs import PreprocessSpec
 
@@ -263,6 +263,17 @@ def test_onnx_prediction_imports_no_model_code(exports, export_data):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_onnx_sessions_leave_idle_cores_to_the_decoding_workers(exports):
+    """``visiontune.load`` and ``OnnxModel.from_file`` turn onnxruntime's spin-waiting off (its
+    default is on: the entry is then absent) and honour a thread count."""
+    path = exports[("lite0", "onnx")].path
+    options = visiontune.load(path).session.get_session_options()
+    assert options.get_session_config_entry(SPINNING_ENTRY) == "0"
+    options = OnnxModel.from_file(path, threads=1).session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry(SPINNING_ENTRY) == "0"
 
 
 # ---- damaged, tampered and foreign files -------------------------------------------------------

@@ -15,7 +15,18 @@ from onnx import numpy_helper
 from ..errors import BundleError
 from .export_metadata import INPUT_NAME, OUTPUT_NAME, UNKNOWN_NAME, ExportMetadata, weights_digest
 
-__all__ = ["check_class_count", "onnx_digest", "onnx_session", "output_classes", "read_onnx"]
+__all__ = [
+    "SPINNING_ENTRY",
+    "check_class_count",
+    "onnx_digest",
+    "onnx_session",
+    "output_classes",
+    "read_onnx",
+    "session_options",
+]
+
+# onnxruntime's session config key for its intra-op threads' spin-waiting ("1" by default).
+SPINNING_ENTRY = "session.intra_op.allow_spinning"
 
 
 def _tensors(proto: onnx.ModelProto):
@@ -91,14 +102,31 @@ def check_class_count(meta: ExportMetadata, outputs: int | None, *, source: str)
         )
 
 
+def session_options(*, threads: int | None = None):
+    """The ``onnxruntime.SessionOptions`` of every session visiontune runs: ``threads`` intra-op
+    threads (None: one per core, onnxruntime's default), and no spin-waiting.
+
+    By default onnxruntime's idle threads spin between operators and after each run, waiting for
+    more work (onnxruntime docs, "Thread management"). ``predict`` decodes and crops in
+    DataLoader worker processes on the same cores while the graph runs, and a server decodes
+    uploads between runs: the spinning takes the CPU that work needs. Measured on yoga TEST with
+    2 cores, end-to-end ``predict`` rates with and without spinning are in BENCHMARKS.md "int8".
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry(SPINNING_ENTRY, "0")
+    return options
+
+
 def onnx_session(path: str | Path, *, threads: int | None = None):
     """``(onnxruntime.InferenceSession, ExportMetadata)`` for a verified export, on the CPU."""
     import onnxruntime as ort
 
     data, proto, meta = read_onnx(path)
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    options = session_options(threads=threads)
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types per failure
