@@ -279,11 +279,10 @@ def test_batch_size_workers_and_seed_are_validated_by_every_command(
         assert files_under(workspace) == before
 
 
-def test_predict_on_only_unreadable_files_exits_1(workspace, capsys, trained_run):
+@pytest.mark.parametrize("as_json", [["--format", "json"], ["--json"]])
+def test_predict_on_only_unreadable_files_exits_1(workspace, capsys, trained_run, as_json):
     (workspace / "bad.jpg").write_bytes(os.urandom(200))
-    code, out, _ = _run(
-        ["predict", trained_run.run_dir, workspace / "bad.jpg", "--format", "json"], capsys
-    )
+    code, out, _ = _run(["predict", trained_run.run_dir, workspace / "bad.jpg", *as_json], capsys)
     assert code == 1
     (row,) = json.loads(out)
     assert row["path"].endswith("bad.jpg") and "error" in row
@@ -395,6 +394,7 @@ def test_train_evaluate_predict_end_to_end(workspace, capsys):
 
     code, out, _ = _run(["evaluate", run, data / "test", "--workers", "0"], capsys)
     assert code == 0 and out.startswith("accuracy ") and "confusion matrix" in out
+    assert "(tta none: 1 forward pass per image)" in out.splitlines()[0]
 
     images = sorted(str(p) for p in (data / "test").rglob("*.png"))
     code, out, _ = _run(

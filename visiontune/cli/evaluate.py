@@ -96,7 +96,7 @@ def _run_evaluate(args) -> int:
         return _print_multi_label(metrics)
     print(
         f"accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images "
-        f"(tta {metrics['tta']}: {metrics['forward_passes_per_image']} forward passes per image)"
+        f"(tta {metrics['tta']}: {_passes(metrics)})"
     )
     _print_calibration(metrics)
     print(f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
@@ -123,6 +123,16 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _passes(metrics: dict) -> str:
+    """How many forward passes each image took, in words.
+
+    >>> _passes({"forward_passes_per_image": 1}), _passes({"forward_passes_per_image": 10})
+    ('1 forward pass per image', '10 forward passes per image')
+    """
+    n = metrics["forward_passes_per_image"]
+    return f"{n} forward pass{'' if n == 1 else 'es'} per image"
+
+
 def _print_multi_label(metrics: dict) -> int:
     """A multi-label evaluation: the summary at the run's thresholds and at 0.5, per class."""
     fixed = metrics["at_0.5"]
@@ -130,7 +140,7 @@ def _print_multi_label(metrics: dict) -> int:
         f"mAP {metrics['mAP']:.4f}, macro F1 {metrics['macro_f1']:.4f} (at 0.5: "
         f"{fixed['macro_f1']:.4f}), micro F1 {metrics['micro_f1']:.4f}, subset accuracy "
         f"{metrics['subset_accuracy']:.4f} on {metrics['num_images']} images (tta "
-        f"{metrics['tta']}: {metrics['forward_passes_per_image']} forward passes per image)"
+        f"{metrics['tta']}: {_passes(metrics)})"
     )
     header = ("precision", "recall", "f1", "AP", "threshold")
     print(f"{'class':<20}" + "".join(f"{h:>10}" for h in header) + f"{'support':>9}")

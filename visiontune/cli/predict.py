@@ -67,6 +67,13 @@ def _add_predict(sub) -> None:
         default="table",
         help="output format (default: %(default)s)",
     )
+    p.add_argument(
+        "--json",
+        action="store_const",
+        dest="format",
+        const="json",
+        help="the same as --format json (the flag the other commands take)",
+    )
     p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)
     p.add_argument(
         "--reject",
