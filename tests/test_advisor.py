@@ -322,10 +322,16 @@ def test_measure_takes_batchnorm_statistics_from_the_extraction_pass(tmp_path):
         6,
         6,
     )
-    warm = measure(splits, backbone, runtime=CFG, cache=cache, bn_images=5)
-    assert warm.bn_images == 5 and warm.bn_shift == pytest.approx(
-        batchnorm_shift(backbone, splits.train, runtime=CFG, max_images=5)[0], rel=1e-4
-    )
+    # The cache now serves every image: a pass of its own over the same images, the same shift.
+    warm = measure(splits, backbone, runtime=CFG, cache=cache)
+    assert warm.bn_images == 16 and warm.bn_shift == pytest.approx(cold.bn_shift, rel=1e-4)
+    assert warm.probe_accuracy == cold.probe_accuracy
+    # A sample smaller than the data (3 a class): warm, the pass covers those 6 images, no others.
+    subset_cache = FeatureCache.for_backbone(tmp_path / "cache-3", backbone)
+    cold = measure(splits, backbone, runtime=CFG, cache=subset_cache, per_class=3)
+    warm = measure(splits, backbone, runtime=CFG, cache=subset_cache, per_class=3)
+    assert warm.bn_images == cold.bn_images == 6
+    assert warm.bn_shift == pytest.approx(cold.bn_shift, rel=1e-4)
 
 
 def test_a_sample_recorded_earlier_is_measured_without_a_pass_of_its_own(tmp_path, monkeypatch):

@@ -497,6 +497,47 @@ def test_auto_records_the_measurement_sample_before_the_head_and_measures_it(
     assert extraction["test"] == {"computed": 8, "from_cache": 0}
 
 
+def test_advise_measures_the_sample_auto_measures(tmp_path, monkeypatch):
+    """More images than the sample takes (50 a class), so which ones it takes depends on how the
+    pool is drawn: ``advise`` and ``train``'s ``auto`` (same seed, default hold-out, cold caches)
+    measure the same images, and say the same. Before, ``advise`` drew from train without a
+    hold-out, in another order: on ELPV it advised ``full`` where auto tried ``partial``."""
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        for split, count in (("train", 60), ("test", 2)):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    # Pretraining statistics of its own: the BatchNorm shift is then measured, a fingerprint of
+    # the images it was measured on (freshly initialised ones record no pretraining data).
+    state = load_timm_model(TINY["backbone"], weights="none").model.state_dict()
+    for key, value in state.items():
+        if key.endswith("running_mean"):
+            state[key] = torch.randn(value.shape)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(value.shape) + 0.5
+    weights = tmp_path / "tiny.safetensors"
+    save_file(state, str(weights))
+    options = dict(backbone=TINY["backbone"], weights=str(weights), workers=0, seed=3)
+    monkeypatch.setattr(auto, "measure_and_decide", _forced("head"))
+    result = visiontune.fit(
+        tmp_path / "data",
+        **options,
+        out=str(tmp_path / "run"),
+        cache_dir=str(tmp_path / "train-cache"),
+        progress=False,
+    )
+    advised = visiontune.advise(tmp_path / "data", **options, cache_dir=str(tmp_path / "cache"))
+    measured = result.metrics["auto"]["advice"]["measurements"]
+    assert measured["probe_images"] == advised.measurements.probe_images == 100
+    assert measured["bn_images"] == advised.measurements.bn_images == 100
+    assert measured["bn_shift"] == pytest.approx(advised.measurements.bn_shift, rel=1e-6)
+    assert measured["bn_shift"] > 0
+    assert measured["probe_accuracy"] == advised.measurements.probe_accuracy
+
+
 def test_the_head_alone_when_the_advisor_says_so(tmp_path, noisy, monkeypatch):
     monkeypatch.setattr(auto, "measure_and_decide", _forced("head"))
     result = visiontune.fit(noisy, **TINY, workers=0, out=str(tmp_path / "run"), progress=False)

@@ -153,7 +153,8 @@ def advise(
 ) -> Advice:
     """Measure ``data`` (train and val splits, never test) against ``backbone`` and choose a
     fine-tuning strategy, as ``--strategy auto`` does (``visiontune.strategies.advisor``);
-    ``precision`` of the features, as ``train``'s (the defaults share its feature cache).
+    ``precision`` of the features, as ``train``'s (the defaults share its feature cache). With
+    the same ``seed`` it measures the sample ``train`` with its default hold-out measures.
 
     >>> advice = visiontune.advise(photos, **TINY)
     >>> advice.strategy in ("head", "partial", "full", "gradual")
@@ -166,7 +167,10 @@ def advise(
 
     check_run_options(workers=workers, seed=seed)
     _runtime.configure_threads()
-    splits = scan_data(data, columns, val_fraction=0.0, seed=seed)
+    # Split as ``train`` does by default: the measurement sample is drawn from train + val in
+    # that order, so with the same seed advise measures the very images ``auto`` measures.
+    hold_out = next(f.default for f in fields(TrainConfig) if f.name == "val_fraction")
+    splits = scan_data(data, columns, val_fraction=hold_out, seed=seed)
     model = embedding_model(
         backbone,
         weights,

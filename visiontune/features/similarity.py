@@ -111,7 +111,6 @@ def measure(
     workers: int = 0,
     skips: SkipLog | None = None,
     seed: int = 0,
-    bn_images: int = BN_IMAGES,
     per_class: int = MEASURE_PER_CLASS,
     sample: SampleRecord | None = None,
 ) -> Measurements:
@@ -121,8 +120,10 @@ def measure(
 
     The BatchNorm statistics are gathered during the feature extraction's own forward pass
     (``record_sample``; ``sample``: one taken earlier, with the same ``seed`` and ``per_class``),
-    so on a cold cache measuring costs no extra pass; only when the cache served (nearly) every
-    image does a separate pass run, over ``bn_images`` of them.
+    so on a cold cache measuring costs no extra pass; only when the cache served some of them
+    does a separate pass run, over the same sample: a warm cache measures what a cold one does
+    (a different set of images would move the similarity, and with it, near a threshold, the
+    advice).
     """
     if sample is None:
         sample = record_sample(
@@ -138,17 +139,16 @@ def measure(
     pool = list(splits.train) + list(splits.val)
     counts = np.bincount([s.label for s in pool], minlength=len(splits.labels))
     features = sample.features
-    if sample.shift is not None and sample.bn_images >= min(bn_images, len(features.samples)):
+    if sample.shift is not None and sample.bn_images >= len(features.samples):
         shift, seen = sample.shift, sample.bn_images
     else:
         shift, seen = batchnorm_shift(
             backbone,
-            pool,
+            features.samples,
             runtime=runtime,
             workers=workers,
             skips=skips,
-            seed=seed,
-            max_images=bn_images,
+            max_images=len(features.samples),
         )
     labels = features.labels.numpy()
     if labels.ndim == 2:  # multi-label: how well the features tell each image's first class
