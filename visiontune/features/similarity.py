@@ -58,7 +58,7 @@ PROBE_IMAGES = 2000  # a stratified, seeded subset above this keeps the probe to
 # of an epoch, and keeps separability from growing with the dataset's size, the other axis.
 MEASURE_PER_CLASS = 50
 PROBE_C = 0.1  # L2 strength on standardised features; fixed, so the measurement has no tuning loop
-BN_IMAGES = 200  # images the BatchNorm statistics are measured on
+BN_IMAGES = 200  # batchnorm_shift's default cap (measure passes its sample's size instead)
 
 
 @dataclass(frozen=True)
