@@ -24,6 +24,7 @@ from conftest import TINY, files_under, make_split_folder
 
 import visiontune
 from visiontune.cli import main
+from visiontune.cli.summary import print_summary
 from visiontune.features.extract import FeatureSet
 from visiontune.trust.audit import KINDS, audit_features, knn_distances, outlier_mask
 
@@ -337,7 +338,7 @@ def test_label_issues_and_ambiguous_images_on_two_overlapping_classes():
     assert order == sorted(order)
 
 
-def test_exclude_suspects_leaves_the_flagged_training_images_out(tmp_path):
+def test_exclude_suspects_leaves_the_flagged_training_images_out(tmp_path, capsys):
     data = make_split_folder(
         tmp_path / "data",
         {"train": {"cat": 10, "dog": 10, "bird": 10}, "val": {"cat": 2, "dog": 2, "bird": 2}},
@@ -361,3 +362,6 @@ def test_exclude_suspects_leaves_the_flagged_training_images_out(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["training"]["exclude_suspects"] is True
     assert config["data"]["train"] == 30 - record["count"]
+    print_summary(result)  # what `train` prints at the end says so too
+    told = f"left out {record['count']} of 30 training images the audit flagged"
+    assert told in capsys.readouterr().out

@@ -38,6 +38,12 @@ def print_summary(result) -> None:
             f"excluded {excluded['val']} val and {excluded['test']} test image(s) with a copy "
             "in train (--exclude-duplicates)"
         )
+    suspects = result.metrics.get("excluded_suspects")
+    if suspects is not None:
+        print(
+            f"left out {suspects['count']} of {suspects['audited']} training images the audit "
+            f"flagged (--exclude-suspects); listed in {result.run_dir / 'metrics.json'}"
+        )
     skipped = result.metrics.get("skipped") or {}
     if skipped:
         print(
