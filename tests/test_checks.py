@@ -167,6 +167,18 @@ def test_near_duplicates_find_the_resized_jpeg_and_nothing_else(report, planted)
     near = report.of_type("near-duplicates")
     assert [set(f.files) for f in near] == [{str(files["disc"]), str(files["disc_small"])}]
     assert near[0].details["splits"] == ["train", "test"] and "leakage" in near[0].message
+    assert near[0].message.startswith("2 files look like the same picture (across train")
+
+
+def test_a_near_duplicate_group_with_a_copy_counts_its_files_and_its_contents(tmp_path):
+    root = make_class_folder(tmp_path / "data", {"cat": 3, "dog": 3})
+    disc = shape_image("disc", 96, seed=8)
+    disc.save(root / "cat" / "disc.png")
+    shutil.copy(root / "cat" / "disc.png", root / "cat" / "disc_copy.png")
+    disc.resize((64, 64), Image.Resampling.BILINEAR).save(root / "cat" / "disc_small.jpg")
+    (near,) = check(root, **OPTIONS).of_type("near-duplicates")
+    assert len(near.files) == 3 and near.details["distinct"] == 2
+    assert near.message.startswith("3 files (2 different contents) look like the same picture")
 
 
 def test_a_clean_folder_has_no_errors_or_warnings(tmp_path):

@@ -387,8 +387,10 @@ def _near_findings(infos: list[FileInfo], where: _Where, max_distance: int) -> l
             notes.append(f"under {' and '.join(classes)}: conflicting labels?")
         distinct = len({info.sha256 for info in group})
         aside = f" ({'; '.join(notes)})" if notes else ""
+        # A group can hold byte-identical copies too (each also a "duplicates" finding).
+        contents = f" ({distinct} different contents)" if distinct < len(paths) else ""
         message = (
-            f"{distinct} different files look like the same picture{aside}: "
+            f"{len(paths)} files{contents} look like the same picture{aside}: "
             f"{_listing(paths, where)}"
         )
         found.append(
