@@ -15,6 +15,7 @@ from conftest import TINY, make_class_folder, make_split_folder
 from safetensors.torch import save_file
 
 import visiontune
+import visiontune.api
 from visiontune.backbones.sources import load_timm_model
 from visiontune.cli import main
 from visiontune.features import extract as extract_mod
@@ -216,6 +217,15 @@ def test_similar_finds_the_copy_of_the_query_first(tmp_path, capsys):
         == 0
     )
     assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+def test_a_data_folder_given_for_the_run_is_named_as_such(tmp_path, capsys):
+    """The data folder where the run or backbone goes: not "unknown backbone '<folder>'"."""
+    gallery = make_class_folder(tmp_path / "gallery", {"cat": 2, "dog": 2})
+    query = next((gallery / "cat").iterdir())
+    assert main(["similar", str(gallery), str(query), str(gallery)]) == 2
+    err = capsys.readouterr().err
+    assert f"{gallery} is a folder but not a run folder (it has no config.json)" in err
 
 
 def test_similar_with_a_run_uses_its_fine_tuned_backbone(split_data, tmp_path):

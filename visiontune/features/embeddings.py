@@ -14,7 +14,7 @@ from ..data.loader import SkipLog, default_workers
 from ..data.manifest import ManifestColumns
 from ..engine.loop import Runtime
 from ..engine.precision import resolve_precision
-from ..errors import DataError, VisiontuneError
+from ..errors import DataError, VisiontuneError, WeightsNotFoundError
 from ..formats.bundle import load_bundle
 from .cache import FeatureCache
 from .embedding_file import SUFFIXES, embedding_writer
@@ -36,7 +36,15 @@ def backbone_from(run_or_backbone: str | Path, weights: str | None) -> Backbone:
         model, _, _ = load_bundle(run_or_backbone)
         # Its spec says fine-tuned (``load_bundle``): the feature cache hashes the tensors.
         return model.backbone
-    return create_backbone(str(run_or_backbone), weights=weights or "default")
+    try:
+        return create_backbone(str(run_or_backbone), weights=weights or "default")
+    except WeightsNotFoundError:
+        if Path(run_or_backbone).is_dir():  # e.g. the data folder given where the run goes
+            raise VisiontuneError(
+                f"{run_or_backbone} is a folder but not a run folder (it has no config.json): "
+                "give a run folder written by `visiontune train`, or a backbone name"
+            ) from None
+        raise
 
 
 @dataclass(frozen=True)
