@@ -169,7 +169,7 @@ def advise(
     _runtime.configure_threads()
     # Split as ``train`` does by default: the measurement sample is drawn from train + val in
     # that order, so with the same seed advise measures the very images ``auto`` measures.
-    hold_out = next(f.default for f in fields(TrainConfig) if f.name == "val_fraction")
+    hold_out = TrainConfig.default("val_fraction")
     splits = scan_data(data, columns, val_fraction=hold_out, seed=seed)
     model = embedding_model(
         backbone,

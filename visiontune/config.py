@@ -292,6 +292,15 @@ class TrainConfig:
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
+    @classmethod
+    def default(cls, name: str):
+        """The default of option ``name`` (as ``ServeConfig.default``).
+
+        >>> TrainConfig.default("val_fraction")
+        0.15
+        """
+        return next(f.default for f in fields(cls) if f.name == name)
+
 
 # The options that say how to read DATA: every command that takes DATA takes these.
 DATA_OPTIONS = ("path_column", "label_column", "group_column", "label_delimiter", "multi_label")
