@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 from itertools import pairwise
@@ -51,6 +52,19 @@ def test_evaluate_agrees_with_the_runs_test_metrics(trained_run, trained_data):
     assert metrics["accuracy"] == pytest.approx(test["accuracy"])
     assert metrics["confusion_matrix"] == test["confusion_matrix"]
     assert metrics["skipped"] == {}
+
+
+def test_evaluate_on_a_dataset_root_scores_its_test_split(trained_run, trained_data, tmp_path):
+    """As a manifest gives its test rows; before, the split folders were read as unknown
+    classes ("class folder(s) ... test, train, val")."""
+    root = visiontune.evaluate(trained_run.run_dir, trained_data, workers=0)
+    test = visiontune.evaluate(trained_run.run_dir, trained_data / "test", workers=0)
+    assert root["num_images"] == test["num_images"] == 9
+    assert root["confusion_matrix"] == test["confusion_matrix"]
+    untested = tmp_path / "untested"
+    shutil.copytree(trained_data / "train", untested / "train")
+    with pytest.raises(VisiontuneError, match="holds split folders .train. but no test folder"):
+        visiontune.evaluate(trained_run.run_dir, untested, workers=0)
 
 
 def test_predict_top_k_and_unreadable_files(trained_run, trained_data, tmp_path):

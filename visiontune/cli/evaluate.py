@@ -51,8 +51,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument(
         "dir",
         metavar="DATA",
-        help="folder of class sub-folders, or a .csv/.parquet manifest (its test rows, or\n"
-        "every row when it has no split column)",
+        help="folder of class sub-folders (a dataset root with train/ val/ test/: its test\n"
+        "split), or a .csv/.parquet manifest (its test rows, or every row when it has no\n"
+        "split column)",
     )
     add_data_options(p)
     p.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP)

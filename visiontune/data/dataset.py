@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..specs import LabelMap
-from .folder import DatasetSplits, Sample, scan_class_folder, scan_folder
+from .folder import DatasetSplits, Sample, evaluation_folder, scan_class_folder, scan_folder
 from .manifest import ManifestColumns, is_manifest, manifest_samples, scan_manifest
 
 __all__ = ["describe_data", "labelled_samples", "scan_data"]
@@ -43,10 +43,10 @@ def scan_data(
 def labelled_samples(
     data, labels: LabelMap, columns: ManifestColumns | None = None
 ) -> list[Sample]:
-    """The images to score a trained model on: a folder of class sub-folders, or a manifest's
-    test rows (every row when it has no split column)."""
+    """The images to score a trained model on: a folder of class sub-folders (a dataset root's
+    test split), or a manifest's test rows (every row when it has no split column)."""
     if not is_manifest(data):
-        return scan_class_folder(Path(data), labels)[1]
+        return scan_class_folder(evaluation_folder(data), labels)[1]
     parts, _, _, record = manifest_samples(data, columns or ManifestColumns(), labels=labels)
     if record["columns"]["split"] is None:
         return parts["train"]

@@ -29,6 +29,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DatasetSplits",
     "Sample",
+    "evaluation_folder",
     "expand_image_paths",
     "group_split",
     "ignored_name",
@@ -258,6 +259,22 @@ def scan_class_folder(
     if not samples:
         raise DataError(f"no images found under {folder}")
     return labels, samples
+
+
+def evaluation_folder(folder: str | Path) -> Path:
+    """The folder of class sub-folders to score a model on: ``folder`` itself, or its test split
+    when it is a dataset root with split folders (as a manifest gives its test rows)."""
+    folder = Path(folder)
+    splits = _split_dirs(folder) if folder.is_dir() else {}
+    if not splits:
+        return folder
+    if "test" not in splits:
+        names = ", ".join(sorted(d.name for d in splits.values()))
+        raise DataError(
+            f"{folder} holds split folders ({names}) but no test folder to evaluate on; give "
+            "a folder of class sub-folders"
+        )
+    return splits["test"]
 
 
 def _split_dirs(root: Path) -> dict[str, Path]:
