@@ -421,6 +421,8 @@ def test_cache_info_reports_a_corrupt_shard_of_the_right_size(
     assert status.startswith("corrupt: shard-0.safetensors (") and "rebuilt on next use" in status
     assert main(["cache", "info", "--cache-dir", str(root)]) == 0
     assert "corrupt: shard-0.safetensors" in capsys.readouterr().out
+    assert main(["cache", "--cache-dir", str(root)]) == 0  # info is the default action
+    assert "corrupt: shard-0.safetensors" in capsys.readouterr().out
 
 
 def test_default_root_is_the_per_user_cache(monkeypatch, tmp_path, backbone):

@@ -118,7 +118,13 @@ def _add_cache(sub) -> None:
         "by backbone, weights, preprocessing and the file's identity, so later runs skip the "
         "backbone. `info` lists its stores; `clear` deletes them (or one, with --key).",
     )
-    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="info",
+        choices=["info", "clear"],
+        help="info (the default): where the cache is and what it holds; clear: delete",
+    )
     p.add_argument(
         "--cache-dir", default=None, metavar="DIR", help="(default: the per-user cache folder)"
     )
