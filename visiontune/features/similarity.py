@@ -123,7 +123,7 @@ def measure(
     so on a cold cache measuring costs no extra pass; only when the cache served some of them
     does a separate pass run, over the same sample: a warm cache measures what a cold one does
     (a different set of images would move the similarity, and with it, near a threshold, the
-    advice).
+    advice), at the cost of the cold sample's extraction, which the warm cache saved.
     """
     if sample is None:
         sample = record_sample(
